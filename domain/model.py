@@ -1,0 +1,202 @@
+"""Value objects of the product."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from domain.errors import BadInput
+
+MIN_TOP_K = 1
+MAX_TOP_K = 100
+DEFAULT_TOP_K = 10
+
+
+class Modality(StrEnum):
+    TEXT = "text"
+    IMAGE = "image"
+
+
+def _frozen_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType({str(k): str(v) for k, v in tags.items()})
+
+
+@dataclass(frozen=True)
+class Product:
+    """A catalog product. ``id`` is stable and comes from the catalog; ``tags`` are the
+    catalog's attributes (category, colour, gender, ...); ``image_keys`` name the product's
+    images in the ImageStore, the first one being the primary image."""
+
+    id: str
+    name: str
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    image_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.id or not self.id.strip():
+            raise BadInput("a product needs a non-empty id")
+        object.__setattr__(self, "tags", _frozen_tags(self.tags))
+        object.__setattr__(self, "image_keys", tuple(self.image_keys))
+
+    @property
+    def primary_image_key(self) -> str | None:
+        return self.image_keys[0] if self.image_keys else None
+
+
+@dataclass(frozen=True)
+class ProductImage:
+    """An image as stored: its key (derived from the content hash) and media type."""
+
+    key: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """Tag constraints: every ``equals`` pair must hold and, for each ``any_of`` key, the tag
+    must be one of the listed values. An empty filter matches everything."""
+
+    equals: Mapping[str, str] = field(default_factory=dict)
+    any_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "equals", _frozen_tags(self.equals))
+        object.__setattr__(
+            self,
+            "any_of",
+            MappingProxyType({str(k): tuple(str(v) for v in vs) for k, vs in self.any_of.items()}),
+        )
+        for key, values in self.any_of.items():
+            if not values:
+                raise BadInput(f"filter on {key!r} lists no values")
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.equals and not self.any_of
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.equals) | frozenset(self.any_of)
+
+    def matches(self, tags: Mapping[str, str]) -> bool:
+        if any(tags.get(k) != v for k, v in self.equals.items()):
+            return False
+        return all(tags.get(k) in vs for k, vs in self.any_of.items())
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    product: Product
+    score: float
+    rank: int
+    image_url: str | None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: tuple[SearchHit, ...]
+    encoder_id: str
+    took_ms: float
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    items: tuple[Product, ...]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    id: str
+    dim: int
+    modalities: frozenset[Modality]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    text: str
+
+    def __post_init__(self) -> None:
+        if not self.text or not self.text.strip():
+            raise BadInput("the search text is empty")
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """Exactly one of raw image bytes, an http(s) URL or an existing product id."""
+
+    data: bytes | None = None
+    url: str | None = None
+    product_id: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.data, self.url, self.product_id) if x is not None]
+        if len(given) != 1:
+            raise BadInput("give exactly one of image bytes, an image URL or a product id")
+        if self.data is not None and len(self.data) == 0:
+            raise BadInput("the image is empty")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A search: text, image, or both (the text modifies the image with ``text_weight``)."""
+
+    text: TextQuery | None = None
+    image: ImageQuery | None = None
+    text_weight: float = 0.5
+    filter: ProductFilter | None = None
+    top_k: int = DEFAULT_TOP_K
+    encoder_id: str | None = None
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.image is None:
+            raise BadInput("a search needs a text or an image")
+        validate_top_k(self.top_k)
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise BadInput("text_weight must be between 0 and 1")
+
+
+def validate_top_k(top_k: int) -> int:
+    if not MIN_TOP_K <= top_k <= MAX_TOP_K:
+        raise BadInput(f"topK must be between {MIN_TOP_K} and {MAX_TOP_K}, got {top_k}")
+    return top_k
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Opaque pagination position: an offset into a ranked result or a listing key."""
+
+    offset: int = 0
+    after_id: str | None = None
+
+    def encode(self) -> str:
+        payload = {"o": self.offset, "a": self.after_id}
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+    @classmethod
+    def decode(cls, token: str | None) -> Cursor:
+        if not token:
+            return cls()
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+            offset = int(payload["o"])
+            after_id = payload.get("a")
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise BadInput("invalid cursor") from exc
+        if offset < 0 or (after_id is not None and not isinstance(after_id, str)):
+            raise BadInput("invalid cursor")
+        return cls(offset=offset, after_id=after_id)
+
+
+def ids_in_order(ids: Sequence[str]) -> list[str]:
+    """Unique ids, first occurrence wins."""
+    return list(dict.fromkeys(ids))

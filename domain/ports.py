@@ -1,0 +1,165 @@
+"""Ports: what the domain needs from the outside world. Adapters live in encoders/ and stores/.
+
+Stores are async (the API serves many requests on one event loop and the production
+adapters talk over the network); encoders are sync and CPU-bound, so services run them in
+worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from domain.model import EncoderInfo, Modality, Product, ProductFilter, ProductPage
+
+Vectors = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts and images into L2-normalised float32 vectors of one shared space.
+
+    Implementations load their model lazily, once per process, and are safe to call from
+    several threads at once."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def modalities(self) -> frozenset[Modality]: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """[n, dim] float32, each row of unit length. Raises BadInput for empty texts."""
+        ...
+
+    def encode_images(self, images: Sequence[bytes]) -> Vectors:
+        """[n, dim] float32, each row of unit length. Raises InvalidImage for bytes that are
+        not a supported image."""
+        ...
+
+
+class EncoderProvider(Protocol):
+    """Finds encoders by id; ``None`` means the configured default."""
+
+    @property
+    def default_id(self) -> str: ...
+
+    def get(self, encoder_id: str | None = None) -> Encoder:
+        """Raises UnknownEncoder for ids no plugin provides, EncoderUnavailable when the
+        encoder cannot be loaded here."""
+        ...
+
+    def available(self) -> list[EncoderInfo]: ...
+
+
+class VectorIndex(Protocol):
+    """Vectors per encoder (never mixed), keyed by product id, with the product's tags as
+    metadata so filters can be pushed down."""
+
+    async def upsert(
+        self,
+        encoder_id: str,
+        ids: Sequence[str],
+        vectors: Vectors,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> None: ...
+
+    async def query(
+        self,
+        encoder_id: str,
+        vector: Vectors,
+        top_k: int,
+        filter: ProductFilter | None = None,
+    ) -> list[tuple[str, float]]:
+        """Best first: (product id, cosine similarity). Unknown encoder ids give []."""
+        ...
+
+    async def fetch(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        """Stored vectors of those ids that exist for this encoder."""
+        ...
+
+    async def delete(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        """Remove the ids from one encoder's vectors, or from every encoder's."""
+        ...
+
+    async def count(self, encoder_id: str | None = None) -> int: ...
+
+    async def encoder_ids(self) -> list[str]:
+        """Encoders that have vectors here."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Catalog(Protocol):
+    """Products and their tags, plus the ingest ledger: which image (by content hash) of each
+    product is already indexed by which encoder."""
+
+    async def upsert_many(self, products: Sequence[Product]) -> None: ...
+
+    async def get(self, product_id: str) -> Product | None: ...
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        """One round trip; ids that do not exist are absent from the result."""
+        ...
+
+    async def delete(self, product_id: str) -> bool:
+        """True when the product existed. Also forgets its ledger entries."""
+        ...
+
+    async def list(
+        self, filter: ProductFilter | None = None, cursor: str | None = None, limit: int = 20
+    ) -> ProductPage:
+        """Products in id order; ``cursor`` continues after the previous page."""
+        ...
+
+    async def count(self, filter: ProductFilter | None = None) -> int: ...
+
+    async def facets(
+        self, keys: Sequence[str] | None = None, filter: ProductFilter | None = None
+    ) -> dict[str, dict[str, int]]:
+        """For each tag key (all keys when None): value -> number of products."""
+        ...
+
+    async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
+        """product id -> content hash of the image indexed for this encoder."""
+        ...
+
+    async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ImageStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Idempotent: putting the same key twice keeps one object."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """Raises NotFound for a missing key."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def url(self, key: str) -> str:
+        """Where a browser can load the image: a path served by the API, a presigned or a
+        CDN URL."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ImageFetcher(Protocol):
+    """Downloads an image from a URL within the configured safety limits."""
+
+    async def fetch(self, url: str) -> bytes:
+        """Raises UrlRejected, PayloadTooLarge or UpstreamUnavailable."""
+        ...

@@ -1,0 +1,292 @@
+"""Use cases: searching and managing the catalog. Everything here talks to ports only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from domain.errors import BadInput, InvalidImage, NotFound
+from domain.images import content_hash, image_key, sniff_image_type
+from domain.model import (
+    Cursor,
+    EncoderInfo,
+    ImageQuery,
+    Modality,
+    Product,
+    ProductFilter,
+    ProductPage,
+    SearchHit,
+    SearchPage,
+    SearchQuery,
+    TextQuery,
+)
+from domain.ports import Catalog, Encoder, EncoderProvider, ImageFetcher, ImageStore, VectorIndex
+from domain.ports import Vectors as Vectors
+
+MAX_RESULT_DEPTH = 1000
+"""How deep pagination may go into one ranked result (offset + page)."""
+
+
+def l2_normalise(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    normalised: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalised
+
+
+@dataclass(frozen=True)
+class SearchTimings:
+    encode_ms: float
+    index_ms: float
+    catalog_ms: float
+
+
+class SearchService:
+    def __init__(
+        self,
+        encoders: EncoderProvider,
+        index: VectorIndex,
+        catalog: Catalog,
+        images: ImageStore,
+        fetcher: ImageFetcher | None = None,
+    ) -> None:
+        self._encoders = encoders
+        self._index = index
+        self._catalog = catalog
+        self._images = images
+        self._fetcher = fetcher
+        self.last_timings: SearchTimings | None = None
+
+    async def by_text(
+        self,
+        text: str,
+        top_k: int = 10,
+        filter: ProductFilter | None = None,
+        encoder_id: str | None = None,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        return await self.search(
+            SearchQuery(
+                text=TextQuery(text),
+                filter=filter,
+                top_k=top_k,
+                encoder_id=encoder_id,
+                cursor=cursor,
+            )
+        )
+
+    async def by_image(
+        self,
+        image: ImageQuery,
+        top_k: int = 10,
+        filter: ProductFilter | None = None,
+        encoder_id: str | None = None,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        return await self.search(
+            SearchQuery(
+                image=image, filter=filter, top_k=top_k, encoder_id=encoder_id, cursor=cursor
+            )
+        )
+
+    async def similar(
+        self,
+        product_id: str,
+        top_k: int = 10,
+        filter: ProductFilter | None = None,
+        encoder_id: str | None = None,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        return await self.by_image(
+            ImageQuery(product_id=product_id), top_k, filter, encoder_id, cursor
+        )
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        started = time.perf_counter()
+        encoder = self._encoders.get(query.encoder_id)
+        vector, exclude_id = await self._query_vector(encoder, query)
+        encoded = time.perf_counter()
+
+        position = Cursor.decode(query.cursor)
+        depth = position.offset + query.top_k
+        if depth > MAX_RESULT_DEPTH:
+            raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+        # One extra to know whether a next page exists, one more for the excluded query item.
+        wanted = depth + 1 + (1 if exclude_id else 0)
+        ranked = await self._index.query(encoder.id, vector, wanted, query.filter)
+        ranked = [(pid, score) for pid, score in ranked if pid != exclude_id]
+        queried = time.perf_counter()
+
+        window = ranked[position.offset : depth]
+        products = await self._catalog.get_many([pid for pid, _ in window])
+        hits = tuple(
+            SearchHit(
+                product=products[pid],
+                score=float(score),
+                rank=position.offset + i + 1,
+                image_url=self.image_url(products[pid]),
+            )
+            for i, (pid, score) in enumerate(
+                (pid, score) for pid, score in window if pid in products
+            )
+        )
+        finished = time.perf_counter()
+        next_cursor = Cursor(offset=depth).encode() if len(ranked) > depth else None
+        self.last_timings = SearchTimings(
+            encode_ms=(encoded - started) * 1000,
+            index_ms=(queried - encoded) * 1000,
+            catalog_ms=(finished - queried) * 1000,
+        )
+        return SearchPage(
+            hits=hits,
+            encoder_id=encoder.id,
+            took_ms=(finished - started) * 1000,
+            next_cursor=next_cursor,
+        )
+
+    def image_url(self, product: Product) -> str | None:
+        key = product.primary_image_key
+        return self._images.url(key) if key else None
+
+    def available_encoders(self) -> list[EncoderInfo]:
+        return self._encoders.available()
+
+    async def _query_vector(
+        self, encoder: Encoder, query: SearchQuery
+    ) -> tuple[Vectors, str | None]:
+        text_vector = image_vector = None
+        exclude_id: str | None = None
+        if query.text is not None:
+            _require(encoder, Modality.TEXT)
+            text_vector = (await asyncio.to_thread(encoder.encode_texts, [query.text.text]))[0]
+        if query.image is not None:
+            image_vector, exclude_id = await self._image_vector(encoder, query.image)
+        if text_vector is not None and image_vector is not None:
+            w = query.text_weight
+            return l2_normalise(w * text_vector + (1 - w) * image_vector), exclude_id
+        vector = text_vector if text_vector is not None else image_vector
+        assert vector is not None
+        return vector.astype(np.float32), exclude_id
+
+    async def _image_vector(
+        self, encoder: Encoder, image: ImageQuery
+    ) -> tuple[Vectors, str | None]:
+        if image.product_id is not None:
+            stored = await self._index.fetch(encoder.id, [image.product_id])
+            if image.product_id in stored:
+                return stored[image.product_id], image.product_id
+            product = await self._catalog.get(image.product_id)
+            if product is None:
+                raise NotFound(f"no product with id {image.product_id!r}")
+            if product.primary_image_key is None:
+                raise NotFound(f"product {image.product_id!r} has no image")
+            data = await self._images.get(product.primary_image_key)
+            _require(encoder, Modality.IMAGE)
+            return (await asyncio.to_thread(encoder.encode_images, [data]))[0], image.product_id
+        _require(encoder, Modality.IMAGE)
+        if image.url is not None:
+            if self._fetcher is None:
+                raise BadInput("searching by image URL is not enabled")
+            data = await self._fetcher.fetch(image.url)
+        else:
+            assert image.data is not None
+            data = image.data
+        return (await asyncio.to_thread(encoder.encode_images, [data]))[0], None
+
+
+def _require(encoder: Encoder, modality: Modality) -> None:
+    if modality not in encoder.modalities:
+        raise BadInput(f"encoder {encoder.id!r} cannot encode {modality.value} queries")
+
+
+class CatalogService:
+    """Adding, reading and removing products; keeps the three stores consistent."""
+
+    def __init__(
+        self,
+        encoders: EncoderProvider,
+        index: VectorIndex,
+        catalog: Catalog,
+        images: ImageStore,
+    ) -> None:
+        self._encoders = encoders
+        self._index = index
+        self._catalog = catalog
+        self._images = images
+
+    async def add(
+        self,
+        product_id: str,
+        name: str,
+        image: bytes,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        encoder_ids: Sequence[str] | None = None,
+    ) -> Product:
+        """Store the image, index it with every encoder that already has vectors (or the
+        default), then record the product. A failure part-way leaves nothing the catalog
+        points at: the product row is written last."""
+        content_type = sniff_image_type(image)
+        if content_type is None:
+            raise InvalidImage("the image is not a JPEG, PNG or WebP file")
+        product = Product(
+            id=product_id,
+            name=name,
+            description=description,
+            tags=tags or {},
+            image_keys=(image_key(product_id, image, content_type),),
+        )
+        if not encoder_ids:
+            encoder_ids = await self._index.encoder_ids() or [self._encoders.default_id]
+        encoders = [self._encoders.get(e) for e in encoder_ids]
+        vectors = [await asyncio.to_thread(e.encode_images, [image]) for e in encoders]
+        await self._images.put(product.image_keys[0], image, content_type)
+        for encoder, vector in zip(encoders, vectors, strict=True):
+            await self._index.upsert(encoder.id, [product.id], vector, [product.tags])
+        await self._catalog.upsert_many([product])
+        digest = content_hash(image)
+        for encoder in encoders:
+            await self._catalog.mark_indexed(encoder.id, {product.id: digest})
+        return product
+
+    async def get(self, product_id: str) -> Product:
+        product = await self._catalog.get(product_id)
+        if product is None:
+            raise NotFound(f"no product with id {product_id!r}")
+        return product
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        return await self._catalog.get_many(ids)
+
+    async def list(
+        self, filter: ProductFilter | None = None, cursor: str | None = None, limit: int = 20
+    ) -> ProductPage:
+        if not 1 <= limit <= 100:
+            raise BadInput(f"first must be between 1 and 100, got {limit}")
+        return await self._catalog.list(filter, cursor, limit)
+
+    async def count(self, filter: ProductFilter | None = None) -> int:
+        return await self._catalog.count(filter)
+
+    async def facets(
+        self, keys: Sequence[str] | None = None, filter: ProductFilter | None = None
+    ) -> dict[str, dict[str, int]]:
+        return await self._catalog.facets(keys, filter)
+
+    async def delete(self, product_id: str) -> bool:
+        """Remove the product from the vector index, the catalog and the image store.
+        Vectors go first so a search never returns a product the catalog no longer has."""
+        product = await self._catalog.get(product_id)
+        await self._index.delete([product_id])
+        existed = await self._catalog.delete(product_id)
+        if product is not None:
+            for key in product.image_keys:
+                await self._images.delete(key)
+        return existed
+
+    def image_url(self, product: Product) -> str | None:
+        key = product.primary_image_key
+        return self._images.url(key) if key else None

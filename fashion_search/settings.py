@@ -1,0 +1,94 @@
+"""Configuration, from the environment (and a .env file). With nothing set, every store is
+embedded under one data directory; setting PINECONE_*, MONGODB_URI or S3_BUCKET switches
+each store to its production adapter independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FASHION_SEARCH_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    home: Path = Field(default=Path(".fashion-search"), description="Data directory.")
+    encoder: str = Field(default="fashion-lite", description="Default encoder id.")
+    datasets_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "datasets",
+        description="Where the shared datasets live (hm-dev, hm-demo, the Kaggle zip).",
+    )
+    demo_catalog: Path | None = Field(
+        default=None, description="Catalog `make demo` ingests; default DATASETS_DIR/hm-demo."
+    )
+    torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
+
+    # Vector index
+    faiss_hnsw_threshold: int = Field(
+        default=100_000, ge=1, description="Above this many vectors FAISS switches to HNSW."
+    )
+
+    # API
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Keys for mutations.")
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach the API at (for absolute image URLs)."
+    )
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    allow_private_urls: bool = False
+    url_connect_timeout_s: float = 3.0
+    url_read_timeout_s: float = 10.0
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # UI
+    api_url: str = Field(default="http://127.0.0.1:8000", description="API the UI talks to.")
+
+    # Production stores (no FASHION_SEARCH_ prefix: the names operators already use)
+    pinecone_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("PINECONE_API_KEY")
+    )
+    pinecone_index: str | None = Field(default=None, validation_alias=_env("PINECONE_INDEX"))
+    pinecone_host: str | None = Field(default=None, validation_alias=_env("PINECONE_HOST"))
+    mongodb_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGODB_URI"))
+    mongodb_db: str = Field(default="fashion_search", validation_alias=_env("MONGODB_DB"))
+    s3_bucket: str | None = Field(default=None, validation_alias=_env("S3_BUCKET"))
+    s3_endpoint_url: str | None = Field(default=None, validation_alias=_env("S3_ENDPOINT_URL"))
+    s3_public_base_url: str | None = Field(
+        default=None, validation_alias=_env("S3_PUBLIC_BASE_URL")
+    )
+    s3_presign_expiry_s: int = Field(
+        default=3600, ge=1, validation_alias=_env("S3_PRESIGN_EXPIRY_S")
+    )
+    aws_region: str | None = Field(
+        default=None, validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    store_timeout_s: float = Field(default=5.0, gt=0, description="Per call to a remote store.")
+
+    @property
+    def demo_catalog_path(self) -> Path:
+        return self.demo_catalog or self.datasets_dir / "hm-demo"
+
+    @property
+    def vectors_dir(self) -> Path:
+        return self.home / "vectors"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
