@@ -94,7 +94,14 @@ class VectorIndex(Protocol):
         """Encoders that have vectors here."""
         ...
 
-    async def close(self) -> None: ...
+    async def flush(self) -> None:
+        """Make every upsert and delete so far durable (ingest calls it before recording
+        items as done, so a crash never leaves the ledger ahead of the vectors)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release resources."""
+        ...
 
 
 class Catalog(Protocol):

@@ -133,6 +133,9 @@ class InMemoryVectorIndex:
     async def encoder_ids(self) -> list[str]:
         return sorted(name for name, space in self.vectors.items() if space)
 
+    async def flush(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
