@@ -24,7 +24,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[content_type]])
+            image: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[content_type]])
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidImage(
