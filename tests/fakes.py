@@ -13,11 +13,18 @@ from domain.images import sniff_image_type
 from domain.model import Cursor, EncoderInfo, Modality, Product, ProductFilter, ProductPage
 from domain.ports import Encoder, Vectors
 
+FAKE_IMAGE_PREFIX = b"\xff\xd8\xffIMG:"
+
+
+def fake_image(words: str) -> bytes:
+    """Bytes that sniff as a JPEG and that HashingEncoder 'sees' as showing these words."""
+    return FAKE_IMAGE_PREFIX + words.encode()
+
 
 class HashingEncoder:
-    """Deterministic bag-of-words vectors: texts sharing words are close. Images are encoded
-    as the text they contain after a b"IMG:" prefix, so tests can make an image 'look like'
-    a description. Real image bytes (JPEG/PNG) hash their content."""
+    """Deterministic bag-of-words vectors: texts sharing words are close. Images made by
+    fake_image() (or starting with b"IMG:") are encoded as the words they carry, so tests can
+    make an image 'look like' a description. Other real image bytes hash their content."""
 
     def __init__(self, encoder_id: str = "fake", dim: int = 64) -> None:
         self._id = encoder_id
@@ -53,7 +60,9 @@ class HashingEncoder:
         self.calls += 1
         rows = []
         for data in images:
-            if data.startswith(b"IMG:"):
+            if data.startswith(FAKE_IMAGE_PREFIX):
+                rows.append(self._words(data[len(FAKE_IMAGE_PREFIX) :].decode()))
+            elif data.startswith(b"IMG:"):
                 rows.append(self._words(data[4:].decode()))
             elif sniff_image_type(data):
                 rows.append(self._words(hashlib.sha256(data).hexdigest()))
