@@ -1,7 +1,550 @@
+"""`fashion-search ingest`, `search` and `demo`: getting a catalog in and asking it questions
+before (and without) the API."""
+
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from domain.errors import FashionSearchError
+from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, TextQuery
+from domain.ports import Encoder
+from fashion_search.settings import Settings
+from fashion_search.wiring import Container, build
+from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions, IngestPipeline
+from ingest.readers import Source, open_source
+from ingest.report import (
+    IngestProgress,
+    IngestSummary,
+    default_report_path,
+    failures_by_reason,
+    report_document,
+    write_report,
+)
+
+console = Console()
+errors = Console(stderr=True)
+
+T = TypeVar("T")
+
+KEY_TAGS = (
+    "product_type",
+    "articleType",
+    "colour",
+    "baseColour",
+    "colour_master",
+    "section",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "product_group",
+    "folder",
+)
+"""Tags worth a column in search results, in this order; others follow if there is room."""
+SHOWN_TAGS = 3
+SHOWN_FAILURES = 10
+
+
+def make_container(settings: Settings) -> Container:
+    """The composition root, behind a seam tests may replace."""
+    return build(settings)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with the product's own errors shown as one clear line (no traceback)."""
+    try:
+        return asyncio.run(coroutine)
+    except FashionSearchError as exc:
+        raise fail(str(exc)) from None
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, averaged by Rich over the last updates."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} items/s" if speed else "-- items/s", style="progress.data.speed")
+
+
+@contextmanager
+def ingest_progress(description: str) -> Iterator[Callable[[IngestProgress], None]]:
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[outcome]}"),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task(description, total=None, outcome="")
+
+    def update(p: IngestProgress) -> None:
+        outcome = f"new {p.indexed:,} · unchanged {p.skipped:,} · failed {p.failed:,}"
+        if p.updated:
+            outcome += f" · updated {p.updated:,}"
+        progress.update(task, completed=p.done, total=p.total, outcome=outcome)
+
+    with progress:
+        yield update
+
+
+async def run_ingest(
+    container: Container,
+    source: Source,
+    encoders: Sequence[Encoder],
+    options: IngestOptions,
+) -> IngestSummary:
+    total = await asyncio.to_thread(source.count)
+    with ingest_progress(f"Ingesting {source.layout}") as on_progress:
+        pipeline = IngestPipeline(
+            encoders,
+            container.index,
+            container.catalog,
+            container.images,
+            fetcher=container.fetcher,
+            options=options,
+            on_progress=on_progress,
+        )
+        return await pipeline.run(source, total)
+
+
+def resolve_encoders(container: Container, encoder_ids: Sequence[str] | None) -> list[Encoder]:
+    """Encoders by id (the configured default when none is given); unknown ids raise."""
+    encoders: list[Encoder] = []
+    wanted: list[str | None] = list(encoder_ids) if encoder_ids else [None]
+    for encoder_id in wanted:
+        encoder = container.encoders.get(encoder_id)
+        if all(e.id != encoder.id for e in encoders):
+            encoders.append(encoder)
+    return encoders
+
+
+def print_summary(summary: IngestSummary, report: Path) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("encoders", ", ".join(summary.encoders))
+    table.add_row("seen", f"{summary.seen:,}")
+    table.add_row("indexed (new or changed image)", f"{summary.indexed:,}")
+    if summary.updated:
+        table.add_row("updated (name, description or tags)", f"{summary.updated:,}")
+    table.add_row("skipped (unchanged)", f"{summary.skipped_unchanged:,}")
+    table.add_row("failed", f"{summary.failed:,}")
+    table.add_row("wall time", f"{summary.seconds:,.1f} s")
+    table.add_row("images/s", f"{summary.images_per_s:,.1f}")
+    console.print(table)
+    if summary.failures:
+        by_reason = ", ".join(f"{k}: {v}" for k, v in failures_by_reason(summary.failures).items())
+        failed = Table(title=f"Failed items ({by_reason})", title_justify="left")
+        failed.add_column("id")
+        failed.add_column("reason")
+        failed.add_column("image", overflow="fold")
+        failed.add_column("message", overflow="fold")
+        for item in summary.failures[:SHOWN_FAILURES]:
+            failed.add_row(item.id or "-", item.reason.value, item.image, item.message)
+        console.print(failed)
+        more = len(summary.failures) - SHOWN_FAILURES
+        if more > 0:
+            console.print(f"... and {more:,} more.")
+    console.print(f"Report: {report}", highlight=False)
+
+
+async def ingest_path(
+    settings: Settings,
+    path: Path,
+    encoder_ids: Sequence[str] | None,
+    options: IngestOptions,
+    report: Path | None,
+) -> tuple[IngestSummary, Path]:
+    started = datetime.now(UTC)
+    with open_source(path) as source:
+        container = make_container(settings)
+        try:
+            encoders = resolve_encoders(container, encoder_ids)
+            console.print(
+                f"Reading [bold]{source.location}[/] ({source.layout} layout) into "
+                f"[bold]{settings.home}[/] with {', '.join(e.id for e in encoders)}",
+                highlight=False,
+            )
+            summary = await run_ingest(container, source, encoders, options)
+        finally:
+            await container.aclose()
+        document = report_document(
+            summary,
+            source=source.location,
+            layout=source.layout,
+            started_at=started,
+            options={
+                "batch_size": options.batch_size,
+                "limit": options.limit,
+                "max_image_bytes": options.max_image_bytes,
+            },
+        )
+    written = write_report(report or default_report_path(settings.home, started), document)
+    return summary, written
+
+
+def ingest_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A Kaggle styles.csv + images/ folder or zip, a CSV/JSONL manifest (or a folder "
+            "with products.csv / manifest.jsonl), or a folder of images.",
+            show_default=False,
+        ),
+    ],
+    encoder: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="Encoder id (repeat for several; default: FASHION_SEARCH_ENCODER).",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", min=0, help="Ingest at most this many items."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")
+    ] = DEFAULT_BATCH_SIZE,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Where to write the JSON report (default: $FASHION_SEARCH_HOME/reports/).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Ingest a catalog: images are encoded, stored and indexed; unchanged items are skipped,
+    bad images are listed and written to the report, never fatal."""
+    settings = Settings()
+    options = IngestOptions(
+        batch_size=batch_size, limit=limit, max_image_bytes=settings.max_image_bytes
+    )
+    summary, written = run_async(ingest_path(settings, path, encoder, options, report))
+    print_summary(summary, written)
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+def parse_filters(values: Sequence[str] | None) -> ProductFilter | None:
+    """``key=value`` pairs; a key given several times matches any of its values."""
+    if not values:
+        return None
+    grouped: dict[str, list[str]] = {}
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key.strip() or not wanted.strip():
+            raise typer.BadParameter(f"expected key=value, got {value!r}", param_hint="--filter")
+        grouped.setdefault(key.strip(), []).append(wanted.strip())
+    equals = {k: v[0] for k, v in grouped.items() if len(v) == 1}
+    any_of = {k: tuple(v) for k, v in grouped.items() if len(v) > 1}
+    return ProductFilter(equals=equals, any_of=any_of)
+
+
+def key_tags(tags: Mapping[str, str], limit: int = SHOWN_TAGS) -> str:
+    ordered = [k for k in KEY_TAGS if k in tags] + [k for k in tags if k not in KEY_TAGS]
+    return ", ".join(tags[k] for k in ordered[:limit])
+
+
+def results_table(page: SearchPage, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    table.add_column("name")
+    table.add_column("tags")
+    for hit in page.hits:
+        table.add_row(
+            str(hit.rank),
+            hit.product.id,
+            f"{hit.score:.3f}",
+            hit.product.name,
+            key_tags(hit.product.tags),
+        )
+    return table
+
+
+async def run_search(settings: Settings, query: SearchQuery) -> SearchPage:
+    container = make_container(settings)
+    try:
+        encoder = container.encoders.get(query.encoder_id)
+        if await container.index.count(encoder.id) == 0:
+            raise fail(
+                f"nothing is indexed for encoder {encoder.id!r} in {settings.home}: "
+                "run `fashion-search ingest PATH` first"
+            )
+        return await container.search.search(query)
+    finally:
+        await container.aclose()
+
+
+def search_command(
+    text: Annotated[
+        str | None, typer.Argument(help="What to look for, e.g. 'red dress'.", show_default=False)
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="Find products that look like this image (with TEXT: the text modifies it).",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many results (1-100).")] = 10,
+    encoder: Annotated[
+        str | None,
+        typer.Option("--encoder", "-e", help="Encoder id (default: FASHION_SEARCH_ENCODER)."),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help="Only products with this tag, as key=value (repeatable; one key several "
+            "times means any of the values).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Search the catalog by text, by image, or both, and print the best matches."""
+    settings = Settings()
+    if text is None and image is None:
+        raise fail("give a search text, --image PATH, or both", code=2)
+    image_query = None
+    if image is not None:
+        if not image.is_file():
+            raise fail(f"no such image file: {image}")
+        if image.stat().st_size > settings.max_image_bytes:
+            raise fail(f"{image} is larger than {settings.max_image_bytes:,} bytes")
+        image_query = ImageQuery(data=image.read_bytes())
+    try:
+        query = SearchQuery(
+            text=TextQuery(text) if text is not None else None,
+            image=image_query,
+            filter=parse_filters(filters),
+            top_k=top_k,
+            encoder_id=encoder,
+        )
+    except FashionSearchError as exc:
+        raise fail(str(exc), code=2) from None
+    page = run_async(run_search(settings, query))
+    what = " + ".join(x for x in (repr(text) if text else "", str(image or "")) if x)
+    title = f"{what} · {page.encoder_id} · {page.took_ms:.0f} ms"
+    if not page.hits:
+        console.print(f"No results for {what}.", highlight=False)
+        return
+    console.print(results_table(page, title))
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+async def ensure_demo_catalog(settings: Settings, catalog: Path) -> IngestSummary | None:
+    """Ingest the demo catalog when the default encoder's index is empty."""
+    container = make_container(settings)
+    try:
+        encoder = container.encoders.get(None)
+        if await container.index.count(encoder.id) > 0:
+            count = await container.catalog.count()
+            console.print(f"Index already holds {count:,} products ({settings.home}).")
+            return None
+        console.print(f"Empty index: ingesting the demo catalog {catalog}")
+        with open_source(catalog) as source:
+            options = IngestOptions(max_image_bytes=settings.max_image_bytes)
+            summary = await run_ingest(container, source, [encoder], options)
+            document = report_document(summary, source.location, source.layout)
+    finally:
+        await container.aclose()
+    print_summary(summary, write_report(default_report_path(settings.home), document))
+    return summary
+
+
+def cli_command(name: str, options: Mapping[str, str]) -> list[str]:
+    """``python -m fashion_search.cli NAME --opt value ...`` with this interpreter."""
+    argv = [sys.executable, "-m", "fashion_search.cli", name]
+    for flag, value in options.items():
+        argv += [flag, value]
+    return argv
+
+
+def command_options(root: object, name: str) -> set[str] | None:
+    """The option flags of a sub-command of the CLI's (click) group, or None when it does not
+    exist."""
+    commands: Mapping[str, object] = getattr(root, "commands", {})
+    command = commands.get(name)
+    if command is None:
+        return None
+    return {flag for param in getattr(command, "params", []) for flag in getattr(param, "opts", [])}
+
+
+def spawn(argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """A child in its own session: a Ctrl-C in the terminal reaches only this process, which
+    then stops each child exactly once (a second SIGINT makes servers skip their shutdown)."""
+    return subprocess.Popen(argv, env=dict(env), start_new_session=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def stop_processes(processes: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """SIGINT first (each shuts down cleanly), then SIGTERM, then SIGKILL."""
+    for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        alive = [p for _, p in processes if p.poll() is None]
+        if not alive:
+            return
+        for process in alive:
+            process.send_signal(sig)
+        deadline = time.monotonic() + grace
+        for process in alive:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+
+
+def connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+
+def demo(
+    root: Callable[[], object],
+    host: str,
+    port: int,
+    ui_port: int,
+    no_ui: bool,
+) -> None:
+    settings = Settings()
+    catalog = settings.demo_catalog_path
+    if not catalog.exists():
+        raise fail(
+            f"demo catalog not found at {catalog}: set FASHION_SEARCH_DEMO_CATALOG "
+            "(or FASHION_SEARCH_DATASETS_DIR)"
+        )
+    run_async(ensure_demo_catalog(settings, catalog))
+
+    cli = root()
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+    api_url = f"http://{connect_host(host)}:{port}"
+    env = {**os.environ, "FASHION_SEARCH_API_URL": api_url}
+    serve_flags = command_options(cli, "serve")
+    if serve_flags is None:
+        console.print("[yellow]The API (`fashion-search serve`) is not part of this build.[/]")
+    else:
+        argv = cli_command("serve", {"--host": host, "--port": str(port)})
+        processes.append(("API", spawn(argv, env)))
+    ui_flags = command_options(cli, "ui")
+    if not no_ui and ui_flags is not None:
+        wanted = {"--port": str(ui_port), "--host": host, "--api-url": api_url}
+        ui_options = {flag: value for flag, value in wanted.items() if flag in ui_flags}
+        processes.append(("UI", spawn(cli_command("ui", ui_options), env)))
+    elif not no_ui:
+        console.print("[yellow]The UI (`fashion-search ui`) is not part of this build.[/]")
+
+    if not processes:
+        console.print('Search from the command line: fashion-search search "black trousers"')
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too
+    try:
+        lines = []
+        if serve_flags is not None:
+            api = processes[0][1]
+            if not wait_for_port(connect_host(host), port, api, timeout=120):
+                stop_processes(processes)
+                raise fail(f"the API did not start on {host}:{port} (see its output above)")
+            lines.append(f"API  {api_url}/graphql")
+        if any(name == "UI" for name, _ in processes):
+            lines.append(f"UI   http://{connect_host(host)}:{ui_port}")
+        console.print("\n[bold green]Ready.[/] " + "   ".join(lines) + "   (Ctrl-C stops)")
+        while True:
+            for name, process in processes:
+                code = process.poll()
+                if code is not None:
+                    stop_processes(processes)
+                    raise fail(f"the {name} stopped (exit code {code})", code=code or 1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("\nStopping...")
+        stop_processes(processes)
+        console.print("Stopped.")
+    finally:
+        stop_processes(processes)
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- registration ----------------------------------------------------------------------------
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    app.command("ingest")(ingest_command)
+    app.command("search")(search_command)
+
+    @app.command("demo")
+    def demo_command(
+        host: Annotated[str, typer.Option("--host", help="Address the API listens on.")] = (
+            "127.0.0.1"
+        ),
+        port: Annotated[int, typer.Option("--port", help="Port of the API.")] = 8000,
+        ui_port: Annotated[int, typer.Option("--ui-port", help="Port of the UI.")] = 8501,
+        no_ui: Annotated[bool, typer.Option("--no-ui", help="Start the API only.")] = False,
+    ) -> None:
+        """Ingest the demo catalog if the index is empty (FASHION_SEARCH_DEMO_CATALOG, default
+        the shared hm-demo set), then start the API and the UI until Ctrl-C."""
+        demo(lambda: typer.main.get_command(app), host, port, ui_port, no_ui)

@@ -1,0 +1,527 @@
+"""Catalog readers: find out what layout a path holds and yield its products lazily.
+
+Three layouts are understood:
+
+* the Kaggle "Fashion Product Images" layout, ``styles.csv`` beside ``images/<id>.jpg``, as a
+  folder or as the downloaded zip (read in place, never unpacked), possibly nested one
+  folder deep (``myntradataset/styles.csv``);
+* a manifest, CSV or JSONL, with ``id,image[,name,description,<tag columns>]`` where
+  ``image`` is a path relative to the manifest or an http(s) URL; a folder holding
+  ``products.csv``, ``manifest.csv`` or ``manifest.jsonl`` is read as that manifest;
+* a plain folder of images: the id and the name are the file stem (files in sub-folders get a
+  ``folder`` tag).
+
+Items carry a handle to their image, not its bytes, so a catalog of any size streams through
+in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, Protocol, Self
+from urllib.parse import urlparse
+
+from domain.errors import BadInput, NotFound, PayloadTooLarge
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.jsonl")
+KAGGLE_STYLES = "styles.csv"
+KAGGLE_NAME_COLUMN = "productDisplayName"
+KAGGLE_TAG_COLUMNS = (
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+)
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+
+
+class UnknownLayout(BadInput):
+    """A path that holds none of the catalog layouts ingest understands."""
+
+
+class SourceNotFound(NotFound):
+    """The path to ingest does not exist."""
+
+
+class ImageUnavailable(Exception):
+    """A source item's image could not be read (missing file, unsupported reference)."""
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+class LocalImage(Protocol):
+    """An image the reader can load itself (a file, a zip member)."""
+
+    @property
+    def ref(self) -> str:
+        """Where the image comes from, for reports."""
+        ...
+
+    def read(self, max_bytes: int) -> bytes:
+        """The bytes; raises ImageUnavailable when missing, PayloadTooLarge above max_bytes."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileImage:
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return str(self.path)
+
+    def read(self, max_bytes: int) -> bytes:
+        try:
+            size = self.path.stat().st_size
+            if size > max_bytes:
+                raise PayloadTooLarge(
+                    f"image of {size:,} bytes is above the limit of {max_bytes:,}"
+                )
+            with self.path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise ImageUnavailable(f"image file not found: {self.path}") from None
+        except IsADirectoryError:
+            raise ImageUnavailable(f"image path is a directory: {self.path}") from None
+        except OSError as exc:
+            raise ImageUnavailable(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"image is above the limit of {max_bytes:,} bytes")
+        return data
+
+
+@dataclass(frozen=True)
+class ZipImage:
+    archive: _ZipArchive
+    member: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.archive.path}!{self.member}"
+
+    def read(self, max_bytes: int) -> bytes:
+        return self.archive.read(self.member, max_bytes)
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An http(s) URL; the pipeline fetches it through the domain's ImageFetcher."""
+
+    url: str
+
+    @property
+    def ref(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class MissingImage:
+    """A reference that cannot be loaded at all (empty cell, unsupported URL scheme)."""
+
+    ref: str
+    reason: str
+
+    def read(self, max_bytes: int) -> bytes:
+        raise ImageUnavailable(self.reason)
+
+
+ImageHandle = FileImage | ZipImage | RemoteImage | MissingImage
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One product as the source describes it. ``problem`` is set for rows that cannot become
+    a product (no id): the pipeline reports them instead of indexing them."""
+
+    id: str
+    name: str
+    image: ImageHandle
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    problem: str | None = None
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+class Source(Protocol):
+    """A catalog to ingest: iterate it for items; ``count`` is cheap (no image is read)."""
+
+    @property
+    def layout(self) -> str: ...
+
+    @property
+    def location(self) -> str: ...
+
+    def count(self) -> int: ...
+
+    def __iter__(self) -> Iterator[SourceItem]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class _SourceBase:
+    layout = "unknown"
+
+    def __init__(self, location: Path) -> None:
+        self._location = location
+
+    @property
+    def location(self) -> str:
+        return str(self._location)
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _ZipArchive:
+    """A zip opened once; members are read under a lock so reader threads never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise UnknownLayout(f"{path} is not a readable zip file: {exc}") from None
+        self._lock = threading.Lock()
+        self._infos = {info.filename: info for info in self._zip.infolist() if not info.is_dir()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def has(self, name: str) -> bool:
+        return name in self._infos
+
+    def open_text(self, name: str) -> IO[str]:
+        return io.TextIOWrapper(self._zip.open(name), encoding="utf-8-sig", newline="")
+
+    def read(self, name: str, max_bytes: int) -> bytes:
+        info = self._infos.get(name)
+        if info is None:
+            raise ImageUnavailable(f"{name} is not in {self.path.name}")
+        if info.file_size > max_bytes:
+            raise PayloadTooLarge(
+                f"image of {info.file_size:,} bytes is above the limit of {max_bytes:,}"
+            )
+        try:
+            with self._lock:
+                return self._zip.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise ImageUnavailable(f"cannot read {name} from {self.path.name}: {exc}") from None
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def read_csv_rows(handle: IO[str], overflow_into_last: bool = False) -> Iterator[dict[str, str]]:
+    """Rows as dicts of stripped strings (ids keep their leading zeros). With
+    ``overflow_into_last``, a row with more fields than the header (unquoted commas in the last
+    column, as in Kaggle's styles.csv) has its extra fields joined back into the last one."""
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    if not header:
+        return
+    columns = [c.strip() for c in header]
+    width = len(columns)
+    for fields in reader:
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) > width and overflow_into_last:
+            fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
+        row = {col: (fields[i].strip() if i < len(fields) else "") for i, col in enumerate(columns)}
+        yield row
+
+
+def _clean_tags(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for key, value in pairs:
+        if value is None or isinstance(value, dict | list):
+            continue
+        text = str(value).strip()
+        if text:
+            tags[key] = text
+    return tags
+
+
+class KaggleSource(_SourceBase):
+    """``styles.csv`` + ``images/<id>.jpg``, from a folder or a zip."""
+
+    layout = "kaggle"
+
+    def __init__(
+        self,
+        location: Path,
+        styles: Path | None = None,
+        archive: _ZipArchive | None = None,
+        member_prefix: str = "",
+    ) -> None:
+        super().__init__(location)
+        self._styles = styles
+        self._archive = archive
+        self._prefix = member_prefix
+
+    @classmethod
+    def from_zip(cls, path: Path) -> KaggleSource | None:
+        archive = _ZipArchive(path)
+        candidates = [
+            n
+            for n in archive.names
+            if PurePosixPath(n).name == KAGGLE_STYLES and len(PurePosixPath(n).parts) <= 2
+        ]
+        if not candidates:
+            archive.close()
+            return None
+        styles = min(candidates, key=lambda n: (len(PurePosixPath(n).parts), n))
+        parent = str(PurePosixPath(styles).parent)
+        prefix = "" if parent == "." else parent + "/"
+        return cls(path, archive=archive, member_prefix=prefix)
+
+    @classmethod
+    def find_styles(cls, folder: Path) -> Path | None:
+        direct = folder / KAGGLE_STYLES
+        if direct.is_file():
+            return direct
+        nested = sorted(folder.glob(f"*/{KAGGLE_STYLES}"))
+        return nested[0] if nested else None
+
+    def _open_styles(self) -> IO[str]:
+        if self._archive is not None:
+            return self._archive.open_text(self._prefix + KAGGLE_STYLES)
+        assert self._styles is not None
+        return self._styles.open(encoding="utf-8-sig", newline="")
+
+    def _image(self, product_id: str) -> ImageHandle:
+        if self._archive is not None:
+            return ZipImage(self._archive, f"{self._prefix}images/{product_id}.jpg")
+        assert self._styles is not None
+        return FileImage(self._styles.parent / "images" / f"{product_id}.jpg")
+
+    def count(self) -> int:
+        with self._open_styles() as handle:
+            return sum(1 for _ in read_csv_rows(handle, overflow_into_last=True))
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        with self._open_styles() as handle:
+            for line, row in enumerate(read_csv_rows(handle, overflow_into_last=True), start=2):
+                product_id = row.get("id", "")
+                name = row.get(KAGGLE_NAME_COLUMN, "")
+                tags = _clean_tags(
+                    (k, v) for k, v in row.items() if k not in ("id", KAGGLE_NAME_COLUMN)
+                )
+                if not product_id:
+                    yield SourceItem(
+                        id="",
+                        name=name,
+                        image=MissingImage(f"{KAGGLE_STYLES} row {line}", "row without an id"),
+                        problem=f"{KAGGLE_STYLES} row {line} has no id",
+                    )
+                    continue
+                yield SourceItem(
+                    id=product_id,
+                    name=name or product_id,
+                    image=self._image(product_id),
+                    tags=tags,
+                )
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+
+
+class ManifestSource(_SourceBase):
+    """A CSV or JSONL manifest: ``id``, ``image`` and optionally ``name``, ``description`` and
+    any tag columns."""
+
+    layout = "manifest"
+    RESERVED = frozenset({"id", "image", "name", "description"})
+
+    def __init__(self, manifest: Path) -> None:
+        super().__init__(manifest)
+        self._manifest = manifest
+        self._base = manifest.parent
+        self._jsonl = manifest.suffix.lower() in JSONL_SUFFIXES
+
+    def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
+        with self._manifest.open(encoding="utf-8-sig", newline="") as handle:
+            if self._jsonl:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    where = f"{self._manifest.name} line {number}"
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        yield where, {"__problem__": f"invalid JSON: {exc.msg}"}
+                        continue
+                    if not isinstance(record, dict):
+                        yield where, {"__problem__": "not a JSON object"}
+                        continue
+                    yield where, record
+            else:
+                for number, row in enumerate(read_csv_rows(handle), start=2):
+                    yield f"{self._manifest.name} row {number}", dict(row)
+
+    def count(self) -> int:
+        return sum(1 for _ in self._rows())
+
+    def _image(self, value: object) -> ImageHandle:
+        text = "" if value is None else str(value).strip()
+        if not text:
+            return MissingImage("", "no image given")
+        parsed = urlparse(text)
+        if parsed.scheme in ("http", "https"):
+            return RemoteImage(text)
+        if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+            return MissingImage(text, f"unsupported image URL scheme {parsed.scheme!r}")
+        path = Path(text)
+        return FileImage(path if path.is_absolute() else self._base / path)
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for where, record in self._rows():
+            problem = record.get("__problem__")
+            raw_id = record.get("id")
+            product_id = "" if raw_id is None else str(raw_id).strip()
+            if problem is not None or not product_id:
+                yield SourceItem(
+                    id=product_id,
+                    name="",
+                    image=MissingImage(where, str(problem or "row without an id")),
+                    problem=f"{where}: {problem or 'no id'}",
+                )
+                continue
+            name = str(record.get("name") or "").strip() or product_id
+            description = str(record.get("description") or "").strip() or None
+            tags = _clean_tags((k, v) for k, v in record.items() if k not in self.RESERVED)
+            yield SourceItem(
+                id=product_id,
+                name=name,
+                description=description,
+                tags=tags,
+                image=self._image(record.get("image")),
+            )
+
+    @staticmethod
+    def looks_like_manifest(path: Path) -> bool:
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                if path.suffix.lower() in JSONL_SUFFIXES:
+                    for line in handle:
+                        if line.strip():
+                            record = json.loads(line)
+                            return isinstance(record, dict) and "id" in record
+                    return False
+                header = next(csv.reader(handle), [])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        columns = {c.strip() for c in header}
+        return {"id", "image"} <= columns
+
+
+class ImageFolderSource(_SourceBase):
+    """Every JPEG/PNG/WebP file under a folder; id and name are the file stem."""
+
+    layout = "image-folder"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self._folder = folder
+
+    def _files(self) -> Iterator[Path]:
+        for root, dirs, files in os.walk(self._folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield Path(root) / name
+
+    def count(self) -> int:
+        return sum(1 for _ in self._files())
+
+    def has_images(self) -> bool:
+        return next(self._files(), None) is not None
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for path in self._files():
+            relative_parent = path.parent.relative_to(self._folder)
+            tags = {} if relative_parent == Path(".") else {"folder": relative_parent.as_posix()}
+            yield SourceItem(id=path.stem, name=path.stem, image=FileImage(path), tags=tags)
+
+
+# -- detection -------------------------------------------------------------------------------
+
+LAYOUT_HELP = (
+    "expected one of: the Kaggle layout (styles.csv + images/<id>.jpg, as a folder or zip), "
+    "a CSV/JSONL manifest with id and image columns (or a folder holding products.csv or "
+    "manifest.jsonl), or a folder of JPEG/PNG/WebP images"
+)
+
+
+def open_source(path: Path | str) -> Source:
+    """The source a path holds. Raises SourceNotFound or UnknownLayout."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SourceNotFound(f"no such file or folder: {path}")
+    if path.is_dir():
+        return _open_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        source = KaggleSource.from_zip(path)
+        if source is None:
+            raise UnknownLayout(f"{path} holds no {KAGGLE_STYLES}; {LAYOUT_HELP}")
+        return source
+    if suffix == ".csv" or suffix in JSONL_SUFFIXES:
+        if ManifestSource.looks_like_manifest(path):
+            return ManifestSource(path)
+        if path.name == KAGGLE_STYLES:
+            return KaggleSource(path.parent, styles=path)
+        raise UnknownLayout(f"{path} has no 'id' and 'image' columns; {LAYOUT_HELP}")
+    raise UnknownLayout(f"cannot read {path}; {LAYOUT_HELP}")
+
+
+def _open_folder(folder: Path) -> Source:
+    styles = KaggleSource.find_styles(folder)
+    if styles is not None:
+        return KaggleSource(folder, styles=styles)
+    for name in MANIFEST_NAMES:
+        candidate = folder / name
+        if candidate.is_file() and ManifestSource.looks_like_manifest(candidate):
+            return ManifestSource(candidate)
+    images = ImageFolderSource(folder)
+    if images.has_images():
+        return images
+    raise UnknownLayout(f"{folder} holds no catalog; {LAYOUT_HELP}")
