@@ -19,6 +19,7 @@ the images, finds them all in the ledger and writes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -159,6 +160,12 @@ class IngestPipeline:
                 summary.seconds = time.perf_counter() - started
                 self._report(summary, total)
             await self._commit()
+        except asyncio.CancelledError:
+            # Interrupted (Ctrl-C): every pending item went through all its writes, so keep
+            # that work. A crash (any other exception) records nothing: rerunning redoes it.
+            with contextlib.suppress(Exception):
+                await self._commit()
+            raise
         finally:
             if not producer.done():
                 producer.cancel()

@@ -485,3 +485,34 @@ async def test_encoding_overlaps_reading_the_next_batch(tmp_path: Path) -> None:
     summary = await asyncio.wait_for(run(source(), stores, [encoder]), 20)
     assert encoder.overlapped is True
     assert summary.indexed == 8
+
+
+async def test_interrupted_run_keeps_finished_batches(tmp_path: Path) -> None:
+    """Ctrl-C (task cancellation) records the batches that went through every write; a rerun
+    does only the rest."""
+    items = make_items(tmp_path, 14)
+    stores = Stores()
+    encoder = HashingEncoder()
+    tasks: list[asyncio.Task[IngestSummary]] = []
+
+    def cancel_after_two_batches(progress: IngestProgress) -> None:
+        if progress.done == 8:
+            tasks[0].cancel()
+
+    pipeline = IngestPipeline(
+        [encoder],
+        stores.index,
+        stores.catalog,
+        stores.images,
+        options=IngestOptions(batch_size=4, commit_every=1000),
+        on_progress=cancel_after_two_batches,
+    )
+    tasks.append(asyncio.create_task(pipeline.run(items)))
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert set(stores.catalog.ledger["fake"]) == {f"p{i}" for i in range(8)}
+    stores.restart()
+
+    summary = await run(items, stores, [encoder])
+    assert (summary.indexed, summary.skipped_unchanged) == (6, 8)
+    assert_consistent(stores, items, ["fake"])
