@@ -1,0 +1,318 @@
+"""Embedded catalog on SQLite (standard library), in WAL mode.
+
+Schema (``PRAGMA user_version`` = 1)
+    ``products(id PRIMARY KEY, name, description, tags JSON, image_keys JSON)``: the
+    products as the domain knows them; ``tags(product_id, key, value)`` with an index on
+    ``(key, value, product_id)``: the same tags, one row each, so filters and facets are
+    indexed lookups instead of JSON scans; ``ledger(encoder_id, product_id, content_hash)``:
+    what ingest has already indexed with which encoder (no foreign key: ingest may record an
+    item in either order, ``delete`` removes a product's entries explicitly).
+
+Filters
+    ``equals`` and ``any_of`` become ``id IN (SELECT product_id FROM tags WHERE key = ? AND
+    value ...)`` clauses, ANDed. Listing pages by id (``id > after_id ORDER BY id LIMIT
+    n + 1``, the extra row telling whether a next page exists) with ``Cursor(after_id=...)``
+    as the cursor: stable under concurrent inserts and deletes, and O(page) at any depth.
+    Lists of ids and values travel as one JSON parameter (``json_each``), so ``get_many`` is
+    one statement whatever the number of ids (no bound-variable limit).
+
+Threads
+    One connection, guarded by a lock, used from worker threads (``asyncio.to_thread``).
+    Most calls take well under a millisecond, but bulk upserts of thousands of products,
+    facet counts over a large catalog and commits that hit the disk take milliseconds to
+    seconds: running them inline would stall every other request on the event loop. One
+    connection (rather than a pool) keeps writes serialised inside the process without
+    ``database is locked`` retries; WAL mode lets other processes (the CLI ingesting while
+    the API serves) read while one writes, and ``busy_timeout`` absorbs short write
+    contention between processes. Writes use ``BEGIN IMMEDIATE`` transactions: a bulk
+    upsert is all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from domain.errors import BadInput
+from domain.model import Cursor, Product, ProductFilter, ProductPage
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (
+    id TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    tags TEXT NOT NULL DEFAULT '{}',
+    image_keys TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    product_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (product_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_key_value ON tags (key, value, product_id);
+CREATE TABLE IF NOT EXISTS ledger (
+    encoder_id TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    PRIMARY KEY (encoder_id, product_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_by_product ON ledger (product_id);
+"""
+
+_COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys"
+
+
+def _filter_sql(flt: ProductFilter | None, id_column: str) -> tuple[str, list[Any]]:
+    """A WHERE fragment (``1`` when there is nothing to filter) and its parameters."""
+    if flt is None or flt.is_empty:
+        return "1", []
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in flt.equals.items():
+        clauses.append(f"{id_column} IN (SELECT product_id FROM tags WHERE key = ? AND value = ?)")
+        params += [key, value]
+    for key, values in flt.any_of.items():
+        clauses.append(
+            f"{id_column} IN (SELECT product_id FROM tags WHERE key = ? "
+            "AND value IN (SELECT value FROM json_each(?)))"
+        )
+        params += [key, json.dumps(list(values))]
+    return " AND ".join(clauses), params
+
+
+def _product(row: Sequence[Any]) -> Product:
+    pid, name, description, tags, image_keys = row
+    return Product(
+        id=pid,
+        name=name,
+        description=description,
+        tags=json.loads(tags),
+        image_keys=tuple(json.loads(image_keys)),
+    )
+
+
+class SqliteCatalog:
+    """The embedded ``Catalog`` (see the module docstring for the design)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path if str(path) == ":memory:" else Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened (and the schema created) on first use. Lock held."""
+        if self._conn is None:
+            if isinstance(self.path, Path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"catalog {self.path} has schema version {version}; this version of "
+                        f"fashion-search reads up to {SCHEMA_VERSION}"
+                    )
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                )
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connection()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed when the block ends, rolled back on error."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- the port (async: every call runs in a worker thread) ---------------------------
+
+    async def upsert_many(self, products: Sequence[Product]) -> None:
+        await asyncio.to_thread(self.upsert_many_sync, products)
+
+    async def get(self, product_id: str) -> Product | None:
+        return await asyncio.to_thread(self.get_sync, product_id)
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        return await asyncio.to_thread(self.get_many_sync, ids)
+
+    async def delete(self, product_id: str) -> bool:
+        return await asyncio.to_thread(self.delete_sync, product_id)
+
+    async def list(
+        self, filter: ProductFilter | None = None, cursor: str | None = None, limit: int = 20
+    ) -> ProductPage:
+        return await asyncio.to_thread(self.list_sync, filter, cursor, limit)
+
+    async def count(self, filter: ProductFilter | None = None) -> int:
+        return await asyncio.to_thread(self.count_sync, filter)
+
+    async def facets(
+        self, keys: Sequence[str] | None = None, filter: ProductFilter | None = None
+    ) -> dict[str, dict[str, int]]:
+        return await asyncio.to_thread(self.facets_sync, keys, filter)
+
+    async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
+        return await asyncio.to_thread(self.indexed_hashes_sync, encoder_id)
+
+    async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
+        await asyncio.to_thread(self.mark_indexed_sync, encoder_id, hashes)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_sync)
+
+    # -- the same, synchronous ----------------------------------------------------------
+
+    def upsert_many_sync(self, products: Sequence[Product]) -> None:
+        if not products:
+            return
+        latest = {p.id: p for p in products}  # the last version of a repeated id wins
+        rows = [
+            (
+                p.id,
+                p.name,
+                p.description,
+                json.dumps(dict(p.tags), ensure_ascii=False),
+                json.dumps(list(p.image_keys), ensure_ascii=False),
+            )
+            for p in latest.values()
+        ]
+        tag_rows = [(p.id, k, v) for p in latest.values() for k, v in p.tags.items()]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO products (id, name, description, tags, image_keys) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "description = excluded.description, tags = excluded.tags, "
+                "image_keys = excluded.image_keys",
+                rows,
+            )
+            conn.execute(
+                "DELETE FROM tags WHERE product_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(latest)),),
+            )
+            conn.executemany("INSERT INTO tags (product_id, key, value) VALUES (?, ?, ?)", tag_rows)
+
+    def get_sync(self, product_id: str) -> Product | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM products p WHERE p.id = ?", (product_id,)
+            ).fetchone()
+        return _product(row) if row is not None else None
+
+    def get_many_sync(self, ids: Sequence[str]) -> dict[str, Product]:
+        if not ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM products p WHERE p.id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(dict.fromkeys(ids))),),
+            ).fetchall()
+        found = {row[0]: _product(row) for row in rows}
+        return {pid: found[pid] for pid in dict.fromkeys(ids) if pid in found}
+
+    def delete_sync(self, product_id: str) -> bool:
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM products WHERE id = ?", (product_id,)).rowcount
+            conn.execute("DELETE FROM tags WHERE product_id = ?", (product_id,))
+            conn.execute("DELETE FROM ledger WHERE product_id = ?", (product_id,))
+        return deleted > 0
+
+    def list_sync(
+        self, filter: ProductFilter | None = None, cursor: str | None = None, limit: int = 20
+    ) -> ProductPage:
+        if limit < 1:
+            raise BadInput(f"limit must be at least 1, got {limit}")
+        after = Cursor.decode(cursor).after_id
+        where, params = _filter_sql(filter, "p.id")
+        if after is not None:
+            where += " AND p.id > ?"
+            params.append(after)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM products p WHERE {where} ORDER BY p.id LIMIT ?",
+                [*params, limit + 1],
+            ).fetchall()
+        items = tuple(_product(row) for row in rows[:limit])
+        more = len(rows) > limit
+        return ProductPage(
+            items=items, next_cursor=Cursor(after_id=items[-1].id).encode() if more else None
+        )
+
+    def count_sync(self, filter: ProductFilter | None = None) -> int:
+        where, params = _filter_sql(filter, "p.id")
+        with self._read() as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM products p WHERE {where}", params).fetchone()
+        return int(row[0])
+
+    def facets_sync(
+        self, keys: Sequence[str] | None = None, filter: ProductFilter | None = None
+    ) -> dict[str, dict[str, int]]:
+        where, params = _filter_sql(filter, "t.product_id")
+        if keys is not None:
+            where += " AND t.key IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(keys)))
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT t.key, t.value, COUNT(*) FROM tags t WHERE {where} "
+                "GROUP BY t.key, t.value ORDER BY t.key, COUNT(*) DESC, t.value",
+                params,
+            ).fetchall()
+        facets: dict[str, dict[str, int]] = {}
+        for key, value, n in rows:
+            facets.setdefault(key, {})[value] = int(n)
+        return facets
+
+    def indexed_hashes_sync(self, encoder_id: str) -> dict[str, str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT product_id, content_hash FROM ledger WHERE encoder_id = ?", (encoder_id,)
+            ).fetchall()
+        return {pid: digest for pid, digest in rows}
+
+    def mark_indexed_sync(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
+        if not hashes:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO ledger (encoder_id, product_id, content_hash) VALUES (?, ?, ?) "
+                "ON CONFLICT (encoder_id, product_id) DO UPDATE "
+                "SET content_hash = excluded.content_hash",
+                [(encoder_id, pid, digest) for pid, digest in hashes.items()],
+            )
+
+    def close_sync(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,347 @@
+"""FaissVectorIndex: the VectorIndex contract, plus what only the embedded index does:
+persistence, the exact -> HNSW switch and its recall, deletes under HNSW, filtered HNSW
+queries, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domain.errors import BadInput
+from domain.model import ProductFilter
+from domain.ports import Vectors
+from stores.vectors.faiss_index import FaissVectorIndex
+from tests.stores.contracts import ENC_A, ENC_B, VectorIndexContract, random_units
+
+
+class TestFaissVectorIndex(VectorIndexContract):
+    @pytest.fixture
+    async def vector_index(self, tmp_path: Path) -> AsyncIterator[FaissVectorIndex]:
+        index = FaissVectorIndex(tmp_path / "vectors", hnsw_threshold=1000, durable=False)
+        yield index
+        await index.close()
+
+
+class TestFaissVectorIndexAsHnsw(VectorIndexContract):
+    """The same contract with every space in HNSW mode (threshold 1) and exact filtering
+    turned off, so the HNSW paths (tombstones, selectors, fallbacks) answer it."""
+
+    @pytest.fixture
+    async def vector_index(self, tmp_path: Path) -> AsyncIterator[FaissVectorIndex]:
+        index = FaissVectorIndex(
+            tmp_path / "vectors", hnsw_threshold=1, exact_filter_limit=0, durable=False
+        )
+        yield index
+        await index.close()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def clustered(n: int, dim: int, seed: int, clusters: int = 40) -> Vectors:
+    """Unit vectors around a few cluster centres with a low-dimensional spread, the shape of
+    real embeddings (near-duplicate products, dense categories)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    basis = rng.standard_normal((8, dim)).astype(np.float32) / np.sqrt(8)
+    labels = rng.integers(0, clusters, n)
+    x = (
+        centres[labels]
+        + 0.8 * rng.standard_normal((n, 8)).astype(np.float32) @ basis
+        + 0.25 * rng.standard_normal((n, dim)).astype(np.float32)
+    )
+    out: Vectors = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def exact_top(vectors: Vectors, ids: list[str], query: Vectors, k: int) -> list[str]:
+    scores = vectors @ query
+    return [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def tags_for(i: int) -> dict[str, str]:
+    return {"colour": ("black", "red", "blue", "white")[i % 4], "bucket": str(i % 100)}
+
+
+async def fill(
+    index: FaissVectorIndex, encoder_id: str, vectors: Vectors, batch: int = 500
+) -> list[str]:
+    ids = [f"p{i:05d}" for i in range(len(vectors))]
+    for start in range(0, len(vectors), batch):
+        stop = start + batch
+        await index.upsert(
+            encoder_id,
+            ids[start:stop],
+            vectors[start:stop],
+            [tags_for(i) for i in range(start, min(stop, len(vectors)))],
+        )
+    return ids
+
+
+# -- persistence ---------------------------------------------------------------------------
+
+
+async def test_flush_and_reopen_restores_everything(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    index = FaissVectorIndex(directory, hnsw_threshold=100)
+    a = random_units(50, 16, seed=1)
+    b = random_units(5, 8, seed=2)
+    ids_a = await fill(index, ENC_A, a)
+    await index.upsert(ENC_B, ["x", "y", "z", "u", "v"], b, [{"k": "1"}] * 5)
+    await index.delete(["p00003"], ENC_A)
+    await index.flush()
+    files = sorted(p.name for p in directory.iterdir())
+    assert len(files) == 2, files  # one file per encoder, names safe for ':' '/' '@'
+    assert all(":" not in f and "@" not in f for f in files)
+
+    reopened = FaissVectorIndex(directory, hnsw_threshold=100)
+    assert sorted(await reopened.encoder_ids()) == sorted([ENC_A, ENC_B])
+    assert await reopened.count(ENC_A) == 49
+    assert await reopened.count(ENC_B) == 5
+    fetched = await reopened.fetch(ENC_A, ["p00000", "p00003"])
+    assert set(fetched) == {"p00000"}
+    np.testing.assert_array_equal(fetched["p00000"], a[0])
+    blue = ProductFilter({"colour": "blue"})  # every fourth product, p00006 among them
+    before = await index.query(ENC_A, a[6], 5, blue)
+    after = await reopened.query(ENC_A, a[6], 5, blue)
+    assert after == before
+    assert len(after) == 5
+    assert after[0][0] == ids_a[6]
+    assert after[0][1] == pytest.approx(1.0, abs=1e-5)
+    only = await reopened.query(ENC_B, b[0], 1, ProductFilter({"k": "1"}))
+    assert [pid for pid, _ in only] == ["x"]
+    assert only[0][1] == pytest.approx(1.0, abs=1e-5)
+    await reopened.close()
+    await index.close()
+
+
+async def test_unflushed_changes_are_not_on_disk_and_close_flushes(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    index = FaissVectorIndex(directory)
+    await index.upsert(ENC_A, ["a"], random_units(1, 8, seed=3), [{}])
+    assert await FaissVectorIndex(directory).count() == 0
+    await index.close()
+    assert await FaissVectorIndex(directory).count() == 1
+
+
+async def test_deleting_every_vector_removes_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    index = FaissVectorIndex(directory)
+    await index.upsert(ENC_A, ["a"], random_units(1, 8, seed=3), [{}])
+    await index.flush()
+    assert len(list(directory.glob("*.npz"))) == 1
+    await index.delete(["a"])
+    await index.flush()
+    assert list(directory.glob("*.npz")) == []
+    assert await FaissVectorIndex(directory).encoder_ids() == []
+
+
+async def test_writes_are_atomic_and_stray_temp_files_are_ignored(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    index = FaissVectorIndex(directory)
+    await index.upsert(ENC_A, ["a", "b"], random_units(2, 8, seed=4), [{}, {}])
+    await index.flush()
+    # A crash mid-write leaves a temporary file next to the good one: it is never read.
+    (directory / ".half-written.npz.0123.tmp").write_bytes(b"garbage")
+    (directory / "notes.txt").write_text("not an index")
+    reopened = FaissVectorIndex(directory)
+    assert await reopened.count(ENC_A) == 2
+    assert not (directory / ".half-written.npz.0123.tmp").exists()
+    assert sorted(os.listdir(directory)) == sorted(
+        [p.name for p in directory.glob("*.npz")] + ["notes.txt"]
+    )
+
+
+async def test_corrupt_file_gives_a_clear_error(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    directory.mkdir()
+    (directory / "broken-0123.npz").write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match=r"broken-0123\.npz"):
+        await FaissVectorIndex(directory).count()
+
+
+async def test_flush_only_rewrites_changed_encoders(tmp_path: Path) -> None:
+    directory = tmp_path / "vectors"
+    index = FaissVectorIndex(directory)
+    await index.upsert(ENC_A, ["a"], random_units(1, 8, seed=5), [{}])
+    await index.upsert(ENC_B, ["b"], random_units(1, 8, seed=6), [{}])
+    await index.flush()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.npz")}
+    await asyncio.sleep(0.01)
+    await index.upsert(ENC_B, ["c"], random_units(1, 8, seed=7), [{}])
+    await index.flush()
+    changed = {p.name for p in directory.glob("*.npz") if p.stat().st_mtime_ns != mtimes[p.name]}
+    assert len(changed) == 1
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+async def test_bad_vectors_are_rejected(tmp_path: Path) -> None:
+    index = FaissVectorIndex(tmp_path)
+    await index.upsert(ENC_A, ["a"], random_units(1, 8, seed=1), [{}])
+    with pytest.raises(BadInput, match="8-d"):
+        await index.upsert(ENC_A, ["b"], random_units(1, 4, seed=1), [{}])
+    with pytest.raises(BadInput, match="8-d"):
+        await index.query(ENC_A, random_units(1, 4, seed=1)[0], 3)
+    nan = random_units(1, 8, seed=1)
+    nan[0, 0] = np.nan
+    with pytest.raises(BadInput):
+        await index.upsert(ENC_A, ["c"], nan, [{}])
+    with pytest.raises(BadInput):
+        await index.upsert(ENC_A, [""], random_units(1, 8, seed=1), [{}])
+    # A [1, d] query works as well as a [d] one.
+    one = random_units(1, 8, seed=1)
+    assert (await index.query(ENC_A, one, 1))[0][0] == "a"
+    assert await index.count() == 1
+
+
+# -- exact -> HNSW -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_switches_to_hnsw_past_the_threshold_with_high_recall(tmp_path: Path) -> None:
+    dim, n = 48, 5000
+    vectors = clustered(n + 200, dim, seed=11)
+    data, queries = vectors[:n], vectors[n:]
+    index = FaissVectorIndex(tmp_path / "vectors", hnsw_threshold=2000, durable=False)
+
+    ids = await fill(index, ENC_A, data[:2000])
+    assert index.kind(ENC_A) == "flat"
+    # Below the threshold the index is exact.
+    for q in queries[:20]:
+        got = [pid for pid, _ in await index.query(ENC_A, q, 10)]
+        assert got == exact_top(data[:2000], ids, q, 10)
+
+    ids = await fill(index, ENC_A, data)
+    assert index.kind(ENC_A) == "hnsw"
+    assert await index.count(ENC_A) == n
+
+    recalls = []
+    for q in queries:
+        found = {pid for pid, _ in await index.query(ENC_A, q, 10)}
+        recalls.append(len(found & set(exact_top(data, ids, q, 10))) / 10)
+    assert float(np.mean(recalls)) >= 0.95
+
+    # Scores stay cosine similarities.
+    best = await index.query(ENC_A, data[123], 1)
+    assert best[0][0] == "p00123"
+    assert best[0][1] == pytest.approx(1.0, abs=1e-4)
+
+    # The HNSW space persists as HNSW and answers the same after reopening.
+    await index.flush()
+    reopened = FaissVectorIndex(tmp_path / "vectors", hnsw_threshold=2000)
+    assert reopened.kind(ENC_A) == "hnsw"
+    assert await reopened.query(ENC_A, queries[0], 10) == await index.query(ENC_A, queries[0], 10)
+
+
+@pytest.mark.slow
+async def test_delete_and_overwrite_under_hnsw(tmp_path: Path) -> None:
+    dim, n = 32, 3000
+    data = clustered(n, dim, seed=12)
+    index = FaissVectorIndex(tmp_path, hnsw_threshold=1000, durable=False)
+    ids = await fill(index, ENC_A, data)
+    assert index.kind(ENC_A) == "hnsw"
+
+    # Deleted ids never come back, even when they are the best match.
+    gone = ids[:100]
+    await index.delete(gone)
+    assert await index.count(ENC_A) == n - 100
+    for i in range(0, 100, 10):
+        results = await index.query(ENC_A, data[i], 10)
+        assert len(results) == 10
+        assert not {pid for pid, _ in results} & set(gone)
+    assert await index.fetch(ENC_A, gone[:3]) == {}
+
+    # Overwriting moves the vector: the old position no longer finds it first.
+    moved = data[2000]
+    await index.upsert(ENC_A, [ids[500]], moved[None, :], [{"colour": "green"}])
+    assert (await index.query(ENC_A, moved, 2))[0][1] == pytest.approx(1.0, abs=1e-4)
+    top = await index.query(ENC_A, moved, 2)
+    assert {pid for pid, _ in top} == {ids[500], ids[2000]}
+    old_top = await index.query(ENC_A, data[500], 1)
+    assert old_top[0][0] != ids[500]
+
+    # Enough deletes compact the space; below the threshold it becomes exact again.
+    await index.delete(ids[100:2500])
+    assert await index.count(ENC_A) == 500
+    assert index.kind(ENC_A) == "flat"
+    survivors = ids[2500:]
+    results = await index.query(ENC_A, data[2600], 500)
+    assert sorted(pid for pid, _ in results) == sorted(survivors)
+
+
+@pytest.mark.slow
+async def test_selective_filter_under_hnsw_still_returns_top_k(tmp_path: Path) -> None:
+    dim, n = 32, 4000
+    data = clustered(n, dim, seed=13)
+    # exact_filter_limit=0 forces the HNSW-with-selector path and its fallback.
+    for limit in (0, 20_000):
+        index = FaissVectorIndex(
+            tmp_path / str(limit), hnsw_threshold=1000, exact_filter_limit=limit, durable=False
+        )
+        ids = await fill(index, ENC_A, data)
+        assert index.kind(ENC_A) == "hnsw"
+        rare = ProductFilter({"bucket": "7"})  # 40 of 4000 products
+        allowed = [i for i in range(n) if tags_for(i)["bucket"] == "7"]
+        query = data[3]  # far from most of the allowed rows
+        results = await index.query(ENC_A, query, 10, rare)
+        assert len(results) == 10
+        want = exact_top(data[allowed], [ids[i] for i in allowed], query, 10)
+        assert [pid for pid, _ in results] == want
+        many = await index.query(ENC_A, query, 100, rare)
+        assert len(many) == 40
+        combined = ProductFilter(equals={"colour": "red"}, any_of={"bucket": ("1", "5", "9")})
+        got = await index.query(ENC_A, query, 200, combined)
+        assert len(got) == 120
+        assert all(tags_for(int(pid[1:]))["colour"] == "red" for pid, _ in got)
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+async def test_concurrent_upserts_queries_and_flushes(tmp_path: Path) -> None:
+    index = FaissVectorIndex(tmp_path, hnsw_threshold=300, durable=False)
+    dim = 16
+    data = clustered(1200, dim, seed=14)
+
+    async def writer(part: int) -> None:
+        for start in range(part * 300, (part + 1) * 300, 50):
+            await index.upsert(
+                ENC_A,
+                [f"p{i:05d}" for i in range(start, start + 50)],
+                data[start : start + 50],
+                [tags_for(i) for i in range(start, start + 50)],
+            )
+
+    async def reader() -> None:
+        for i in range(40):
+            results = await index.query(ENC_A, data[i], 5, ProductFilter({"colour": "red"}))
+            assert all(tags_for(int(pid[1:]))["colour"] == "red" for pid, _ in results)
+            assert [s for _, s in results] == sorted((s for _, s in results), reverse=True)
+
+    async def flusher() -> None:
+        for _ in range(5):
+            await index.flush()
+            await asyncio.sleep(0)
+
+    async def deleter() -> None:
+        for i in range(0, 1200, 7):
+            await index.delete([f"p{i:05d}"], ENC_A)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer(p) for p in range(4)), reader(), reader(), flusher())
+    assert await index.count(ENC_A) == 1200
+    assert index.kind(ENC_A) == "hnsw"
+    await asyncio.gather(deleter(), reader())
+    remaining = 1200 - len(range(0, 1200, 7))
+    await index.close()
+    reopened = FaissVectorIndex(tmp_path, hnsw_threshold=300)
+    assert await reopened.count(ENC_A) == remaining
+    hits = await reopened.query(ENC_A, data[8], 1)
+    assert hits[0][0] == "p00008"

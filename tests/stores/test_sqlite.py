@@ -1,0 +1,160 @@
+"""SqliteCatalog: the Catalog contract, plus persistence, transactions, the schema it relies
+on for indexed filters, and concurrent use."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from domain.errors import BadInput
+from domain.model import Product, ProductFilter
+from stores.catalog.sqlite_catalog import SqliteCatalog
+from tests.stores.contracts import ENC_A, CatalogContract
+
+
+class TestSqliteCatalog(CatalogContract):
+    @pytest.fixture
+    async def catalog(self, tmp_path: Path) -> AsyncIterator[SqliteCatalog]:
+        catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+        yield catalog
+        await catalog.close()
+
+
+def product(i: int, **tags: str) -> Product:
+    return Product(id=f"p{i:05d}", name=f"Product {i}", tags=tags, image_keys=(f"k{i}.jpg",))
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "catalog.sqlite3"
+    catalog = SqliteCatalog(path)
+    await catalog.upsert_many([product(1, colour="red"), product(2, colour="blue")])
+    await catalog.mark_indexed(ENC_A, {"p00001": "h1"})
+    await catalog.close()
+
+    reopened = SqliteCatalog(path)
+    assert await reopened.get("p00001") == product(1, colour="red")
+    assert await reopened.count(ProductFilter({"colour": "blue"})) == 1
+    assert await reopened.indexed_hashes(ENC_A) == {"p00001": "h1"}
+    await reopened.close()
+
+
+async def test_wal_mode_and_indexed_filters(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    catalog = SqliteCatalog(path)
+    await catalog.upsert_many([product(1, colour="red")])
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        plan = " ".join(
+            str(row[-1])
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT product_id FROM tags WHERE key = ? AND value = ?",
+                ("colour", "red"),
+            )
+        )
+        assert "tags_by_key_value" in plan
+    finally:
+        raw.close()
+    await catalog.close()
+
+
+async def test_bulk_upsert_is_one_transaction(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    await catalog.upsert_many([product(1, colour="red")])
+
+    # SQLite fails on the second product (a value it cannot bind) after inserting the
+    # first: the whole batch is rolled back.
+    class Unbindable:
+        id = "p00003"
+        name = object()
+        description = None
+        tags: dict[str, str] = {}  # noqa: RUF012
+        image_keys = ()
+
+    with pytest.raises(sqlite3.Error):
+        await catalog.upsert_many([product(2, colour="blue"), Unbindable()])  # type: ignore[list-item]
+    assert await catalog.get("p00002") is None
+    assert await catalog.count() == 1
+    # The catalog is still usable after the rollback.
+    await catalog.upsert_many([product(2, colour="blue")])
+    assert await catalog.count() == 2
+    await catalog.close()
+
+
+async def test_repeated_id_in_one_batch_keeps_the_last(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    await catalog.upsert_many([product(1, colour="red"), product(1, colour="blue")])
+    assert await catalog.get("p00001") == product(1, colour="blue")
+    assert await catalog.facets() == {"colour": {"blue": 1}}
+    await catalog.close()
+
+
+async def test_limit_must_be_positive(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    with pytest.raises(BadInput):
+        await catalog.list(limit=0)
+    await catalog.close()
+
+
+async def test_large_catalog_pages_and_counts(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    colours = ("black", "red", "blue", "white", "green")
+    products = [product(i, colour=colours[i % 5], size=str(i % 7)) for i in range(5000)]
+    await catalog.upsert_many(products)
+    assert await catalog.count() == 5000
+    flt = ProductFilter(equals={"colour": "red"}, any_of={"size": ("1", "2")})
+    expected = [p.id for p in products if flt.matches(p.tags)]
+    assert await catalog.count(flt) == len(expected)
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await catalog.list(flt, cursor, 100)
+        seen += [p.id for p in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == expected
+    got = await catalog.get_many([p.id for p in products[::3]])
+    assert len(got) == len(products[::3])
+    await catalog.close()
+
+
+async def test_concurrent_readers_and_writers(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+
+    async def writer(part: int) -> None:
+        for start in range(part * 200, (part + 1) * 200, 20):
+            await catalog.upsert_many(
+                [product(i, colour="red" if i % 2 else "blue") for i in range(start, start + 20)]
+            )
+            await catalog.mark_indexed(
+                ENC_A, {f"p{i:05d}": f"h{i}" for i in range(start, start + 20)}
+            )
+
+    async def reader() -> None:
+        for _ in range(30):
+            page = await catalog.list(ProductFilter({"colour": "red"}), limit=50)
+            assert all(p.tags["colour"] == "red" for p in page.items)
+            await catalog.count()
+
+    await asyncio.gather(*(writer(p) for p in range(4)), reader(), reader())
+    assert await catalog.count() == 800
+    assert await catalog.count(ProductFilter({"colour": "red"})) == 400
+    assert len(await catalog.indexed_hashes(ENC_A)) == 800
+    await catalog.close()
+
+
+async def test_two_instances_on_one_file(tmp_path: Path) -> None:
+    """The API and a CLI ingest open the same file: writes of one are visible to the other."""
+    path = tmp_path / "catalog.sqlite3"
+    first, second = SqliteCatalog(path), SqliteCatalog(path)
+    await first.upsert_many([product(1, colour="red")])
+    assert await second.get("p00001") == product(1, colour="red")
+    await second.delete("p00001")
+    assert await first.get("p00001") is None
+    await first.close()
+    await second.close()
