@@ -1,0 +1,384 @@
+"""Catalog on MongoDB (or MongoDB Atlas) through PyMongo's async API.
+
+Documents of the ``products`` collection::
+
+    {"_id": <product id>, "name": ..., "description": ... | None,
+     "tags": {<tag key>: <value>, ...}, "tag_keys": [<tag key>, ...], "image_keys": [...]}
+
+Filters are pushed down as ``tags.<key>`` conditions and each tag key gets an ascending index
+the first time it is seen (up to ``max_tag_indexes`` keys; MongoDB allows 64 indexes per
+collection). Tag keys are stored as field names with ``%``, ``.`` and a leading ``$`` escaped
+(``%25``, ``%2E``, ``%24``), so any key works in paths. ``tag_keys`` keeps the original keys so
+facets over every key need no ``$objectToArray``. Listings page by ``_id`` (a position, not a
+snapshot). The ingest ledger lives in its own collection, one document per (encoder,
+product).
+
+Every call is bounded by ``timeout_s`` (server selection, connect, socket and PyMongo's
+client-side operation timeout); a server that cannot be reached or does not answer in time
+raises ``UpstreamUnavailable`` naming ``MONGODB_URI``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+
+from domain.errors import BadInput, UpstreamUnavailable
+from domain.model import Cursor, Product, ProductFilter, ProductPage
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.collection import AsyncCollection
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    from fashion_search.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+WRITE_BATCH = 1000
+DEFAULT_MAX_TAG_INDEXES = 32
+AUTH_ERROR_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+
+
+def tag_field(key: str) -> str:
+    """A tag key as a field name usable in dotted paths (reversible, see tag_key)."""
+    if key == "":
+        return "%"
+    escaped = key.replace("%", "%25").replace(".", "%2E")
+    return "%24" + escaped[1:] if escaped.startswith("$") else escaped
+
+
+def tag_key(field: str) -> str:
+    return "" if field == "%" else unquote(field)
+
+
+def to_mongo_filter(flt: ProductFilter | None) -> Document:
+    if flt is None or flt.is_empty:
+        return {}
+    clauses: list[Document] = [{f"tags.{tag_field(k)}": v} for k, v in sorted(flt.equals.items())]
+    clauses += [
+        {f"tags.{tag_field(k)}": {"$in": list(dict.fromkeys(vs))}}
+        for k, vs in sorted(flt.any_of.items())
+    ]
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without credentials or options, safe for error messages and logs."""
+    without_options = uri.split("?", 1)[0]
+    return re.sub(r"//[^@/]*@", "//***@", without_options)
+
+
+def _to_document(product: Product) -> Document:
+    return {
+        "_id": product.id,
+        "name": product.name,
+        "description": product.description,
+        "tags": {tag_field(k): v for k, v in product.tags.items()},
+        "tag_keys": list(product.tags),
+        "image_keys": list(product.image_keys),
+    }
+
+
+def _to_product(doc: Mapping[str, Any]) -> Product:
+    return Product(
+        id=doc["_id"],
+        name=doc.get("name") or "",
+        description=doc.get("description"),
+        tags={tag_key(f): str(v) for f, v in (doc.get("tags") or {}).items()},
+        image_keys=tuple(doc.get("image_keys") or ()),
+    )
+
+
+def _ledger_id(encoder_id: str, product_id: str) -> str:
+    return json.dumps([encoder_id, product_id], ensure_ascii=False)
+
+
+class MongoCatalog:
+    """The Catalog port on one MongoDB database."""
+
+    def __init__(
+        self,
+        uri: str,
+        db_name: str = "fashion_search",
+        *,
+        timeout_s: float = 5.0,
+        products_collection: str = "products",
+        ledger_collection: str = "ingest_ledger",
+        max_tag_indexes: int = DEFAULT_MAX_TAG_INDEXES,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``client_options`` go to ``AsyncMongoClient`` as they are (TLS files, event
+        listeners, ...); options in the URI work too."""
+        if not uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise BadInput("MONGODB_URI must start with mongodb:// or mongodb+srv://")
+        if not db_name:
+            raise BadInput("MONGODB_DB is empty")
+        self._uri = uri
+        self._db_name = db_name
+        self._timeout = timeout_s
+        self._products_name = products_collection
+        self._ledger_name = ledger_collection
+        self._max_tag_indexes = max_tag_indexes
+        self._client_options = dict(client_options or {})
+        self._client: AsyncMongoClient[Document] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._setup_done = False
+        self._indexed_fields: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MongoCatalog:
+        if settings.mongodb_uri is None:
+            raise BadInput("MONGODB_URI is not set")
+        return cls(
+            settings.mongodb_uri.get_secret_value(),
+            settings.mongodb_db,
+            timeout_s=settings.store_timeout_s,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def database_name(self) -> str:
+        return self._db_name
+
+    @property
+    def where(self) -> str:
+        return f"MONGODB_URI={redact_uri(self._uri)}"
+
+    def _database(self) -> AsyncDatabase[Document]:
+        """The client of the running event loop (an AsyncMongoClient serves one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            timeout_ms = max(1, int(self._timeout * 1000))
+            try:
+                self._client = AsyncMongoClient(
+                    self._uri,
+                    appname="fashion-search",
+                    serverSelectionTimeoutMS=timeout_ms,
+                    connectTimeoutMS=timeout_ms,
+                    socketTimeoutMS=timeout_ms,
+                    timeoutMS=timeout_ms,
+                    **self._client_options,
+                )
+            except ConfigurationError as exc:
+                raise BadInput(f"MONGODB_URI is invalid: {exc}") from exc
+            self._loop = loop
+            self._setup_done = False
+            self._indexed_fields = set()
+        return self._client[self._db_name]
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (ServerSelectionTimeoutError, ConnectionFailure, ExecutionTimeout) as exc:
+            raise UpstreamUnavailable(
+                f"MongoDB ({self.where}) is unreachable or did not answer within "
+                f"{self._timeout:g}s: {type(exc).__name__}"
+            ) from exc
+        except WTimeoutError as exc:
+            raise UpstreamUnavailable(f"MongoDB ({self.where}) write timed out") from exc
+        except OperationFailure as exc:
+            if exc.code in AUTH_ERROR_CODES:
+                raise UpstreamUnavailable(
+                    f"MongoDB ({self.where}) rejected the credentials in MONGODB_URI"
+                ) from exc
+            if exc.timeout:
+                raise UpstreamUnavailable(f"MongoDB ({self.where}) timed out") from exc
+            raise
+        except PyMongoError as exc:
+            if exc.timeout:
+                raise UpstreamUnavailable(f"MongoDB ({self.where}) timed out") from exc
+            raise
+
+    async def _collections(
+        self,
+    ) -> tuple[AsyncCollection[Document], AsyncCollection[Document]]:
+        db = self._database()
+        products, ledger = db[self._products_name], db[self._ledger_name]
+        if not self._setup_done:
+            async with self._guard():
+                await ledger.create_index([("encoder", ASCENDING)])
+                await ledger.create_index([("product", ASCENDING)])
+            self._setup_done = True
+        return products, ledger
+
+    async def _index_tag_fields(
+        self, products: AsyncCollection[Document], fields: set[str]
+    ) -> None:
+        for field in sorted(fields - self._indexed_fields):
+            if len(self._indexed_fields) >= self._max_tag_indexes:
+                logger.warning(
+                    "not indexing tag %r: already %d tag indexes",
+                    tag_key(field),
+                    len(self._indexed_fields),
+                )
+                self._indexed_fields.add(field)
+                continue
+            try:
+                async with self._guard():
+                    await products.create_index([(f"tags.{field}", ASCENDING)])
+            except OperationFailure as exc:  # e.g. a server that restricts index names
+                logger.warning("could not index tag %r: %s", tag_key(field), exc)
+            self._indexed_fields.add(field)
+
+    # -- the port ------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Fails with UpstreamUnavailable naming MONGODB_URI when the database is unusable."""
+        db = self._database()
+        async with self._guard():
+            await db.command("ping")
+        await self._collections()
+
+    async def upsert_many(self, products: Sequence[Product]) -> None:
+        if not products:
+            return
+        latest = {p.id: p for p in products}  # the last occurrence of an id wins
+        coll, _ = await self._collections()
+        await self._index_tag_fields(coll, {tag_field(k) for p in latest.values() for k in p.tags})
+        docs = [_to_document(p) for p in latest.values()]
+        async with self._guard():
+            for start in range(0, len(docs), WRITE_BATCH):
+                chunk = docs[start : start + WRITE_BATCH]
+                await coll.bulk_write(
+                    [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in chunk], ordered=False
+                )
+
+    async def get(self, product_id: str) -> Product | None:
+        coll, _ = await self._collections()
+        async with self._guard():
+            doc = await coll.find_one({"_id": product_id})
+        return _to_product(doc) if doc is not None else None
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return {}
+        coll, _ = await self._collections()
+        async with self._guard():
+            cursor = coll.find({"_id": {"$in": unique}}, batch_size=len(unique))
+            found = {doc["_id"]: _to_product(doc) async for doc in cursor}
+        return {pid: found[pid] for pid in unique if pid in found}
+
+    async def delete(self, product_id: str) -> bool:
+        coll, ledger = await self._collections()
+        async with self._guard():
+            result = await coll.delete_one({"_id": product_id})
+            await ledger.delete_many({"product": product_id})
+        return result.deleted_count > 0
+
+    async def list(
+        self, filter: ProductFilter | None = None, cursor: str | None = None, limit: int = 20
+    ) -> ProductPage:
+        if limit < 1:
+            raise BadInput("limit must be at least 1")
+        after = Cursor.decode(cursor).after_id
+        query = to_mongo_filter(filter)
+        if after is not None:
+            query = {"$and": [query, {"_id": {"$gt": after}}]} if query else {"_id": {"$gt": after}}
+        coll, _ = await self._collections()
+        async with self._guard():
+            found = coll.find(query).sort("_id", ASCENDING).limit(limit + 1)
+            docs = [doc async for doc in found]
+        items = tuple(_to_product(d) for d in docs[:limit])
+        more = len(docs) > limit
+        return ProductPage(
+            items=items, next_cursor=Cursor(after_id=items[-1].id).encode() if more else None
+        )
+
+    async def count(self, filter: ProductFilter | None = None) -> int:
+        coll, _ = await self._collections()
+        async with self._guard():
+            return await coll.count_documents(to_mongo_filter(filter))
+
+    async def facets(
+        self, keys: Sequence[str] | None = None, filter: ProductFilter | None = None
+    ) -> dict[str, dict[str, int]]:
+        match = to_mongo_filter(filter)
+        coll, _ = await self._collections()
+        async with self._guard():
+            if keys is None:
+                keys = sorted(str(k) for k in await coll.distinct("tag_keys", match))
+            keys = list(dict.fromkeys(keys))
+            if not keys:
+                return {}
+            branches = {
+                f"k{i}": [{"$group": {"_id": f"$tags.{tag_field(key)}", "n": {"$sum": 1}}}]
+                for i, key in enumerate(keys)
+            }
+            pipeline: list[Document] = [{"$match": match}, {"$facet": branches}]
+            rows = [row async for row in await coll.aggregate(pipeline)]
+        result: dict[str, dict[str, int]] = {}
+        buckets = rows[0] if rows else {}
+        for i, key in enumerate(keys):
+            counts = {
+                str(group["_id"]): int(group["n"])
+                for group in buckets.get(f"k{i}", [])
+                if group.get("_id") is not None
+            }
+            if counts:
+                result[key] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return result
+
+    async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
+        _, ledger = await self._collections()
+        async with self._guard():
+            found = ledger.find({"encoder": encoder_id}, {"product": 1, "hash": 1})
+            return {doc["product"]: doc["hash"] async for doc in found}
+
+    async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
+        if not hashes:
+            return
+        _, ledger = await self._collections()
+        ops = [
+            ReplaceOne(
+                {"_id": _ledger_id(encoder_id, pid)},
+                {
+                    "_id": _ledger_id(encoder_id, pid),
+                    "encoder": encoder_id,
+                    "product": pid,
+                    "hash": h,
+                },
+                upsert=True,
+            )
+            for pid, h in hashes.items()
+        ]
+        async with self._guard():
+            for start in range(0, len(ops), WRITE_BATCH):
+                await ledger.bulk_write(ops[start : start + WRITE_BATCH], ordered=False)
+
+    async def drop(self) -> None:
+        """Delete the whole database (tests, and `reset` commands)."""
+        db = self._database()
+        async with self._guard():
+            await db.client.drop_database(self._db_name)
+        self._setup_done = False
+        self._indexed_fields = set()
+
+    async def close(self) -> None:
+        client, loop = self._client, self._loop
+        self._client, self._loop = None, None
+        # A client can only be closed on its own event loop; one left behind by an earlier
+        # loop has lost its connections with that loop already.
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()

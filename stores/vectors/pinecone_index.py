@@ -1,0 +1,467 @@
+"""VectorIndex on Pinecone (the ``pinecone`` SDK, data plane over HTTP).
+
+One Pinecone index holds every encoder's vectors, one namespace per encoder id (so every
+encoder must have the index's dimension). Product tags are stored as vector metadata and
+``ProductFilter`` is pushed down as a Pinecone metadata filter. Pinecone scores for the
+cosine metric are cosine similarities, which is what the port promises.
+
+Robustness:
+
+* every request has a timeout (``timeout_s``) and every call an overall deadline of the same
+  length, so a hung or unreachable Pinecone turns into ``UpstreamUnavailable`` in time;
+* 429 and 5xx answers and connection errors are retried by the SDK's transport with
+  exponential backoff (decorrelated jitter from 0.25 s, ``Retry-After`` honoured, three
+  retries); the SDK does not let a data-plane client change that policy, so the deadline
+  above is what bounds it;
+* upserts are split into requests of at most ``MAX_VECTORS_PER_UPSERT`` vectors and
+  ``MAX_UPSERT_BYTES`` of JSON (Pinecone's limits are 1000 vectors and 2 MB).
+
+Pinecone only accepts ASCII record ids and namespace names (1-512 characters, no NUL).
+Product and encoder ids that are not like that are stored under a reversible
+``~b64:`` + base64url name; every other id is stored as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from pinecone import AsyncIndex, AsyncPinecone
+from pinecone.errors import (
+    ApiError,
+    ForbiddenError,
+    NotFoundError,
+    PineconeConnectionError,
+    PineconeError,
+    PineconeValueError,
+    RateLimitError,
+    ServiceError,
+    UnauthorizedError,
+)
+
+from domain.errors import BadInput, UpstreamUnavailable
+from domain.model import ProductFilter
+from domain.ports import Vectors
+
+if TYPE_CHECKING:
+    from fashion_search.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_VECTORS_PER_UPSERT = 100
+MAX_UPSERT_BYTES = 2 * 1024 * 1024 - 64 * 1024
+"""Pinecone caps a request at 2 MB; keep a margin for the envelope."""
+MAX_IDS_PER_FETCH = 100
+MAX_FETCH_ID_CHARS = 4000
+"""Fetch sends ids in the query string: keep URLs well below common 8 KB limits."""
+MAX_IDS_PER_DELETE = 1000
+MAX_QUERY_TOP_K = 10_000
+MAX_IN_VALUES = 10_000
+MAX_NAME_LEN = 512
+ENCODED_PREFIX = "~b64:"
+DEFAULT_CONCURRENCY = 4
+
+
+def encode_name(name: str) -> str:
+    """A product or encoder id as a Pinecone record id / namespace name (reversible)."""
+    if not name:
+        raise BadInput("an empty id cannot be stored in Pinecone")
+    if (
+        name.isascii()
+        and "\x00" not in name
+        and len(name) <= MAX_NAME_LEN
+        and not name.startswith(ENCODED_PREFIX)
+    ):
+        return name
+    encoded = ENCODED_PREFIX + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+    if len(encoded) > MAX_NAME_LEN:
+        raise BadInput(f"id too long for Pinecone: {name[:40]!r}...")
+    return encoded
+
+
+def decode_name(stored: str) -> str:
+    if not stored.startswith(ENCODED_PREFIX):
+        return stored
+    payload = stored[len(ENCODED_PREFIX) :]
+    try:
+        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return stored
+
+
+def metadata_key(key: str) -> str:
+    """Tag keys as metadata field names: Pinecone reserves a leading ``$`` (operators)."""
+    escaped = key.replace("%", "%25")
+    return "%24" + escaped[1:] if escaped.startswith("$") else escaped
+
+
+def to_pinecone_filter(flt: ProductFilter | None) -> dict[str, Any] | None:
+    """ProductFilter as a Pinecone metadata filter: ``$eq`` / ``$in`` joined by ``$and``."""
+    if flt is None or flt.is_empty:
+        return None
+    clauses: list[dict[str, Any]] = [
+        {metadata_key(key): {"$eq": value}} for key, value in sorted(flt.equals.items())
+    ]
+    for key, values in sorted(flt.any_of.items()):
+        unique = list(dict.fromkeys(values))
+        if len(unique) > MAX_IN_VALUES:
+            raise BadInput(f"filter on {key!r} lists more than {MAX_IN_VALUES} values")
+        clauses.append({metadata_key(key): {"$in": unique}})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _record(record_id: str, vector: Vectors, tags: Mapping[str, str]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": encode_name(record_id),
+        "values": [float(x) for x in np.asarray(vector, dtype=np.float32).reshape(-1)],
+    }
+    if tags:
+        record["metadata"] = {metadata_key(str(k)): str(v) for k, v in tags.items()}
+    return record
+
+
+def _record_size(record: Mapping[str, Any]) -> int:
+    """A generous estimate of the record's JSON size (floats print up to ~25 chars)."""
+    size = 64 + len(record["id"]) * 2 + 25 * len(record["values"])
+    for key, value in (record.get("metadata") or {}).items():
+        size += 8 + 2 * (len(key) + len(value)) + len(key.encode()) + len(value.encode())
+    return size
+
+
+def plan_upsert_batches(
+    records: Sequence[dict[str, Any]],
+    max_vectors: int = MAX_VECTORS_PER_UPSERT,
+    max_bytes: int = MAX_UPSERT_BYTES,
+) -> list[list[dict[str, Any]]]:
+    """Split records into requests that respect both the count and the size limit."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    current_bytes = 0
+    for record in records:
+        size = _record_size(record)
+        if size > max_bytes:
+            raise BadInput(f"vector {decode_name(record['id'])!r} is too large for one request")
+        if current and (len(current) >= max_vectors or current_bytes + size > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(record)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _fetch_batches(ids: Sequence[str]) -> list[list[str]]:
+    batches: list[list[str]] = []
+    current: list[str] = []
+    chars = 0
+    for stored in ids:
+        if current and (
+            len(current) >= MAX_IDS_PER_FETCH or chars + len(stored) > MAX_FETCH_ID_CHARS
+        ):
+            batches.append(current)
+            current, chars = [], 0
+        current.append(stored)
+        chars += len(stored) + 5
+    if current:
+        batches.append(current)
+    return batches
+
+
+class PineconeVectorIndex:
+    """The VectorIndex port on one Pinecone index (dense, cosine metric)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        host: str | None = None,
+        index_name: str | None = None,
+        *,
+        timeout_s: float = 5.0,
+        namespace_prefix: str = "",
+        concurrency: int = DEFAULT_CONCURRENCY,
+        control_plane_host: str | None = None,
+    ) -> None:
+        """``host`` is the index's data-plane URL (``https://<index>-<project>.svc...``, or
+        ``http://127.0.0.1:PORT`` for a local fake); without it the host of ``index_name``
+        is looked up once, on first use. ``namespace_prefix`` lets several deployments (or
+        test runs) share one index."""
+        if not api_key:
+            raise BadInput("PINECONE_API_KEY is empty")
+        if not host and not index_name:
+            raise BadInput("set PINECONE_HOST (or PINECONE_INDEX) to use Pinecone")
+        self._api_key = api_key
+        self._host = host or None
+        self._index_name = index_name
+        self._timeout = timeout_s
+        self._prefix = namespace_prefix
+        self._concurrency = max(1, concurrency)
+        self._control_plane_host = control_plane_host
+        self._index: AsyncIndex | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PineconeVectorIndex:
+        if settings.pinecone_api_key is None:
+            raise BadInput("PINECONE_API_KEY is not set")
+        return cls(
+            settings.pinecone_api_key.get_secret_value(),
+            host=settings.pinecone_host,
+            index_name=settings.pinecone_index,
+            timeout_s=settings.store_timeout_s,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        if self._host:
+            return f"PINECONE_HOST={self._host}"
+        return f"PINECONE_INDEX={self._index_name}"
+
+    def _namespace(self, encoder_id: str) -> str:
+        return encode_name(self._prefix + encoder_id)
+
+    def _encoder_of(self, namespace: str) -> str | None:
+        name = decode_name(namespace)
+        return name[len(self._prefix) :] if name.startswith(self._prefix) else None
+
+    async def _client(self) -> AsyncIndex:
+        if self._index is not None:
+            return self._index
+        async with self._lock:
+            if self._index is None:
+                if not self._host:
+                    self._host = await self._call(self._resolve_host)
+                self._index = AsyncIndex(
+                    host=self._host, api_key=self._api_key, timeout=self._timeout
+                )
+            return self._index
+
+    async def _resolve_host(self) -> str:
+        assert self._index_name is not None
+        async with AsyncPinecone(
+            api_key=self._api_key, host=self._control_plane_host, timeout=self._timeout
+        ) as pc:
+            model = await pc.indexes.describe(self._index_name)
+        if not model.host:
+            raise UpstreamUnavailable(
+                f"Pinecone index {self._index_name!r} (PINECONE_INDEX) has no host yet: "
+                "is it still initialising?"
+            )
+        return model.host
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one SDK call under the deadline and translate its failures."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await operation()
+        except TimeoutError as exc:  # our deadline, or PineconeTimeoutError (a TimeoutError)
+            raise UpstreamUnavailable(
+                f"Pinecone ({self.where}) did not answer within {self._timeout:g}s"
+            ) from exc
+        except PineconeConnectionError as exc:
+            raise UpstreamUnavailable(f"cannot reach Pinecone ({self.where}): {exc}") from exc
+        except (UnauthorizedError, ForbiddenError) as exc:
+            raise UpstreamUnavailable(
+                f"Pinecone ({self.where}) rejected the API key: check PINECONE_API_KEY"
+            ) from exc
+        except (RateLimitError, ServiceError) as exc:
+            raise UpstreamUnavailable(
+                f"Pinecone ({self.where}) is unavailable (HTTP {exc.status_code}) after retries"
+            ) from exc
+        except NotFoundError as exc:
+            raise UpstreamUnavailable(
+                f"Pinecone ({self.where}) answered 404: check PINECONE_HOST / PINECONE_INDEX"
+            ) from exc
+        except PineconeValueError as exc:
+            raise BadInput(f"Pinecone rejected the request: {exc}") from exc
+        except ApiError as exc:
+            if 400 <= exc.status_code < 500:
+                raise BadInput(f"Pinecone rejected the request: {exc.message}") from exc
+            raise UpstreamUnavailable(f"Pinecone ({self.where}) failed: {exc}") from exc
+        except PineconeError as exc:
+            raise UpstreamUnavailable(f"Pinecone ({self.where}) failed: {exc}") from exc
+
+    async def _namespace_counts(self) -> dict[str, int]:
+        """encoder id -> vector count, for this prefix's non-empty namespaces."""
+        index = await self._client()
+        stats = await self._call(lambda: index.describe_index_stats(timeout=self._timeout))
+        counts: dict[str, int] = {}
+        for namespace, summary in stats.namespaces.items():
+            encoder_id = self._encoder_of(namespace)
+            if encoder_id is not None and summary.vector_count > 0:
+                counts[encoder_id] = summary.vector_count
+        return counts
+
+    async def _gather_limited(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def run(operation: Callable[[], Awaitable[T]]) -> T:
+            async with semaphore:
+                return await self._call(operation)
+
+        return list(await asyncio.gather(*(run(op) for op in operations)))
+
+    # -- the port ------------------------------------------------------------------------
+
+    async def check(self) -> dict[str, int]:
+        """Fails with UpstreamUnavailable naming the setting when the index cannot be used.
+        Returns the vector count per encoder."""
+        return await self._namespace_counts()
+
+    async def dimension(self) -> int | None:
+        index = await self._client()
+        stats = await self._call(lambda: index.describe_index_stats(timeout=self._timeout))
+        return stats.dimension
+
+    async def upsert(
+        self,
+        encoder_id: str,
+        ids: Sequence[str],
+        vectors: Vectors,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(ids) != vectors.shape[0] or len(ids) != len(metadata):
+            raise BadInput(
+                f"upsert needs as many ids ({len(ids)}), vectors ({len(vectors)}) and "
+                f"metadata ({len(metadata)})"
+            )
+        if not ids:
+            return
+        if not np.isfinite(vectors).all():
+            raise BadInput("vectors contain NaN or infinity")
+        # The last occurrence of a duplicated id wins, as with successive upserts.
+        latest = {pid: i for i, pid in enumerate(ids)}
+        records = [_record(pid, vectors[i], metadata[i]) for pid, i in latest.items()]
+        namespace = self._namespace(encoder_id)
+        index = await self._client()
+
+        def send(batch: list[dict[str, Any]]) -> Callable[[], Awaitable[object]]:
+            return lambda: index.upsert(vectors=batch, namespace=namespace, timeout=self._timeout)
+
+        batches = plan_upsert_batches(records)
+        await self._gather_limited([send(batch) for batch in batches])
+        logger.debug(
+            "upserted %d vectors into %r in %d requests", len(records), namespace, len(batches)
+        )
+
+    async def query(
+        self,
+        encoder_id: str,
+        vector: Vectors,
+        top_k: int,
+        filter: ProductFilter | None = None,
+    ) -> list[tuple[str, float]]:
+        if top_k <= 0:
+            return []
+        values = [float(x) for x in np.asarray(vector, dtype=np.float32).reshape(-1)]
+        if not all(math.isfinite(x) for x in values):
+            raise BadInput("the query vector contains NaN or infinity")
+        pinecone_filter = to_pinecone_filter(filter)
+        namespace = self._namespace(encoder_id)
+        index = await self._client()
+        response = await self._call(
+            lambda: index.query(
+                top_k=min(top_k, MAX_QUERY_TOP_K),
+                vector=values,
+                namespace=namespace,
+                filter=pinecone_filter,
+                timeout=self._timeout,
+            )
+        )
+        return [(decode_name(match.id), float(match.score)) for match in response.matches]
+
+    async def fetch(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        stored = list(dict.fromkeys(encode_name(pid) for pid in ids))
+        if not stored:
+            return {}
+        namespace = self._namespace(encoder_id)
+        index = await self._client()
+
+        def get(batch: list[str]) -> Callable[[], Awaitable[Any]]:
+            return lambda: index.fetch(ids=batch, namespace=namespace, timeout=self._timeout)
+
+        found: dict[str, Vectors] = {}
+        for response in await self._gather_limited([get(b) for b in _fetch_batches(stored)]):
+            for stored_id, record in response.vectors.items():
+                found[decode_name(stored_id)] = np.asarray(record.values, dtype=np.float32)
+        return {pid: found[pid] for pid in ids if pid in found}
+
+    async def delete(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        stored = list(dict.fromkeys(encode_name(pid) for pid in ids))
+        if not stored:
+            return
+        if encoder_id is not None:
+            namespaces = [self._namespace(encoder_id)]
+        else:
+            namespaces = [self._namespace(e) for e in await self._namespace_counts()]
+        index = await self._client()
+
+        def remove(namespace: str, batch: list[str]) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                # Serverless answers 404 for a namespace that does not exist.
+                with contextlib.suppress(NotFoundError):
+                    await index.delete(ids=batch, namespace=namespace, timeout=self._timeout)
+
+            return run
+
+        await self._gather_limited(
+            [
+                remove(namespace, stored[i : i + MAX_IDS_PER_DELETE])
+                for namespace in namespaces
+                for i in range(0, len(stored), MAX_IDS_PER_DELETE)
+            ]
+        )
+
+    async def count(self, encoder_id: str | None = None) -> int:
+        counts = await self._namespace_counts()
+        if encoder_id is not None:
+            return counts.get(encoder_id, 0)
+        return sum(counts.values())
+
+    async def encoder_ids(self) -> list[str]:
+        return sorted(await self._namespace_counts())
+
+    async def flush(self) -> None:
+        """Nothing to do: Pinecone has made a write durable when it acknowledges it. (Reads
+        are eventually consistent; see ``wait_until_fresh``.)"""
+        return None
+
+    async def wait_until_fresh(
+        self, encoder_id: str, expected_ids: Sequence[str], timeout_s: float = 60.0
+    ) -> None:
+        """Poll until a query of ``encoder_id`` returns exactly ``expected_ids`` (in any order)
+        and the stats count them: how tests of a live, eventually consistent index make reads
+        follow writes. Raises UpstreamUnavailable when the index has not caught up in time."""
+        want = set(expected_ids)
+        dim = await self.dimension()
+        probe = np.zeros(dim or 1, dtype=np.float32)
+        probe[0] = 1.0
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            counts = await self._namespace_counts()
+            seen = {pid for pid, _ in await self.query(encoder_id, probe, len(want) + 1)}
+            if seen == want and counts.get(encoder_id, 0) == len(want):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise UpstreamUnavailable(
+                    f"Pinecone ({self.where}) did not reflect the writes to {encoder_id!r} "
+                    f"within {timeout_s:g}s"
+                )
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        index, self._index = self._index, None
+        if index is not None:
+            await index.close()

@@ -1,0 +1,163 @@
+"""Real protocol servers for the store adapters' tests, on free loopback ports.
+
+* ``MongoServer``: ``nx-27017`` (a MongoDB wire-protocol server backed by SQLite) in a
+  subprocess, with in-memory, per-database isolated storage.
+* ``S3Server``: moto's ``ThreadedMotoServer`` in a thread.
+* ``FakePinecone`` (tests/stores/pinecone_fake.py): uvicorn in a thread.
+
+The session-scoped fixtures start each server once per test session; tests isolate
+themselves with a fresh database / bucket / index each. A test module uses them by
+importing the fixture names (``from tests.stores.servers import mongo_server``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+from pymongo import MongoClient
+
+from tests.stores.pinecone_fake import FakePinecone
+
+AWS_TEST_CREDENTIALS = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
+AWS_TEST_REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_name(prefix: str) -> str:
+    """Lowercase, DNS- and database-safe: fits bucket, index and database names."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class MongoServer:
+    """nx-27017 in a subprocess. ``uri`` points at it once ``start()`` returned."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="nx27017-"))
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def _command(self) -> list[str]:
+        script = Path(sys.executable).with_name("nx-27017")
+        if script.exists():
+            base = [str(script)]
+        else:
+            found = shutil.which("nx-27017")
+            base = [found] if found else [sys.executable, "-m", "nx_27017.nx_27017"]
+        return [
+            *base,
+            "--data-dir",
+            "memory",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--pid-file",
+            str(self._workdir / "nx.pid"),
+            "--log-file",
+            str(self._workdir / "nx.log"),
+        ]
+
+    def start(self, timeout_s: float = 20.0) -> MongoServer:
+        last_error = ""
+        for _ in range(3):  # the free port may be taken between probing and binding
+            self.port = free_port()
+            log = (self._workdir / "stdout.log").open("wb")
+            self._process = subprocess.Popen(
+                self._command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._workdir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            log.close()
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    client: MongoClient[dict[str, object]]
+                    with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
+                        client.admin.command("ping")
+                    return self
+                except Exception as exc:
+                    last_error = str(exc)
+                    time.sleep(0.1)
+            self.stop()
+            last_error += (self._workdir / "stdout.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"nx-27017 did not start: {last_error}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class S3Server:
+    """moto's S3 in a thread of this process."""
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> S3Server:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoServer]:
+    server = MongoServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pinecone_server() -> Iterator[FakePinecone]:
+    server = FakePinecone().start()
+    yield server
+    server.stop()
