@@ -1,0 +1,61 @@
+"""What the API needs from the outside: its settings (ApiConfig) and the services and ports it
+calls (ApiServices). The composition root (fashion_search.asgi) fills both in; api/ never reads
+settings or chooses adapters itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from domain.ports import Catalog, EncoderProvider, ImageFetcher, ImageStore, VectorIndex
+from domain.services import CatalogService, SearchService
+
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    api_keys: Sequence[str] = ()
+    """Keys that may call mutations (header X-API-Key). None configured: mutations disabled."""
+    public_url: str | None = None
+    """Base URL clients reach the API at; relative image URLs are joined with it (or with the
+    request's own base URL when unset)."""
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_body_bytes: int | None = None
+    """Largest request body; default: room for one base64-encoded image of max_image_bytes."""
+    cors_origins: Sequence[str] = ()
+    serve_images: bool = False
+    """Serve the image store under /images/{key} (only for the local image store)."""
+    max_query_depth: int = 10
+    max_aliases: int = 15
+    max_tokens: int = 2000
+    graphiql: bool = True
+    warm_up_encoder: bool = True
+    """Load the default encoder when the app starts; /readyz stays 503 until it is loaded."""
+    readiness_timeout_s: float = 3.0
+    title: str = "fashion-search"
+    version: str = "0.1.0"
+
+    @property
+    def body_limit(self) -> int:
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_image_bytes * 4 // 3 + 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    search: SearchService
+    catalog: CatalogService
+    encoders: EncoderProvider
+    """Which encoder is the default, and loading it for readiness."""
+    index: VectorIndex
+    """Indexed counts per encoder, readiness."""
+    catalog_store: Catalog
+    """Readiness."""
+    images: ImageStore
+    """The /images route (local store) and readiness."""
+    fetcher: ImageFetcher | None = None
+    """Downloads images given by URL; None disables searching by URL."""

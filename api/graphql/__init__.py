@@ -1,0 +1,1 @@
+"""The Strawberry schema of section 5 of the design."""

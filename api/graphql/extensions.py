@@ -1,0 +1,103 @@
+"""Schema extensions: every error gets an ``extensions.code`` (and unexpected ones a generic
+message, their traceback going to the log only), and every operation is counted and timed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Set
+from typing import Any
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult
+
+from api.errors import BAD_USER_INPUT, INTERNAL_MESSAGE, INTERNAL_SERVER_ERROR, code_of
+from api.metrics import Metrics
+from domain.errors import FashionSearchError
+
+logger = logging.getLogger("api.graphql")
+
+
+def public_error(error: GraphQLError) -> GraphQLError:
+    """The error as a client may see it."""
+    original = error.original_error
+    extensions: dict[str, Any] = dict(error.extensions or {})
+    message = error.message
+    if isinstance(original, FashionSearchError):
+        code = code_of(original)
+        if code == INTERNAL_SERVER_ERROR:
+            logger.error("unexpected domain error at %s", error.path, exc_info=original)
+            message, extensions = INTERNAL_MESSAGE, {}
+    elif isinstance(original, GraphQLError) or (original is None and error.path is None):
+        # Parse, validation and variable errors (and GraphQLErrors raised on purpose).
+        code = str(extensions.get("code") or BAD_USER_INPUT)
+    else:
+        # An exception nobody expected, or an execution error without a cause (a bug).
+        logger.error("unexpected error at %s: %s", error.path, error.message, exc_info=original)
+        code, message, extensions = INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE, {}
+    extensions["code"] = code
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+class ErrorCodes(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if isinstance(result, ExecutionResult | GraphQLExecutionResult) and result.errors:
+            result.errors = [public_error(e) for e in result.errors]
+
+
+class OperationMetrics(SchemaExtension):
+    """Labels operations by their root fields, never by the client-chosen operation name; names
+    outside ``known_fields`` count as ``unknown`` so the label set stays bounded."""
+
+    def __init__(self, metrics: Metrics, known_fields: Set[str]) -> None:
+        self.metrics = metrics
+        self.known_fields = known_fields
+
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None) or self.execution_context.pre_execution_errors
+        operation, op_type = self._describe()
+        self.metrics.observe_graphql(
+            operation, op_type, ok=not errors, seconds=time.perf_counter() - started
+        )
+
+    def _describe(self) -> tuple[str, str]:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is None:
+            return "invalid", "unknown"
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if context.operation_name:
+            operations = [
+                o
+                for o in operations
+                if o.name is not None and o.name.value == context.operation_name
+            ]
+        if len(operations) != 1:
+            return "invalid", "unknown"
+        operation = operations[0]
+        names = set()
+        for selection in operation.selection_set.selections:
+            if not isinstance(selection, FieldNode):
+                names.add("fragment")
+            elif selection.name.value.startswith("__"):
+                names.add("introspection")
+            elif selection.name.value in self.known_fields:
+                names.add(selection.name.value)
+            else:
+                names.add("unknown")
+        return ",".join(sorted(names)) or "empty", operation.operation.value

@@ -1,0 +1,253 @@
+"""Query and Mutation, and the schema with its limits and error handling."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.file_uploads import Upload
+from strawberry.types.execution import ExecutionContext
+
+from api.config import ApiConfig
+from api.graphql.context import GraphQLContext
+from api.graphql.decorators import field, mutation
+from api.graphql.extensions import ErrorCodes, OperationMetrics
+from api.graphql.inputs import (
+    AddProductInput,
+    ImageInput,
+    ProductFilter,
+    filter_of,
+    opt,
+    tags_of,
+)
+from api.graphql.permissions import ApiKeyRequired
+from api.graphql.types import (
+    EncoderInfo,
+    Facet,
+    FacetValue,
+    Product,
+    ProductConnection,
+    SearchPage,
+    product_of,
+)
+from api.metrics import Metrics
+from domain.errors import BadInput
+from domain.model import DEFAULT_TOP_K, ImageQuery, SearchQuery, TextQuery
+
+Info = strawberry.Info[GraphQLContext, None]
+
+
+async def _image_bytes(context: GraphQLContext, image: ImageInput) -> bytes:
+    url, encoded, upload = opt(image.url), opt(image.base64), opt(image.upload)
+    if sum(v is not None for v in (url, encoded, upload)) != 1:
+        raise BadInput("give exactly one of image.url, image.base64 or image.upload")
+    reader = context.state.reader
+    if url is not None:
+        return await reader.from_url(url)
+    if encoded is not None:
+        return await reader.from_base64(encoded)
+    return await reader.from_upload(upload)
+
+
+@strawberry.type
+class Query:
+    @field(description="Products whose images best match a text.")
+    async def search_by_text(
+        self,
+        info: Info,
+        text: str,
+        top_k: int = DEFAULT_TOP_K,
+        filter: ProductFilter | None = strawberry.UNSET,
+        encoder: str | None = strawberry.UNSET,
+        after: str | None = strawberry.UNSET,
+    ) -> SearchPage:
+        query = SearchQuery(
+            text=TextQuery(text),
+            filter=filter_of(filter),
+            top_k=top_k,
+            encoder_id=opt(encoder),
+            cursor=opt(after),
+        )
+        return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
+
+    @field(
+        description="Products that look like an image, optionally steered by a text modifier "
+        "(`textWeight` 0..1 is the share of the text in the query; default 0.5)."
+    )
+    async def search_by_image(
+        self,
+        info: Info,
+        image: ImageInput,
+        top_k: int = DEFAULT_TOP_K,
+        filter: ProductFilter | None = strawberry.UNSET,
+        encoder: str | None = strawberry.UNSET,
+        after: str | None = strawberry.UNSET,
+        text: str | None = strawberry.UNSET,
+        text_weight: float | None = strawberry.UNSET,
+    ) -> SearchPage:
+        text, text_weight = opt(text), opt(text_weight)
+        weight = 0.5 if text_weight is None else text_weight
+        # Cheap checks first, so bad arguments never cost an upload read or a URL fetch.
+        modifier = TextQuery(text) if text is not None else None
+        SearchQuery(text=modifier or TextQuery("-"), top_k=top_k, text_weight=weight)
+        domain_filter = filter_of(filter)
+        data = await _image_bytes(info.context, image)
+        query = SearchQuery(
+            image=ImageQuery(data=data),
+            text=modifier,
+            text_weight=weight,
+            filter=domain_filter,
+            top_k=top_k,
+            encoder_id=opt(encoder),
+            cursor=opt(after),
+        )
+        return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
+
+    @field(description="Products that look like an existing product (itself excluded).")
+    async def similar_products(
+        self,
+        info: Info,
+        product_id: strawberry.ID,
+        top_k: int = DEFAULT_TOP_K,
+        filter: ProductFilter | None = strawberry.UNSET,
+        encoder: str | None = strawberry.UNSET,
+    ) -> SearchPage:
+        query = SearchQuery(
+            image=ImageQuery(product_id=str(product_id)),
+            filter=filter_of(filter),
+            top_k=top_k,
+            encoder_id=opt(encoder),
+        )
+        return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
+
+    @field(description="One product, or null when there is no product with that id.")
+    async def product(self, info: Info, id: strawberry.ID) -> Product | None:
+        found = await info.context.products.load(str(id))
+        return product_of(info.context, found) if found is not None else None
+
+    @field(description="Products in id order, a page at a time (`first` 1..100).")
+    async def products(
+        self,
+        info: Info,
+        filter: ProductFilter | None = strawberry.UNSET,
+        first: int = 20,
+        after: str | None = strawberry.UNSET,
+    ) -> ProductConnection:
+        domain_filter = filter_of(filter)
+        page = await info.context.state.services.catalog.list(domain_filter, opt(after), first)
+        info.context.remember(*page.items)
+        return ProductConnection(
+            items=[product_of(info.context, p) for p in page.items],
+            next_cursor=page.next_cursor,
+            filter=domain_filter,
+        )
+
+    @field(
+        description="Tag keys with their values and product counts, for building filters "
+        "(all keys when `keys` is null; counts among the products matching `filter`)."
+    )
+    async def facets(
+        self,
+        info: Info,
+        keys: list[str] | None = strawberry.UNSET,
+        filter: ProductFilter | None = strawberry.UNSET,
+    ) -> list[Facet]:
+        keys = opt(keys)
+        counts = await info.context.state.services.catalog.facets(keys, filter_of(filter))
+        order = keys if keys is not None else sorted(counts)
+        return [
+            Facet(
+                key=key,
+                values=[
+                    FacetValue(value=value, count=count)
+                    for value, count in sorted(counts[key].items(), key=lambda vc: (-vc[1], vc[0]))
+                ],
+            )
+            for key in dict.fromkeys(order)
+            if key in counts
+        ]
+
+    @field(description="Encoders this server can search with; the default first.")
+    async def encoders(self, info: Info) -> list[EncoderInfo]:
+        statuses = info.context.state.status.encoders()
+        statuses.sort(key=lambda s: (not s.is_default, s.info.id))
+        return [
+            EncoderInfo(
+                id=s.info.id,
+                dim=s.info.dim,
+                modalities=sorted(m.value for m in s.info.modalities),
+                is_default=s.is_default,
+            )
+            for s in statuses
+        ]
+
+
+@strawberry.type
+class Mutation:
+    @mutation(
+        description="Add a product (or replace the product with that id) with its image, "
+        "uploaded per the GraphQL multipart request spec. Needs an X-API-Key header.",
+        permission_classes=[ApiKeyRequired],
+    )
+    async def add_product(self, info: Info, input: AddProductInput, image: Upload) -> Product:
+        if not input.name.strip():
+            raise BadInput("a product needs a name")
+        tags = tags_of(input.tags)
+        data = await info.context.state.reader.from_upload(image)
+        product = await info.context.state.services.catalog.add(
+            product_id=str(input.id),
+            name=input.name,
+            image=data,
+            description=opt(input.description),
+            tags=tags,
+        )
+        info.context.forget(product.id)
+        info.context.remember(product)
+        return product_of(info.context, product)
+
+    @mutation(
+        description="Delete a product, its vectors and its images; false when it did not exist. "
+        "Needs an X-API-Key header.",
+        permission_classes=[ApiKeyRequired],
+    )
+    async def delete_product(self, info: Info, id: strawberry.ID) -> bool:
+        existed = await info.context.state.services.catalog.delete(str(id))
+        info.context.forget(str(id))
+        return existed
+
+
+class ApiSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Errors are logged by ErrorCodes, and only the unexpected ones: bad input is the
+        client's business, not the server log's."""
+
+
+def build_schema(config: ApiConfig | None = None, metrics: Metrics | None = None) -> ApiSchema:
+    config = config or ApiConfig()
+    known_fields: set[str] = set()
+    extensions: list[Any] = [
+        functools.partial(QueryDepthLimiter, max_depth=config.max_query_depth),
+        functools.partial(MaxAliasesLimiter, max_alias_count=config.max_aliases),
+        functools.partial(MaxTokensLimiter, max_token_count=config.max_tokens),
+        ErrorCodes,
+    ]
+    if metrics is not None:
+        extensions.append(
+            functools.partial(OperationMetrics, metrics=metrics, known_fields=known_fields)
+        )
+    schema = ApiSchema(query=Query, mutation=Mutation, extensions=extensions)
+    graphql_schema = schema._schema
+    for root in (graphql_schema.query_type, graphql_schema.mutation_type):
+        if root is not None:
+            known_fields.update(root.fields)
+    return schema
+
+
+def schema_sdl() -> str:
+    """The schema in SDL, as written to schema.graphql."""
+    return build_schema().as_str().rstrip("\n") + "\n"

@@ -1,0 +1,208 @@
+"""REST shims, exactly as the legacy clients call them."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from api.services import ApiState
+from domain.errors import BadInput, NotFound
+from domain.model import ImageQuery, SearchHit, SearchQuery, TextQuery
+
+SIMILAR_RESULTS = 3
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+State = Annotated[ApiState, Depends(get_state)]
+
+
+class TextSearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"examples": [{"text": "white sneakers"}]}
+    )
+    text: str = Field(description="What the product looks like, in words.")
+
+
+class ProductResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0108775015",
+                    "name": "Strap top",
+                    "image_url": "http://127.0.0.1:8000/images/0108775015-3c1f0a9e5b7d2c4e8f10.jpg",
+                    "score": 0.8123,
+                    "tags": {"product_type": "Vest top", "colour": "Black"},
+                }
+            ]
+        }
+    )
+    id: str
+    name: str
+    image_url: str = Field(description="Absolute URL of the product's image.")
+    score: float = Field(description="Cosine similarity; higher is closer.")
+    tags: dict[str, str]
+
+
+class SimilarImagesResponse(BaseModel):
+    results: list[ProductResult] = Field(description="The three closest products, best first.")
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"detail": "the search text is empty", "code": "BAD_USER_INPUT"}]
+        }
+    )
+    detail: str
+    code: str = Field(
+        description="BAD_USER_INPUT, PAYLOAD_TOO_LARGE, NOT_FOUND, UPSTREAM_UNAVAILABLE, "
+        "ENCODER_UNAVAILABLE or INTERNAL_SERVER_ERROR"
+    )
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "Bad input: empty text, not an image, invalid base64, a refused URL, ...",
+        404: "Nothing to return (empty catalog) or unknown encoder.",
+        413: "The image or the request body is above the size limit.",
+        415: "The request body is neither JSON nor multipart form data.",
+        422: "The JSON body does not have the documented shape.",
+        503: "The image URL or a store did not answer, or the encoder cannot be loaded.",
+    }
+    return {s: {"model": ErrorBody, "description": described[s]} for s in statuses}
+
+
+_SIMILAR_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The query image: a multipart `file`, or JSON with `url` or `image_base64`.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A JPEG, PNG or WebP image.",
+                        }
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["url"],
+                            "properties": {"url": {"type": "string", "format": "uri"}},
+                        },
+                        {
+                            "type": "object",
+                            "required": ["image_base64"],
+                            "properties": {"image_base64": {"type": "string", "format": "byte"}},
+                        },
+                    ]
+                },
+                "examples": {
+                    "url": {
+                        "summary": "An image on the web",
+                        "value": {"url": "https://example.com/photos/red-dress.jpg"},
+                    },
+                    "base64": {
+                        "summary": "Base64-encoded image bytes",
+                        "value": {"image_base64": "iVBORw0KGgoAAAANSUhEUgAA..."},
+                    },
+                },
+            },
+        },
+    }
+}
+
+
+def _result(state: ApiState, request: Request, hit: SearchHit) -> ProductResult:
+    return ProductResult(
+        id=hit.product.id,
+        name=hit.product.name,
+        image_url=state.absolute_url(hit.image_url, str(request.base_url)),
+        score=hit.score,
+        tags=dict(hit.product.tags),
+    )
+
+
+router = APIRouter(tags=["legacy REST"])
+
+
+@router.post(
+    "/get_image_by_text",
+    response_model=ProductResult,
+    summary="The product that best matches a text",
+    responses=_errors(400, 404, 413, 422, 503),
+)
+async def get_image_by_text(
+    body: TextSearchRequest, request: Request, state: State
+) -> ProductResult:
+    page = await state.search.search(SearchQuery(text=TextQuery(body.text), top_k=1))
+    if not page.hits:
+        raise NotFound("no products are indexed yet")
+    return _result(state, request, page.hits[0])
+
+
+@router.post(
+    "/get_similar_images",
+    response_model=SimilarImagesResponse,
+    summary="The three products that look most like an image",
+    description="Send the image as multipart form data in a field named `file`, or as JSON "
+    '`{"url": "https://..."}` or `{"image_base64": "..."}`.',
+    responses=_errors(400, 413, 415, 503),
+    openapi_extra=_SIMILAR_BODY,
+)
+async def get_similar_images(request: Request, state: State) -> SimilarImagesResponse:
+    data = await _query_image(request, state)
+    page = await state.search.search(
+        SearchQuery(image=ImageQuery(data=data), top_k=SIMILAR_RESULTS)
+    )
+    return SimilarImagesResponse(results=[_result(state, request, h) for h in page.hits])
+
+
+async def _query_image(request: Request, state: ApiState) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise BadInput("the multipart body needs the image in a file field named 'file'")
+            return await state.reader.from_upload(upload)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadInput('send {"url": ...} or {"image_base64": ...}')
+        url, encoded = body.get("url"), body.get("image_base64")
+        if (url is None) == (encoded is None):
+            raise BadInput('send exactly one of "url" or "image_base64"')
+        if url is not None:
+            if not isinstance(url, str):
+                raise BadInput('"url" must be a string')
+            return await state.reader.from_url(url)
+        if not isinstance(encoded, str):
+            raise BadInput('"image_base64" must be a string')
+        return await state.reader.from_base64(encoded)
+    raise HTTPException(
+        415, "send the image as multipart/form-data (field 'file') or as application/json"
+    )
+
+
+__all__ = ["ErrorBody", "ProductResult", "SimilarImagesResponse", "router"]

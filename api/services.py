@@ -1,0 +1,173 @@
+"""What the API layer adds on top of the domain services: metered search (so /metrics sees
+encode, index and catalog time), encoder status for the schema, and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from api.config import ApiConfig, ApiServices
+from api.limits import ImageReader
+from api.metrics import Metrics
+from domain.model import EncoderInfo, Modality, SearchPage, SearchQuery
+
+logger = logging.getLogger("api.services")
+
+
+class MeteredSearch:
+    """SearchService.search plus its stage timings recorded as metrics. The timings are read
+    right after the awaited search returns, before any other task can run, so concurrent
+    searches never mix up their numbers."""
+
+    def __init__(self, services: ApiServices, metrics: Metrics) -> None:
+        self._service = services.search
+        self._metrics = metrics
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        page = await self._service.search(query)
+        self._metrics.observe_search(page.encoder_id, self._service.last_timings)
+        return page
+
+
+@dataclass(frozen=True)
+class EncoderStatus:
+    info: EncoderInfo
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+class StatusService:
+    """Encoders for the schema, and readiness: the default encoder loaded (warmed up once,
+    in a worker thread) and each store answering within the timeout."""
+
+    RETRY_AFTER_FAILURE_S = 10.0
+
+    def __init__(self, services: ApiServices, config: ApiConfig) -> None:
+        self._services = services
+        self._timeout = config.readiness_timeout_s
+        self._warmup: asyncio.Task[None] | None = None
+        self._warmup_error: str | None = None
+        self._warmup_failed_at = 0.0
+        self._encoder_ready = False
+
+    # -- encoders --------------------------------------------------------------------------
+
+    def encoders(self) -> list[EncoderStatus]:
+        default = self._services.encoders.default_id
+        return [
+            EncoderStatus(info, info.id == default)
+            for info in self._services.search.available_encoders()
+        ]
+
+    async def indexed_count(self, encoder_id: str) -> int:
+        return await self._services.index.count(encoder_id)
+
+    # -- warm-up ---------------------------------------------------------------------------
+
+    def start_warmup(self) -> None:
+        """Load the default encoder in the background (idempotent; retries after a failure)."""
+        if self._encoder_ready or (self._warmup is not None and not self._warmup.done()):
+            return
+        if (
+            self._warmup_error
+            and time.monotonic() - self._warmup_failed_at < self.RETRY_AFTER_FAILURE_S
+        ):
+            return
+        self._warmup = asyncio.create_task(self._warm_up(), name="encoder-warm-up")
+
+    async def _warm_up(self) -> None:
+        try:
+            await asyncio.to_thread(self._load_default_encoder)
+        except Exception as exc:
+            logger.warning("loading the default encoder failed: %s", exc, exc_info=exc)
+            self._warmup_error = f"{type(exc).__name__}: {exc}"[:300]
+            self._warmup_failed_at = time.monotonic()
+        else:
+            self._encoder_ready = True
+            self._warmup_error = None
+
+    def _load_default_encoder(self) -> None:
+        encoder = self._services.encoders.get(None)
+        if Modality.TEXT in encoder.modalities:
+            encoder.encode_texts(["warm up"])
+
+    async def aclose(self) -> None:
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmup
+
+    def encoder_check(self) -> Check:
+        default = self._services.encoders.default_id
+        if self._encoder_ready:
+            return Check(True, f"{default} loaded")
+        self.start_warmup()
+        if self._warmup_error:
+            return Check(False, f"{default} failed to load: {self._warmup_error}")
+        return Check(False, f"{default} is loading")
+
+    # -- readiness -------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, Check]:
+        probes: dict[str, Callable[[], Awaitable[object]]] = {
+            "index": lambda: self._services.index.count(),
+            "catalog": lambda: self._services.catalog_store.count(),
+            "images": lambda: self._services.images.exists("readyz-probe"),
+        }
+        results = await asyncio.gather(*(self._probe(name, p) for name, p in probes.items()))
+        checks = {"encoder": self.encoder_check()}
+        checks.update(zip(probes, results, strict=True))
+        return checks
+
+    async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> Check:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await probe()
+        except TimeoutError:
+            return Check(False, f"no answer within {self._timeout:g} s")
+        except Exception as exc:
+            logger.warning("readiness probe %s failed: %s", name, exc)
+            return Check(False, f"{type(exc).__name__}: {exc}"[:300])
+        return Check(True, "reachable")
+
+
+@dataclass
+class ApiState:
+    """Everything a request handler needs, stored on ``app.state.api``."""
+
+    services: ApiServices
+    config: ApiConfig
+    metrics: Metrics
+    reader: ImageReader
+    search: MeteredSearch
+    status: StatusService
+
+    @classmethod
+    def build(cls, services: ApiServices, config: ApiConfig, metrics: Metrics) -> ApiState:
+        return cls(
+            services=services,
+            config=config,
+            metrics=metrics,
+            reader=ImageReader(config.max_image_bytes, config.max_image_pixels, services.fetcher),
+            search=MeteredSearch(services, metrics),
+            status=StatusService(services, config),
+        )
+
+    def absolute_url(self, url: str | None, request_base: str | None) -> str:
+        """Image URLs as a browser elsewhere can load them: relative store URLs joined with
+        the public URL (or the request's base URL)."""
+        if not url:
+            return ""
+        if "://" in url:
+            return url
+        base = self.config.public_url or request_base or ""
+        return base.rstrip("/") + "/" + url.lstrip("/")

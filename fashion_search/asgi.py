@@ -1,0 +1,46 @@
+"""The ASGI entry point: settings -> container -> app. ``uvicorn --factory
+fashion_search.asgi:create_app`` (what ``fashion-search serve`` runs)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import ApiConfig, ApiServices
+from api import create_app as create_api
+from fashion_search.settings import Settings
+from fashion_search.wiring import Container, build
+
+
+def api_config(settings: Settings) -> ApiConfig:
+    return ApiConfig(
+        api_keys=tuple(k.get_secret_value() for k in settings.api_keys if k.get_secret_value()),
+        public_url=settings.public_url,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        cors_origins=tuple(settings.cors_origins),
+        # The local store's URLs are /images/<key>: the API serves them. S3 serves its own.
+        serve_images=settings.s3_bucket is None,
+    )
+
+
+def api_services(container: Container) -> ApiServices:
+    return ApiServices(
+        search=container.search,
+        catalog=container.catalog_service,
+        encoders=container.encoders,
+        index=container.index,
+        catalog_store=container.catalog,
+        images=container.images,
+        fetcher=container.fetcher,
+    )
+
+
+def app_for(container: Container) -> FastAPI:
+    """The API over an already-built container; closes its stores on shutdown."""
+    return create_api(
+        api_services(container), api_config(container.settings), on_shutdown=container.aclose
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return app_for(build(settings or Settings()))
