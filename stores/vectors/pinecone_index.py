@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from pinecone import AsyncIndex, AsyncPinecone
+from pinecone import AsyncIndex, AsyncPinecone, UpsertResponse
 from pinecone.errors import (
     ApiError,
     ForbiddenError,
@@ -208,6 +208,8 @@ class PineconeVectorIndex:
         self._control_plane_host = control_plane_host
         self._index: AsyncIndex | None = None
         self._lock = asyncio.Lock()
+        self._written_lsn: dict[str, int] = {}
+        """namespace -> highest log position Pinecone reported for our upserts."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PineconeVectorIndex:
@@ -347,11 +349,15 @@ class PineconeVectorIndex:
         namespace = self._namespace(encoder_id)
         index = await self._client()
 
-        def send(batch: list[dict[str, Any]]) -> Callable[[], Awaitable[object]]:
+        def send(batch: list[dict[str, Any]]) -> Callable[[], Awaitable[UpsertResponse]]:
             return lambda: index.upsert(vectors=batch, namespace=namespace, timeout=self._timeout)
 
         batches = plan_upsert_batches(records)
-        await self._gather_limited([send(batch) for batch in batches])
+        for response in await self._gather_limited([send(batch) for batch in batches]):
+            info = response.response_info
+            lsn = info.lsn_committed if info is not None else None
+            if lsn is not None:
+                self._written_lsn[namespace] = max(lsn, self._written_lsn.get(namespace, lsn))
         logger.debug(
             "upserted %d vectors into %r in %d requests", len(records), namespace, len(batches)
         )
@@ -441,25 +447,52 @@ class PineconeVectorIndex:
     async def wait_until_fresh(
         self, encoder_id: str, expected_ids: Sequence[str], timeout_s: float = 60.0
     ) -> None:
-        """Poll until a query of ``encoder_id`` returns exactly ``expected_ids`` (in any order)
-        and the stats count them: how tests of a live, eventually consistent index make reads
-        follow writes. Raises UpstreamUnavailable when the index has not caught up in time."""
-        want = set(expected_ids)
+        """Poll until queries of ``encoder_id`` see every upsert made through this object
+        (the LSN Pinecone reports on writes has been reconciled) and return exactly
+        ``expected_ids``, and the stats count them: how tests against a live, eventually
+        consistent index make reads follow writes. Raises UpstreamUnavailable when the index
+        has not caught up within ``timeout_s``."""
+        want = {encode_name(pid) for pid in expected_ids}
+        namespace = self._namespace(encoder_id)
+        target = self._written_lsn.get(namespace)
         dim = await self.dimension()
-        probe = np.zeros(dim or 1, dtype=np.float32)
-        probe[0] = 1.0
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        probe = [1.0] + [0.0] * ((dim or 1) - 1)
+        index = await self._client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while True:
+            response = await self._call(
+                lambda: index.query(
+                    top_k=min(len(want) + 1, MAX_QUERY_TOP_K),
+                    vector=probe,
+                    namespace=namespace,
+                    timeout=self._timeout,
+                )
+            )
+            info = response.response_info
+            caught_up = target is None or (info is not None and info.is_reconciled(target))
+            seen = {match.id for match in response.matches}
             counts = await self._namespace_counts()
-            seen = {pid for pid, _ in await self.query(encoder_id, probe, len(want) + 1)}
-            if seen == want and counts.get(encoder_id, 0) == len(want):
+            if caught_up and seen == want and counts.get(encoder_id, 0) == len(want):
                 return
-            if asyncio.get_running_loop().time() > deadline:
+            if loop.time() > deadline:
                 raise UpstreamUnavailable(
                     f"Pinecone ({self.where}) did not reflect the writes to {encoder_id!r} "
                     f"within {timeout_s:g}s"
                 )
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
+
+    async def clear(self) -> None:
+        """Delete every vector of this object's namespaces (all encoders, this prefix)."""
+        index = await self._client()
+        for encoder_id in await self._namespace_counts():
+            namespace = self._namespace(encoder_id)
+
+            async def drop(namespace: str = namespace) -> None:
+                with contextlib.suppress(NotFoundError):
+                    await index.delete(delete_all=True, namespace=namespace, timeout=self._timeout)
+
+            await self._call(drop)
 
     async def close(self) -> None:
         index, self._index = self._index, None

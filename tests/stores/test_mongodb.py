@@ -200,7 +200,7 @@ def test_invalid_settings_are_named() -> None:
     with pytest.raises(BadInput, match="MONGODB_URI"):
         MongoCatalog("postgres://x", "db")
     with pytest.raises(BadInput, match="MONGODB_URI"):
-        MongoCatalog.from_settings(Settings())
+        MongoCatalog.from_settings(Settings(mongodb_uri=None))
 
 
 async def test_from_settings(mongo_server: MongoServer) -> None:

@@ -333,4 +333,22 @@ async def test_from_settings(pinecone_server: FakePinecone) -> None:
     finally:
         await index.close()
     with pytest.raises(BadInput, match="PINECONE_HOST"):
-        PineconeVectorIndex.from_settings(Settings(pinecone_api_key=SecretStr("k")))
+        PineconeVectorIndex.from_settings(
+            Settings(pinecone_api_key=SecretStr("k"), pinecone_host=None, pinecone_index=None)
+        )
+
+
+async def test_wait_until_fresh_and_clear(
+    pinecone_server: FakePinecone, fresh: tuple[str, PineconeVectorIndex]
+) -> None:
+    name, index = fresh
+    await index.upsert("enc", ["a", "é"], unit_rows(2), [{}, {}])
+    await index.upsert("other", ["z"], unit_rows(1), [{}])
+    await index.wait_until_fresh("enc", ["a", "é"], timeout_s=2)
+    with pytest.raises(UpstreamUnavailable, match="did not reflect"):
+        await index.wait_until_fresh("enc", ["a"], timeout_s=0.3)
+    await index.clear()
+    assert await index.count() == 0
+    assert await index.encoder_ids() == []
+    deletes = pinecone_server.requests_to(name, "/vectors/delete")
+    assert {s.namespace for s in deletes} == {"enc", "other"}

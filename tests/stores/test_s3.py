@@ -225,4 +225,4 @@ def test_from_settings(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert cdn.url("k.jpg") == "https://cdn.example.com/img/k.jpg"
     with pytest.raises(BadInput, match="S3_BUCKET"):
-        S3ImageStore.from_settings(Settings())
+        S3ImageStore.from_settings(Settings(s3_bucket=None))
