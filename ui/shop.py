@@ -214,6 +214,10 @@ def load_facets(url: str) -> list[Facet]:
     return FashionSearchClient(url).facets()
 
 
+def with_count(counts: dict[str, int]) -> Callable[[str], str]:
+    return lambda value: f"{value} ({counts.get(value, 0)})"
+
+
 def choose_facets(facets: Sequence[Facet]) -> list[Facet]:
     by_key = {f.key: f for f in facets if len(f.values) > 1}
     chosen = [by_key[k] for k in FILTER_KEYS if k in by_key]
@@ -231,7 +235,9 @@ def choose_facets(facets: Sequence[Facet]) -> list[Facet]:
 
 
 def start_search(request: SearchRequest) -> None:
+    """A new search; submitting the same one again asks the API again (it may be back up)."""
     st.session_state["request"] = request
+    st.session_state["results"] = None
     st.session_state["detail"] = None
 
 
@@ -303,15 +309,15 @@ def sidebar() -> tuple[int, Filters, str | None, list[EncoderInfo] | ApiError]:
             indexed = [e for e in encoders if e.indexed_count > 0] or list(encoders)
             if len(indexed) > 1:
                 default = next((i for i, e in enumerate(indexed) if e.is_default), 0)
-                chosen = st.selectbox(
+                sizes = {e.id: e.indexed_count for e in indexed}
+                encoder = st.selectbox(
                     "Search engine",
-                    indexed,
+                    list(sizes),
                     index=default,
-                    format_func=lambda e: f"{e.id} ({e.indexed_count:,} products)",
+                    format_func=lambda e: f"{e} ({sizes[e]:,} products)",
                     key="encoder",
                     help="Each engine (encoder) has its own index; compare them side by side.",
                 )
-                encoder = chosen.id if chosen else None
 
         filters: dict[str, list[str]] = {}
         facets = call(lambda: load_facets(url))
@@ -323,7 +329,7 @@ def sidebar() -> tuple[int, Filters, str | None, list[EncoderInfo] | ApiError]:
                 selected = st.multiselect(
                     label(facet.key),
                     options,
-                    format_func=lambda v, c=counts: f"{v} ({c[v]})",  # type: ignore[misc]
+                    format_func=with_count(counts),
                     key=f"filter-{facet.key}",
                     placeholder="Any",
                 )
@@ -346,7 +352,19 @@ def sidebar() -> tuple[int, Filters, str | None, list[EncoderInfo] | ApiError]:
     return top_k, filters, encoder, encoders
 
 
-def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) -> None:
+def active_encoder(
+    encoders: list[EncoderInfo] | ApiError, encoder: str | None
+) -> EncoderInfo | None:
+    """The encoder searches will use: the chosen one, else the server's default."""
+    if isinstance(encoders, ApiError):
+        return None
+    if encoder:
+        return next((e for e in encoders if e.id == encoder), None)
+    return next((e for e in encoders if e.is_default), encoders[0] if encoders else None)
+
+
+def search_forms(engine: EncoderInfo | None) -> None:
+    words_ok = engine is None or engine.supports_text
     text_tab, photo_tab, link_tab = st.tabs(
         [
             ":material/search: Describe it",
@@ -361,14 +379,15 @@ def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) ->
             key="text-query",
         )
         if st.form_submit_button("Search", type="primary", icon=":material/search:"):
-            if text and text.strip():
+            if engine is not None and not words_ok:
+                st.warning(
+                    f"The {engine.id} search engine matches photos only. "
+                    "Upload a photo or paste an image link instead."
+                )
+            elif text and text.strip():
                 start_search(SearchRequest(kind="text", text=text.strip()))
             else:
                 st.warning("Type a few words first, like “red knitted jumper”.")
-        if not isinstance(encoders, ApiError) and encoder is not None:
-            info = next((e for e in encoders if e.id == encoder), None)
-            if info is not None and not info.supports_text:
-                st.caption(f"Note: {encoder} searches by image only.")
 
     with photo_tab, st.form("photo-search", border=False):
         upload = st.file_uploader(
@@ -381,6 +400,7 @@ def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) ->
             "Steer it with words (optional)",
             placeholder="e.g. in green, with long sleeves",
             key="photo-refine",
+            disabled=not words_ok,
         )
         if st.form_submit_button("Find similar", type="primary", icon=":material/image_search:"):
             if upload is None:
@@ -391,7 +411,7 @@ def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) ->
                         kind="image",
                         image=upload.getvalue(),
                         image_name=upload.name,
-                        text=(refine or "").strip(),
+                        text=(refine or "").strip() if words_ok else "",
                     )
                 )
 
@@ -405,6 +425,7 @@ def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) ->
             "Steer it with words (optional)",
             placeholder="e.g. but in black",
             key="link-refine",
+            disabled=not words_ok,
         )
         if st.form_submit_button("Search by link", type="primary", icon=":material/link:"):
             address = (link or "").strip()
@@ -412,7 +433,11 @@ def search_forms(encoders: list[EncoderInfo] | ApiError, encoder: str | None) ->
                 st.warning("Paste a full web address starting with http:// or https://.")
             else:
                 start_search(
-                    SearchRequest(kind="url", url=address, text=(link_refine or "").strip())
+                    SearchRequest(
+                        kind="url",
+                        url=address,
+                        text=(link_refine or "").strip() if words_ok else "",
+                    )
                 )
 
 
@@ -643,7 +668,7 @@ def main() -> None:
         detail_view(detail, filters, encoder)
         return
 
-    search_forms(encoders, encoder)
+    search_forms(active_encoder(encoders, encoder))
 
     request: SearchRequest | None = st.session_state["request"]
     if request is None:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from api.app import create_app
 from api.config import ApiConfig, ApiServices
+from domain.model import Modality
 from domain.ports import Vectors
 from domain.services import CatalogService, SearchService
 from stores.http_fetcher import SafeImageFetcher
@@ -42,7 +43,8 @@ from tests.fakes import (
 )
 
 TAG_COLUMNS = ("product_type", "product_group", "colour", "colour_master", "section")
-ENCODER_IDS = ("fake-clip", "fake-lite")
+ENCODER_IDS = ("fake-clip", "fake-lite", "fake-pixels")
+IMAGE_ONLY = "fake-pixels"
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,14 @@ def load_samples(hm_demo: Path, count: int = 24) -> list[SampleProduct]:
 class CaptionEncoder(HashingEncoder):
     """Known product photos look like their captions; other images hash."""
 
-    def __init__(self, encoder_id: str, captions: dict[str, str], dim: int = 64) -> None:
-        super().__init__(encoder_id, dim)
+    def __init__(self, encoder_id: str, captions: dict[str, str], image_only: bool = False) -> None:
+        super().__init__(encoder_id, dim=64)
         self._captions = captions
+        self._image_only = image_only
+
+    @property
+    def modalities(self) -> frozenset[Modality]:
+        return frozenset({Modality.IMAGE}) if self._image_only else super().modalities
 
     def encode_images(self, images: Sequence[bytes]) -> Vectors:
         vectors = super().encode_images(images)
@@ -114,11 +121,14 @@ class LiveApi:
 
 
 def build_app(
-    public_url: str, products: Sequence[SampleProduct], config: ApiConfig | None = None
+    public_url: str,
+    products: Sequence[SampleProduct],
+    config: ApiConfig | None = None,
+    encoder_ids: Sequence[str] = ENCODER_IDS,
 ) -> FastAPI:
     captions = {hashlib.sha256(p.image).hexdigest(): p.caption for p in products}
     encoders = FakeEncoderProvider(
-        *(CaptionEncoder(encoder_id, captions) for encoder_id in ENCODER_IDS)
+        *(CaptionEncoder(e, captions, image_only=e == IMAGE_ONLY) for e in encoder_ids)
     )
     index, catalog, images = InMemoryVectorIndex(), InMemoryCatalog(), InMemoryImageStore()
     catalog_service = CatalogService(encoders, index, catalog, images)
@@ -126,7 +136,7 @@ def build_app(
     async def ingest() -> None:
         for p in products:
             await catalog_service.add(
-                p.id, p.name, p.image, p.description, p.tags, encoder_ids=list(ENCODER_IDS)
+                p.id, p.name, p.image, p.description, p.tags, encoder_ids=list(encoder_ids)
             )
 
     # In a thread of its own: the caller may be inside an event loop (Playwright's sync API).
@@ -168,10 +178,10 @@ def noisy_png(side: int) -> bytes:
     return out.getvalue()
 
 
-def loopback_socket() -> socket.socket:
+def loopback_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -207,11 +217,14 @@ def serve(app_for: type[FastAPI] | object, sock: socket.socket) -> Iterator[None
 
 @contextmanager
 def running_api(
-    products: Sequence[SampleProduct], config: ApiConfig | None = None
+    products: Sequence[SampleProduct],
+    config: ApiConfig | None = None,
+    encoder_ids: Sequence[str] = ENCODER_IDS,
+    port: int = 0,
 ) -> Iterator[LiveApi]:
-    sock = loopback_socket()
+    sock = loopback_socket(port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = build_app(url, products, config)
+    app = build_app(url, products, config, encoder_ids)
     with serve(app, sock):
-        yield LiveApi(url=url, products=list(products), encoder_ids=ENCODER_IDS)
+        yield LiveApi(url=url, products=list(products), encoder_ids=tuple(encoder_ids))
     sock.close()

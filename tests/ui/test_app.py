@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Block
 
 from tests.ui.conftest import AppFactory
-from tests.ui.live import LiveApi, noisy_png
+from tests.ui.live import LiveApi, SampleProduct, free_port, noisy_png, running_api
 from ui.client import Product
 from ui.shop import SearchRequest
 
@@ -60,7 +60,11 @@ def test_start_page_offers_filters_from_facets_topk_and_encoders(
     assert "Ladieswear (" in " ".join(filters["Section"].options)
 
     engine = app.sidebar.selectbox(key="encoder")
-    assert engine.options == ["fake-clip (24 products)", "fake-lite (24 products)"]
+    assert engine.options == [
+        "fake-clip (24 products)",
+        "fake-lite (24 products)",
+        "fake-pixels (24 products)",
+    ]
     assert app.sidebar.slider(key="top_k").value == 12
     assert any("Connected" in c and "24 products" in c for c in texts(app.sidebar, "caption"))
     assert not app.error
@@ -252,6 +256,20 @@ def test_encoder_selector_switches_the_search_engine(app: AppTest) -> None:
     assert "fake-lite" in app.caption[1].value
 
 
+def test_an_image_only_engine_takes_photos_not_words(app: AppTest, live_api: LiveApi) -> None:
+    app.sidebar.selectbox(key="encoder").select_index(2)
+    app.run()
+    assert app.text_input(key="photo-refine").disabled
+    text_search(app, "Mini Umbrella")
+    assert "fake-pixels search engine matches photos only" in app.warning[0].value
+    assert app.session_state["request"] is None
+
+    umbrella = live_api.product("Mini Umbrella")
+    upload(app, "umbrella.jpg", umbrella.image)
+    assert card_names(app)[0] == umbrella.name
+    assert app.session_state["results"].pages[0].encoder == "fake-pixels"
+
+
 def test_api_down_is_explained_not_a_traceback(make_app: AppFactory, down_url: str) -> None:
     at = make_app(down_url)
 
@@ -267,6 +285,23 @@ def test_api_down_is_explained_not_a_traceback(make_app: AppFactory, down_url: s
     assert "We can't reach the search service" in at.session_state["results"].error
     assert len(at.error) == 1
     assert not at.image
+
+
+def test_searching_again_retries_once_the_api_is_back(
+    make_app: AppFactory, samples: list[SampleProduct]
+) -> None:
+    port = free_port()
+    at = make_app(f"http://127.0.0.1:{port}")
+    text_search(at, "Mini Umbrella")
+    assert "We can't reach the search service" in at.session_state["results"].error
+
+    # The API comes up at that address (one encoder: nothing else on the page changes).
+    with running_api(samples, encoder_ids=["fake-clip"], port=port):
+        at.run()
+        assert card_names(at) == []  # nothing retried behind the shopper's back
+        submit(at, "Search")
+        assert not at.error
+        assert card_names(at)[0] == "Mini Umbrella"
 
 
 def test_a_product_gone_from_the_catalog_is_explained(app: AppTest) -> None:

@@ -98,8 +98,9 @@ def test_product_facets_and_encoders(client: FashionSearchClient, live_api: Live
     assert [(e.id, e.is_default, e.indexed_count) for e in encoders] == [
         ("fake-clip", True, 24),
         ("fake-lite", False, 24),
+        ("fake-pixels", False, 24),
     ]
-    assert all(e.supports_text for e in encoders)
+    assert [e.supports_text for e in encoders] == [True, True, False]
 
 
 def test_errors_carry_the_graphql_code(client: FashionSearchClient) -> None:
