@@ -207,6 +207,7 @@ class PineconeVectorIndex:
         self._concurrency = max(1, concurrency)
         self._control_plane_host = control_plane_host
         self._index: AsyncIndex | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._written_lsn: dict[str, int] = {}
         """namespace -> highest log position Pinecone reported for our upserts."""
@@ -238,6 +239,11 @@ class PineconeVectorIndex:
         return name[len(self._prefix) :] if name.startswith(self._prefix) else None
 
     async def _client(self) -> AsyncIndex:
+        """The data-plane client of the running event loop (its connection pool belongs to
+        one loop; the CLI runs several)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._index, self._lock, self._loop = None, asyncio.Lock(), loop
         if self._index is not None:
             return self._index
         async with self._lock:
@@ -495,6 +501,7 @@ class PineconeVectorIndex:
             await self._call(drop)
 
     async def close(self) -> None:
-        index, self._index = self._index, None
-        if index is not None:
+        index, loop = self._index, self._loop
+        self._index, self._loop = None, None
+        if index is not None and loop is asyncio.get_running_loop():
             await index.close()

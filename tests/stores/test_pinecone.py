@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -352,3 +353,11 @@ async def test_wait_until_fresh_and_clear(
     assert await index.encoder_ids() == []
     deletes = pinecone_server.requests_to(name, "/vectors/delete")
     assert {s.namespace for s in deletes} == {"enc", "other"}
+
+
+def test_one_index_serves_successive_event_loops(pinecone_server: FakePinecone) -> None:
+    """The CLI runs several asyncio.run() calls with one adapter."""
+    _, index = make_index(pinecone_server)
+    asyncio.run(index.upsert("enc", ["a"], unit_rows(1), [{}]))
+    assert asyncio.run(index.count()) == 1
+    asyncio.run(index.close())
