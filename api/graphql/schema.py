@@ -35,7 +35,7 @@ from api.graphql.types import (
 )
 from api.metrics import Metrics
 from domain.errors import BadInput
-from domain.model import DEFAULT_TOP_K, ImageQuery, SearchQuery, TextQuery
+from domain.model import DEFAULT_TOP_K, ImageQuery, SearchQuery, TextQuery, validate_top_k
 
 Info = strawberry.Info[GraphQLContext, None]
 
@@ -91,8 +91,10 @@ class Query:
         text, text_weight = opt(text), opt(text_weight)
         weight = 0.5 if text_weight is None else text_weight
         # Cheap checks first, so bad arguments never cost an upload read or a URL fetch.
+        validate_top_k(top_k)
+        if not 0.0 <= weight <= 1.0:
+            raise BadInput("textWeight must be between 0 and 1")
         modifier = TextQuery(text) if text is not None else None
-        SearchQuery(text=modifier or TextQuery("-"), top_k=top_k, text_weight=weight)
         domain_filter = filter_of(filter)
         data = await _image_bytes(info.context, image)
         query = SearchQuery(
