@@ -35,6 +35,13 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1366, "height": 1900}
 HM_IMAGE_WIDTH = 360  # every hm-demo photo is 360x540
 TIMEOUT_MS = 30_000
+FASHION_LITE_HEADS = REPO_ROOT / "encoders" / "fashion_lite" / "weights" / "heads-v1.npz"
+# The real encoder: fashion-lite (words and photos) once its trained heads are in the tree;
+# until then the photo-only EfficientNet-Lite0 baseline, which needs no trained artifact.
+REAL_ENCODER = "fashion-lite" if FASHION_LITE_HEADS.exists() else "effnet-lite0"
+REAL_CATALOG_SIZE = 12
+
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +50,15 @@ def api(hm_demo: Path) -> Iterator[LiveApi]:
         yield live
 
 
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fashion_search.cli", *args]
+
+
 def start_ui(api_url: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
     """`fashion-search ui` on a free port; returns the process and the UI's URL."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [sys.executable, "-m", "fashion_search.cli", "ui", "--port", str(port)]
-    argv += ["--api-url", api_url]
+    argv = cli("ui", "--port", str(port), "--api-url", api_url)
     log = (ARTIFACTS / f"{name}.log").open("wb")
     process = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
@@ -209,3 +219,103 @@ def test_api_down_message_in_a_real_browser(page: Page) -> None:
         shot(page, "06-api-down")
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def real_stack(
+    tmp_path_factory: pytest.TempPathFactory, hm_demo: Path
+) -> Iterator[tuple[str, str]]:
+    """What `make demo` runs, on a tiny catalog: `fashion-search ingest` into a fresh home
+    (SQLite, FAISS, local images, a real encoder), `fashion-search serve`, `fashion-search ui`.
+    Yields the API's and the UI's URLs."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "FASHION_SEARCH_HOME": str(tmp_path_factory.mktemp("real-home")),
+        "FASHION_SEARCH_ENCODER": REAL_ENCODER,
+        "FASHION_SEARCH_PUBLIC_URL": api_url,
+    }
+    ingest = subprocess.run(
+        cli("ingest", str(hm_demo), "--limit", str(REAL_CATALOG_SIZE)),
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    assert ingest.returncode == 0, ingest.stdout.decode() + ingest.stderr.decode()
+    log = (ARTIFACTS / "api-real.log").open("wb")
+    api = subprocess.Popen(
+        cli("serve", "--port", str(port)),
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if api.poll() is not None:
+                pytest.fail(f"the API exited with {api.returncode}: see {log.name}")
+            try:
+                if httpx.get(f"{api_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API was not ready within 120 s: see {log.name}")
+            time.sleep(0.25)
+        ui, ui_url = start_ui(api_url, "streamlit-real")
+        try:
+            yield api_url, ui_url
+        finally:
+            stop(ui)
+    finally:
+        stop(api)
+
+
+def test_real_catalog_in_a_real_browser(
+    page: Page, real_stack: tuple[str, str], hm_demo: Path
+) -> None:
+    _, ui_url = real_stack
+    samples = load_samples(hm_demo, REAL_CATALOG_SIZE)
+    page.goto(ui_url)
+    expect(page.get_by_text(f"Connected · {REAL_CATALOG_SIZE} products")).to_be_visible()
+    settle(page)
+    expect(page.get_by_label("Search engine")).to_have_count(0)  # one indexed encoder
+
+    search_box = page.get_by_label("What are you looking for?")
+    search_box.fill("brown felt hat")
+    page.get_by_role("button", name="Search", exact=True).click()
+    if REAL_ENCODER == "fashion-lite":
+        expect(page.get_by_text("12 results for “brown felt hat”")).to_be_visible()
+        settle(page)
+        assert rendered_widths(page, 12) == [HM_IMAGE_WIDTH] * 12
+        shot(page, "07-real-text-search")
+    else:
+        expect(
+            page.get_by_text(f"The {REAL_ENCODER} search engine matches photos only")
+        ).to_be_visible()
+
+    # The same photo as a catalog product: a real encoder maps it to that product's vector.
+    hat = next(p for p in samples if p.name == "Hat Frank Fedora(1)")
+    page.get_by_role("tab", name="Upload a photo").click()
+    photo: FilePayload = {"name": "hat.jpg", "mimeType": "image/jpeg", "buffer": hat.image}
+    page.locator('input[type="file"]').set_input_files(files=[photo])
+    expect(page.get_by_text("hat.jpg")).to_be_visible()
+    page.get_by_role("button", name="Find similar").click()
+    expect(page.get_by_text("12 results like your photo")).to_be_visible()
+    settle(page)
+    assert rendered_widths(page, 12) == [HM_IMAGE_WIDTH] * 12
+    assert card_names(page)[0] == hat.name
+    expect(page.get_by_text("Match 1.00 · #1")).to_be_visible()
+    shot(page, "08-real-photo-search")
+
+    page.locator('[class*="st-key-results-more-"] button').first.click()
+    expect(page.get_by_text(f"11 results like “{hat.name}”")).to_be_visible()
+    settle(page)
+    assert rendered_widths(page, 11) == [HM_IMAGE_WIDTH] * 11
+    assert hat.name not in card_names(page)
+    shot(page, "09-real-more-like-this")
