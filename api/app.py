@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from strawberry.fastapi import GraphQLRouter
 
 from api.config import ApiConfig, ApiServices
 from api.errors import install_error_handlers
 from api.graphql.context import GraphQLContext
+from api.graphql.router import ApiGraphQLRouter
 from api.graphql.schema import build_schema
 from api.limits import BodySizeLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
@@ -67,13 +67,14 @@ def create_app(
     async def get_context() -> GraphQLContext:
         return GraphQLContext(state)
 
-    graphql = GraphQLRouter[GraphQLContext, None](
+    graphql = ApiGraphQLRouter(
         build_schema(config, metrics),
         path="/graphql",
         graphql_ide="graphiql" if config.graphiql else None,
         context_getter=get_context,
         multipart_uploads_enabled=True,
         tags=["GraphQL"],
+        max_document_chars=config.max_document_chars,
     )
     app.include_router(graphql)
     app.include_router(rest_router)

@@ -5,7 +5,7 @@ settings or chooses adapters itself."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.ports import Catalog, EncoderProvider, ImageFetcher, ImageStore, VectorIndex
 from domain.services import CatalogService, SearchService
@@ -16,7 +16,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 @dataclass(frozen=True)
 class ApiConfig:
-    api_keys: Sequence[str] = ()
+    api_keys: Sequence[str] = field(default=(), repr=False)
     """Keys that may call mutations (header X-API-Key). None configured: mutations disabled."""
     public_url: str | None = None
     """Base URL clients reach the API at; relative image URLs are joined with it (or with the
@@ -31,6 +31,8 @@ class ApiConfig:
     max_query_depth: int = 10
     max_aliases: int = 15
     max_tokens: int = 2000
+    max_document_chars: int = 100_000
+    """Longest GraphQL document (images travel in variables, never in the document)."""
     graphiql: bool = True
     warm_up_encoder: bool = True
     """Load the default encoder when the app starts; /readyz stays 503 until it is loaded."""

@@ -186,7 +186,7 @@ async def _query_image(request: Request, state: ApiState) -> bytes:
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadInput("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadInput('send {"url": ...} or {"image_base64": ...}')

@@ -1,0 +1,51 @@
+"""Strawberry's FastAPI router, hardened at the HTTP layer: malformed request envelopes (JSON
+that is not an object, JSON nested past the recursion limit, broken multipart maps) are a 400
+instead of an unhandled exception, documents above ``max_document_chars`` are refused before
+they are parsed, and every transport-level refusal is GraphQL-shaped JSON with a code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.responses import JSONResponse
+from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLRequestData
+from strawberry.types.unset import UNSET
+
+from api.errors import code_for_status
+from api.graphql.context import GraphQLContext
+
+
+class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
+    def __init__(self, *args: Any, max_document_chars: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_document_chars = max_document_chars
+
+    async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
+        try:
+            data = await super().parse_http_body(request)
+        except (HTTPException, KeyError):
+            raise  # already answered as a 400 by strawberry
+        except (RecursionError, AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise HTTPException(400, "malformed GraphQL request") from exc
+        for item in data if isinstance(data, list) else [data]:
+            if item.query is not None and len(item.query) > self.max_document_chars:
+                raise HTTPException(
+                    413,
+                    f"the GraphQL document is {len(item.query):,} characters; "
+                    f"the limit is {self.max_document_chars:,}",
+                )
+        return data
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        try:
+            return await super().run(request, context, root_value)
+        except HTTPException as exc:
+            if self.is_websocket_request(request):
+                raise
+            error = {
+                "message": exc.reason,
+                "extensions": {"code": code_for_status(exc.status_code)},
+            }
+            return JSONResponse({"errors": [error]}, status_code=exc.status_code)
