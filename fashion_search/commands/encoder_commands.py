@@ -1,7 +1,157 @@
+"""`fashion-search encoders` and `fashion-search train-encoder`."""
+
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from fashion_search.settings import Settings
+
+console = Console()
+
+
+def list_encoders() -> None:
+    """List the encoders the installed plugins provide: id, dim, modalities."""
+    from fashion_search.wiring import build_encoders
+
+    registry = build_encoders(Settings())
+    table = Table(title="Encoders")
+    table.add_column("id")
+    table.add_column("dim", justify="right")
+    table.add_column("modalities")
+    table.add_column("description")
+    for info in registry.available():
+        marker = " (default)" if info.id == registry.default_id else ""
+        table.add_row(
+            info.id + marker,
+            str(info.dim or "?"),
+            ", ".join(sorted(m.value for m in info.modalities)),
+            info.description,
+        )
+    console.print(table)
+
+
+def train_encoder(
+    hm_dev: Annotated[
+        Path | None, typer.Option(help="hm-dev folder (default: DATASETS_DIR/hm-dev).")
+    ] = None,
+    kaggle: Annotated[
+        bool, typer.Option("--kaggle/--no-kaggle", help="Also train on the Kaggle zip.")
+    ] = True,
+    kaggle_zip: Annotated[
+        Path | None,
+        typer.Option(help="Kaggle zip (default: DATASETS_DIR/kaggle-fashion-small.zip)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Heads file to write (default: the committed one).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write metrics and training facts as JSON here.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    seed: int = 7,
+    dim: Annotated[int, typer.Option(min=8)] = 256,
+    hidden: Annotated[int, typer.Option(min=8)] = 512,
+    layers: Annotated[int, typer.Option(min=1, max=4)] = 2,
+    batch_size: Annotated[int, typer.Option(min=8)] = 512,
+    lr: float = 1e-3,
+    supcon_weight: Annotated[float, typer.Option(min=0.0)] = 0.5,
+    raw_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
+    colour: Annotated[bool, typer.Option("--colour/--no-colour")] = True,
+    image_backbone: str = "efficientnet-lite0",
+    image_size: Annotated[int, typer.Option(min=64)] = 224,
+    limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 2,
+) -> None:
+    """Train the fashion-lite heads from hm-dev (and the Kaggle zip) with a fixed seed, and
+    report validation metrics on the held-out split (and for random heads, the floor)."""
+    from encoders.fashion_lite.heads import DEFAULT_HEADS
+    from encoders.fashion_lite.training import TrainConfig, train, write_report
+
+    settings = Settings()
+    zip_path = (
+        (kaggle_zip or settings.datasets_dir / "kaggle-fashion-small.zip") if kaggle else None
+    )
+    config = TrainConfig(
+        hm_dev=hm_dev or settings.datasets_dir / "hm-dev",
+        kaggle_zip=zip_path,
+        cache_dir=settings.home / "cache" / "fashion-lite",
+        image_backbone=image_backbone,
+        image_size=image_size,
+        colour=colour,
+        dim=dim,
+        hidden=hidden,
+        layers=layers,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        supcon_weight=supcon_weight,
+        raw_weight=raw_weight,
+        seed=seed,
+        limit=limit,
+        eval_limit=eval_limit,
+        threads=threads,
+    )
+    tasks: dict[str, TaskID] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as bar:
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        result = train(config, progress)
+    target = out or DEFAULT_HEADS
+    result.heads.save(target)
+    console.print(
+        f"trained on {result.n_train} items in {time.perf_counter() - started:.0f} s; "
+        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; heads written to {target}"
+    )
+    if result.metrics:
+        table = Table(title=f"Validation on the held-out split ({result.n_heldout} items)")
+        table.add_column("metric")
+        table.add_column("trained", justify="right")
+        table.add_column("random heads", justify="right")
+        table.add_column("chance", justify="right")
+        for key, value in result.metrics.items():
+            table.add_row(
+                key,
+                f"{value:.3f}",
+                f"{result.random_metrics.get(key, float('nan')):.3f}",
+                f"{result.chance.get(key, float('nan')):.3f}",
+            )
+        console.print(table)
+    if report is not None:
+        write_report(result, report)
+        console.print(f"report written to {report}")
+    else:
+        console.print_json(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    app.command("encoders")(list_encoders)
+    app.command("train-encoder")(train_encoder)

