@@ -105,7 +105,7 @@ def ingest_progress(description: str) -> Iterator[Callable[[IngestProgress], Non
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=30),
         MofNCompleteColumn(),
         RateColumn(),
         TimeElapsedColumn(),
@@ -134,7 +134,7 @@ async def run_ingest(
     options: IngestOptions,
 ) -> IngestSummary:
     total = await asyncio.to_thread(source.count)
-    with ingest_progress(f"Ingesting {source.layout}") as on_progress:
+    with ingest_progress("Ingesting") as on_progress:
         pipeline = IngestPipeline(
             encoders,
             container.index,
@@ -500,7 +500,9 @@ def demo(
     if not processes:
         console.print('Search from the command line: fashion-search search "black trousers"')
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too
+    # Ctrl-C and `kill` stop the children too (SIGINT explicitly: a shell starting this in
+    # the background would otherwise have it ignored).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         lines = []
         if serve_flags is not None:
@@ -525,7 +527,8 @@ def demo(
         console.print("Stopped.")
     finally:
         stop_processes(processes)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- registration ----------------------------------------------------------------------------
