@@ -28,7 +28,10 @@ class TextSearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore", json_schema_extra={"examples": [{"text": "white sneakers"}]}
     )
-    text: str = Field(description="What the product looks like, in words.")
+    text: str = Field(
+        description="What the product looks like, in words (not only whitespace).",
+        json_schema_extra={"pattern": r"\S"},
+    )
 
 
 class ProductResult(BaseModel):
@@ -120,8 +123,11 @@ _SIMILAR_BODY: dict[str, Any] = {
                         "value": {"url": "https://example.com/photos/red-dress.jpg"},
                     },
                     "base64": {
-                        "summary": "Base64-encoded image bytes",
-                        "value": {"image_base64": "iVBORw0KGgoAAAANSUhEUgAA..."},
+                        "summary": "Base64-encoded image bytes (a 1x1 PNG)",
+                        "value": {
+                            "image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1Pe"
+                            "AAAADElEQVR42mM4IScHAAK2AQUKW6YGAAAAAElFTkSuQmCC"
+                        },
                     },
                 },
             },

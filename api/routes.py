@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from api.errors import error_response
 from api.metrics import CONTENT_TYPE
+from api.rest import ErrorBody
 from api.services import ApiState
 from domain.errors import NotFound
 from domain.images import sniff_image_type
@@ -64,6 +65,7 @@ images_router = APIRouter(tags=["images"])
     responses={
         200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
         404: {"description": "No image with that key."},
+        422: {"model": ErrorBody, "description": "The key is longer than 255 characters."},
     },
 )
 async def image(
