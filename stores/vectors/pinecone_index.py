@@ -312,13 +312,25 @@ class PineconeVectorIndex:
         return counts
 
     async def _gather_limited(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run the calls, a few at a time; the first failure cancels the others and is
+        raised as it is."""
+        if len(operations) == 1:
+            return [await self._call(operations[0])]
         semaphore = asyncio.Semaphore(self._concurrency)
 
         async def run(operation: Callable[[], Awaitable[T]]) -> T:
             async with semaphore:
                 return await self._call(operation)
 
-        return list(await asyncio.gather(*(run(op) for op in operations)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(run(op)) for op in operations]
+        except BaseExceptionGroup as failed:
+            first = failed.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        return [task.result() for task in tasks]
 
     # -- the port ------------------------------------------------------------------------
 

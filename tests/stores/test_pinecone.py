@@ -146,7 +146,7 @@ async def test_large_upsert_is_split_into_several_requests(
     ids = [f"p{i:04d}" for i in range(250)]
     await index.upsert("enc", ids, unit_rows(250), [{"n": str(i % 3)} for i in range(250)])
     upserts = pinecone_server.requests_to(name, "/vectors/upsert")
-    assert [s.vectors for s in upserts] == [100, 100, 50]
+    assert sorted(s.vectors for s in upserts) == [50, 100, 100]  # sent concurrently
     assert all(s.status == 200 for s in upserts)
     assert await index.count("enc") == 250
     assert await index.count() == 250
@@ -361,3 +361,17 @@ def test_one_index_serves_successive_event_loops(pinecone_server: FakePinecone) 
     asyncio.run(index.upsert("enc", ["a"], unit_rows(1), [{}]))
     assert asyncio.run(index.count()) == 1
     asyncio.run(index.close())
+
+
+async def test_a_failing_batch_fails_the_whole_upsert(pinecone_server: FakePinecone) -> None:
+    name, index = make_index(pinecone_server, timeout_s=2.0)
+    # A 4xx is not retried (and spends none of the SDK's per-host retry budget).
+    pinecone_server.fail_next(1, 400, path="/vectors/upsert")
+    try:
+        with pytest.raises(BadInput, match="Injected failure"):
+            await index.upsert("enc", [f"p{i}" for i in range(250)], unit_rows(250), [{}] * 250)
+        statuses = sorted(s.status for s in pinecone_server.requests_to(name, "/vectors/upsert"))
+        assert statuses[-1] == 400
+    finally:
+        pinecone_server.clear_failures()
+        await index.close()
