@@ -132,6 +132,7 @@ class S3ImageStore:
             max_concurrency=4,
         )
         self._multipart_threshold = multipart_threshold
+        self._bucket_verified = False
         self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._urls_lock = threading.Lock()
 
@@ -206,6 +207,7 @@ class S3ImageStore:
         """Fails with UpstreamUnavailable naming S3_BUCKET / S3_ENDPOINT_URL when the bucket
         cannot be used."""
         await self._run(lambda: self._client.head_bucket(Bucket=self.bucket))
+        self._bucket_verified = True
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         name = self._key(key)
@@ -242,8 +244,20 @@ class S3ImageStore:
 
     async def content_type(self, key: str) -> str:
         name = self._key(key)
-        head = await self._run(lambda: self._client.head_object(Bucket=self.bucket, Key=name), key)
+        try:
+            head = await self._run(
+                lambda: self._client.head_object(Bucket=self.bucket, Key=name), key
+            )
+        except NotFound:
+            # A HEAD answer has no body: a missing bucket also looks like a missing key.
+            await self._verify_bucket_once()
+            raise
         return head.get("ContentType") or "application/octet-stream"
+
+    async def _verify_bucket_once(self) -> None:
+        if not self._bucket_verified:
+            await self.check()
+            self._bucket_verified = True
 
     async def exists(self, key: str) -> bool:
         try:

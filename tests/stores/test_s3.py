@@ -169,6 +169,9 @@ async def test_missing_bucket_is_named(s3_server: S3Server) -> None:
             await store.check()
         with pytest.raises(UpstreamUnavailable, match="bucket does not exist"):
             await store.put("k.jpg", JPEG, "image/jpeg")
+        # A HEAD 404 cannot tell a missing bucket from a missing key: exists() checks.
+        with pytest.raises(UpstreamUnavailable, match="S3_BUCKET=no-such-bucket-here"):
+            await store.exists("readyz-probe")
     finally:
         await store.close()
 
