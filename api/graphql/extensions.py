@@ -8,8 +8,16 @@ import time
 from collections.abc import Iterator, Set
 from typing import Any
 
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    Visitor,
+    visit,
+)
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import ExecutionResult
 
@@ -55,6 +63,41 @@ class ErrorCodes(SchemaExtension):
         result = self.execution_context.result
         if isinstance(result, ExecutionResult | GraphQLExecutionResult) and result.errors:
             result.errors = [public_error(e) for e in result.errors]
+
+
+class _EmptySelectionSetFinder(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: SelectionSetNode | None = None
+
+    def enter_selection_set(self, node: SelectionSetNode, *_: Any) -> None:
+        if not node.selections and self.found is None:
+            self.found = node
+
+
+def empty_selection_set(document: DocumentNode) -> SelectionSetNode | None:
+    finder = _EmptySelectionSetFinder()
+    visit(document, finder)
+    return finder.found
+
+
+class RejectEmptySelectionSets(SchemaExtension):
+    """graphql-core parses ``{}`` (the spec requires at least one selection) and Strawberry's
+    depth limiter then fails on it with a bare ValueError: refuse such documents as a syntax
+    error before any validation rule runs."""
+
+    def on_validate(self) -> Iterator[None]:
+        document = self.execution_context.graphql_document
+        empty = empty_selection_set(document) if document is not None else None
+        if empty is not None:
+            self.execution_context.pre_execution_errors = [
+                GraphQLError(
+                    "Syntax Error: a selection set must select at least one field.",
+                    nodes=[empty],
+                    extensions={"code": BAD_USER_INPUT},
+                )
+            ]
+        yield
 
 
 class OperationMetrics(SchemaExtension):

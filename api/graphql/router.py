@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cross_web import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
@@ -27,6 +28,8 @@ class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
             data = await super().parse_http_body(request)
         except (HTTPException, KeyError):
             raise  # already answered as a 400 by strawberry
+        except StarletteHTTPException as exc:  # a broken multipart body
+            raise HTTPException(exc.status_code, str(exc.detail)) from exc
         except (RecursionError, AttributeError, TypeError, ValueError, IndexError) as exc:
             raise HTTPException(400, "malformed GraphQL request") from exc
         for item in data if isinstance(data, list) else [data]:

@@ -14,7 +14,7 @@ from strawberry.types.execution import ExecutionContext
 from api.config import ApiConfig
 from api.graphql.context import GraphQLContext
 from api.graphql.decorators import field, mutation
-from api.graphql.extensions import ErrorCodes, OperationMetrics
+from api.graphql.extensions import ErrorCodes, OperationMetrics, RejectEmptySelectionSets
 from api.graphql.inputs import (
     AddProductInput,
     ImageInput,
@@ -233,6 +233,7 @@ def build_schema(config: ApiConfig | None = None, metrics: Metrics | None = None
     config = config or ApiConfig()
     known_fields: set[str] = set()
     extensions: list[Any] = [
+        RejectEmptySelectionSets,
         functools.partial(QueryDepthLimiter, max_depth=config.max_query_depth),
         functools.partial(MaxAliasesLimiter, max_alias_count=config.max_aliases),
         functools.partial(MaxTokensLimiter, max_token_count=config.max_tokens),
