@@ -188,8 +188,16 @@ class MongoCatalog:
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
+        """Translate failures, and enforce the deadline: PyMongo's server selection waits in
+        steps of half a second, so on its own a call to a down server can overrun
+        ``timeout_s`` by up to 0.5 s."""
         try:
-            yield
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(
+                f"MongoDB ({self.where}) did not answer within {self._timeout:g}s"
+            ) from exc
         except (ServerSelectionTimeoutError, ConnectionFailure, ExecutionTimeout) as exc:
             raise UpstreamUnavailable(
                 f"MongoDB ({self.where}) is unreachable or did not answer within "
@@ -257,9 +265,9 @@ class MongoCatalog:
         coll, _ = await self._collections()
         await self._index_tag_fields(coll, {tag_field(k) for p in latest.values() for k in p.tags})
         docs = [_to_document(p) for p in latest.values()]
-        async with self._guard():
-            for start in range(0, len(docs), WRITE_BATCH):
-                chunk = docs[start : start + WRITE_BATCH]
+        for start in range(0, len(docs), WRITE_BATCH):  # the deadline is per request
+            chunk = docs[start : start + WRITE_BATCH]
+            async with self._guard():
                 await coll.bulk_write(
                     [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in chunk], ordered=False
                 )
@@ -363,8 +371,8 @@ class MongoCatalog:
             )
             for pid, h in hashes.items()
         ]
-        async with self._guard():
-            for start in range(0, len(ops), WRITE_BATCH):
+        for start in range(0, len(ops), WRITE_BATCH):  # the deadline is per request
+            async with self._guard():
                 await ledger.bulk_write(ops[start : start + WRITE_BATCH], ordered=False)
 
     async def drop(self) -> None:
