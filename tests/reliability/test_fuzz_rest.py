@@ -51,10 +51,6 @@ BUDGETS: list[tuple[str, str, int, bool]] = [
 PARAMETERLESS = ["/healthz", "/readyz", "/metrics"]
 assert sum(b[2] for b in BUDGETS) >= 1_000
 
-# Hypothesis may stop early when an operation's input space is exhausted or many inputs are
-# discarded; each operation must still have seen most of its budget.
-MIN_SHARE = 0.9
-
 DESIGN_CODES = {
     "BAD_USER_INPUT",
     "NOT_FOUND",
@@ -122,7 +118,9 @@ def _assert_alive(target: Target) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "path", "budget", "negative"), BUDGETS)
+@pytest.mark.parametrize(
+    ("method", "path", "budget", "negative"), BUDGETS, ids=[f"{m} {p}" for m, p, _, _ in BUDGETS]
+)
 def test_operation_survives_generated_requests(
     target: Target, method: str, path: str, budget: int, negative: bool
 ) -> None:
@@ -150,7 +148,7 @@ def test_operation_survives_generated_requests(
         _assert_error_body(path, response)
 
     run()
-    assert seen >= budget * SCALE * MIN_SHARE, f"{method} {path}: only {seen} requests"
+    assert seen == budget * SCALE, f"{method} {path}: {seen} requests"
     _assert_alive(target)
 
 
@@ -178,3 +176,13 @@ def test_coverage_phase_edge_cases(target: Target) -> None:
     }
     assert all(count >= 5 for count in seen.values()), seen
     _assert_alive(target)
+
+
+@pytest.mark.parametrize("path", ["/get_similar_images", "/get_image_by_text"])
+def test_deeply_nested_json_is_bad_input(target: Target, path: str) -> None:
+    """Found while fuzzing: JSON nested past Python's recursion limit was a 500 on
+    /get_similar_images (RecursionError out of json.loads)."""
+    body = ("[" * 5000 + "]" * 5000).encode()
+    response = target.client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "BAD_USER_INPUT"
