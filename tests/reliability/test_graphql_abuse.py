@@ -57,7 +57,7 @@ class CountingApi:
         )
 
     async def refused(
-        self, body: Any, *, status: int = 200, code: str = "BAD_USER_INPUT", within_s: float = 1.0
+        self, body: Any, *, status: int = 200, code: str = "BAD_USER_INPUT", within_s: float = 2.0
     ) -> list[str]:
         """Send ``body`` to /graphql; assert it is refused with ``code`` and nothing was done.
         Returns the error messages."""
@@ -149,10 +149,11 @@ async def test_1000_aliases_within_the_token_budget_hit_the_alias_limit() -> Non
     """With the token limit out of the way, the alias limit (15) refuses the same document."""
     api = await make_api(max_tokens=100_000)
     async with api.client:
-        messages = await CountingApi(api).refused({"query": aliased(1000)})
+        # Parsing and validating 1,000 fields is the cost here: allow for a loaded machine.
+        messages = await CountingApi(api).refused({"query": aliased(1000)}, within_s=10)
         assert any("1000 aliases found. Allowed: 15" in m for m in messages), messages
         nested_aliases = "{ encoders { " + " ".join(f"i{n}: id" for n in range(1000)) + " } }"
-        messages = await CountingApi(api).refused({"query": nested_aliases})
+        messages = await CountingApi(api).refused({"query": nested_aliases}, within_s=10)
         assert any("aliases" in m for m in messages), messages
 
 
@@ -176,7 +177,7 @@ async def test_1_mb_document(counting: CountingApi, document: str) -> None:
     has no business being this long)."""
     assert len(document) >= MEGABYTE
     messages = await counting.refused(
-        {"query": document}, status=413, code="PAYLOAD_TOO_LARGE", within_s=0.5
+        {"query": document}, status=413, code="PAYLOAD_TOO_LARGE", within_s=1.0
     )
     assert messages == [
         f"the GraphQL document is {len(document):,} characters; the limit is 100,000"
