@@ -15,6 +15,7 @@ from domain.errors import BadInput
 MIN_TOP_K = 1
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
+MAX_QUERY_TEXT_CHARS = 1000
 
 
 class Modality(StrEnum):
@@ -127,6 +128,11 @@ class TextQuery:
     def __post_init__(self) -> None:
         if not self.text or not self.text.strip():
             raise BadInput("the search text is empty")
+        if len(self.text) > MAX_QUERY_TEXT_CHARS:
+            raise BadInput(
+                f"the search text is {len(self.text):,} characters long;"
+                f" the limit is {MAX_QUERY_TEXT_CHARS:,}"
+            )
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ def test_top_k_is_bounded(top_k: int) -> None:
 def test_queries_need_content() -> None:
     with pytest.raises(BadInput):
         TextQuery("   ")
+    with pytest.raises(BadInput, match="limit"):
+        TextQuery("dress " * 1000)
+    assert TextQuery("x" * 1000).text
     with pytest.raises(BadInput):
         SearchQuery()
     with pytest.raises(BadInput):

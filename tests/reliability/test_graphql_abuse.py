@@ -273,3 +273,15 @@ async def test_several_operations_in_one_document_run_at_most_one(counting: Coun
     assert unknown.status_code == 400
     assert error_codes(unknown.json()) == ["BAD_USER_INPUT"]
     assert counting.work().encoder == before.encoder + 1
+
+
+async def test_megabyte_search_text_in_variables_is_refused_before_encoding(
+    counting: CountingApi,
+) -> None:
+    messages = await counting.refused(
+        {
+            "query": "query($t: String!) { searchByText(text: $t) { encoder } }",
+            "variables": {"t": "red dress " * 100_000},
+        }
+    )
+    assert any("limit is 1,000" in m for m in messages), messages
