@@ -40,13 +40,19 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_writer(
+    path: Path, *, durable: bool = True, tmp_dir: Path | None = None
+) -> Iterator[BinaryIO]:
     """Write ``path`` all or nothing: the data goes to a temporary file in the same directory
-    which replaces ``path`` (``os.replace``) only once it is complete (and, when ``durable``,
-    fsynced). Readers never see a partial file; a crash leaves the old file in place plus at
-    most a stray ``*.tmp`` file."""
+    (or in ``tmp_dir``, on the same file system) which replaces ``path`` (``os.replace``) only
+    once it is complete (and, when ``durable``, fsynced). Readers never see a partial file; a
+    crash leaves the old file in place plus at most a stray ``*.tmp`` file, whose name carries
+    the writer's process id (see ``remove_orphaned_tmp_files``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    directory = tmp_dir or path.parent
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:
         with open(tmp, "wb") as handle:
             yield handle
@@ -62,8 +68,10 @@ def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
         fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    with atomic_writer(path, durable=durable) as handle:
+def atomic_write_bytes(
+    path: Path, data: bytes, *, durable: bool = True, tmp_dir: Path | None = None
+) -> None:
+    with atomic_writer(path, durable=durable, tmp_dir=tmp_dir) as handle:
         handle.write(data)
 
 
@@ -74,3 +82,33 @@ def remove_stale_tmp_files(directory: Path) -> None:
     for stray in directory.glob(f".*{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             stray.unlink()
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that wrote this temporary file may still be writing it. Names
+    without a process id (older versions) count as alive: they are left alone."""
+    stem = tmp_name.removesuffix(TMP_SUFFIX)
+    pid_text = stem.rsplit(".", 1)[-1].split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_tmp_files(directory: Path) -> None:
+    """Remove the temporary files of writers that died mid-write (a crash, a SIGKILL); those
+    of running processes stay. Safe while other processes write to the same directory."""
+    if not directory.is_dir():
+        return
+    for stray in directory.glob(f".*{TMP_SUFFIX}"):
+        if not _writer_alive(stray.name):
+            with contextlib.suppress(OSError):
+                stray.unlink()

@@ -16,12 +16,13 @@ Layout
     key can have) records it. ``content_type(key)`` reads it back.
 
 Writes
-    Atomic (temporary file in the same folder, then ``os.replace``): a reader never sees a
-    half-written image, and a crash leaves at most a stray ``.*.tmp`` file. With ``durable``
-    (the default) the file and its folder are fsynced, so an image recorded as ingested
-    survives a power cut; the cost is small next to encoding the image. Putting the bytes a
-    key already holds is a no-op (keys are content-addressed, so re-ingesting rewrites
-    nothing). File I/O runs in worker threads.
+    Atomic (temporary file in ``<root>/.incoming``, then ``os.replace``): a reader never sees a
+    half-written image. A crash mid-write leaves at most a stray temporary file, which the next
+    process to write removes (the first put through a ``LocalImageStore`` removes the files of
+    writers that are gone). With ``durable`` (the default) the file and its folder are
+    fsynced, so an image recorded as ingested survives a power cut; the cost is small next to
+    encoding the image. Putting the bytes a key already holds is a no-op (keys are
+    content-addressed, so re-ingesting rewrites nothing). File I/O runs in worker threads.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from domain.errors import BadInput, NotFound
 from domain.images import SUPPORTED_IMAGE_TYPES
-from stores._util import atomic_write_bytes
+from stores._util import atomic_write_bytes, remove_orphaned_tmp_files
 
 MAX_KEY_LENGTH = 200
 _KEY = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{MAX_KEY_LENGTH - 1}}}")
@@ -64,6 +65,8 @@ class LocalImageStore:
         self.directory = Path(directory)
         self.base_url = base_url.rstrip("/")
         self.durable = durable
+        self._tmp_dir = self.directory / ".incoming"  # no key starts with "."
+        self._tmp_checked = False
 
     def path(self, key: str) -> Path:
         """Where the image of ``key`` lives (whether or not it exists)."""
@@ -106,16 +109,21 @@ class LocalImageStore:
     # -- file work (worker threads) ------------------------------------------------------
 
     def _put(self, key: str, data: bytes, content_type: str) -> None:
+        if not self._tmp_checked:
+            self._tmp_checked = True
+            remove_orphaned_tmp_files(self._tmp_dir)
         path = self.path(key)
         if not self._holds(path, data):
-            atomic_write_bytes(path, data, durable=self.durable)
+            atomic_write_bytes(path, data, durable=self.durable, tmp_dir=self._tmp_dir)
         type_path = self._type_path(key)
         declared = content_type.split(";", 1)[0].strip().lower() or DEFAULT_CONTENT_TYPE
         if declared == _type_from_extension(key):
             with contextlib.suppress(FileNotFoundError):
                 type_path.unlink()
         elif not (type_path.is_file() and type_path.read_text("utf-8") == declared):
-            atomic_write_bytes(type_path, declared.encode("utf-8"), durable=self.durable)
+            atomic_write_bytes(
+                type_path, declared.encode("utf-8"), durable=self.durable, tmp_dir=self._tmp_dir
+            )
 
     @staticmethod
     def _holds(path: Path, data: bytes) -> bool:
