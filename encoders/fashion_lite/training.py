@@ -9,6 +9,7 @@ Backbone features are cached under ``cache_dir`` so that reruns only train the h
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import random
 import time
@@ -165,8 +166,12 @@ def text_features(texts: Sequence[str], cache_file: Path, progress: Progress | N
             if progress is not None:
                 progress("text features", start + len(chunk), len(missing))
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        if cache_file.is_file():  # keep what another run added meanwhile
+            with np.load(cache_file, allow_pickle=False) as data:
+                for text, row in zip(data["texts"], data["features"], strict=True):
+                    cached.setdefault(str(text), row)
         keys = sorted(cached)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(
             tmp,
             texts=np.array(keys),

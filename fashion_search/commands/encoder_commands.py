@@ -151,7 +151,57 @@ def train_encoder(
         console.print_json(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
 
 
+COST_QUERIES = (
+    "black trousers",
+    "red dress",
+    "navy striped shirt",
+    "white sneakers",
+    "grey melange hoodie for men",
+    "floral summer dress with short sleeves",
+    "denim jacket",
+    "beige knitted sweater",
+)
+
+
+def encoder_cost(
+    encoder: Annotated[str | None, typer.Argument(help="Encoder id (default: configured).")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of JPEGs (default: the demo catalog's images).")
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, help="Images to time.")] = 30,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Time encoding one image and one query text (batch 1, one thread by default)."""
+    from encoders.cost import measure_cost
+    from fashion_search.wiring import build_encoders
+
+    settings = Settings()
+    folder = images or settings.demo_catalog_path / "images"
+    data = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))[:count]]
+    chosen = build_encoders(settings).get(encoder)
+    cost = measure_cost(chosen, data, COST_QUERIES, repeats=repeats, threads=threads)
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    table = Table(title=f"{cost.encoder_id}: batch 1, {cost.threads} thread(s)")
+    table.add_column("input")
+    table.add_column("median ms", justify="right")
+    table.add_column("best ms", justify="right")
+    table.add_row(
+        f"image ({len(data)} x {repeats})", ms(cost.ms_per_image_median), ms(cost.ms_per_image_min)
+    )
+    table.add_row(
+        f"query text ({len(COST_QUERIES)} x {repeats})",
+        ms(cost.ms_per_text_median),
+        ms(cost.ms_per_text_min),
+    )
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
     app.command("encoders")(list_encoders)
     app.command("train-encoder")(train_encoder)
+    app.command("encoder-cost")(encoder_cost)

@@ -1,0 +1,65 @@
+"""Encoding cost at batch 1 on one thread: the latency a single search pays."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from domain.model import Modality
+from domain.ports import Encoder
+
+
+@dataclass(frozen=True)
+class Cost:
+    encoder_id: str
+    ms_per_image_median: float | None
+    ms_per_image_min: float | None
+    ms_per_text_median: float | None
+    ms_per_text_min: float | None
+    threads: int
+
+
+def _timings(calls: Sequence[Any], run: Callable[[Any], object], repeats: int) -> list[float]:
+    out: list[float] = []
+    for _ in range(repeats):
+        for item in calls:
+            started = time.perf_counter()
+            run(item)
+            out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def measure_cost(
+    encoder: Encoder,
+    images: Sequence[bytes],
+    texts: Sequence[str],
+    repeats: int = 3,
+    threads: int = 1,
+) -> Cost:
+    """Median and best time of encoding one image (bytes to vector: decode, preprocess,
+    backbone, heads) and one query text, after a warm-up call."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        image_ms = text_ms = None
+        if Modality.IMAGE in encoder.modalities and images:
+            encoder.encode_images([images[0]])
+            image_ms = _timings(images, lambda b: encoder.encode_images([b]), repeats)
+        if Modality.TEXT in encoder.modalities and texts:
+            encoder.encode_texts([texts[0]])
+            text_ms = _timings(texts, lambda t: encoder.encode_texts([t]), repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return Cost(
+        encoder_id=encoder.id,
+        ms_per_image_median=statistics.median(image_ms) if image_ms else None,
+        ms_per_image_min=min(image_ms) if image_ms else None,
+        ms_per_text_median=statistics.median(text_ms) if text_ms else None,
+        ms_per_text_min=min(text_ms) if text_ms else None,
+        threads=threads,
+    )
