@@ -1,0 +1,222 @@
+"""`python -m bench [latency|ingest|index|coldstart|report] [options]`.
+
+With no benchmark named, all four run in turn at full size (what `make bench` does); each
+writes bench/results/<name>.json and prints its table. `report` prints the tables of the
+stored results (`--markdown` for the README)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.common import (
+    DEFAULT_WORK_DIR,
+    RESULTS_DIR,
+    EncoderChoice,
+    Result,
+    choose_encoder,
+    console,
+    datasets_dir,
+    load_average,
+    write_result,
+)
+
+ALL = ("latency", "ingest", "index", "coldstart")
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def _limit(text: str) -> int | None:
+    return None if text in ("", "all", "none") else int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK_DIR,
+        help="Scratch data directories (reused between runs).",
+    )
+    common.add_argument(
+        "--datasets",
+        type=Path,
+        default=None,
+        help="Datasets folder (default: settings' datasets_dir).",
+    )
+    common.add_argument(
+        "--encoder",
+        default=None,
+        help="Encoder id (default: fashion-lite; stand-in heads of the same shapes when the trained ones are missing).",
+    )
+    common.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    common.add_argument(
+        "--no-write", action="store_true", help="Print only; do not write the results file."
+    )
+
+    root = argparse.ArgumentParser(prog="python -m bench", description=__doc__, parents=[common])
+    sub = root.add_subparsers(dest="command")
+
+    latency = sub.add_parser("latency", parents=[common], help="Query latency over a real server.")
+    latency.add_argument(
+        "--servers",
+        default="1x0,2x1",
+        help="Server configurations, WORKERSxTORCH_THREADS (0: torch's default), comma-separated.",
+    )
+    latency.add_argument(
+        "--kaggle-limit",
+        type=_limit,
+        default=None,
+        help="Products from the Kaggle zip (default: all).",
+    )
+    latency.add_argument(
+        "--hm-limit", type=_limit, default=None, help="Products from hm-dev (default: all)."
+    )
+    latency.add_argument(
+        "--requests", type=int, default=200, help="Requests per phase with 1 client."
+    )
+    latency.add_argument(
+        "--concurrent-requests",
+        type=int,
+        default=400,
+        help="Requests per phase with concurrent clients.",
+    )
+    latency.add_argument("--concurrency", type=int, default=8)
+    latency.add_argument(
+        "--stage-repeats",
+        type=int,
+        default=200,
+        help="Queries timed for the encoder and the index alone.",
+    )
+
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="Ingest throughput vs the raw encoder."
+    )
+    ingest.add_argument(
+        "--limit", type=_limit, default=None, help="Kaggle products to ingest (default: all)."
+    )
+    ingest.add_argument(
+        "--sample", type=int, default=1024, help="Images for the raw encoder throughput."
+    )
+    ingest.add_argument("--torch-threads", type=int, default=0)
+
+    index = sub.add_parser("index", parents=[common], help="FAISS adapter at scale.")
+    index.add_argument("--sizes", type=_sizes, default=[100_000, 1_000_000])
+    index.add_argument(
+        "--dim", type=int, default=None, help="Vector dimension (default: the encoder's)."
+    )
+    index.add_argument("--queries", type=int, default=200)
+    index.add_argument("--chunk", type=int, default=50_000, help="Vectors per upsert.")
+    index.add_argument("--ef-sweep", type=_sizes, default=[64, 128, 256])
+    index.add_argument("--clusters", type=int, default=1000)
+    index.add_argument("--rank", type=int, default=16, help="Intrinsic dimension per cluster.")
+    index.add_argument("--spread", type=float, default=0.6)
+    index.add_argument(
+        "--noise", type=float, default=0.15, help="Isotropic noise (larger: harder)."
+    )
+
+    coldstart = sub.add_parser("coldstart", parents=[common], help="serve -> first answered query.")
+    coldstart.add_argument("--runs", type=int, default=3)
+    coldstart.add_argument("--kaggle-limit", type=_limit, default=None)
+    coldstart.add_argument("--hm-limit", type=_limit, default=None)
+
+    report = sub.add_parser("report", parents=[common], help="Print the stored results.")
+    report.add_argument("--markdown", action="store_true")
+    return root
+
+
+def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> Result:
+    datasets = datasets_dir(args.datasets)
+    if command == "latency":
+        from bench import latency
+
+        return latency.run(
+            work_dir=args.work_dir,
+            datasets=datasets,
+            encoder=encoder,
+            configs=latency.parse_configs(args.servers),
+            kaggle_limit=args.kaggle_limit,
+            hm_limit=args.hm_limit,
+            requests_1=args.requests,
+            requests_8=args.concurrent_requests,
+            concurrency=args.concurrency,
+            stage_repeats=args.stage_repeats,
+        )
+    if command == "ingest":
+        from bench import ingest
+
+        return ingest.run(
+            work_dir=args.work_dir,
+            datasets=datasets,
+            encoder=encoder,
+            limit=args.limit,
+            sample=args.sample,
+            torch_threads=args.torch_threads,
+        )
+    if command == "index":
+        from bench import index_scale
+
+        return index_scale.run(
+            encoder=encoder,
+            sizes=args.sizes,
+            dim=args.dim,
+            queries=args.queries,
+            chunk=args.chunk,
+            ef_sweep=args.ef_sweep,
+            clusters=args.clusters,
+            rank=args.rank,
+            spread=args.spread,
+            noise=args.noise,
+        )
+    if command == "coldstart":
+        from bench import coldstart
+
+        return coldstart.run(
+            work_dir=args.work_dir,
+            datasets=datasets,
+            encoder=encoder,
+            runs=args.runs,
+            kaggle_limit=args.kaggle_limit,
+            hm_limit=args.hm_limit,
+        )
+    raise ValueError(f"unknown benchmark {command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench import report
+
+    root = parser()
+    args = root.parse_args(argv)
+    if args.command == "report":
+        if args.markdown:
+            print(report.markdown(results_dir=args.results_dir))
+        else:
+            report.print_all(results_dir=args.results_dir)
+        return 0
+    commands = [args.command] if args.command else list(ALL)
+    if args.command is None:  # defaults of every sub-command
+        defaults = {
+            c: root.parse_args([c, *(argv if argv is not None else sys.argv[1:])]) for c in ALL
+        }
+    else:
+        defaults = {args.command: args}
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    encoder = choose_encoder(args.encoder, args.work_dir)
+    console.print(
+        f"encoder: {encoder.id}{' (stand-in heads)' if encoder.standin else ''}, dim {encoder.dim}; load average {load_average()}"
+    )
+    for command in commands:
+        result = run_one(command, defaults[command], encoder)
+        if not args.no_write:
+            path = write_result(result, args.results_dir)
+            console.print(f"wrote {path}")
+        report.print_document(result.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

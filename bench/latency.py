@@ -1,0 +1,506 @@
+"""Benchmark 1, query latency: a real `fashion-search serve` process over the ~21k-product
+catalog, and this process as the client (httpx over loopback).
+
+For each server configuration (worker processes, torch threads) and each query kind, in
+this order: searchByText over GraphQL, POST /get_image_by_text, searchByImage over GraphQL
+with an uploaded JPEG; first 1 client sending requests back to back, then 8 concurrent
+clients. Every answer is checked (HTTP 200, no GraphQL errors, at least one hit); any
+other outcome counts as an error.
+
+In the same run, with the server idle, the encoder call alone and the FAISS query alone
+are timed in this process on the same queries (same encoder, same index files), so the
+end-to-end overhead ratio p50(end to end) / (p50(encode) + p50(index)) is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.catalog import catalog_home, prepare_catalog
+from bench.common import (
+    Check,
+    EncoderChoice,
+    Json,
+    Result,
+    Stats,
+    at_least,
+    at_most,
+    console,
+    hm_dev,
+    info,
+    mib,
+    serve,
+    standin_note,
+    tree_rss_bytes,
+)
+
+TOP_K = 10
+
+SEARCH_FIELDS = (
+    "encoder tookMs nextCursor hits { rank score product { id name imageUrl tags { key value } } }"
+)
+TEXT_QUERY = (
+    "query SearchText($text: String!, $topK: Int!) "
+    f"{{ searchByText(text: $text, topK: $topK) {{ {SEARCH_FIELDS} }} }}"
+)
+IMAGE_QUERY = (
+    "query SearchImage($image: Upload!, $topK: Int!) "
+    f"{{ searchByImage(image: {{upload: $image}}, topK: $topK) {{ {SEARCH_FIELDS} }} }}"
+)
+
+_COLOURS = (
+    "black",
+    "white",
+    "red",
+    "navy blue",
+    "beige",
+    "light pink",
+    "green",
+    "grey",
+    "yellow",
+    "brown",
+)
+_ITEMS = (
+    "dress", "leather jacket", "sneakers", "denim jeans", "t-shirt", "hoodie", "summer skirt",
+    "wool sweater", "handbag", "ankle boots", "swimsuit", "checked shirt", "sports bra",
+    "wrist watch", "sunglasses", "floral blouse",
+)  # fmt: skip
+
+
+def query_texts(n: int = 64) -> list[str]:
+    """Varied shopper queries (colour + item), deterministic."""
+    pairs = itertools.product(_COLOURS, _ITEMS)
+    texts = [f"{colour} {item}" for colour, item in pairs]
+    step = 7  # spread over colours and items
+    return [texts[(i * step) % len(texts)] for i in range(min(n, len(texts)))]
+
+
+def query_images(datasets: Path, n: int = 32) -> list[bytes]:
+    """Uploads: hm-dev product photos (240x360 JPEG, about 11 KB), every 150th article."""
+    folder = hm_dev(datasets) / "images"
+    files = sorted(folder.glob("*.jpg"))[::150][:n]
+    if not files:
+        raise RuntimeError(f"no JPEG files under {folder}")
+    return [f.read_bytes() for f in files]
+
+
+# -- the client --------------------------------------------------------------------------------
+
+Call = Callable[[httpx.AsyncClient, int], Awaitable[float | None]]
+"""Sends request ``i``; returns the server's own ``tookMs`` when the answer has one."""
+
+
+class BadAnswer(Exception):
+    pass
+
+
+def _check_page(response: httpx.Response, field: str) -> float:
+    if response.status_code != 200:
+        raise BadAnswer(f"HTTP {response.status_code}: {response.text[:200]}")
+    body = response.json()
+    if body.get("errors"):
+        raise BadAnswer(f"GraphQL errors: {json.dumps(body['errors'])[:200]}")
+    page = body["data"][field]
+    if not page["hits"]:
+        raise BadAnswer("no hits")
+    return float(page["tookMs"])
+
+
+def make_calls(texts: Sequence[str], images: Sequence[bytes]) -> dict[str, Call]:
+    async def graphql_text(client: httpx.AsyncClient, i: int) -> float | None:
+        payload = {"query": TEXT_QUERY, "variables": {"text": texts[i % len(texts)], "topK": TOP_K}}
+        return _check_page(await client.post("/graphql", json=payload), "searchByText")
+
+    async def rest_text(client: httpx.AsyncClient, i: int) -> float | None:
+        response = await client.post("/get_image_by_text", json={"text": texts[i % len(texts)]})
+        if response.status_code != 200:
+            raise BadAnswer(f"HTTP {response.status_code}: {response.text[:200]}")
+        if not response.json().get("id"):
+            raise BadAnswer("no product in the answer")
+        return None
+
+    async def graphql_image(client: httpx.AsyncClient, i: int) -> float | None:
+        operations = {"query": IMAGE_QUERY, "variables": {"image": None, "topK": TOP_K}}
+        response = await client.post(
+            "/graphql",
+            data={"operations": json.dumps(operations), "map": '{"0": ["variables.image"]}'},
+            files={"0": ("query.jpg", images[i % len(images)], "image/jpeg")},
+        )
+        return _check_page(response, "searchByImage")
+
+    return {"graphql_text": graphql_text, "rest_text": rest_text, "graphql_image": graphql_image}
+
+
+KIND_LABELS = {
+    "graphql_text": "searchByText (GraphQL)",
+    "rest_text": "POST /get_image_by_text",
+    "graphql_image": "searchByImage upload (GraphQL)",
+}
+
+
+@dataclass
+class Phase:
+    kind: str
+    clients: int
+    stats: Stats
+    server_took: Stats
+    """The search service's own time (``tookMs``: encode + index + catalog), GraphQL only."""
+    qps: float
+    requests: int
+    errors: int
+    error_samples: list[str]
+    wall_s: float
+
+    def to_json(self) -> Json:
+        return {
+            "kind": self.kind,
+            "clients": self.clients,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_samples": self.error_samples,
+            "wall_s": round(self.wall_s, 3),
+            "qps": round(self.qps, 2),
+            "latency_ms": self.stats.to_json(),
+            "server_took_ms": self.server_took.to_json(),
+        }
+
+
+async def run_phase(
+    base_url: str,
+    kind: str,
+    call: Call,
+    clients: int,
+    requests: int,
+    warmup: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Phase:
+    """``warmup`` unrecorded requests (sequential, then concurrent), then ``requests`` spread
+    over ``clients`` concurrent senders. ``transport``: for tests (an ASGI app in-process)."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=60.0, limits=limits, transport=transport
+    ) as client:
+        latencies: list[float] = []
+        took: list[float] = []
+        errors: list[str] = []
+
+        async def worker(counter: Iterator[int], total: int, record: bool) -> None:
+            while (i := next(counter)) < total:
+                started = time.perf_counter()
+                try:
+                    server_ms = await call(client, i)
+                except (BadAnswer, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                    if record:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                if record:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    if server_ms is not None:
+                        took.append(server_ms)
+
+        await asyncio.gather(*(worker(itertools.count(), warmup, False) for _ in range(1)))
+        if clients > 1:  # warm every connection (and every worker process)
+            shared = itertools.count()
+            await asyncio.gather(*(worker(shared, warmup, False) for _ in range(clients)))
+        shared = itertools.count()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(shared, requests, True) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return Phase(
+        kind=kind,
+        clients=clients,
+        stats=Stats.of(latencies),
+        server_took=Stats.of(took),
+        qps=len(latencies) / wall if wall > 0 else 0.0,
+        requests=requests,
+        errors=len(errors),
+        error_samples=errors[:5],
+        wall_s=wall,
+    )
+
+
+# -- the server's own stage timings (/metrics) -------------------------------------------------
+
+STAGE_METRICS = {
+    "encode": "fashion_search_encode_duration_seconds",
+    "index": "fashion_search_index_query_duration_seconds",
+    "catalog": "fashion_search_catalog_fetch_duration_seconds",
+}
+
+
+def scrape_stages(base_url: str) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) per search stage, summed over encoders. With several worker
+    processes each reports its own numbers, so this is only meaningful with one."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10.0).text
+    totals = {stage: [0.0, 0.0] for stage in STAGE_METRICS}
+    for line in text.splitlines():
+        for stage, metric in STAGE_METRICS.items():
+            for suffix, slot in (("_sum{", 0), ("_count{", 1)):
+                if line.startswith(metric + suffix):
+                    totals[stage][slot] += float(line.rsplit(" ", 1)[1])
+    return {stage: (v[0], v[1]) for stage, v in totals.items()}
+
+
+def stage_means_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> Json:
+    means: Json = {}
+    for stage in STAGE_METRICS:
+        seconds = after[stage][0] - before[stage][0]
+        count = after[stage][1] - before[stage][1]
+        means[stage] = round(seconds / count * 1000, 3) if count else None
+    return means
+
+
+# -- the encoder and the index alone -----------------------------------------------------------
+
+
+def stage_timings(
+    home: Path,
+    encoder: EncoderChoice,
+    texts: Sequence[str],
+    images: Sequence[bytes],
+    repeats: int,
+    torch_threads: int,
+) -> Json:
+    """encode_texts / encode_images of one query and FaissVectorIndex.query_sync (top 11, as
+    the search service asks), in this process, on the same index files as the server."""
+    from fashion_search.settings import Settings
+    from fashion_search.wiring import build_encoders
+    from stores.vectors.faiss_index import FaissVectorIndex
+
+    settings = Settings(home=home, encoder=encoder.id, torch_threads=torch_threads)
+    model = build_encoders(settings).get(encoder.id)
+    index = FaissVectorIndex(settings.vectors_dir, hnsw_threshold=settings.faiss_hnsw_threshold)
+    wanted = TOP_K + 1
+
+    for i in range(5):  # load and warm up both towers and the index
+        index.query_sync(model.id, model.encode_texts([texts[i % len(texts)]])[0], wanted)
+        model.encode_images([images[i % len(images)]])
+
+    text_ms: list[float] = []
+    image_ms: list[float] = []
+    index_ms: list[float] = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        vector = model.encode_texts([texts[i % len(texts)]])[0]
+        t1 = time.perf_counter()
+        hits = index.query_sync(model.id, vector, wanted)
+        t2 = time.perf_counter()
+        if not hits:
+            raise RuntimeError(f"the index under {settings.vectors_dir} has no {model.id} vectors")
+        text_ms.append((t1 - t0) * 1000)
+        index_ms.append((t2 - t1) * 1000)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        vector = model.encode_images([images[i % len(images)]])[0]
+        t1 = time.perf_counter()
+        index.query_sync(model.id, vector, wanted)
+        t2 = time.perf_counter()
+        image_ms.append((t1 - t0) * 1000)
+        index_ms.append((t2 - t1) * 1000)
+    return {
+        "encode_text_ms": Stats.of(text_ms).to_json(),
+        "encode_image_ms": Stats.of(image_ms).to_json(),
+        "index_query_ms": Stats.of(index_ms).to_json(),
+        "index_vectors": index.count_sync(model.id),
+        "index_kind": index.kind(model.id),
+    }
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    workers: int
+    torch_threads: int
+
+    @property
+    def label(self) -> str:
+        threads = "default" if self.torch_threads == 0 else str(self.torch_threads)
+        return f"workers={self.workers}, torch threads={threads}"
+
+    def env(self) -> dict[str, str]:
+        return {"FASHION_SEARCH_TORCH_THREADS": str(self.torch_threads)}
+
+
+def parse_configs(spec: str) -> list[ServerConfig]:
+    """``1x0,2x1``: workers x torch threads (0 = torch's default), comma-separated."""
+    configs: list[ServerConfig] = []
+    for part in spec.split(","):
+        workers, _, threads = part.strip().partition("x")
+        configs.append(ServerConfig(int(workers), int(threads or 0)))
+    return configs
+
+
+def run(
+    *,
+    work_dir: Path,
+    datasets: Path,
+    encoder: EncoderChoice,
+    configs: Sequence[ServerConfig],
+    kaggle_limit: int | None = None,
+    hm_limit: int | None = None,
+    requests_1: int = 200,
+    requests_8: int = 400,
+    concurrency: int = 8,
+    stage_repeats: int = 200,
+    kinds: Sequence[str] = ("graphql_text", "rest_text", "graphql_image"),
+) -> Result:
+    result = Result(
+        name="latency",
+        config={
+            "encoder": encoder.to_json(),
+            "servers": [c.label for c in configs],
+            "kaggle_limit": kaggle_limit,
+            "hm_limit": hm_limit,
+            "requests_1_client": requests_1,
+            "requests_concurrent": requests_8,
+            "concurrency": concurrency,
+            "stage_repeats": stage_repeats,
+            "top_k": TOP_K,
+            "uploads": "hm-dev photos, 240x360 JPEG (~11 KB)",
+        },
+        notes=standin_note(encoder),
+    )
+    home = catalog_home(work_dir, encoder, kaggle_limit, hm_limit)
+    console.print(f"[bold]latency[/]: catalog in {home}")
+    result.data["catalog"] = prepare_catalog(home, encoder, datasets, kaggle_limit, hm_limit)
+    texts = query_texts()
+    images = query_images(datasets)
+    calls = make_calls(texts, images)
+
+    stages: Json | None = None
+    runs: list[Json] = []
+    for config in configs:
+        console.print(f"  server: {config.label}")
+        with serve(home, encoder, workers=config.workers, extra_env=config.env()) as server:
+            ready_s = server.wait_ready()
+            if stages is None:
+                console.print("  encoder and index alone (server idle) ...")
+                stages = stage_timings(
+                    home, encoder, texts, images, stage_repeats, configs[0].torch_threads
+                )
+            phases: list[Phase] = []
+            in_server: list[Json] = []
+            for kind in kinds:
+                for clients, total in ((1, requests_1), (concurrency, requests_8)):
+                    before = scrape_stages(server.base_url) if config.workers == 1 else None
+                    phase = asyncio.run(
+                        run_phase(
+                            server.base_url,
+                            kind,
+                            calls[kind],
+                            clients,
+                            total,
+                            warmup=max(10, 2 * clients),
+                        )
+                    )
+                    console.print(
+                        f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
+                        f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
+                    )
+                    phases.append(phase)
+                    if before is not None:
+                        means = stage_means_ms(before, scrape_stages(server.base_url))
+                        in_server.append({"kind": kind, "clients": clients, "mean_ms": means})
+            rss = tree_rss_bytes(server.pid)
+        runs.append(
+            {
+                "server": config.label,
+                "workers": config.workers,
+                "torch_threads": config.torch_threads,
+                "ready_s": round(ready_s, 2),
+                "server_rss_mib": round(mib(rss), 1),
+                "phases": [p.to_json() for p in phases],
+                "in_server_stage_means": in_server,
+            }
+        )
+    assert stages is not None
+    result.data["stages_alone"] = stages
+    result.data["runs"] = runs
+    result.checks = latency_checks(runs, stages, concurrency)
+    return result
+
+
+def _phase(run: Json, kind: str, clients: int) -> Json | None:
+    for phase in run["phases"]:
+        if phase["kind"] == kind and phase["clients"] == clients:
+            found: Json = phase
+            return found
+    return None
+
+
+def latency_checks(runs: Sequence[Json], stages: Json, concurrency: int) -> list[Check]:
+    checks: list[Check] = []
+    index_p50 = float(stages["index_query_ms"]["p50"])
+    alone = {
+        "graphql_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
+        "rest_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
+        "graphql_image": float(stages["encode_image_ms"]["p50"]) + index_p50,
+    }
+    checks.append(info("encode text alone p50", float(stages["encode_text_ms"]["p50"]), "ms"))
+    checks.append(info("encode image alone p50", float(stages["encode_image_ms"]["p50"]), "ms"))
+    checks.append(
+        info(
+            "index query alone p50",
+            index_p50,
+            "ms",
+            f"{stages['index_kind']}, {stages['index_vectors']:,} vectors",
+        )
+    )
+    for run in runs:
+        tag = f"[{run['server']}]"
+        text1 = _phase(run, "graphql_text", 1)
+        if text1:
+            checks.append(
+                at_most(f"text GraphQL 1 client p50 {tag}", text1["latency_ms"]["p50"], 25, "ms")
+            )
+            checks.append(
+                at_most(f"text GraphQL 1 client p99 {tag}", text1["latency_ms"]["p99"], 60, "ms")
+            )
+        image1 = _phase(run, "graphql_image", 1)
+        if image1:
+            checks.append(
+                at_most(f"image upload 1 client p50 {tag}", image1["latency_ms"]["p50"], 45, "ms")
+            )
+        for kind in ("graphql_text", "rest_text", "graphql_image"):
+            phase = _phase(run, kind, 1)
+            if phase:
+                ratio = phase["latency_ms"]["p50"] / alone[kind]
+                checks.append(
+                    at_most(
+                        f"overhead {KIND_LABELS[kind]} {tag}",
+                        ratio,
+                        1.5,
+                        "x",
+                        f"e2e p50 / (encode p50 + index p50 = {alone[kind]:.1f} ms)",
+                    )
+                )
+        text8 = _phase(run, "graphql_text", concurrency)
+        if text8:
+            checks.append(
+                at_least(f"text GraphQL {concurrency} clients {tag}", text8["qps"], 60, "q/s")
+            )
+        for phase in run["phases"]:
+            if phase["clients"] == concurrency and phase["kind"] != "graphql_text":
+                checks.append(
+                    info(
+                        f"{KIND_LABELS[phase['kind']]} {concurrency} clients {tag}",
+                        phase["qps"],
+                        "q/s",
+                        f"p50 {phase['latency_ms']['p50']:.1f} ms",
+                    )
+                )
+        errors = sum(int(p["errors"]) for p in run["phases"])
+        checks.append(at_most(f"errors, all phases {tag}", errors, 0, ""))
+    return checks

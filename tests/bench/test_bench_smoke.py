@@ -1,0 +1,168 @@
+"""The benchmark code paths at toy sizes: request documents against the real schema, the
+index measurement, results files and reports. No timing is asserted here."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import __main__ as cli
+from bench import index_scale, latency, report
+from bench.common import Result, Stats, at_least, at_most, info, rss_bytes, write_result
+from tests.api.helpers import make_api
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((48, 64), 40).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_stats_and_checks() -> None:
+    stats = Stats.of([float(v) for v in range(1, 101)])
+    assert stats.n == 100
+    assert stats.p50 == pytest.approx(50.5)
+    assert stats.max == 100
+    assert Stats.of([]).n == 0
+    assert at_most("x", 1.0, 2.0, "ms").ok is True
+    assert at_most("x", float("nan"), 2.0, "ms").ok is False
+    assert at_least("y", 59.0, 60.0, "q/s").ok is False
+    assert info("z", 3.0, "s").ok is None
+
+
+def test_query_texts_are_varied() -> None:
+    texts = latency.query_texts(64)
+    assert len(texts) == len(set(texts)) == 64
+
+
+@pytest.mark.parametrize("kind", ["graphql_text", "rest_text", "graphql_image"])
+async def test_phase_requests_are_answered_by_the_app(kind: str) -> None:
+    api = await make_api()
+    async with api.client:
+        calls = latency.make_calls(["black dress", "white sneakers"], [_jpeg()])
+        phase = await latency.run_phase(
+            "http://bench",
+            kind,
+            calls[kind],
+            clients=3,
+            requests=6,
+            warmup=2,
+            transport=httpx.ASGITransport(app=api.app),
+        )
+    assert phase.errors == 0, phase.error_samples
+    assert phase.stats.n == 6
+    assert phase.server_took.n == (0 if kind == "rest_text" else 6)
+
+
+async def test_failed_requests_count_as_errors() -> None:
+    api = await make_api()
+    async with api.client:
+        calls = latency.make_calls(["black dress"], [b"not an image"])
+        phase = await latency.run_phase(
+            "http://bench",
+            "graphql_image",
+            calls["graphql_image"],
+            clients=2,
+            requests=4,
+            warmup=1,
+            transport=httpx.ASGITransport(app=api.app),
+        )
+    assert phase.errors == 4
+    assert phase.stats.n == 0
+
+
+def test_latency_checks_from_runs() -> None:
+    phase = {
+        "latency_ms": {"p50": 20.0, "p99": 50.0},
+        "qps": 70.0,
+        "errors": 0,
+    }
+    runs = [
+        {
+            "server": "workers=1",
+            "phases": [
+                {**phase, "kind": kind, "clients": clients}
+                for kind in ("graphql_text", "rest_text", "graphql_image")
+                for clients in (1, 8)
+            ],
+        }
+    ]
+    stages = {
+        "encode_text_ms": {"p50": 15.0},
+        "encode_image_ms": {"p50": 30.0},
+        "index_query_ms": {"p50": 1.0},
+        "index_kind": "flat",
+        "index_vectors": 100,
+    }
+    checks = {c.name: c for c in latency.latency_checks(runs, stages, 8)}
+    assert checks["text GraphQL 1 client p50 [workers=1]"].ok is True
+    assert checks["overhead searchByText (GraphQL) [workers=1]"].measured == pytest.approx(1.25)
+    assert checks["text GraphQL 8 clients [workers=1]"].ok is True
+    assert checks["errors, all phases [workers=1]"].ok is True
+
+
+def test_parse_server_configs() -> None:
+    configs = latency.parse_configs("1x0,2x1")
+    assert [(c.workers, c.torch_threads) for c in configs] == [(1, 0), (2, 1)]
+
+
+def test_generator_is_deterministic_and_unit_length() -> None:
+    spec = index_scale.Clustered(dim=16, clusters=5, rank=3)
+    a, ca = index_scale.Generator(spec).chunk(0, 50)
+    b, cb = index_scale.Generator(spec).chunk(0, 50)
+    assert np.array_equal(a, b)
+    assert np.array_equal(ca, cb)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_streaming_top_k_matches_exact_search() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    queries = rng.standard_normal((4, 8)).astype(np.float32)
+    top = index_scale.TopK(queries, 5)
+    for start in range(0, 300, 70):
+        top.add(vectors[start : start + 70], start)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :5]
+    assert np.array_equal(top.rows, expected)
+
+
+def test_measure_size_at_toy_size() -> None:
+    spec = index_scale.Clustered(dim=16, clusters=10, rank=4)
+    row = index_scale.measure_size(500, asdict(spec), n_queries=10, chunk=200, ef_sweep=[16])
+    assert row["kind"] == "flat"
+    assert row["recall_at_10"] == 1.0  # exact search below the HNSW threshold
+    assert row["query_ms"]["n"] == 10
+    assert row["faiss_bytes"]["vectors"] == 500 * 16 * 4
+    checks = index_scale.index_checks([row])
+    assert any(c.name.startswith("recall@10") and c.ok for c in checks)
+
+
+def test_results_file_and_reports(tmp_path: Path) -> None:
+    result = Result(name="ingest", config={"limit": 1})
+    result.checks = [at_least("ingest / raw encoder", 0.95, 0.9, "x")]
+    path = write_result(result, tmp_path)
+    document = json.loads(path.read_text())
+    assert document["benchmark"] == "ingest"
+    assert document["checks"][0]["ok"] is True
+    assert "ingest / raw encoder" in report.markdown(results_dir=tmp_path)
+    report.print_all(results_dir=tmp_path)
+
+
+def test_command_line_options() -> None:
+    args = cli.parser().parse_args(["index", "--sizes", "1000,2_000", "--ef-sweep", "16"])
+    assert args.sizes == [1000, 2000]
+    assert args.ef_sweep == [16]
+    args = cli.parser().parse_args(["latency", "--kaggle-limit", "all", "--hm-limit", "5"])
+    assert args.kaggle_limit is None
+    assert args.hm_limit == 5
+
+
+def test_memory_reads_from_proc() -> None:
+    assert rss_bytes() > 0
