@@ -7,14 +7,24 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+)
 from strawberry.file_uploads import Upload
 from strawberry.types.execution import ExecutionContext
 
 from api.config import ApiConfig
 from api.graphql.context import GraphQLContext
 from api.graphql.decorators import field, mutation
-from api.graphql.extensions import ErrorCodes, OperationMetrics, RejectEmptySelectionSets
+from api.graphql.extensions import (
+    DocumentCache,
+    ErrorCodes,
+    OperationMetrics,
+    RejectEmptySelectionSets,
+)
 from api.graphql.inputs import (
     AddProductInput,
     ImageInput,
@@ -232,11 +242,17 @@ class ApiSchema(strawberry.Schema):
 def build_schema(config: ApiConfig | None = None, metrics: Metrics | None = None) -> ApiSchema:
     config = config or ApiConfig()
     known_fields: set[str] = set()
+    # The limiters' rule classes are made once (not per request), so DocumentCache can
+    # recognise a document it has validated before.
+    limit_rules = [
+        *QueryDepthLimiter(max_depth=config.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=config.max_aliases).validation_rules,
+    ]
     extensions: list[Any] = [
         RejectEmptySelectionSets,
-        functools.partial(QueryDepthLimiter, max_depth=config.max_query_depth),
-        functools.partial(MaxAliasesLimiter, max_alias_count=config.max_aliases),
+        functools.partial(AddValidationRules, limit_rules),
         functools.partial(MaxTokensLimiter, max_token_count=config.max_tokens),
+        DocumentCache,
         ErrorCodes,
     ]
     if metrics is not None:
