@@ -147,6 +147,22 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _git_modified() -> list[str]:
+    """Tracked files that differ from the commit (the measured code is commit + these)."""
+    try:
+        out = subprocess.run(
+            ["git", "diff", "--name-only", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
 def _meminfo_total() -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -163,6 +179,7 @@ def machine() -> Json:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": _git_commit(),
+        "git_modified_files": _git_modified(),
     }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -133,6 +134,17 @@ def _faiss_bytes(index: Any) -> Json:
     return out
 
 
+def _python_bytes(space: Any) -> int:
+    """Approximate bytes of the adapter's per-row Python bookkeeping: the row -> id list (and
+    its strings), the id -> row dict, the live flags and the tag columns."""
+    ids: list[str | None] = space.ids
+    total = sys.getsizeof(ids) + sum(sys.getsizeof(pid) for pid in ids if pid is not None)
+    total += sys.getsizeof(space.rows)
+    total += int(space.live.values.nbytes)
+    total += sum(int(column.values.nbytes) for column in space.tag_codes.values())
+    return total
+
+
 def _query(index: Any, queries: F32, truth: npt.NDArray[np.int64]) -> tuple[Stats, float]:
     for q in queries[:20]:  # warm up
         index.query_sync(ENCODER_ID, q, TOP_K)
@@ -184,6 +196,7 @@ def measure_size(
         kind = index.kind(ENCODER_ID)
         space = index._loaded()[ENCODER_ID]  # diagnostics only: the FAISS object's sizes
         faiss_bytes = _faiss_bytes(space.index)
+        python_bytes = _python_bytes(space)
 
         stats, recall = _query(index, queries, truth.rows)
         sweep: list[Json] = []
@@ -216,6 +229,8 @@ def measure_size(
             "peak_over_baseline_ratio": round((peak - rss_before) / raw, 3),
             "faiss_bytes": faiss_bytes,
             "faiss_ratio": round(faiss_bytes["total"] / raw, 3),
+            "python_bookkeeping_bytes": python_bytes,
+            "python_bookkeeping_ratio": round(python_bytes / raw, 3),
             "query_ms": stats.to_json(),
             "recall_at_10": round(recall, 4),
             "ef_sweep": sweep,
@@ -294,7 +309,8 @@ def index_checks(rows: Sequence[Json]) -> list[Check]:
                     row["rss_delta_ratio"],
                     1.3,
                     "x",
-                    f"RSS +{mib(row['rss_delta_bytes']):,.0f} MiB; FAISS alone {row['faiss_ratio']:.2f}x",
+                    f"RSS +{mib(row['rss_delta_bytes']):,.0f} MiB; FAISS alone {row['faiss_ratio']:.2f}x, "
+                    f"Python bookkeeping {row['python_bookkeeping_ratio']:.2f}x",
                 )
             )
         else:
