@@ -64,17 +64,42 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = WHITE) -> Ima
     return canvas
 
 
-def image_array(image: Image.Image, size: int) -> F32:
-    """[3, size, size] float32, ImageNet-normalised, from a padded-to-square RGB image."""
+def content_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int]:
+    """The bounding box of the non-background pixels (plus a small margin), found on a
+    thumbnail; the whole image when nothing stands out from the background."""
+    thumb = image.copy()
+    thumb.thumbnail((_THUMB, _THUMB), Image.Resampling.BILINEAR)
+    mask = foreground_mask(np.asarray(thumb.convert("RGB"), dtype=np.uint8))
+    width, height = image.size
+    if mask.all():
+        return (0, 0, width, height)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    sx, sy = width / mask.shape[1], height / mask.shape[0]
+    pad = margin * max(width, height)
+    left = max(0, int(cols[0] * sx - pad))
+    top = max(0, int(rows[0] * sy - pad))
+    right = min(width, int((cols[-1] + 1) * sx + pad))
+    bottom = min(height, int((rows[-1] + 1) * sy + pad))
+    if right - left < 8 or bottom - top < 8:
+        return (0, 0, width, height)
+    return (left, top, right, bottom)
+
+
+def image_array(image: Image.Image, size: int, crop: bool = False) -> F32:
+    """[3, size, size] float32, ImageNet-normalised, from a padded-to-square RGB image
+    (first cropped to its content when ``crop``)."""
+    if crop:
+        image = image.crop(content_box(image))
     square = pad_to_square(image).resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(square, dtype=np.float32) / 255.0
     normalised: F32 = ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
     return np.ascontiguousarray(normalised, dtype=np.float32)
 
 
-def image_inputs(image: Image.Image, size: int) -> tuple[F32, F32]:
+def image_inputs(image: Image.Image, size: int, crop: bool = False) -> tuple[F32, F32]:
     """What the image tower needs of one image: the backbone input and the colour stats."""
-    return image_array(image, size), colour_histogram(image)
+    return image_array(image, size, crop), colour_histogram(image)
 
 
 # Colour statistics of the garment: a histogram of the non-background pixels in HSV, with

@@ -20,16 +20,24 @@ class Cost:
     ms_per_text_median: float | None
     ms_per_text_min: float | None
     threads: int
+    cpu_ms_per_image_median: float | None = None
+    cpu_ms_per_text_median: float | None = None
 
 
-def _timings(calls: Sequence[Any], run: Callable[[Any], object], repeats: int) -> list[float]:
-    out: list[float] = []
+def _timings(
+    calls: Sequence[Any], run: Callable[[Any], object], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of each call (CPU time of the calling thread, which
+    does all the work at one torch thread; it is less disturbed by other processes)."""
+    wall: list[float] = []
+    cpu: list[float] = []
     for _ in range(repeats):
         for item in calls:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             run(item)
-            out.append((time.perf_counter() - started) * 1000)
-    return out
+            wall.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.thread_time() - started_cpu) * 1000)
+    return wall, cpu
 
 
 def measure_cost(
@@ -46,13 +54,13 @@ def measure_cost(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        image_ms = text_ms = None
+        image_ms = text_ms = image_cpu = text_cpu = None
         if Modality.IMAGE in encoder.modalities and images:
             encoder.encode_images([images[0]])
-            image_ms = _timings(images, lambda b: encoder.encode_images([b]), repeats)
+            image_ms, image_cpu = _timings(images, lambda b: encoder.encode_images([b]), repeats)
         if Modality.TEXT in encoder.modalities and texts:
             encoder.encode_texts([texts[0]])
-            text_ms = _timings(texts, lambda t: encoder.encode_texts([t]), repeats)
+            text_ms, text_cpu = _timings(texts, lambda t: encoder.encode_texts([t]), repeats)
     finally:
         torch.set_num_threads(previous)
     return Cost(
@@ -62,4 +70,6 @@ def measure_cost(
         ms_per_text_median=statistics.median(text_ms) if text_ms else None,
         ms_per_text_min=min(text_ms) if text_ms else None,
         threads=threads,
+        cpu_ms_per_image_median=statistics.median(image_cpu) if image_cpu else None,
+        cpu_ms_per_text_median=statistics.median(text_cpu) if text_cpu else None,
     )

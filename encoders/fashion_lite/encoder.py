@@ -122,7 +122,8 @@ class FashionLiteEncoder:
         parts = []
         for start in range(0, len(images), BATCH_SIZE):
             chunk = images[start : start + BATCH_SIZE]
-            cnn = backbone.features([image_array(image, size) for image in chunk])
+            crop = bool(heads.meta.get("crop", False))
+            cnn = backbone.features([image_array(image, size, crop) for image in chunk])
             colour = np.stack([colour_histogram(image) for image in chunk])
             parts.append(heads.embed_images(cnn, colour))
         return np.concatenate(parts).astype(np.float32)

@@ -5,10 +5,11 @@ A heads file (``weights/heads-v1.npz``) holds, for each tower, the input standar
 JSON ``meta`` entry: backbone, input size, output dim, training facts. Weights are stored as
 float16 to keep the artifact small; they are computed in float32.
 
-An image vector may also carry a scaled copy of the raw backbone features (``raw_weight``),
-appended after the head's output; text vectors carry zeros there. Text-to-image scores are
-then the head's cosine times a constant (ranking unchanged), while image-to-image scores mix
-in the raw features, which are good at near-duplicates (augmented queries).
+An image vector may also carry image-only parts after the shared-space part: the output of
+an ``extra`` tower trained for image-to-image search (``extra_weight``) and a copy of the raw
+backbone features (``raw_weight``); text vectors carry zeros there. Text-to-image scores are
+then the shared head's cosine times a constant (ranking unchanged), while image-to-image
+scores mix in the image-only parts.
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ class Tower:
 
 @dataclass
 class Heads:
+    """``image`` and ``text`` map into the shared space; ``extra`` (optional) is an
+    image-only tower trained for image-to-image search (product type, augmentations)."""
+
     image: Tower
     text: Tower
     meta: dict[str, Any]
+    extra: Tower | None = None
 
     @property
     def head_dim(self) -> int:
@@ -101,12 +106,20 @@ class Heads:
         return float(self.meta.get("raw_weight", 0.0))
 
     @property
+    def extra_weight(self) -> float:
+        return float(self.meta.get("extra_weight", 0.0)) if self.extra is not None else 0.0
+
+    @property
     def raw_dim(self) -> int:
         return int(self.meta.get("raw_dim", 1280)) if self.raw_weight > 0 else 0
 
     @property
+    def extra_dim(self) -> int:
+        return self.extra.out_dim if self.extra is not None and self.extra_weight > 0 else 0
+
+    @property
     def dim(self) -> int:
-        return self.head_dim + self.raw_dim
+        return self.head_dim + self.extra_dim + self.raw_dim
 
     @property
     def uses_colour(self) -> bool:
@@ -118,27 +131,35 @@ class Heads:
         return cnn
 
     def embed_images(self, cnn: F32, colour: F32) -> F32:
-        """Unit vectors [n, dim] from backbone features [n, 1280] and colour stats [n, c]."""
-        head = l2_normalise(self.image(self.image_input(cnn, colour)))
-        if not self.raw_dim:
+        """Unit vectors [n, dim] from backbone features [n, 1280] and colour stats [n, c]:
+        the shared-space part, then the image-only parts, each scaled by the square root of
+        its weight (so image-to-image cosine is the weighted sum of the parts' cosines)."""
+        x = self.image_input(cnn, colour)
+        head = l2_normalise(self.image(x))
+        if not self.extra_dim and not self.raw_dim:
             return head
-        raw = l2_normalise(cnn)
-        w = self.raw_weight
-        out: F32 = np.concatenate([head * np.sqrt(1 - w), raw * np.sqrt(w)], axis=1).astype(
-            np.float32
-        )
-        return out
+        parts = [head * np.sqrt(1.0 - self.extra_weight - self.raw_weight)]
+        if self.extra_dim:
+            assert self.extra is not None
+            parts.append(l2_normalise(self.extra(x)) * np.sqrt(self.extra_weight))
+        if self.raw_dim:
+            parts.append(l2_normalise(cnn) * np.sqrt(self.raw_weight))
+        return l2_normalise(np.concatenate(parts, axis=1).astype(np.float32))
 
     def embed_texts(self, features: F32) -> F32:
+        """Unit vectors [n, dim]: the shared-space part, zeros in the image-only parts (so
+        text-to-image ranking depends on the shared space alone)."""
         head = l2_normalise(self.text(features))
-        if not self.raw_dim:
+        if not self.extra_dim and not self.raw_dim:
             return head
-        pad = np.zeros((len(head), self.raw_dim), dtype=np.float32)
+        pad = np.zeros((len(head), self.extra_dim + self.raw_dim), dtype=np.float32)
         return np.concatenate([head, pad], axis=1).astype(np.float32)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {**self.image.arrays("image"), **self.text.arrays("text")}
+        if self.extra is not None:
+            arrays.update(self.extra.arrays("extra"))
         meta = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
         arrays["meta"] = meta
         np.savez_compressed(path, **arrays)
@@ -158,4 +179,5 @@ class Heads:
                 image=Tower.from_arrays(arrays, "image"),
                 text=Tower.from_arrays(arrays, "text"),
                 meta=meta,
+                extra=Tower.from_arrays(arrays, "extra") if "extra.w0" in arrays else None,
             )

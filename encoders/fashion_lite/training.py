@@ -9,12 +9,12 @@ Backbone features are cached under ``cache_dir`` so that reruns only train the h
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,15 @@ class TrainConfig:
     supcon_weight: float = 0.5
     input_dropout: float = 0.1
     raw_weight: float = 0.0
+    extra_dim: int = 0  # an image-only tower for image-to-image search (0: none)
+    extra_weight: float = 0.5
+    extra_hidden: int = 512
+    extra_supcon: float = 1.0
+    aug_instance_weight: float = 0.0  # extra tower: augmented view <-> its original
+    aug_input_prob: float = 0.0  # shared head: train on the augmented view this often
+    train_augmented: bool = False  # extract augmented views of the hm training images
+    crop: bool = False  # crop images to their content before padding to square
+    colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
     seed: int = 7
     limit: int | None = None  # at most this many training items (smoke tests)
     eval_limit: int | None = None  # at most this many held-out items in validation
@@ -101,6 +110,7 @@ def image_features(
     progress: Progress | None = None,
     transform: Callable[[Item, bytes], bytes] | None = None,
     batch_size: int = 32,
+    crop: bool = False,
 ) -> tuple[F32, F32]:
     """Backbone features [n, 1280] and colour stats [n, COLOUR_DIM] of the items' images,
     read from / added to ``cache_file`` (keyed by item id)."""
@@ -119,7 +129,7 @@ def image_features(
                 data = load(item)
                 if transform is not None:
                     data = transform(item, data)
-                array, colour = image_inputs(decode_image(data), spec.size)
+                array, colour = image_inputs(decode_image(data), spec.size, crop)
                 arrays.append(array)
                 colours.append(colour)
             cnn = backbone.features(arrays)
@@ -233,7 +243,7 @@ def _multi_positive_nce(logits: Any, positives: Any) -> Any:
 
     valid = positives.any(dim=1)
     if not bool(valid.any()):
-        return logits.sum() * 0.0
+        return torch.zeros((), dtype=logits.dtype)
     logits = logits[valid]
     positives = positives[valid]
     all_terms = torch.logsumexp(logits, dim=1)
@@ -317,9 +327,12 @@ def prepare_eval(
     cache_dir: Path,
     tag: str,
     progress: Progress | None = None,
+    crop: bool = False,
 ) -> EvalData:
     items = list(items)
-    cnn, colour = image_features(items, load, spec, cache_dir / f"images-{tag}.npz", progress)
+    cnn, colour = image_features(
+        items, load, spec, cache_dir / f"images-{tag}.npz", progress, crop=crop
+    )
     aug_cnn, aug_colour = image_features(
         items,
         load,
@@ -327,6 +340,7 @@ def prepare_eval(
         cache_dir / f"images-{tag}-augmented.npz",
         progress,
         transform=_augment_transform(seed=1234),
+        crop=crop,
     )
     rows = [i for i, item in enumerate(items) if item.description.strip()]
     text_cache = cache_dir / "texts-minilm.npz"
@@ -378,7 +392,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     spec = ImageBackboneSpec(config.image_backbone, config.image_size)
-    cache_dir = config.cache_dir / f"{spec.name}-{spec.size}-{FEATURES_VERSION}"
+    crop_tag = "-crop" if config.crop else ""
+    cache_dir = config.cache_dir / f"{spec.name}-{spec.size}{crop_tag}-{FEATURES_VERSION}"
 
     train_items, heldout = split_items(config)
     hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
@@ -400,13 +415,31 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             items = items[: max(config.limit - len(all_items), 0)]
         if not items:
             continue
-        cnn, colour = image_features(items, load, spec, cache_dir / f"images-{tag}.npz", progress)
+        cnn, colour = image_features(
+            items, load, spec, cache_dir / f"images-{tag}.npz", progress, crop=config.crop
+        )
         all_items.extend(items)
         cnn_parts.append(cnn)
         colour_parts.append(colour)
     cnn_all = np.concatenate(cnn_parts)
     colour_all = np.concatenate(colour_parts)
     image_x = np.concatenate([cnn_all, colour_all], axis=1) if config.colour else cnn_all
+    has_aug = np.zeros(len(all_items), dtype=bool)
+    aug_x = np.zeros_like(image_x)
+    if config.train_augmented:
+        hm_rows = [i for i, item in enumerate(all_items) if item.source == "hm"]
+        aug_cnn, aug_colour = image_features(
+            [all_items[i] for i in hm_rows],
+            load_hm,
+            spec,
+            cache_dir / f"images-{hm_tag}-augmented-train.npz",
+            progress,
+            transform=_augment_transform(seed=99),
+            crop=config.crop,
+        )
+        aug_rows = np.concatenate([aug_cnn, aug_colour], axis=1) if config.colour else aug_cnn
+        aug_x[hm_rows] = aug_rows
+        has_aug[hm_rows] = True
 
     # Texts: every item's variants, indexed in one table.
     text_table: dict[str, int] = {}
@@ -426,16 +459,29 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     image_mean = image_x.mean(axis=0)
     image_std = image_x.std(axis=0) + 1e-3
+    if config.colour:
+        image_std[-COLOUR_DIM:] /= config.colour_scale
     text_mean = text_x.mean(axis=0)
     text_std = text_x.std(axis=0) + 1e-3
     image_t = torch.from_numpy(((image_x - image_mean) / image_std).astype(np.float32))
+    aug_t = torch.from_numpy(((aug_x - image_mean) / image_std).astype(np.float32))
+    has_aug_t = torch.from_numpy(has_aug)
     text_t = torch.from_numpy(((text_x - text_mean) / text_std).astype(np.float32))
     variants_t = torch.from_numpy(variant_array)
     counts_t = torch.from_numpy((variant_array >= 0).sum(axis=1))
     types_t = torch.from_numpy(type_codes)
 
+    torch.manual_seed(config.seed)  # here: loading the backbones above draws from torch's RNG
     image_tower, text_tower, logit_scale = _torch_towers(image_x.shape[1], text_x.shape[1], config)
+    extra_tower = (
+        _torch_towers(
+            image_x.shape[1], 1, replace(config, dim=config.extra_dim, hidden=config.extra_hidden)
+        )[0]
+        if config.extra_dim > 0
+        else None
+    )
     random_heads = _make_heads(
+        extra_tower,
         image_tower,
         text_tower,
         image_mean,
@@ -447,6 +493,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         random=True,
     )
     parameters = [*image_tower.parameters(), *text_tower.parameters(), logit_scale]
+    if extra_tower is not None:
+        parameters += list(extra_tower.parameters())
     optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     n = len(all_items)
     batch = min(config.batch_size, n)
@@ -457,8 +505,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     )
     supcon_scale = 1 / 0.1
     losses: list[float] = []
-    image_tower.train()
-    text_tower.train()
+    towers = [t for t in (image_tower, text_tower, extra_tower) if t is not None]
+    for tower in towers:
+        tower.train()
     step = 0
     for _epoch in range(config.epochs):
         order = torch.from_numpy(rng.permutation(n))
@@ -467,7 +516,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             index = order[b * batch : (b + 1) * batch]
             pick = (torch.from_numpy(rng.random(len(index))) * counts_t[index]).long()
             chosen = variants_t[index, pick]
-            image_z = torch.nn.functional.normalize(image_tower(image_t[index]), dim=-1)
+            image_in = image_t[index]
+            batch_has_aug = has_aug_t[index]
+            if config.aug_input_prob > 0 and bool(batch_has_aug.any()):
+                use_aug = batch_has_aug & (torch.rand(len(index)) < config.aug_input_prob)
+                image_in = torch.where(use_aug[:, None], aug_t[index], image_in)
+            image_z = torch.nn.functional.normalize(image_tower(image_in), dim=-1)
             text_z = torch.nn.functional.normalize(text_tower(text_t[chosen]), dim=-1)
             # positives[i, j]: text i describes image j (it is one of item j's texts)
             positives = (chosen[:, None, None] == variants_t[index][None, :, :]).any(dim=-1)
@@ -476,13 +530,26 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             loss = 0.5 * (
                 _multi_positive_nce(logits, positives) + _multi_positive_nce(logits.T, positives.T)
             )
+            types = types_t[index]
+            same = types[:, None] == types[None, :]
+            eye = torch.eye(len(index), dtype=torch.bool)
             if config.supcon_weight > 0:
-                types = types_t[index]
-                same = types[:, None] == types[None, :]
-                eye = torch.eye(len(index), dtype=torch.bool)
                 sim = (image_z @ image_z.T) * supcon_scale
                 sim = sim.masked_fill(eye, float("-inf"))
                 loss = loss + config.supcon_weight * _multi_positive_nce(sim, same & ~eye)
+            if extra_tower is not None:
+                extra_z = torch.nn.functional.normalize(extra_tower(image_t[index]), dim=-1)
+                sim = (extra_z @ extra_z.T) * supcon_scale
+                sim = sim.masked_fill(eye, float("-inf"))
+                loss = loss + config.extra_supcon * _multi_positive_nce(sim, same & ~eye)
+                if config.aug_instance_weight > 0 and bool(batch_has_aug.any()):
+                    rows = index[batch_has_aug]
+                    aug_z = torch.nn.functional.normalize(extra_tower(aug_t[rows]), dim=-1)
+                    logits_aug = (aug_z @ extra_z.T) * 20.0
+                    targets = torch.nonzero(batch_has_aug).squeeze(1)
+                    loss = loss + config.aug_instance_weight * torch.nn.functional.cross_entropy(
+                        logits_aug, targets
+                    )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -493,9 +560,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         if progress is not None:
             progress("training heads", step, total_steps)
 
-    image_tower.eval()
-    text_tower.eval()
+    for tower in towers:
+        tower.eval()
     heads = _make_heads(
+        extra_tower,
         image_tower,
         text_tower,
         image_mean,
@@ -520,7 +588,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     chance: dict[str, float] = {}
     if heldout:
         hm_heldout_tag = "hm-heldout-" + _fingerprint(str(config.hm_dev.resolve()))
-        data = prepare_eval(heldout, load_hm, spec, cache_dir, hm_heldout_tag, progress)
+        data = prepare_eval(
+            heldout, load_hm, spec, cache_dir, hm_heldout_tag, progress, crop=config.crop
+        )
         metrics = evaluate(heads, data)
         random_metrics = evaluate(random_heads, data)
         chance = chance_metrics(data)
@@ -539,6 +609,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
 
 def _make_heads(
+    extra_tower: Any,
     image_tower: Any,
     text_tower: Any,
     image_mean: F32,
@@ -558,6 +629,8 @@ def _make_heads(
         "text_backbone": "all-MiniLM-L6-v2",
         "text_template": "lowercase, single spaces",
         "raw_weight": config.raw_weight,
+        "extra_weight": config.extra_weight if extra_tower is not None else 0.0,
+        "crop": config.crop,
         "raw_dim": 1280,
         "temperature": float(1 / np.exp(float(logit_scale.detach()))),
         "random": random,
@@ -567,6 +640,9 @@ def _make_heads(
         image=_export_tower(image_tower, image_mean, image_std),
         text=_export_tower(text_tower, text_mean, text_std),
         meta=meta,
+        extra=_export_tower(extra_tower, image_mean, image_std)
+        if extra_tower is not None
+        else None,
     )
     meta["dim"] = heads.dim
     return heads

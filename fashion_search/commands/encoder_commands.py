@@ -72,6 +72,26 @@ def train_encoder(
     supcon_weight: Annotated[float, typer.Option(min=0.0)] = 0.5,
     raw_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
     colour: Annotated[bool, typer.Option("--colour/--no-colour")] = True,
+    colour_scale: Annotated[
+        float, typer.Option(min=0.1, help="Weight of the colour stats in the image input.")
+    ] = 1.0,
+    extra_dim: Annotated[
+        int, typer.Option(min=0, help="Image-only tower for image-to-image search (0: none).")
+    ] = 0,
+    extra_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.5,
+    extra_supcon: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    aug_instance_weight: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    aug_input_prob: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    train_augmented: Annotated[
+        bool,
+        typer.Option(
+            "--train-augmented/--no-train-augmented",
+            help="Also extract augmented views of the hm training images.",
+        ),
+    ] = False,
+    crop: Annotated[
+        bool, typer.Option("--crop/--no-crop", help="Crop images to their content first.")
+    ] = False,
     image_backbone: str = "efficientnet-lite0",
     image_size: Annotated[int, typer.Option(min=64)] = 224,
     limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
@@ -102,6 +122,14 @@ def train_encoder(
         lr=lr,
         supcon_weight=supcon_weight,
         raw_weight=raw_weight,
+        extra_dim=extra_dim,
+        extra_weight=extra_weight,
+        extra_supcon=extra_supcon,
+        aug_instance_weight=aug_instance_weight,
+        aug_input_prob=aug_input_prob,
+        train_augmented=train_augmented,
+        crop=crop,
+        colour_scale=colour_scale,
         seed=seed,
         limit=limit,
         eval_limit=eval_limit,
@@ -189,13 +217,18 @@ def encoder_cost(
     table.add_column("input")
     table.add_column("median ms", justify="right")
     table.add_column("best ms", justify="right")
+    table.add_column("median CPU ms", justify="right")
     table.add_row(
-        f"image ({len(data)} x {repeats})", ms(cost.ms_per_image_median), ms(cost.ms_per_image_min)
+        f"image ({len(data)} x {repeats})",
+        ms(cost.ms_per_image_median),
+        ms(cost.ms_per_image_min),
+        ms(cost.cpu_ms_per_image_median),
     )
     table.add_row(
         f"query text ({len(COST_QUERIES)} x {repeats})",
         ms(cost.ms_per_text_median),
         ms(cost.ms_per_text_min),
+        ms(cost.cpu_ms_per_text_median),
     )
     console.print(table)
 

@@ -16,6 +16,7 @@ from encoders.backbones import (
     COLOUR_DIM,
     ImageBackboneSpec,
     colour_histogram,
+    content_box,
     image_array,
     image_backbone,
     pad_to_square,
@@ -78,3 +79,28 @@ def test_colour_histogram_sees_the_garment_not_the_background() -> None:
     assert np.sum(h_red**2) == pytest.approx(1.0, abs=1e-5)
     assert float(h_red @ h_blue) < 0.2  # the light background is not counted
     assert float(h_red @ colour_histogram(red.transpose(Image.Transpose.FLIP_LEFT_RIGHT))) > 0.99
+
+
+def test_content_box_finds_the_product_on_a_light_background() -> None:
+    image = Image.new("RGB", (200, 300), (240, 240, 238))
+    image.paste(Image.new("RGB", (80, 150), (30, 30, 30)), (60, 100))
+    left, top, right, bottom = content_box(image, margin=0.0)
+    assert abs(left - 60) <= 4
+    assert abs(top - 100) <= 4
+    assert abs(right - 140) <= 4
+    assert abs(bottom - 250) <= 4
+    blank = Image.new("RGB", (50, 70), (250, 250, 250))
+    assert content_box(blank) == (0, 0, 50, 70)
+    # cropping first makes the features of a product insensitive to the margins around it
+    backbone = image_backbone(ImageBackboneSpec("efficientnet-lite0", 224))
+    wide = Image.new("RGB", (400, 400), (240, 240, 238))
+    wide.paste(image.crop((40, 80, 160, 270)), (140, 100))
+    plain = backbone.features([image_array(image, 224), image_array(wide, 224)])
+    cropped = backbone.features(
+        [image_array(image, 224, crop=True), image_array(wide, 224, crop=True)]
+    )
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cosine(*cropped) > cosine(*plain)
