@@ -39,6 +39,12 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
         lr=3e-3,
         dim=32,
         hidden=64,
+        extra_dim=16,
+        extra_hidden=32,
+        crop=True,
+        train_augmented=True,
+        aug_input_prob=0.3,
+        aug_instance_weight=0.5,
         seed=3,
     )
     result = train(config)
@@ -54,13 +60,17 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
     path = tmp_path / "heads.npz"
     result.heads.save(path)
     loaded = Heads.load(path)
-    assert loaded.dim == 32
+    assert loaded.dim == 32 + 16  # shared space + image-only tower
+    assert loaded.extra is not None
+    assert Heads.read_meta(path)["crop"] is True
     assert Heads.read_meta(path)["config"]["seed"] == 3
     encoder = FashionLiteEncoder(path, "fashion-lite:test")
     image = (hm_demo / "images" / f"{ids[0]}.jpg").read_bytes()
     vector = encoder.encode_images([image])
-    assert vector.shape == (1, 32)
+    assert vector.shape == (1, 48)
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    text = encoder.encode_texts(["black trousers"])
+    assert not text[0, 32:].any()  # texts live in the shared part only
 
     # features are cached: a rerun with the same seed gives the same heads, fast
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
