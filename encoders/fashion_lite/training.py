@@ -58,28 +58,28 @@ class TrainConfig:
     image_size: int = 224
     colour: bool = True
     dim: int = 256
-    hidden: int = 512
+    hidden: int = 768
     layers: int = 2
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
     supcon_weight: float = 0.5
     input_dropout: float = 0.1
     raw_weight: float = 0.0
-    extra_dim: int = 0  # an image-only tower for image-to-image search (0: none)
+    extra_dim: int = 128  # an image-only tower for image-to-image search (0: none)
     extra_weight: float = 0.5
     extra_hidden: int = 512
     extra_supcon: float = 1.0
-    aug_instance_weight: float = 0.0  # extra tower: augmented view <-> its original
-    aug_input_prob: float = 0.0  # shared head: train on the augmented view this often
-    train_augmented: bool = False  # extract augmented views of the hm training images
-    crop: bool = False  # crop images to their content before padding to square
+    aug_instance_weight: float = 0.5  # extra tower: augmented view <-> its original
+    aug_input_prob: float = 0.3  # shared head: train on the augmented view this often
+    train_augmented: bool = True  # extract augmented views of the hm training images
+    crop: bool = True  # crop images to their content before padding to square
     colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
     seed: int = 7
     limit: int | None = None  # at most this many training items (smoke tests)
     eval_limit: int | None = None  # at most this many held-out items in validation
-    threads: int = 2
+    threads: int = 1
 
 
 @dataclass

@@ -46,6 +46,7 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
         aug_input_prob=0.3,
         aug_instance_weight=0.5,
         seed=3,
+        threads=2,
     )
     result = train(config)
     assert result.n_train == 48
