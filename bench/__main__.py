@@ -112,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("--queries", type=int, default=200)
     index.add_argument("--chunk", type=int, default=50_000, help="Vectors per upsert.")
     index.add_argument("--ef-sweep", type=_sizes, default=[64, 128, 256])
+    index.add_argument(
+        "--storages",
+        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        default=["float32", "float16"],
+        help="HNSW storages to measure (sizes above the HNSW threshold).",
+    )
     index.add_argument("--clusters", type=int, default=1000)
     index.add_argument("--rank", type=int, default=16, help="Intrinsic dimension per cluster.")
     index.add_argument("--spread", type=float, default=0.6)
@@ -167,6 +173,7 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             queries=args.queries,
             chunk=args.chunk,
             ef_sweep=args.ef_sweep,
+            storages=args.storages,
             clusters=args.clusters,
             rank=args.rank,
             spread=args.spread,

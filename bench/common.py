@@ -4,6 +4,7 @@ the encoder under test, running the CLI and a real `fashion-search serve` proces
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -264,17 +265,21 @@ class EncoderChoice:
     """True when the trained fashion-lite heads were missing and random heads of the same
     shapes stand in: every cost is the same, the search quality is not."""
     dim: int
+    fingerprint: str = ""
+    """For fashion-lite: the start of the heads file's SHA-256, so a catalog ingested with
+    other heads (another training run) is never reused."""
 
     def to_json(self) -> Json:
         return asdict(self)
 
     @property
     def slug(self) -> str:
-        return (
+        name = (
             "standin"
             if self.standin
             else "".join(c if c.isalnum() or c in "-_" else "_" for c in self.id)
         )
+        return f"{name}-{self.fingerprint}" if self.fingerprint else name
 
 
 STANDIN_HIDDEN = 512
@@ -341,9 +346,14 @@ def choose_encoder(requested: str | None, work_dir: Path) -> EncoderChoice:
         encoder = build_encoders(Settings(encoder=requested)).get(requested)
         return EncoderChoice(requested, False, encoder.dim)
     if DEFAULT_HEADS.is_file():
-        return EncoderChoice("fashion-lite", False, int(Heads.read_meta(DEFAULT_HEADS)["dim"]))
+        dim = int(Heads.read_meta(DEFAULT_HEADS)["dim"])
+        return EncoderChoice("fashion-lite", False, dim, file_fingerprint(DEFAULT_HEADS))
     path = write_standin_heads(work_dir / "standin-heads.npz")
     return EncoderChoice(f"fashion-lite:{path}", True, STANDIN_DIM)
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def standin_note(choice: EncoderChoice) -> list[str]:

@@ -116,12 +116,15 @@ class TopK:
 
 def _faiss_bytes(index: Any) -> Json:
     """Bytes of the FAISS structures: vectors, and for HNSW its graph."""
-    import faiss
+    import faiss as _faiss
 
+    faiss: Any = _faiss  # partial stubs
     out: Json = {"type": type(index).__name__}
     if hasattr(index, "hnsw"):
         storage = faiss.downcast_index(index.storage)
-        out["vectors"] = int(storage.ntotal) * int(storage.d) * 4
+        half = isinstance(storage, faiss.IndexScalarQuantizer)
+        per_row = int(storage.code_size) if half else int(storage.d) * 4
+        out["vectors"] = int(storage.ntotal) * per_row
         out["graph"] = (
             int(index.hnsw.neighbors.size()) * 4
             + int(index.hnsw.levels.size()) * 4
@@ -164,6 +167,7 @@ def measure_size(
     n_queries: int,
     chunk: int,
     ef_sweep: Sequence[int],
+    storage: str = "float32",
 ) -> Json:
     """Runs in a fresh process: build an index of ``n`` vectors and measure it."""
     from fashion_search.settings import Settings
@@ -175,7 +179,12 @@ def measure_size(
     truth = TopK(queries, TOP_K)
     threshold = Settings().faiss_hnsw_threshold
     with tempfile.TemporaryDirectory(prefix="fs-bench-index-") as tmp:
-        index = FaissVectorIndex(Path(tmp), hnsw_threshold=threshold, durable=False)
+        index = FaissVectorIndex(
+            Path(tmp),
+            hnsw_threshold=threshold,
+            durable=False,
+            hnsw_storage="float16" if storage == "float16" else "float32",
+        )
         index.count_sync()  # load (nothing) now, not during the first upsert
         gc.collect()
         rss_before = rss_bytes()
@@ -214,6 +223,7 @@ def measure_size(
             "n": n,
             "dim": spec.dim,
             "kind": kind,
+            "storage": storage if kind == "hnsw" else "float32",
             "hnsw_threshold": threshold,
             "hnsw": {
                 "M": index.hnsw_m,
@@ -245,6 +255,7 @@ def run(
     queries: int = 200,
     chunk: int = 50_000,
     ef_sweep: Sequence[int] = (64, 128, 256),
+    storages: Sequence[str] = ("float32", "float16"),
     clusters: int = 1000,
     rank: int = 16,
     spread: float = 0.6,
@@ -262,15 +273,27 @@ def run(
             "queries": queries,
             "upsert_chunk": chunk,
             "ef_sweep": list(ef_sweep),
+            "hnsw_storages": list(storages),
         },
     )
     rows: list[Json] = []
+    from fashion_search.settings import Settings
+
+    threshold = Settings().faiss_hnsw_threshold
     context = multiprocessing.get_context("spawn")
-    for n in sizes:
-        console.print(f"[bold]index[/]: {n:,} x {spec.dim}-d vectors (fresh process) ...")
+    runs = [
+        (n, storage)
+        for n in sizes
+        for storage in storages
+        if n > threshold or storage == storages[0]  # storage only matters for HNSW spaces
+    ]
+    for n, storage in runs:
+        console.print(
+            f"[bold]index[/]: {n:,} x {spec.dim}-d vectors, {storage} HNSW storage (fresh process) ..."
+        )
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             row: Json = pool.submit(
-                measure_size, n, asdict(spec), queries, chunk, list(ef_sweep)
+                measure_size, n, asdict(spec), queries, chunk, list(ef_sweep), storage
             ).result()
         console.print(
             f"  {row['kind']}: build {row['build_s']:.1f} s, memory {mib(row['rss_delta_bytes']):,.0f} MiB "
@@ -290,7 +313,8 @@ def run(
 def index_checks(rows: Sequence[Json]) -> list[Check]:
     checks: list[Check] = []
     for row in rows:
-        tag = f"[{row['n']:,}, {row['kind']}]"
+        kind = f"{row['kind']} {row['storage']}" if row["kind"] == "hnsw" else row["kind"]
+        tag = f"[{row['n']:,}, {kind}]"
         checks.append(
             info(
                 f"build time {tag}",

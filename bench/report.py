@@ -58,7 +58,7 @@ def index_table(document: Json) -> Table:
     for row in document["data"]["sizes"]:
         table.add_row(
             f"{row['n']:,}",
-            row["kind"],
+            _kind(row),
             str(row["hnsw"]["ef_search"]) if row["kind"] == "hnsw" else "-",
             fmt(row["query_ms"]["p50"]),
             fmt(row["query_ms"]["p99"]),
@@ -74,6 +74,12 @@ def index_table(document: Json) -> Table:
                 f"{s['recall_at_10']:.3f}",
             )
     return table
+
+
+def _kind(row: Json) -> str:
+    if row["kind"] == "hnsw":
+        return f"hnsw, {row.get('storage', 'float32')}"
+    return str(row["kind"])
 
 
 def print_document(document: Json) -> None:
@@ -132,7 +138,7 @@ def _md_index(document: Json) -> list[str]:
     for row in document["data"]["sizes"]:
         ef = str(row["hnsw"]["ef_search"]) if row["kind"] == "hnsw" else "-"
         lines.append(
-            f"| {row['n']:,} | {row['kind']} | {ef} | {fmt(row['build_s'])} | "
+            f"| {row['n']:,} | {_kind(row)} | {ef} | {fmt(row['build_s'])} | "
             f"{row['rss_delta_ratio']:.2f} | {fmt(row['query_ms']['p50'])} | "
             f"{fmt(row['query_ms']['p99'])} | {row['recall_at_10']:.3f} |"
         )
