@@ -23,10 +23,12 @@ from domain.errors import EncoderUnavailable
 
 F32 = npt.NDArray[np.float32]
 
-# OpenMP threads that spin while they wait take the cores the other threads need: with
-# other busy processes on the 2 cores, or concurrent inference calls in one server, spinning
-# made EfficientNet-Lite0 about 12x slower (1.2 instead of 15 images/s; 6.6 s instead of
-# 0.8 s to load) and a text query about 8x slower (measured with bench/ on a loaded machine).
+# OpenMP threads that spin while they wait take the cores the other threads need. With two
+# intra-op threads and other busy processes on the 2 cores, spinning made EfficientNet-Lite0
+# 12x slower (1.2 instead of 15 images/s; 6.6 s instead of 0.8 s to load); with two busy
+# loops beside it, 9 instead of 15.5 images/s. On quiet cores spinning is faster (34 instead
+# of 22 images/s). One intra-op thread (FASHION_SEARCH_TORCH_THREADS=1) has no waits at all
+# and was the fastest in every case (34 quiet, 19 beside two busy loops; see bench/).
 # libgomp reads this when torch loads it, so it is set here, before the first
 # ``import torch``; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
