@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     latency = sub.add_parser("latency", parents=[common], help="Query latency over a real server.")
     latency.add_argument(
         "--servers",
-        default="1x0,2x1",
+        default="1x0,1x1,2x1",
         help="Server configurations, WORKERSxTORCH_THREADS (0: torch's default), comma-separated.",
     )
     latency.add_argument(

@@ -263,57 +263,67 @@ def stage_means_ms(
 # -- the encoder and the index alone -----------------------------------------------------------
 
 
-def stage_timings(
-    home: Path,
-    encoder: EncoderChoice,
-    texts: Sequence[str],
-    images: Sequence[bytes],
-    repeats: int,
-    torch_threads: int,
-) -> Json:
-    """encode_texts / encode_images of one query and FaissVectorIndex.query_sync (top 11, as
-    the search service asks), in this process, on the same index files as the server."""
-    from fashion_search.settings import Settings
-    from fashion_search.wiring import build_encoders
-    from stores.vectors.faiss_index import FaissVectorIndex
+class StageTimer:
+    """The encoder call alone and the FAISS query alone, in this process, on the same index
+    files as the server: encode_texts / encode_images of one query, then
+    FaissVectorIndex.query_sync for the top 11 (as the search service asks)."""
 
-    settings = Settings(home=home, encoder=encoder.id, torch_threads=torch_threads)
-    model = build_encoders(settings).get(encoder.id)
-    index = FaissVectorIndex(settings.vectors_dir, hnsw_threshold=settings.faiss_hnsw_threshold)
-    wanted = TOP_K + 1
+    def __init__(self, home: Path, encoder: EncoderChoice) -> None:
+        from fashion_search.settings import Settings
+        from fashion_search.wiring import build_encoders
+        from stores.vectors.faiss_index import FaissVectorIndex
 
-    for i in range(5):  # load and warm up both towers and the index
-        index.query_sync(model.id, model.encode_texts([texts[i % len(texts)]])[0], wanted)
-        model.encode_images([images[i % len(images)]])
+        settings = Settings(home=home, encoder=encoder.id)
+        self.model = build_encoders(settings).get(encoder.id)
+        self.index = FaissVectorIndex(
+            settings.vectors_dir, hnsw_threshold=settings.faiss_hnsw_threshold
+        )
+        self.vectors_dir = settings.vectors_dir
 
-    text_ms: list[float] = []
-    image_ms: list[float] = []
-    index_ms: list[float] = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        vector = model.encode_texts([texts[i % len(texts)]])[0]
-        t1 = time.perf_counter()
-        hits = index.query_sync(model.id, vector, wanted)
-        t2 = time.perf_counter()
-        if not hits:
-            raise RuntimeError(f"the index under {settings.vectors_dir} has no {model.id} vectors")
-        text_ms.append((t1 - t0) * 1000)
-        index_ms.append((t2 - t1) * 1000)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        vector = model.encode_images([images[i % len(images)]])[0]
-        t1 = time.perf_counter()
-        index.query_sync(model.id, vector, wanted)
-        t2 = time.perf_counter()
-        image_ms.append((t1 - t0) * 1000)
-        index_ms.append((t2 - t1) * 1000)
-    return {
-        "encode_text_ms": Stats.of(text_ms).to_json(),
-        "encode_image_ms": Stats.of(image_ms).to_json(),
-        "index_query_ms": Stats.of(index_ms).to_json(),
-        "index_vectors": index.count_sync(model.id),
-        "index_kind": index.kind(model.id),
-    }
+    def measure(
+        self, texts: Sequence[str], images: Sequence[bytes], repeats: int, torch_threads: int
+    ) -> Json:
+        """With ``torch_threads`` intra-op threads (0: one per core, torch's default), like
+        the server configuration it is compared with."""
+        import os
+
+        import torch
+
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        model, index, wanted = self.model, self.index, TOP_K + 1
+        for i in range(5):  # load and warm up both towers and the index
+            index.query_sync(model.id, model.encode_texts([texts[i % len(texts)]])[0], wanted)
+            model.encode_images([images[i % len(images)]])
+
+        text_ms: list[float] = []
+        image_ms: list[float] = []
+        index_ms: list[float] = []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            vector = model.encode_texts([texts[i % len(texts)]])[0]
+            t1 = time.perf_counter()
+            hits = index.query_sync(model.id, vector, wanted)
+            t2 = time.perf_counter()
+            if not hits:
+                raise RuntimeError(f"the index under {self.vectors_dir} has no {model.id} vectors")
+            text_ms.append((t1 - t0) * 1000)
+            index_ms.append((t2 - t1) * 1000)
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            vector = model.encode_images([images[i % len(images)]])[0]
+            t1 = time.perf_counter()
+            index.query_sync(model.id, vector, wanted)
+            t2 = time.perf_counter()
+            image_ms.append((t1 - t0) * 1000)
+            index_ms.append((t2 - t1) * 1000)
+        return {
+            "torch_threads": torch.get_num_threads(),
+            "encode_text_ms": Stats.of(text_ms).to_json(),
+            "encode_image_ms": Stats.of(image_ms).to_json(),
+            "index_query_ms": Stats.of(index_ms).to_json(),
+            "index_vectors": index.count_sync(model.id),
+            "index_kind": index.kind(model.id),
+        }
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -379,17 +389,15 @@ def run(
     images = query_images(datasets)
     calls = make_calls(texts, images)
 
-    stages: Json | None = None
+    timer: StageTimer | None = None
     runs: list[Json] = []
     for config in configs:
         console.print(f"  server: {config.label}")
         with serve(home, encoder, workers=config.workers, extra_env=config.env()) as server:
             ready_s = server.wait_ready()
-            if stages is None:
-                console.print("  encoder and index alone (server idle) ...")
-                stages = stage_timings(
-                    home, encoder, texts, images, stage_repeats, configs[0].torch_threads
-                )
+            console.print("  encoder and index alone (server idle) ...")
+            timer = timer or StageTimer(home, encoder)
+            stages = timer.measure(texts, images, stage_repeats, config.torch_threads)
             phases: list[Phase] = []
             in_server: list[Json] = []
             for kind in kinds:
@@ -423,12 +431,11 @@ def run(
                 "server_rss_mib": round(mib(rss), 1),
                 "phases": [p.to_json() for p in phases],
                 "in_server_stage_means": in_server,
+                "stages_alone": stages,
             }
         )
-    assert stages is not None
-    result.data["stages_alone"] = stages
     result.data["runs"] = runs
-    result.checks = latency_checks(runs, stages, concurrency)
+    result.checks = latency_checks(runs, concurrency)
     return result
 
 
@@ -440,26 +447,32 @@ def _phase(run: Json, kind: str, clients: int) -> Json | None:
     return None
 
 
-def latency_checks(runs: Sequence[Json], stages: Json, concurrency: int) -> list[Check]:
+def latency_checks(runs: Sequence[Json], concurrency: int) -> list[Check]:
     checks: list[Check] = []
-    index_p50 = float(stages["index_query_ms"]["p50"])
-    alone = {
-        "graphql_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
-        "rest_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
-        "graphql_image": float(stages["encode_image_ms"]["p50"]) + index_p50,
-    }
-    checks.append(info("encode text alone p50", float(stages["encode_text_ms"]["p50"]), "ms"))
-    checks.append(info("encode image alone p50", float(stages["encode_image_ms"]["p50"]), "ms"))
-    checks.append(
-        info(
-            "index query alone p50",
-            index_p50,
-            "ms",
-            f"{stages['index_kind']}, {stages['index_vectors']:,} vectors",
-        )
-    )
     for run in runs:
         tag = f"[{run['server']}]"
+        stages = run["stages_alone"]
+        index_p50 = float(stages["index_query_ms"]["p50"])
+        alone = {
+            "graphql_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
+            "rest_text": float(stages["encode_text_ms"]["p50"]) + index_p50,
+            "graphql_image": float(stages["encode_image_ms"]["p50"]) + index_p50,
+        }
+        threads = f"{stages['torch_threads']} torch thread(s)"
+        checks.append(
+            info(f"encode text alone p50 {tag}", alone["graphql_text"] - index_p50, "ms", threads)
+        )
+        checks.append(
+            info(f"encode image alone p50 {tag}", alone["graphql_image"] - index_p50, "ms", threads)
+        )
+        checks.append(
+            info(
+                f"index query alone p50 {tag}",
+                index_p50,
+                "ms",
+                f"{stages['index_kind']}, {stages['index_vectors']:,} vectors",
+            )
+        )
         text1 = _phase(run, "graphql_text", 1)
         if text1:
             checks.append(

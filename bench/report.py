@@ -115,6 +115,36 @@ def _md_checks(document: Json) -> list[str]:
     return lines
 
 
+def _md_check_matrix(document: Json) -> list[str]:
+    """Checks named ``figure [column]`` as one row per figure and one column per bracketed
+    tag (the server configurations of the latency benchmark)."""
+    columns: list[str] = []
+    rows: dict[str, dict[str, Check]] = {}
+    targets: dict[str, str] = {}
+    for check in checks_of(document):
+        figure, _, tag = check.name.partition(" [")
+        tag = tag.rstrip("]")
+        if tag not in columns:
+            columns.append(tag)
+        rows.setdefault(figure, {})[tag] = check
+        targets[figure] = check.target
+    lines = [
+        "| figure | target | " + " | ".join(columns) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for figure, by_column in rows.items():
+        cells = []
+        for column in columns:
+            found = by_column.get(column)
+            if found is None:
+                cells.append("")
+                continue
+            verdict = {True: "", False: " **missed**", None: ""}[found.ok]
+            cells.append(f"{fmt(found.measured)} {found.unit}".strip() + verdict)
+        lines.append(f"| {figure} | {targets[figure]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _md_latency(document: Json) -> list[str]:
     lines = [
         "| server | query | clients | p50 ms | p95 ms | p99 ms | q/s | errors |",
@@ -165,9 +195,11 @@ def markdown(names: Sequence[str] = ORDER, results_dir: Path = RESULTS_DIR) -> s
             f"{document.get('load_average_before')}."
         )
         parts.append("")
-        parts += _md_checks(document)
         if name == "latency":
+            parts += _md_check_matrix(document)
             parts += ["", *_md_latency(document)]
+        else:
+            parts += _md_checks(document)
         if name == "index":
             parts += ["", *_md_index(document)]
         for note in document.get("notes", []):

@@ -84,9 +84,18 @@ def test_latency_checks_from_runs() -> None:
         "qps": 70.0,
         "errors": 0,
     }
+    stages = {
+        "torch_threads": 1,
+        "encode_text_ms": {"p50": 15.0},
+        "encode_image_ms": {"p50": 30.0},
+        "index_query_ms": {"p50": 1.0},
+        "index_kind": "flat",
+        "index_vectors": 100,
+    }
     runs = [
         {
             "server": "workers=1",
+            "stages_alone": stages,
             "phases": [
                 {**phase, "kind": kind, "clients": clients}
                 for kind in ("graphql_text", "rest_text", "graphql_image")
@@ -94,14 +103,7 @@ def test_latency_checks_from_runs() -> None:
             ],
         }
     ]
-    stages = {
-        "encode_text_ms": {"p50": 15.0},
-        "encode_image_ms": {"p50": 30.0},
-        "index_query_ms": {"p50": 1.0},
-        "index_kind": "flat",
-        "index_vectors": 100,
-    }
-    checks = {c.name: c for c in latency.latency_checks(runs, stages, 8)}
+    checks = {c.name: c for c in latency.latency_checks(runs, 8)}
     assert checks["text GraphQL 1 client p50 [workers=1]"].ok is True
     assert checks["overhead searchByText (GraphQL) [workers=1]"].measured == pytest.approx(1.25)
     assert checks["text GraphQL 8 clients [workers=1]"].ok is True
@@ -166,3 +168,18 @@ def test_command_line_options() -> None:
 
 def test_memory_reads_from_proc() -> None:
     assert rss_bytes() > 0
+
+
+def test_latency_markdown_has_one_column_per_server(tmp_path: Path) -> None:
+    result = Result(name="latency", config={})
+    result.checks = [
+        at_most("text p50 [workers=1]", 30.0, 25.0, "ms"),
+        at_most("text p50 [workers=2]", 20.0, 25.0, "ms"),
+        info("encode alone [workers=2]", 12.0, "ms"),
+    ]
+    result.data["runs"] = []
+    write_result(result, tmp_path)
+    text = report.markdown(["latency"], results_dir=tmp_path)
+    assert "| figure | target | workers=1 | workers=2 |" in text
+    assert "| text p50 | <= 25 ms | 30.0 ms **missed** | 20.0 ms |" in text
+    assert "| encode alone | - |  | 12.0 ms |" in text
