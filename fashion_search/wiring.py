@@ -3,13 +3,15 @@ settings. Nothing else chooses adapters."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from domain.ports import Catalog, ImageFetcher, ImageStore, VectorIndex
+from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex
 from domain.services import CatalogService, SearchService
 from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
+from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
 
 
 @dataclass
@@ -28,6 +30,23 @@ class Container:
             self.encoders, self.index, self.catalog, self.images, self.fetcher
         )
         self.catalog_service = CatalogService(self.encoders, self.index, self.catalog, self.images)
+
+    def ingest_pipeline(
+        self,
+        encoders: Sequence[Encoder],
+        options: IngestOptions | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestPipeline:
+        """An ingest pipeline writing to this container's stores."""
+        return IngestPipeline(
+            encoders,
+            self.index,
+            self.catalog,
+            self.images,
+            fetcher=self.fetcher,
+            options=options,
+            on_progress=on_progress,
+        )
 
     async def aclose(self) -> None:
         await self.index.close()

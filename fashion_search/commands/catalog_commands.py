@@ -37,7 +37,7 @@ from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, Tex
 from domain.ports import Encoder
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
-from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions, IngestPipeline
+from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
 from ingest.readers import Source, open_source
 from ingest.report import (
     IngestProgress,
@@ -135,15 +135,7 @@ async def run_ingest(
 ) -> IngestSummary:
     total = await asyncio.to_thread(source.count)
     with ingest_progress("Ingesting") as on_progress:
-        pipeline = IngestPipeline(
-            encoders,
-            container.index,
-            container.catalog,
-            container.images,
-            fetcher=container.fetcher,
-            options=options,
-            on_progress=on_progress,
-        )
+        pipeline = container.ingest_pipeline(encoders, options, on_progress)
         return await pipeline.run(source, total)
 
 

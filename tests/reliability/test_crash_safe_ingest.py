@@ -32,7 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +50,7 @@ from fashion_search.wiring import Container, build
 from ingest.readers import open_source
 from stores.images.local import LocalImageStore
 from stores.images.s3 import S3ImageStore
+from tests.plugin_dist import write_plugin_distribution
 from tests.reliability.conftest import (
     AWS_ENV,
     STORE_ENV_NAMES,
@@ -146,19 +146,11 @@ def source(catalog_dir: Path) -> dict[str, SourceProduct]:
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a distribution whose entry point is the crash plugin."""
-    folder = tmp_path_factory.mktemp("crash-plugin")
-    dist_info = folder / "fs_reliability_crash_plugin-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: fs-reliability-crash-plugin\nVersion: 1.0\n"
+    return write_plugin_distribution(
+        tmp_path_factory.mktemp("crash-plugin"),
+        "fs-reliability-crash-plugin",
+        {"crashtest": "tests.reliability.crash_plugin"},
     )
-    (dist_info / "entry_points.txt").write_text(
-        textwrap.dedent("""\
-            [fashion_search.encoders]
-            crashtest = tests.reliability.crash_plugin
-            """)
-    )
-    return folder
 
 
 # -- profiles --------------------------------------------------------------------------------
