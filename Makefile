@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+EVAL_ARGS ?=
 
 .PHONY: setup demo test lint format bench train-encoder eval clean
 
@@ -37,7 +38,7 @@ train-encoder: setup
 	$(BIN)/fashion-search train-encoder
 
 eval: setup
-	$(BIN)/fashion-search eval
+	$(BIN)/fashion-search eval $(EVAL_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench

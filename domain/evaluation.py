@@ -30,6 +30,15 @@ FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A metric's expected value for a random ranking, and the number of queries it averages
+    (queries without any relevant gallery item are not counted)."""
+
+    chance: float
+    n_queries: int
+
+
+@dataclass(frozen=True)
 class RetrievalResult:
     """Averages over the queries that have at least one relevant gallery item."""
 
@@ -39,11 +48,19 @@ class RetrievalResult:
     n_queries: int
     n_skipped: int = 0  # queries without any relevant gallery item
 
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
+    def as_dict(self, prefix: str = "", precision: bool = True) -> dict[str, float]:
         out = {f"{prefix}R@{k}": v for k, v in self.recall.items()}
-        out.update({f"{prefix}P@{k}": v for k, v in self.precision.items()})
+        if precision:
+            out.update({f"{prefix}P@{k}": v for k, v in self.precision.items()})
         out[f"{prefix}MRR"] = self.mrr
         return out
+
+    def baselines(self, prefix: str = "") -> dict[str, Baseline]:
+        """Recall@k and MRR of a chance-level result, with the number of queries."""
+        return {
+            name: Baseline(value, self.n_queries)
+            for name, value in self.as_dict(prefix, precision=False).items()
+        }
 
 
 def _codes(
@@ -270,12 +287,17 @@ def chance_attribute_precision(
 
 
 def same_label_precision(
-    vectors: FloatArray, labels: Sequence[Hashable], k: int = 10
+    vectors: FloatArray,
+    labels: Sequence[Hashable],
+    k: int = 10,
+    query_rows: Sequence[int] | None = None,
 ) -> RetrievalResult:
-    """Image-to-image: each item queries the rest of the gallery (itself excluded); hits share
-    its label (e.g. the product type)."""
+    """Image-to-image: each item (or each of ``query_rows``) queries the rest of the gallery
+    (itself excluded); hits share its label (e.g. the product type)."""
+    rows = list(range(len(labels))) if query_rows is None else list(query_rows)
+    gallery = np.asarray(vectors, dtype=np.float32)
     return retrieval_metrics(
-        vectors, vectors, labels, labels, ks=(1, k), exclude_index=list(range(len(labels)))
+        gallery[rows], gallery, [labels[i] for i in rows], labels, ks=(1, k), exclude_index=rows
     )
 
 
@@ -285,3 +307,120 @@ def augmented_recall_at_1(augmented_vectors: FloatArray, gallery_vectors: FloatA
     positions = list(range(len(gallery_vectors)))
     result = retrieval_metrics(augmented_vectors, gallery_vectors, positions, positions, ks=(1,))
     return result.recall[1]
+
+
+# ---------------------------------------------------------------- the evaluation suite
+
+ATTRIBUTE_PAIRS: dict[str, tuple[str, str]] = {
+    "colour-type": ("colour", "product_type"),
+    "pattern-type": ("pattern", "product_type"),
+    "section-type": ("section", "product_type"),
+}
+"""The generated "<attribute> <type>" queries, by metric name."""
+
+IMAGE_TYPE_METRIC = "image-image type P@10"
+AUGMENTED_METRIC = "augmented R@1"
+
+
+def is_known(value: str, skip_values: frozenset[str] = SKIP_ATTRIBUTE_VALUES) -> bool:
+    """False for empty values and placeholders such as "Unknown"."""
+    return value.strip().lower() not in skip_values
+
+
+@dataclass(frozen=True)
+class LabelledGallery:
+    """What an evaluation knows of each gallery item, in gallery order: its id, its query text
+    ("" when it has none) and its attributes (product_type, colour, pattern, section, ...)."""
+
+    ids: Sequence[str]
+    texts: Sequence[str]
+    attributes: Sequence[Mapping[str, str]]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.texts) == len(self.attributes):
+            raise ValueError("one id, text and attribute mapping per gallery item")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def text_rows(self) -> list[int]:
+        """Items that have a query text (each queries the whole gallery with it)."""
+        return [i for i, text in enumerate(self.texts) if text.strip()]
+
+    @property
+    def types(self) -> list[str]:
+        return [a.get("product_type", "") for a in self.attributes]
+
+    @property
+    def type_rows(self) -> list[int]:
+        """Items of a known product type: the image-to-image queries."""
+        return [i for i, t in enumerate(self.types) if is_known(t)]
+
+    def attribute_queries(self, min_count: int = 10) -> dict[str, list[AttributeQuery]]:
+        """The generated queries of each pair in ATTRIBUTE_PAIRS (pairs whose values are held
+        by fewer than ``min_count`` items are left out; a pair may end up with none)."""
+        return {
+            name: attribute_queries(self.attributes, keys, min_count=min_count)
+            for name, keys in ATTRIBUTE_PAIRS.items()
+        }
+
+
+def text_to_image_metrics(
+    text_vectors: FloatArray,
+    gallery_vectors: FloatArray,
+    gallery: LabelledGallery,
+    prefix: str = "desc",
+) -> dict[str, float]:
+    """Recall@1/5/10 and MRR of the items' own texts (``text_vectors``: one row per
+    ``gallery.text_rows`` item) against the gallery images. ``<prefix> R@k``: any item with the
+    identical text is a hit (colour variants share a description); ``<prefix> exact-id R@k``:
+    only the item itself. MRR is over the full ranking (every query has a hit somewhere)."""
+    rows = gallery.text_rows
+    by_text = retrieval_metrics(
+        text_vectors, gallery_vectors, [gallery.texts[i] for i in rows], gallery.texts
+    )
+    by_id = retrieval_metrics(
+        text_vectors, gallery_vectors, [gallery.ids[i] for i in rows], gallery.ids
+    )
+    return by_text.as_dict(f"{prefix} ", precision=False) | by_id.as_dict(
+        f"{prefix} exact-id ", precision=False
+    )
+
+
+def text_to_image_chance(gallery: LabelledGallery, prefix: str = "desc") -> dict[str, Baseline]:
+    rows = gallery.text_rows
+    by_text = chance_levels([gallery.texts[i] for i in rows], gallery.texts)
+    by_id = chance_levels([gallery.ids[i] for i in rows], gallery.ids)
+    return by_text.baselines(f"{prefix} ") | by_id.baselines(f"{prefix} exact-id ")
+
+
+def image_to_image_metrics(
+    gallery_vectors: FloatArray, augmented_vectors: FloatArray, gallery: LabelledGallery
+) -> dict[str, float]:
+    """Same-type precision@10 of each item of a known type against the rest of the gallery,
+    and Recall@1 of the original for an augmented copy of each item (row i of
+    ``augmented_vectors`` is a copy of item i)."""
+    same_type = same_label_precision(
+        gallery_vectors, gallery.types, k=10, query_rows=gallery.type_rows
+    )
+    return {
+        IMAGE_TYPE_METRIC: same_type.precision[10],
+        AUGMENTED_METRIC: augmented_recall_at_1(augmented_vectors, gallery_vectors),
+    }
+
+
+def image_to_image_chance(gallery: LabelledGallery) -> dict[str, Baseline]:
+    rows = gallery.type_rows
+    types = gallery.types
+    same_type = chance_levels([types[i] for i in rows], types, ks=(10,), exclude_index=rows)
+    return {
+        IMAGE_TYPE_METRIC: Baseline(same_type.precision[10], same_type.n_queries),
+        AUGMENTED_METRIC: Baseline(1.0 / max(len(gallery), 1), len(gallery)),
+    }
+
+
+def attribute_chance(
+    queries: Sequence[AttributeQuery], gallery: LabelledGallery, k: int = 10
+) -> Baseline:
+    return Baseline(chance_attribute_precision(queries, gallery.attributes, k), len(queries))

@@ -8,6 +8,7 @@ from fashion_search.commands import (
     api_commands,
     catalog_commands,
     encoder_commands,
+    eval_commands,
     store_commands,
     ui_commands,
 )
@@ -19,7 +20,14 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (catalog_commands, encoder_commands, api_commands, ui_commands, store_commands):
+for module in (
+    catalog_commands,
+    encoder_commands,
+    eval_commands,
+    api_commands,
+    ui_commands,
+    store_commands,
+):
     module.register(app)
 
 

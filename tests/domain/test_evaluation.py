@@ -157,3 +157,44 @@ def test_as_dict_names_metrics() -> None:
     result = ev.RetrievalResult(recall={1: 0.5}, precision={1: 0.5}, mrr=0.75, n_queries=2)
     assert result.as_dict("desc ") == {"desc R@1": 0.5, "desc P@1": 0.5, "desc MRR": 0.75}
     assert not math.isnan(result.mrr)
+
+
+def test_same_label_precision_on_some_query_rows() -> None:
+    labels = ["dress", "dress", "shoe", "shoe"]
+    vectors = unit([1, 0.2, 0, 0], [0.2, 1, 0, 0], [0, 0, 1, 0.1], [0, 0.3, 0.1, 1])
+    # item 3 (whose nearest other item is a dress) is not a query
+    result = ev.same_label_precision(vectors, labels, k=1, query_rows=[0, 1, 2])
+    assert result.precision[1] == 1.0
+    assert result.n_queries == 3
+
+
+def test_labelled_gallery_suite() -> None:
+    gallery = ev.LabelledGallery(
+        ids=["a", "b", "c", "d"],
+        texts=["soft jumper", "soft jumper", "dress", ""],
+        attributes=[
+            {"product_type": "Jumper"},
+            {"product_type": "Jumper"},
+            {"product_type": "Dress"},
+            {"product_type": "Unknown"},
+        ],
+    )
+    assert gallery.text_rows == [0, 1, 2]
+    assert gallery.type_rows == [0, 1, 2]
+    # both jumper texts rank b first; "dress" ranks d, c
+    queries = unit([0.5, 1, 0, 0], [0.5, 1, 0, 0], [0, 0, 0.5, 1])
+    metrics = ev.text_to_image_metrics(queries, GALLERY, gallery, prefix="desc")
+    assert metrics["desc R@1"] == pytest.approx(2 / 3)
+    assert metrics["desc exact-id R@1"] == pytest.approx(1 / 3)
+    assert metrics["desc exact-id MRR"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert "desc P@1" not in metrics
+    chance = ev.text_to_image_chance(gallery)
+    assert chance["desc exact-id R@1"] == ev.Baseline(1 / 4, 3)
+    # image to image: the jumpers find each other; the dress has no other dress (no query)
+    image = ev.image_to_image_metrics(GALLERY, GALLERY, gallery)
+    assert image[ev.AUGMENTED_METRIC] == 1.0
+    image_chance = ev.image_to_image_chance(gallery)
+    assert image_chance[ev.IMAGE_TYPE_METRIC].n_queries == 2
+    assert image_chance[ev.AUGMENTED_METRIC] == ev.Baseline(1 / 4, 4)
+    with pytest.raises(ValueError, match="one id"):
+        ev.LabelledGallery(ids=["a"], texts=[], attributes=[])
