@@ -7,8 +7,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence, Set
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence, Set
+from typing import Any, Generic, TypeVar
 
 from graphql import (
     ASTValidationRule,
@@ -87,6 +87,36 @@ def empty_selection_set(document: DocumentNode) -> SelectionSetNode | None:
     return finder.found
 
 
+DOCUMENT_CACHE_SIZE = 128
+
+_T = TypeVar("_T")
+
+
+class IdentityMemo(Generic[_T]):
+    """Results computed from AST documents (and other objects), remembered by the identity
+    of those objects: hashing or comparing a DocumentNode walks its whole tree (about as
+    long as validating it again from the cache). The objects are kept alive with their
+    result, so their ids stay theirs while remembered."""
+
+    def __init__(self, size: int = DOCUMENT_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: dict[tuple[int, ...], tuple[tuple[object, ...], _T]] = {}
+
+    def get(self, objects: tuple[object, ...], compute: Callable[[], _T]) -> _T:
+        key = tuple(map(id, objects))
+        entry = self._entries.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], objects, strict=True)):
+            return entry[1]
+        value = compute()
+        if len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))  # the oldest
+        self._entries[key] = (objects, value)
+        return value
+
+
+_empty_selections: IdentityMemo[SelectionSetNode | None] = IdentityMemo()
+
+
 class RejectEmptySelectionSets(SchemaExtension):
     """graphql-core parses ``{}`` (the spec requires at least one selection) and Strawberry's
     depth limiter then fails on it with a bare ValueError: refuse such documents as a syntax
@@ -94,7 +124,9 @@ class RejectEmptySelectionSets(SchemaExtension):
 
     def on_validate(self) -> Iterator[None]:
         document = self.execution_context.graphql_document
-        empty = empty_selection_set(document) if document is not None else None
+        empty = None
+        if document is not None:
+            empty = _empty_selections.get((document,), lambda: empty_selection_set(document))
         if empty is not None:
             self.execution_context.pre_execution_errors = [
                 GraphQLError(
@@ -106,19 +138,21 @@ class RejectEmptySelectionSets(SchemaExtension):
         yield
 
 
-DOCUMENT_CACHE_SIZE = 128
-
-
 @functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
 def _parse(query: str, options: tuple[tuple[str, Any], ...]) -> DocumentNode:
     return parse(query, **dict(options))
 
 
-@functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+_validations: IdentityMemo[Sequence[GraphQLError]] = IdentityMemo()
+
+
 def _validate(
     schema: GraphQLSchema, document: DocumentNode, rules: tuple[type[ASTValidationRule], ...]
 ) -> Sequence[GraphQLError]:
-    return tuple(validate_document(schema, document, rules))
+    return _validations.get(
+        (schema, document, *rules),
+        lambda: tuple(validate_document(schema, document, rules)),
+    )
 
 
 class DocumentCache(SchemaExtension):

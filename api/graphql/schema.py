@@ -19,6 +19,7 @@ from strawberry.types.execution import ExecutionContext
 from api.config import ApiConfig
 from api.graphql.context import GraphQLContext
 from api.graphql.decorators import field, mutation
+from api.graphql.execution import FastExecutionContext
 from api.graphql.extensions import (
     DocumentCache,
     ErrorCodes,
@@ -259,7 +260,12 @@ def build_schema(config: ApiConfig | None = None, metrics: Metrics | None = None
         extensions.append(
             functools.partial(OperationMetrics, metrics=metrics, known_fields=known_fields)
         )
-    schema = ApiSchema(query=Query, mutation=Mutation, extensions=extensions)
+    schema = ApiSchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        execution_context_class=FastExecutionContext,
+    )
     graphql_schema = schema._schema
     for root in (graphql_schema.query_type, graphql_schema.mutation_type):
         if root is not None:
