@@ -2,23 +2,65 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+MAX_DEFAULT_WORKERS = 4
+"""Each worker loads the encoders (about 1 GB): more cores than this get fewer workers than
+cores unless ``--workers`` asks for more."""
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serve_plan(workers: int | None, torch_threads: int | None) -> tuple[int, int | None]:
+    """Worker processes and torch threads per worker: by default one worker per core (at
+    most MAX_DEFAULT_WORKERS) and the cores shared out between them, so workers never
+    oversubscribe the CPU (2 cores: 2 workers x 1 thread). ``torch_threads`` is the
+    configured FASHION_SEARCH_TORCH_THREADS (None: not configured; 0: torch's default),
+    returned as is when configured."""
+    cpus = usable_cpus()
+    workers = workers or min(cpus, MAX_DEFAULT_WORKERS)
+    if torch_threads is None:
+        torch_threads = max(1, cpus // workers)
+    return workers, torch_threads
 
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes (each loads the encoder).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes, each with its own encoders (about 1 GB). Default: one per "
+            f"CPU core, at most {MAX_DEFAULT_WORKERS}. Unless FASHION_SEARCH_TORCH_THREADS is "
+            "set, each worker gets cores/workers torch threads (2 cores: 2 workers x 1 thread).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the API: GraphQL (and GraphiQL) at /graphql, REST shims, /docs, /metrics."""
     import uvicorn
 
+    from fashion_search.settings import Settings
+
+    settings = Settings()
+    configured = settings.torch_threads if "torch_threads" in settings.model_fields_set else None
+    workers, torch_threads = serve_plan(workers, configured)
+    if configured is None:  # the workers read it from the environment they inherit
+        os.environ["FASHION_SEARCH_TORCH_THREADS"] = str(torch_threads)
+    threads = "torch's default" if torch_threads == 0 else str(torch_threads)
+    typer.echo(f"{workers} worker(s), {threads} torch thread(s) each", err=True)
     uvicorn.run(
         "fashion_search.asgi:create_app",
         factory=True,
