@@ -487,6 +487,60 @@ async def test_encoding_overlaps_reading_the_next_batch(tmp_path: Path) -> None:
     assert summary.indexed == 8
 
 
+async def test_writing_a_batch_overlaps_encoding_the_next(tmp_path: Path) -> None:
+    """While batch 1 is written, the encoder already works on batch 2; writes still go one
+    batch at a time, in order."""
+    items = make_items(tmp_path, 12)
+    second_encode = threading.Event()
+    events: list[str] = []
+
+    class CountingEncoder(HashingEncoder):
+        def encode_images(self, images: Sequence[bytes]) -> Vectors:
+            if self.calls >= 1:
+                second_encode.set()
+            return super().encode_images(images)
+
+    class WaitingImages(FlakyImages):
+        overlapped: bool | None = None
+
+        async def put(self, key: str, data: bytes, content_type: str) -> None:
+            if self.overlapped is None:  # the first image of batch 1
+                self.overlapped = await asyncio.to_thread(second_encode.wait, 5)
+            events.append(f"put {key.split('-')[0]}")
+            await super().put(key, data, content_type)
+
+    class LoggingCatalog(FlakyCatalog):
+        async def upsert_many(self, products: Sequence[Product]) -> None:
+            events.append("products " + ",".join(p.id for p in products))
+            await super().upsert_many(products)
+
+    images = WaitingImages()
+    stores = Stores(catalog=LoggingCatalog(), images=images)
+    summary = await asyncio.wait_for(run(items, stores, [CountingEncoder()]), 20)
+    assert images.overlapped is True
+    assert summary.indexed == 12
+    assert_consistent(stores, items, ["fake"])
+    batches = [[f"p{i}" for i in range(b, b + 4)] for b in (0, 4, 8)]
+    assert events == [
+        event
+        for batch in batches
+        for event in [*(f"put {p}" for p in batch), f"products {','.join(batch)}"]
+    ]
+
+
+async def test_a_failed_write_stops_the_run_before_the_next_batch_is_written(
+    tmp_path: Path,
+) -> None:
+    items = make_items(tmp_path, 12)
+    stores = Stores()
+    stores.catalog.crash_on = ("upsert_many", 1)  # batch 1, while batch 2 is encoded
+    with pytest.raises(Crash):
+        await run(items, stores)
+    assert stores.images.calls["put"] == 4  # nothing of batch 2 was written
+    assert stores.catalog.products == {}
+    assert stores.catalog.ledger == {}
+
+
 async def test_interrupted_run_keeps_finished_batches(tmp_path: Path) -> None:
     """Ctrl-C (task cancellation) records the batches that went through every write; a rerun
     does only the rest."""
