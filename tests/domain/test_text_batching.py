@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from domain.errors import BadInput
-from domain.model import Product
+from domain.model import ImageQuery, Product
 from domain.ports import Vectors
 from domain.services import SearchService, TextBatcher
 from tests.fakes import (
@@ -130,3 +130,61 @@ async def test_concurrent_searches_share_encoder_calls() -> None:
     )
     assert [p.hits[0].product.id for p in pages] == ["1", "2", "1", "2"]
     assert len(encoder.batches) == 2
+
+
+class ThreadRecordingEncoder(SlowEncoder):
+    """Also records the thread each text batch was encoded on."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(delay)
+        self.threads: list[int] = []
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        self.threads.append(threading.get_ident())
+        return super().encode_texts(texts)
+
+    def encode_images(self, images: Sequence[bytes]) -> Vectors:
+        time.sleep(self.delay)
+        return super().encode_images(images)
+
+
+async def _service(encoder: HashingEncoder) -> SearchService:
+    index, catalog, images = InMemoryVectorIndex(), InMemoryCatalog(), InMemoryImageStore()
+    service = SearchService(FakeEncoderProvider(encoder), index, catalog, images)
+    vectors = HashingEncoder().encode_images([fake_image("red dress"), fake_image("sneakers")])
+    await index.upsert("fake", ["1", "2"], vectors, [{}, {}])
+    await catalog.upsert_many([Product(id="1", name="red dress"), Product(id="2", name="sneakers")])
+    return service
+
+
+async def test_a_lone_search_is_encoded_on_the_event_loop_once_the_encoder_answered() -> None:
+    encoder = ThreadRecordingEncoder()
+    service = await _service(encoder)
+    loop_thread = threading.get_ident()
+    pages = [await service.by_text(text, top_k=1) for text in ("red dress", "sneakers", "red")]
+    assert [p.hits[0].product.id for p in pages] == ["1", "2", "1"]
+    # the first call loads the model, in a worker thread; then no hand-offs
+    assert encoder.threads[0] != loop_thread
+    assert encoder.threads[1:] == [loop_thread, loop_thread]
+
+
+async def test_a_search_beside_another_is_encoded_in_a_worker_thread() -> None:
+    encoder = ThreadRecordingEncoder(delay=0.2)
+    service = await _service(encoder)
+    await service.by_text("warm up", top_k=1)
+    image_search = asyncio.create_task(service.by_image(ImageQuery(data=fake_image("dress"))))
+    await asyncio.sleep(0.05)  # the image search is in its encoder now
+    page = await service.by_text("sneakers", top_k=1)
+    await image_search
+    assert page.hits[0].product.id == "2"
+    assert threading.get_ident() not in encoder.threads
+
+
+async def test_an_inline_error_reaches_its_request() -> None:
+    encoder = ThreadRecordingEncoder()
+    service = await _service(encoder)
+    await service.by_text("warm up", top_k=1)
+    with pytest.raises(BadInput):
+        await service.by_text("bad", top_k=1)
+    assert encoder.threads[-1] == threading.get_ident()
+    assert (await service.by_text("red dress", top_k=1)).hits[0].product.id == "1"
