@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -158,3 +159,55 @@ async def test_two_instances_on_one_file(tmp_path: Path) -> None:
     assert await first.get("p00001") is None
     await first.close()
     await second.close()
+
+
+async def test_a_page_of_ids_is_read_on_the_event_loop_when_the_connection_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    await catalog.upsert_many([product(i, colour="Red") for i in range(150)])
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def counting_to_thread(func: object, /, *args: object) -> object:
+        hops.append(getattr(func, "__name__", "?"))
+        return await to_thread(func, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "to_thread", counting_to_thread)
+    page = [f"p{i:05d}" for i in (7, 3, 99)] + ["missing"]
+    assert list(await catalog.get_many(page)) == page[:3]  # in the order asked, no thread
+    assert hops == []
+    many = [f"p{i:05d}" for i in range(120)]  # more than a page: in a thread
+    assert len(await catalog.get_many(many)) == 120
+    assert hops == ["get_many_sync"]
+    await catalog.close()
+
+
+async def test_a_busy_connection_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """While another thread holds the connection (a bulk write), get_many waits for it in a
+    thread: the event loop keeps running."""
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
+    await catalog.upsert_many([product(i) for i in range(3)])
+    held = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold_the_connection() -> None:
+        with catalog._read():
+            loop.call_soon_threadsafe(held.set)
+            threading.Event().wait(0.3)
+
+    holder = asyncio.create_task(asyncio.to_thread(hold_the_connection))
+    await held.wait()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not reader.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    reader = asyncio.create_task(catalog.get_many(["p00001"]))
+    await asyncio.gather(reader, tick(), holder)
+    assert list(reader.result()) == ["p00001"]
+    assert ticks >= 10  # the loop ran while get_many waited for the connection
+    await catalog.close()
