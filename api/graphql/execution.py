@@ -199,30 +199,11 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     def _value_plan(self, type_: GraphQLOutputType, field_details_list: Any) -> Any:
         """A completer of values of this type, or _NOT_PLAIN."""
-        if isinstance(type_, GraphQLNonNull):
+        if isinstance(type_, GraphQLNonNull | GraphQLList):
             inner = self._value_plan(type_.of_type, field_details_list)
             if inner is _NOT_PLAIN:
                 return _NOT_PLAIN
-
-            def complete_non_null(value: Any) -> Any:
-                if value is None:
-                    raise _Fallback  # graphql-core reports the error, located
-                return inner(value)
-
-            return complete_non_null
-        if isinstance(type_, GraphQLList):
-            item = self._value_plan(type_.of_type, field_details_list)
-            if item is _NOT_PLAIN:
-                return _NOT_PLAIN
-
-            def complete_list(value: Any) -> Any:
-                if value is None:
-                    return None
-                if type(value) not in (list, tuple):
-                    raise _Fallback  # other iterables (and non-iterables) the general way
-                return [item(v) for v in value]
-
-            return complete_list
+            return _non_null(inner) if isinstance(type_, GraphQLNonNull) else _list_of(inner)
         if isinstance(type_, GraphQLScalarType | GraphQLEnumType):
             coerce = type_.coerce_output_value
 
@@ -248,6 +229,26 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
             return complete_nullable_object
         return _NOT_PLAIN  # interfaces and unions
+
+
+def _non_null(inner: Completer) -> Completer:
+    def complete_non_null(value: Any) -> Any:
+        if value is None:
+            raise _Fallback  # graphql-core reports the error, located
+        return inner(value)
+
+    return complete_non_null
+
+
+def _list_of(item: Completer) -> Completer:
+    def complete_list(value: Any) -> Any:
+        if value is None:
+            return None
+        if type(value) not in (list, tuple):
+            raise _Fallback  # other iterables (and non-iterables) the general way
+        return [item(v) for v in value]
+
+    return complete_list
 
 
 def _none(_source: Any) -> None:
