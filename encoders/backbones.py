@@ -7,6 +7,7 @@ cache their instances), and is safe to call from several threads.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
@@ -159,10 +160,27 @@ def colour_histogram(image: Image.Image) -> F32:
 # ---------------------------------------------------------------- EfficientNet-Lite
 
 
+# Pooled parts an image backbone can return, concatenated in the order asked for. "avg" is
+# the global average of the last feature map (the classic 1280-d feature); the others add
+# what averaging throws away: the strongest responses ("max"), where things are (the map
+# averaged over its top, middle and bottom thirds, "bands3"), and mid-level texture (the
+# mean and standard deviation over positions of the output of block 10, 112 channels at
+# 1/16 resolution, "mid").
+POOLED_PARTS = frozenset({"avg", "max", "bands3", "mid"})
+MID_BLOCK = 10
+
+
 @dataclass(frozen=True)
 class ImageBackboneSpec:
     name: str  # "efficientnet-lite0" or "efficientnet-lite2"
     size: int
+    parts: tuple[str, ...] = ("avg",)
+
+    @property
+    def tag(self) -> str:
+        """A short name of the features (for caches): name-size, plus the parts unless avg."""
+        base = f"{self.name}-{self.size}"
+        return base if self.parts == ("avg",) else base + "-" + "+".join(self.parts)
 
 
 def _weights_path(name: str) -> str:
@@ -178,7 +196,8 @@ def _weights_path(name: str) -> str:
 
 
 class ImageBackbone:
-    """EfficientNet-Lite up to global average pooling: [n, 1280] features (ReLU6 kept)."""
+    """EfficientNet-Lite up to pooling: [n, dim] features (ReLU6 kept); dim is 1280 for the
+    default global average, more when ``spec.parts`` asks for more pooled parts."""
 
     def __init__(self, spec: ImageBackboneSpec) -> None:
         import torch
@@ -196,17 +215,41 @@ class ImageBackbone:
         model.eval()
         self.classifier = model
 
+        unknown = [part for part in spec.parts if part not in POOLED_PARTS]
+        if unknown or not spec.parts:
+            raise EncoderUnavailable(f"unknown pooled image features {unknown or spec.parts}")
+
         class _Pooled(torch.nn.Module):
-            def __init__(self, net: Any) -> None:
+            def __init__(self, net: Any, parts: tuple[str, ...]) -> None:
                 super().__init__()
                 self.net = net
+                self.parts = parts
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                features: torch.Tensor = self.net.extract_features(x)
-                return features.mean(dim=(2, 3))
+                net = self.net
+                h = net._swish(net._bn0(net._conv_stem(x)))
+                mid = h
+                for index, block in enumerate(net._blocks):
+                    h = block(h)
+                    if index == MID_BLOCK:
+                        mid = h
+                h = net._swish(net._bn1(net._conv_head(h)))
+                out: list[torch.Tensor] = []
+                for part in self.parts:
+                    if part == "avg":
+                        out.append(h.mean(dim=(2, 3)))
+                    elif part == "max":
+                        out.append(h.amax(dim=(2, 3)))
+                    elif part == "bands3":
+                        rows = h.shape[2]
+                        edges = [0, rows // 3, rows - rows // 3, rows]
+                        out += [h[:, :, a:b].mean(dim=(2, 3)) for a, b in itertools.pairwise(edges)]
+                    elif part == "mid":
+                        out += [mid.mean(dim=(2, 3)), mid.std(dim=(2, 3))]
+                return torch.cat(out, dim=1)
 
         # channels-last memory layout: about 15% faster on this CPU, same features (1e-5)
-        pooled = _Pooled(model).eval().to(memory_format=torch.channels_last)
+        pooled = _Pooled(model, spec.parts).eval().to(memory_format=torch.channels_last)
         example = torch.zeros(1, 3, spec.size, spec.size).contiguous(
             memory_format=torch.channels_last
         )
@@ -214,11 +257,10 @@ class ImageBackbone:
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(pooled, example, check_trace=False)  # type: ignore[no-untyped-call]
             self._module: Any = torch.jit.freeze(traced.eval())
-            self._module(example)
-        self.dim = 1280
+            self.dim = int(self._module(example).shape[1])
 
     def features(self, arrays: Sequence[F32]) -> F32:
-        """[n, 1280] pooled features of preprocessed arrays (see ``image_array``)."""
+        """[n, dim] pooled features of preprocessed arrays (see ``image_array``)."""
         import torch
 
         if not arrays:
@@ -274,42 +316,21 @@ def minilm_path() -> Path:
 
 
 class TextBackbone:
-    """all-MiniLM-L6-v2: mean-pooled, L2-normalised [n, 384] sentence features."""
+    """all-MiniLM-L6-v2: mean-pooled, L2-normalised [n, 384] sentence features, computed by
+    ``encoders.minilm`` (transformers' BertModel features within 1e-6, at less than half the
+    CPU per query and without importing transformers)."""
 
     max_length = 128
     dim = 384
 
     def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from transformers import AutoModel, AutoTokenizer
+        from encoders.minilm import MiniLM
 
-        path = minilm_path()
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._model: Any = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
-        self._tokenize_lock = threading.Lock()
+        self._model = MiniLM(minilm_path(), max_length=self.max_length)
 
     def features(self, texts: Sequence[str]) -> F32:
-        import torch
-
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with self._tokenize_lock:  # fast tokenizers are not safe to share across threads
-            batch = self._tokenizer(
-                list(texts),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        result: F32 = pooled.numpy().astype(np.float32)
-        return result
+        return self._model.features(texts)
 
 
 def text_backbone() -> TextBackbone:

@@ -3,6 +3,7 @@ all-MiniLM-L6-v2 for texts, mapped into one space by the trained heads."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,10 +56,25 @@ class FashionLiteEncoder:
         self._heads: Heads | None = None
         self._image: ImageBackbone | None = None
         self._text: TextBackbone | None = None
+        self._version: str | None = None
 
     @property
     def id(self) -> str:
         return self._id
+
+    @property
+    def version(self) -> str:
+        """The heads file's content hash: vectors change whenever the heads do."""
+        with self._lock:
+            if self._version is None:
+                if not self._heads_path.is_file():
+                    raise EncoderUnavailable(
+                        f"fashion-lite heads not found at {self._heads_path}: "
+                        "run `fashion-search train-encoder`"
+                    )
+                digest = hashlib.sha256(self._heads_path.read_bytes()).hexdigest()
+                self._version = f"heads-{digest[:12]}"
+            return self._version
 
     @property
     def heads(self) -> Heads:
@@ -83,6 +99,7 @@ class FashionLiteEncoder:
                 spec = ImageBackboneSpec(
                     str(heads.meta.get("image_backbone", "efficientnet-lite0")),
                     int(heads.meta.get("image_size", 224)),
+                    tuple(heads.meta.get("image_parts", ("avg",))),
                 )
                 self._image = image_backbone(spec)
             return self._image

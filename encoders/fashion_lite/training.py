@@ -55,7 +55,9 @@ class TrainConfig:
     cache_dir: Path = Path(".fashion-search/cache/fashion-lite")
     heldout_ids: Path | None = None
     image_backbone: str = "efficientnet-lite0"
-    image_size: int = 224
+    image_size: int = 192
+    # pooled backbone features (see POOLED_PARTS)
+    image_parts: tuple[str, ...] = ("avg", "max", "bands3", "mid")
     colour: bool = True
     dim: int = 256
     hidden: int = 768
@@ -74,6 +76,8 @@ class TrainConfig:
     aug_instance_weight: float = 0.5  # extra tower: augmented view <-> its original
     aug_input_prob: float = 0.3  # shared head: train on the augmented view this often
     train_augmented: bool = True  # extract augmented views of the hm training images
+    aug_views: int = 3  # augmented views per training image (seeds 99, 100, ...); one per step
+    hard_batches: float = 0.0  # this share of epochs batches items of few product types together
     crop: bool = True  # crop images to their content before padding to square
     colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
     seed: int = 7
@@ -391,9 +395,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     configure_torch_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    spec = ImageBackboneSpec(config.image_backbone, config.image_size)
+    spec = ImageBackboneSpec(config.image_backbone, config.image_size, config.image_parts)
     crop_tag = "-crop" if config.crop else ""
-    cache_dir = config.cache_dir / f"{spec.name}-{spec.size}{crop_tag}-{FEATURES_VERSION}"
+    cache_dir = config.cache_dir / f"{spec.tag}{crop_tag}-{FEATURES_VERSION}"
 
     train_items, heldout = split_items(config)
     hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
@@ -425,20 +429,25 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     colour_all = np.concatenate(colour_parts)
     image_x = np.concatenate([cnn_all, colour_all], axis=1) if config.colour else cnn_all
     has_aug = np.zeros(len(all_items), dtype=bool)
-    aug_x = np.zeros_like(image_x)
+    views = max(config.aug_views, 1)
+    aug_x = np.zeros((views, *image_x.shape), dtype=np.float32)
     if config.train_augmented:
         hm_rows = [i for i, item in enumerate(all_items) if item.source == "hm"]
-        aug_cnn, aug_colour = image_features(
-            [all_items[i] for i in hm_rows],
-            load_hm,
-            spec,
-            cache_dir / f"images-{hm_tag}-augmented-train.npz",
-            progress,
-            transform=_augment_transform(seed=99),
-            crop=config.crop,
-        )
-        aug_rows = np.concatenate([aug_cnn, aug_colour], axis=1) if config.colour else aug_cnn
-        aug_x[hm_rows] = aug_rows
+        for view in range(views):
+            seed = 99 + view
+            suffix = "" if view == 0 else f"-{seed}"
+            aug_cnn, aug_colour = image_features(
+                [all_items[i] for i in hm_rows],
+                load_hm,
+                spec,
+                cache_dir / f"images-{hm_tag}-augmented-train{suffix}.npz",
+                progress,
+                transform=_augment_transform(seed=seed),
+                crop=config.crop,
+            )
+            aug_x[view, hm_rows] = (
+                np.concatenate([aug_cnn, aug_colour], axis=1) if config.colour else aug_cnn
+            )
         has_aug[hm_rows] = True
 
     # Texts: every item's variants, indexed in one table.
@@ -510,7 +519,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         tower.train()
     step = 0
     for _epoch in range(config.epochs):
-        order = torch.from_numpy(rng.permutation(n))
+        if config.hard_batches > 0 and rng.random() < config.hard_batches:
+            order = torch.from_numpy(_type_grouped_order(type_codes, rng))
+        else:
+            order = torch.from_numpy(rng.permutation(n))
         epoch_loss = 0.0
         for b in range(steps_per_epoch):
             index = order[b * batch : (b + 1) * batch]
@@ -518,9 +530,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             chosen = variants_t[index, pick]
             image_in = image_t[index]
             batch_has_aug = has_aug_t[index]
+            if views > 1:
+                aug_in = aug_t[torch.from_numpy(rng.integers(0, views, len(index))), index]
+            else:
+                aug_in = aug_t[0, index]
             if config.aug_input_prob > 0 and bool(batch_has_aug.any()):
                 use_aug = batch_has_aug & (torch.rand(len(index)) < config.aug_input_prob)
-                image_in = torch.where(use_aug[:, None], aug_t[index], image_in)
+                image_in = torch.where(use_aug[:, None], aug_in, image_in)
             image_z = torch.nn.functional.normalize(image_tower(image_in), dim=-1)
             text_z = torch.nn.functional.normalize(text_tower(text_t[chosen]), dim=-1)
             # positives[i, j]: text i describes image j (it is one of item j's texts)
@@ -543,8 +559,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 sim = sim.masked_fill(eye, float("-inf"))
                 loss = loss + config.extra_supcon * _multi_positive_nce(sim, same & ~eye)
                 if config.aug_instance_weight > 0 and bool(batch_has_aug.any()):
-                    rows = index[batch_has_aug]
-                    aug_z = torch.nn.functional.normalize(extra_tower(aug_t[rows]), dim=-1)
+                    aug_z = torch.nn.functional.normalize(
+                        extra_tower(aug_in[batch_has_aug]), dim=-1
+                    )
                     logits_aug = (aug_z @ extra_z.T) * 20.0
                     targets = torch.nonzero(batch_has_aug).squeeze(1)
                     loss = loss + config.aug_instance_weight * torch.nn.functional.cross_entropy(
@@ -608,6 +625,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     )
 
 
+def _type_grouped_order(type_codes: npt.NDArray[np.int64], rng: np.random.Generator) -> Any:
+    """A permutation in which items of one product type stand together (types in random
+    order, items shuffled within a type): consecutive batches then hold few types, so the
+    contrastive terms must tell apart colours and details within a type (hard negatives)."""
+    type_rank = rng.permutation(int(type_codes.max()) + 1)[type_codes]
+    return np.lexsort((rng.random(len(type_codes)), type_rank))
+
+
 def _make_heads(
     extra_tower: Any,
     image_tower: Any,
@@ -624,6 +649,7 @@ def _make_heads(
         "version": 1,
         "image_backbone": config.image_backbone,
         "image_size": config.image_size,
+        "image_parts": list(config.image_parts),
         "colour": config.colour,
         "colour_dim": COLOUR_DIM,
         "text_backbone": "all-MiniLM-L6-v2",
@@ -631,7 +657,7 @@ def _make_heads(
         "raw_weight": config.raw_weight,
         "extra_weight": config.extra_weight if extra_tower is not None else 0.0,
         "crop": config.crop,
-        "raw_dim": 1280,
+        "raw_dim": int(image_mean.shape[0]) - (COLOUR_DIM if config.colour else 0),
         "temperature": float(1 / np.exp(float(logit_scale.detach()))),
         "random": random,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},

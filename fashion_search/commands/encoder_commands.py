@@ -93,7 +93,21 @@ def train_encoder(
         bool, typer.Option("--crop/--no-crop", help="Crop images to their content first.")
     ] = True,
     image_backbone: str = "efficientnet-lite0",
-    image_size: Annotated[int, typer.Option(min=64)] = 224,
+    image_size: Annotated[int, typer.Option(min=64)] = 192,
+    image_parts: Annotated[
+        str,
+        typer.Option(help="Pooled backbone features, '+'-separated: avg, max, bands3, mid."),
+    ] = "avg+max+bands3+mid",
+    aug_views: Annotated[
+        int,
+        typer.Option(min=1, help="Augmented views per training image (with --train-augmented)."),
+    ] = 3,
+    hard_batches: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of epochs with batches grouped by product type."
+        ),
+    ] = 0.0,
     limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
     threads: Annotated[
@@ -103,9 +117,15 @@ def train_encoder(
     """Train the fashion-lite heads from hm-dev (optionally also the Kaggle zip) with a fixed
     seed, and report validation metrics on the held-out split (and for random heads, the
     floor). The defaults reproduce the committed heads (encoders/fashion_lite/MODEL_CARD.md)."""
+    from encoders.backbones import POOLED_PARTS
     from encoders.fashion_lite.heads import DEFAULT_HEADS
     from encoders.fashion_lite.training import TrainConfig, train, write_report
 
+    parts = tuple(part.strip() for part in image_parts.split("+") if part.strip())
+    if not parts or any(part not in POOLED_PARTS for part in parts):
+        raise typer.BadParameter(
+            f"--image-parts takes '+'-separated names of {sorted(POOLED_PARTS)}, got {image_parts!r}"
+        )
     settings = Settings()
     zip_path = (
         (kaggle_zip or settings.datasets_dir / "kaggle-fashion-small.zip") if kaggle else None
@@ -116,6 +136,9 @@ def train_encoder(
         cache_dir=settings.home / "cache" / "fashion-lite",
         image_backbone=image_backbone,
         image_size=image_size,
+        image_parts=parts,
+        aug_views=aug_views,
+        hard_batches=hard_batches,
         colour=colour,
         dim=dim,
         hidden=hidden,

@@ -22,7 +22,7 @@ from ingest.readers import open_source
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FASHION_LITE_HEADS = REPO_ROOT / "encoders" / "fashion_lite" / "weights" / "heads-v1.npz"
+FASHION_LITE_HEADS = REPO_ROOT / "encoders" / "fashion_lite" / "weights" / "heads-v2.npz"
 # fashion-lite (text and image) once its trained heads are in the tree; until then the
 # image-only EfficientNet-Lite0 baseline, which needs no trained artifact.
 ENCODER = "fashion-lite" if FASHION_LITE_HEADS.exists() else "effnet-lite0"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domain.errors import BadInput, InvalidImage
+from domain.errors import BadInput, EncoderUnavailable, InvalidImage
 from domain.model import Modality
 from domain.ports import Encoder
 from encoders.fashion_lite.encoder import FashionLiteEncoder
@@ -18,12 +18,25 @@ from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
 
 
 def test_committed_heads_are_small_and_describe_themselves() -> None:
-    assert DEFAULT_HEADS.stat().st_size < 8 * 1024 * 1024
+    # float16 MLPs on 6,678 image inputs (pooled backbone parts + colour stats)
+    assert DEFAULT_HEADS.stat().st_size < 24 * 1024 * 1024
     meta = Heads.read_meta(DEFAULT_HEADS)
     assert meta["image_backbone"].startswith("efficientnet-lite")
     assert meta["text_backbone"] == "all-MiniLM-L6-v2"
     assert not meta["random"]
     assert meta["validation"]["colour-type P@10"] > 0.3  # recorded by the train command
+
+
+def test_version_names_the_heads_file_content(tmp_path: Path) -> None:
+    same, changed = tmp_path / "same.npz", tmp_path / "changed.npz"
+    same.write_bytes(DEFAULT_HEADS.read_bytes())
+    changed.write_bytes(DEFAULT_HEADS.read_bytes() + b"retrained")
+    committed = FashionLiteEncoder(DEFAULT_HEADS).version
+    assert committed.startswith("heads-")
+    assert FashionLiteEncoder(same).version == committed
+    assert FashionLiteEncoder(changed).version != committed
+    with pytest.raises(EncoderUnavailable):
+        _ = FashionLiteEncoder(tmp_path / "missing.npz").version
 
 
 def test_loads_offline_and_returns_unit_vectors(
