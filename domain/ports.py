@@ -44,6 +44,28 @@ class Encoder(Protocol):
         ...
 
 
+@runtime_checkable
+class VersionedEncoder(Encoder, Protocol):
+    """An encoder whose weights can change under the same id (a new heads file for the
+    default ``fashion-lite``). ``version`` names the weights in use, so that ingest can tell
+    vectors made with other weights apart and encode those products again."""
+
+    @property
+    def version(self) -> str: ...
+
+
+def ledger_entry(encoder: Encoder, content_hash: str) -> str:
+    """What the ingest ledger records for a product indexed by ``encoder``: the image's
+    content hash, tagged with the encoder's version when it has one."""
+    version = encoder.version if isinstance(encoder, VersionedEncoder) else ""
+    return f"{content_hash}@{version}" if version else content_hash
+
+
+def indexed_by_current_version(encoder: Encoder, entry: str) -> bool:
+    """Whether a ledger entry was recorded with the encoder's current weights."""
+    return entry == ledger_entry(encoder, entry.partition("@")[0])
+
+
 class EncoderProvider(Protocol):
     """Finds encoders by id; ``None`` means the configured default."""
 

@@ -1,7 +1,8 @@
 """The ingest pipeline: source items in, images + vectors + products out, on the domain ports.
 
 Per batch: read and validate the image bytes (sniffed format, size limit), skip items whose
-image is already indexed for every requested encoder (the catalog's ledger), encode the rest
+image is already indexed for every requested encoder (the catalog's ledger; for an encoder
+with a ``version``, by these weights: new weights encode every product again), encode the rest
 in a worker thread, then write in the order that keeps a crash harmless:
 
 1. images into the ImageStore (keys derived from the content, so a rerun rewrites the same key),
@@ -35,7 +36,15 @@ import numpy as np
 from domain.errors import FashionSearchError, InvalidImage, PayloadTooLarge
 from domain.images import content_hash, image_key, sniff_image_type
 from domain.model import Product
-from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex, Vectors
+from domain.ports import (
+    Catalog,
+    Encoder,
+    ImageFetcher,
+    ImageStore,
+    VectorIndex,
+    Vectors,
+    ledger_entry,
+)
 from ingest.readers import ImageUnavailable, RemoteImage, SourceItem
 from ingest.report import FailedItem, FailureReason, IngestProgress, IngestSummary
 
@@ -281,7 +290,11 @@ class IngestPipeline:
                 batch.failures.append(_failed(item, FailureReason.INVALID_IMAGE, message))
                 continue
             digest = raw.digest or content_hash(data)
-            needs = [e.id for e in self._encoders if self._ledgers[e.id].get(item.id) != digest]
+            needs = [
+                e.id
+                for e in self._encoders
+                if self._ledgers[e.id].get(item.id) != ledger_entry(e, digest)
+            ]
             batch.ready.append(
                 _Ready(
                     item=item,
@@ -365,9 +378,10 @@ class IngestPipeline:
         if products:
             await self._catalog.upsert_many(products)
         # 4. the ledger, after a flush (see _commit)
+        by_id = {encoder.id: encoder for encoder in self._encoders}
         for r in todo:
             for encoder_id in r.needs:
-                self._pending[encoder_id][r.item.id] = r.digest
+                self._pending[encoder_id][r.item.id] = ledger_entry(by_id[encoder_id], r.digest)
         self._pending_items += len(todo)
         if self._pending_items >= self._options.commit_every:
             await self._commit()

@@ -34,7 +34,7 @@ from rich.text import Text
 
 from domain.errors import FashionSearchError
 from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, TextQuery
-from domain.ports import Encoder
+from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
@@ -377,15 +377,23 @@ def search_command(
 
 
 async def ensure_demo_catalog(settings: Settings, catalog: Path) -> IngestSummary | None:
-    """Ingest the demo catalog when the default encoder's index is empty."""
+    """Ingest the demo catalog when the default encoder's index is empty, or holds vectors
+    made with other weights of the encoder (a new heads file), which are encoded again."""
     container = make_container(settings)
     try:
         encoder = container.encoders.get(None)
         if await container.index.count(encoder.id) > 0:
-            count = await container.catalog.count()
-            console.print(f"Index already holds {count:,} products ({settings.home}).")
-            return None
-        console.print(f"Empty index: ingesting the demo catalog {catalog}")
+            ledger = await container.catalog.indexed_hashes(encoder.id)
+            if all(indexed_by_current_version(encoder, entry) for entry in ledger.values()):
+                count = await container.catalog.count()
+                console.print(f"Index already holds {count:,} products ({settings.home}).")
+                return None
+            console.print(
+                f"The {encoder.id} index was built with other weights of the encoder: encoding "
+                f"the demo catalog {catalog} again (ingest other catalogs again too)"
+            )
+        else:
+            console.print(f"Empty index: ingesting the demo catalog {catalog}")
         with open_source(catalog) as source:
             options = IngestOptions(max_image_bytes=settings.max_image_bytes)
             summary = await run_ingest(container, source, [encoder], options)

@@ -570,3 +570,30 @@ async def test_interrupted_run_keeps_finished_batches(tmp_path: Path) -> None:
     summary = await run(items, stores, [encoder])
     assert (summary.indexed, summary.skipped_unchanged) == (6, 8)
     assert_consistent(stores, items, ["fake"])
+
+
+class VersionedHashingEncoder(HashingEncoder):
+    """The fake encoder with named weights (as fashion-lite names its heads file)."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+
+async def test_new_encoder_weights_encode_every_product_again_once(tmp_path: Path) -> None:
+    items = make_items(tmp_path, 6)
+    stores = Stores()
+    await run(items, stores, [VersionedHashingEncoder("w1")])
+    hashes = {i.id: content_hash(local_bytes(i)) for i in items}
+    assert stores.catalog.ledger["fake"] == {k: f"{h}@w1" for k, h in hashes.items()}
+
+    upgraded = VersionedHashingEncoder("w2")
+    summary = await run(items, stores, [upgraded])
+
+    assert (summary.indexed, summary.skipped_unchanged) == (6, 0)
+    assert upgraded.calls > 0
+    assert stores.catalog.ledger["fake"] == {k: f"{h}@w2" for k, h in hashes.items()}
+    referenced = {k for p in stores.catalog.products.values() for k in p.image_keys}
+    assert set(stores.images.objects) == referenced  # same photos: no new or orphaned objects
+    again = await run(items, stores, [upgraded])
+    assert (again.indexed, again.skipped_unchanged) == (0, 6)
