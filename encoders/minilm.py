@@ -8,9 +8,10 @@ matrix through MKL's generic path (re-packing the weights on every call). The sa
 on weights pre-packed once for oneDNN (``mkldnn._linear_pointwise``, the kernels
 torch.compile uses on CPU) take half the time, with the GELU and the residual additions fused
 into them; the rest of the forward pass is a few dozen cheap tensor operations. Measured at
-batch 1, one thread, quiet machine: 11.5 ms -> 4.7 ms per query (8 texts: 28 -> 18 ms), the
-features within 3e-7 of transformers' (tests/encoders/test_text_backbone.py compares them).
-Loading also skips importing transformers and building its model (about 4 s of cold start).
+one thread on the shared 2-core machine (``python -m bench.text_backbone``, both in one
+process): 11.4 -> 4.4 ms of CPU per query, 22.9 -> 14.7 ms per 8 texts; the features within
+3e-7 of transformers' (tests/encoders/test_text_backbone.py compares them). Loading takes
+0.14 s instead of importing transformers and building its BertModel (1.2 + 2.7 s).
 
 When the oneDNN kernels are missing (a torch built without them) or disagree with plain
 ``torch.nn.functional.linear`` on a probe at load time, the plain products are used.
