@@ -5,6 +5,7 @@ each store to its production adapter independently."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,13 @@ class Settings(BaseSettings):
     # Vector index
     faiss_hnsw_threshold: int = Field(
         default=100_000, ge=1, description="Above this many vectors FAISS switches to HNSW."
+    )
+    faiss_hnsw_storage: Literal["float16", "float32"] = Field(
+        default="float16",
+        description=(
+            "How an HNSW space stores its vectors: float16 halves their memory (at 1M x 384-d: "
+            "0.81x the raw float32 bytes instead of 1.30x, recall@10 0.999 instead of 1.000)."
+        ),
     )
 
     # API

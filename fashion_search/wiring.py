@@ -70,7 +70,11 @@ def build_index(settings: Settings) -> VectorIndex:
         return PineconeVectorIndex.from_settings(settings)
     from stores.vectors.faiss_index import FaissVectorIndex
 
-    return FaissVectorIndex(settings.vectors_dir, hnsw_threshold=settings.faiss_hnsw_threshold)
+    return FaissVectorIndex(
+        settings.vectors_dir,
+        hnsw_threshold=settings.faiss_hnsw_threshold,
+        hnsw_storage=settings.faiss_hnsw_storage,
+    )
 
 
 def build_catalog(settings: Settings) -> Catalog:
