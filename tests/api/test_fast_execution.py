@@ -3,6 +3,7 @@ be graphql-core's, for every shape a client may ask for, and it must actually ta
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,10 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from api.graphql.context import GraphQLContext
 from api.graphql.execution import FastExecutionContext
+from api.graphql.router import ApiGraphQLRouter
 from api.graphql.schema import build_schema
 from tests.api.helpers import Api, make_api
+from tests.fakes import fake_image
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [
     (
@@ -163,3 +166,18 @@ def test_bad_values_give_graphql_cores_errors(broken: str) -> None:
         answers.append((result.data, errors))
     assert answers[0] == answers[1]
     assert bool(answers[0][1]) == bool(broken)
+
+
+async def test_responses_are_utf8_json_with_a_standard_library_fallback(api: Api) -> None:
+    await api.world.products.add("u1", "Crème brûlée dress 👗", fake_image("creme dress"))
+    response = await api.client.post(
+        "/graphql",
+        json={"query": '{ product(id: "u1") { name } }'},
+    )
+    assert response.headers["content-type"].startswith("application/json")
+    assert json.loads(response.content.decode("utf-8")) == {
+        "data": {"product": {"name": "Crème brûlée dress 👗"}}
+    }
+    router = ApiGraphQLRouter(build_schema(api.config), max_document_chars=1000)
+    big = {"n": 2**70}  # beyond orjson's 64-bit integers
+    assert json.loads(router.encode_json(big)) == big
