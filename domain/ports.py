@@ -126,6 +126,24 @@ class VectorIndex(Protocol):
         ...
 
 
+@runtime_checkable
+class ImmediateQuery(Protocol):
+    """A VectorIndex that can also answer a query at once, on the calling thread: an index
+    in this process's memory. The search service asks it so when a search is the only one
+    in progress (a hand-off to a worker thread and back then only adds time)."""
+
+    def query_now(
+        self,
+        encoder_id: str,
+        vector: Vectors,
+        top_k: int,
+        filter: ProductFilter | None = None,
+    ) -> list[tuple[str, float]] | None:
+        """What ``query`` would answer; None when that cannot be done without waiting (the
+        index is busy or not loaded yet): then ``query`` is awaited instead."""
+        ...
+
+
 class Catalog(Protocol):
     """Products and their tags, plus the ingest ledger: which image (by content hash) of each
     product is already indexed by which encoder."""

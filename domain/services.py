@@ -24,7 +24,15 @@ from domain.model import (
     SearchQuery,
     TextQuery,
 )
-from domain.ports import Catalog, Encoder, EncoderProvider, ImageFetcher, ImageStore, VectorIndex
+from domain.ports import (
+    Catalog,
+    Encoder,
+    EncoderProvider,
+    ImageFetcher,
+    ImageStore,
+    ImmediateQuery,
+    VectorIndex,
+)
 from domain.ports import Vectors as Vectors
 
 MAX_RESULT_DEPTH = 1000
@@ -228,7 +236,12 @@ class SearchService:
             raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
         # One extra to know whether a next page exists, one more for the excluded query item.
         wanted = depth + 1 + (1 if exclude_id else 0)
-        ranked = await self._index.query(encoder.id, vector, wanted, query.filter)
+        ranked = None
+        if self._searches == 1 and isinstance(self._index, ImmediateQuery):
+            # the only search in progress: no hand-off to a thread (see TextBatcher)
+            ranked = self._index.query_now(encoder.id, vector, wanted, query.filter)
+        if ranked is None:
+            ranked = await self._index.query(encoder.id, vector, wanted, query.filter)
         ranked = [(pid, score) for pid, score in ranked if pid != exclude_id]
         queried = time.perf_counter()
 

@@ -461,30 +461,58 @@ class FaissVectorIndex:
         top_k: int,
         filter: ProductFilter | None = None,
     ) -> list[tuple[str, float]]:
-        query = _as_matrix(vector)
-        if query.shape[0] != 1:
-            raise BadInput(f"query one vector at a time, got {query.shape[0]}")
+        query = _as_query(vector)
         with self._lock:
-            space = self._loaded().get(encoder_id)
-            if space is None or space.n_live == 0 or top_k <= 0:
-                return []
-            if query.shape[1] != space.dim:
-                raise BadInput(
-                    f"encoder {encoder_id!r} has {space.dim}-d vectors, got a {query.shape[1]}-d query"
-                )
-            mask = space.selection(filter)
-            available = space.n_live if mask is None else int(np.count_nonzero(mask))
-            k = min(top_k, available)
-            if k == 0:
-                return []
-            with _one_omp_thread():
-                rows, scores = self._search(space, query, k, mask, available)
-            ids = space.ids
-            return [
-                (pid, float(score))
-                for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
-                if row >= 0 and (pid := ids[row]) is not None
-            ]
+            return self._query(self._loaded(), encoder_id, query, top_k, filter)
+
+    def query_now(
+        self,
+        encoder_id: str,
+        vector: Vectors,
+        top_k: int,
+        filter: ProductFilter | None = None,
+    ) -> list[tuple[str, float]] | None:
+        """``query_sync`` when the spaces are loaded and no other thread holds them (an
+        upsert, a flush or a compaction may take seconds): None instead of waiting."""
+        query = _as_query(vector)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._spaces is None:
+                return None  # loading them from disk is left to a worker thread
+            return self._query(self._spaces, encoder_id, query, top_k, filter)
+        finally:
+            self._lock.release()
+
+    def _query(
+        self,
+        spaces: dict[str, _Space],
+        encoder_id: str,
+        query: Vectors,
+        top_k: int,
+        filter: ProductFilter | None,
+    ) -> list[tuple[str, float]]:
+        """Lock held."""
+        space = spaces.get(encoder_id)
+        if space is None or space.n_live == 0 or top_k <= 0:
+            return []
+        if query.shape[1] != space.dim:
+            raise BadInput(
+                f"encoder {encoder_id!r} has {space.dim}-d vectors, got a {query.shape[1]}-d query"
+            )
+        mask = space.selection(filter)
+        available = space.n_live if mask is None else int(np.count_nonzero(mask))
+        k = min(top_k, available)
+        if k == 0:
+            return []
+        with _one_omp_thread():
+            rows, scores = self._search(space, query, k, mask, available)
+        ids = space.ids
+        return [
+            (pid, float(score))
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+            if row >= 0 and (pid := ids[row]) is not None
+        ]
 
     def fetch_sync(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
         with self._lock:
@@ -670,6 +698,13 @@ def _exact(
     top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
     order = top[np.argsort(-scores[top], kind="stable")]
     return candidates[order].astype(np.int64), scores[order]
+
+
+def _as_query(vector: Vectors) -> Vectors:
+    query = _as_matrix(vector)
+    if query.shape[0] != 1:
+        raise BadInput(f"query one vector at a time, got {query.shape[0]}")
+    return query
 
 
 def _as_matrix(vectors: Vectors) -> Vectors:

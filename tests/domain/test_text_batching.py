@@ -135,8 +135,9 @@ async def test_concurrent_searches_share_encoder_calls() -> None:
 class ThreadRecordingEncoder(SlowEncoder):
     """Also records the thread each text batch was encoded on."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, image_delay: float | None = None) -> None:
         super().__init__(delay)
+        self.image_delay = delay if image_delay is None else image_delay
         self.threads: list[int] = []
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
@@ -144,7 +145,7 @@ class ThreadRecordingEncoder(SlowEncoder):
         return super().encode_texts(texts)
 
     def encode_images(self, images: Sequence[bytes]) -> Vectors:
-        time.sleep(self.delay)
+        time.sleep(self.image_delay)
         return super().encode_images(images)
 
 
@@ -188,3 +189,50 @@ async def test_an_inline_error_reaches_its_request() -> None:
         await service.by_text("bad", top_k=1)
     assert encoder.threads[-1] == threading.get_ident()
     assert (await service.by_text("red dress", top_k=1)).hits[0].product.id == "1"
+
+
+class ImmediateIndex(InMemoryVectorIndex):
+    """An in-memory index that can answer at once (``busy``: it says it cannot)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = False
+        self.immediate: list[str] = []
+        self.awaited = 0
+
+    def query_now(
+        self, encoder_id: str, vector: Vectors, top_k: int, filter: object = None
+    ) -> list[tuple[str, float]] | None:
+        self.immediate.append("busy" if self.busy else "answered")
+        if self.busy:
+            return None
+        scores = {pid: float(v @ vector) for pid, v in self.vectors.get(encoder_id, {}).items()}
+        return sorted(scores.items(), key=lambda kv: -kv[1])[:top_k]
+
+    async def query(self, *args: object, **kwargs: object) -> list[tuple[str, float]]:
+        self.awaited += 1
+        return await super().query(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_lone_search_asks_an_immediate_index_at_once() -> None:
+    encoder = ThreadRecordingEncoder(delay=0.3, image_delay=0.1)
+    index, catalog = ImmediateIndex(), InMemoryCatalog()
+    service = SearchService(FakeEncoderProvider(encoder), index, catalog, InMemoryImageStore())
+    vectors = HashingEncoder().encode_images([fake_image("red dress"), fake_image("sneakers")])
+    await index.upsert("fake", ["1", "2"], vectors, [{}, {}])
+    await catalog.upsert_many([Product(id="1", name="red dress"), Product(id="2", name="sneakers")])
+
+    assert (await service.by_text("red dress", top_k=1)).hits[0].product.id == "1"
+    assert (index.immediate, index.awaited) == (["answered"], 0)
+    index.busy = True  # e.g. an upsert holds it: the search awaits query() instead
+    assert (await service.by_text("sneakers", top_k=1)).hits[0].product.id == "2"
+    assert (index.immediate, index.awaited) == (["answered", "busy"], 1)
+    index.busy = False
+    # An image search (0.1 s in its encoder) beside a text search (0.3 s in its encoder):
+    # the image search reaches the index while the text search is in progress, so it
+    # awaits query(); the text search then is alone again and asks at once.
+    image_search = asyncio.create_task(service.by_image(ImageQuery(data=fake_image("dress"))))
+    await asyncio.sleep(0.01)
+    assert (await service.by_text("sneakers", top_k=1)).hits[0].product.id == "2"
+    assert image_search.done()
+    assert (index.immediate, index.awaited) == (["answered", "busy", "answered"], 2)

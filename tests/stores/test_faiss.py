@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -345,3 +346,42 @@ async def test_concurrent_upserts_queries_and_flushes(tmp_path: Path) -> None:
     assert await reopened.count(ENC_A) == remaining
     hits = await reopened.query(ENC_A, data[8], 1)
     assert hits[0][0] == "p00008"
+
+
+async def test_query_now_answers_like_query_or_not_at_all(tmp_path: Path) -> None:
+    index = FaissVectorIndex(tmp_path)
+    vectors = random_units(200, 16, seed=3)
+    tags = [{"colour": "red" if i % 3 else "blue"} for i in range(200)]
+    await index.upsert(ENC_A, [f"p{i}" for i in range(200)], vectors, tags)
+    await index.flush()
+    blue = ProductFilter(equals={"colour": "blue"})
+    for q in range(5):
+        for flt in (None, blue):
+            assert index.query_now(ENC_A, vectors[q], 7, flt) == await index.query(
+                ENC_A, vectors[q], 7, flt
+            )
+    assert index.query_now("nobody", vectors[0], 7) == []
+    with pytest.raises(BadInput):
+        index.query_now(ENC_A, vectors[:2], 7)
+
+    # another thread holds the index (an upsert, a flush): None at once, never a wait
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with index._lock:
+            held.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        assert index.query_now(ENC_A, vectors[0], 7) is None
+    finally:
+        done.set()
+        holder.join()
+    # not loaded from disk yet: that is a worker thread's job
+    reopened = FaissVectorIndex(tmp_path)
+    assert reopened.query_now(ENC_A, vectors[0], 7) is None
+    assert [p for p, _ in await reopened.query(ENC_A, vectors[0], 1)] == ["p0"]
+    assert reopened.query_now(ENC_A, vectors[0], 1) == await reopened.query(ENC_A, vectors[0], 1)
