@@ -260,68 +260,39 @@ def _multi_positive_nce(logits: Any, positives: Any) -> Any:
 
 @dataclass
 class EvalData:
-    items: list[Item]
+    gallery: ev.LabelledGallery
     cnn: F32
     colour: F32
     aug_cnn: F32
     aug_colour: F32
-    description_features: F32
-    description_rows: list[int]
+    description_features: F32  # one row per gallery.text_rows item
     attribute_queries: dict[str, list[ev.AttributeQuery]]
     attribute_features: dict[str, F32]
 
 
-ATTRIBUTE_KEYS: dict[str, tuple[str, str]] = {
-    "colour-type": ("colour", "product_type"),
-    "pattern-type": ("pattern", "product_type"),
-    "section-type": ("section", "product_type"),
-}
-
-
 def evaluate(heads: Heads, data: EvalData) -> dict[str, float]:
-    """The validation metrics of the issue, computed through the run-time heads code."""
+    """The validation metrics of the issue (the suite of ``fashion-search eval``, from
+    ``domain.evaluation``), computed through the run-time heads code on cached features."""
     gallery = heads.embed_images(data.cnn, data.colour)
-    metrics: dict[str, float] = {}
-    queries = heads.embed_texts(data.description_features)
-    rows = data.description_rows
-    texts = [data.items[i].description for i in rows]
-    by_text = ev.retrieval_metrics(queries, gallery, texts, [i.description for i in data.items])
-    by_id = ev.retrieval_metrics(
-        queries, gallery, [data.items[i].id for i in rows], [i.id for i in data.items]
+    metrics = ev.text_to_image_metrics(
+        heads.embed_texts(data.description_features), gallery, data.gallery
     )
-    metrics.update(by_text.as_dict("desc "))
-    metrics.update(by_id.as_dict("desc exact-id "))
-    tags = [item.attributes for item in data.items]
-    for name, attribute_queries in data.attribute_queries.items():
+    for name, queries in data.attribute_queries.items():
         vectors = heads.embed_texts(data.attribute_features[name])
-        metrics[f"{name} P@10"] = ev.attribute_precision(vectors, gallery, attribute_queries, tags)
-    types = [item.product_type for item in data.items]
-    same_type = ev.same_label_precision(gallery, types, k=10)
-    metrics["image-image type P@10"] = same_type.precision[10]
+        metrics[f"{name} P@10"] = ev.attribute_precision(
+            vectors, gallery, queries, data.gallery.attributes
+        )
     augmented = heads.embed_images(data.aug_cnn, data.aug_colour)
-    metrics["augmented R@1"] = ev.augmented_recall_at_1(augmented, gallery)
-    return metrics
+    return metrics | ev.image_to_image_metrics(gallery, augmented, data.gallery)
 
 
 def chance_metrics(data: EvalData) -> dict[str, float]:
-    rows = data.description_rows
-    chance: dict[str, float] = {}
-    by_text = ev.chance_levels(
-        [data.items[i].description for i in rows], [i.description for i in data.items]
-    )
-    chance.update(by_text.as_dict("desc "))
-    by_id = ev.chance_levels([data.items[i].id for i in rows], [i.id for i in data.items])
-    chance.update(by_id.as_dict("desc exact-id "))
-    tags = [item.attributes for item in data.items]
-    for name, queries in data.attribute_queries.items():
-        chance[f"{name} P@10"] = ev.chance_attribute_precision(queries, tags)
-    types = [item.product_type for item in data.items]
-    n = len(types)
-    chance["image-image type P@10"] = ev.chance_levels(
-        types, types, ks=(10,), exclude_index=list(range(n))
-    ).precision[10]
-    chance["augmented R@1"] = 1.0 / max(n, 1)
-    return chance
+    baselines = ev.text_to_image_chance(data.gallery) | ev.image_to_image_chance(data.gallery)
+    baselines |= {
+        f"{name} P@10": ev.attribute_chance(queries, data.gallery)
+        for name, queries in data.attribute_queries.items()
+    }
+    return {name: baseline.chance for name, baseline in baselines.items()}
 
 
 def prepare_eval(
@@ -346,16 +317,16 @@ def prepare_eval(
         transform=_augment_transform(seed=1234),
         crop=crop,
     )
-    rows = [i for i, item in enumerate(items) if item.description.strip()]
+    gallery = ev.LabelledGallery(
+        ids=[item.id for item in items],
+        texts=[item.description for item in items],
+        attributes=[item.attributes for item in items],
+    )
     text_cache = cache_dir / "texts-minilm.npz"
     description_features = text_features(
-        [query_text(items[i].description) for i in rows], text_cache, progress
+        [query_text(gallery.texts[i]) for i in gallery.text_rows], text_cache, progress
     )
-    tags = [item.attributes for item in items]
-    attribute_queries = {
-        name: ev.attribute_queries(tags, keys, min_count=10)
-        for name, keys in ATTRIBUTE_KEYS.items()
-    }
+    attribute_queries = gallery.attribute_queries(min_count=10)
     attribute_features = {
         name: text_features([query_text(q.text) for q in queries], text_cache, progress)
         if queries
@@ -363,13 +334,12 @@ def prepare_eval(
         for name, queries in attribute_queries.items()
     }
     return EvalData(
-        items=items,
+        gallery=gallery,
         cnn=cnn,
         colour=colour,
         aug_cnn=aug_cnn,
         aug_colour=aug_colour,
         description_features=description_features,
-        description_rows=rows,
         attribute_queries=attribute_queries,
         attribute_features=attribute_features,
     )
