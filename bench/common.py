@@ -360,7 +360,7 @@ def standin_note(choice: EncoderChoice) -> list[str]:
     if not choice.standin:
         return []
     return [
-        "The trained fashion-lite heads (encoders/fashion_lite/weights/heads-v2.npz) were not "
+        "The trained fashion-lite heads (the default file in encoders/fashion_lite/weights) were not "
         "present: random heads of the same shapes stood in. Costs are the same; the results "
         "are not relevant to search quality."
     ]

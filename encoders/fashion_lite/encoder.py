@@ -1,4 +1,5 @@
-"""The fashion-lite encoder: frozen EfficientNet-Lite + colour statistics for images, frozen
+"""The fashion-lite encoder: EfficientNet-Lite (ImageNet weights, its last blocks fine-tuned
+on catalog labels when the heads file carries them) + colour statistics for images, frozen
 all-MiniLM-L6-v2 for texts, mapped into one space by the trained heads."""
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class FashionLiteEncoder:
                     str(heads.meta.get("image_backbone", "efficientnet-lite0")),
                     int(heads.meta.get("image_size", 224)),
                     tuple(heads.meta.get("image_parts", ("avg",))),
+                    tuned=str(self._heads_path) if heads.backbone else "",
                 )
                 self._image = image_backbone(spec)
             return self._image

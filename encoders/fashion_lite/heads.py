@@ -1,8 +1,9 @@
 """The alignment heads of fashion-lite, applied in numpy at run time.
 
-A heads file (``weights/heads-v2.npz``) holds, for each tower, the input standardisation
-(mean, std) and the layers of a small MLP (GELU, tanh approximation, between layers), plus a
-JSON ``meta`` entry: backbone, input size, output dim, training facts. Weights are stored as
+A heads file (``weights/heads-v3.npz``) holds, for each tower, the input standardisation
+(mean, std) and the layers of a small MLP (GELU, tanh approximation, between layers), the
+image backbone's fine-tuned layers if training tuned any (``backbone.*``), plus a JSON
+``meta`` entry: backbone, input size, output dim, training facts. Weights are stored as
 float16 to keep the artifact small; they are computed in float32.
 
 An image vector may also carry image-only parts after the shared-space part: the output of
@@ -23,10 +24,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from encoders.backbones import TUNED_PREFIX
+
 F32 = npt.NDArray[np.float32]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_HEADS = WEIGHTS_DIR / "heads-v2.npz"
+DEFAULT_HEADS = WEIGHTS_DIR / "heads-v3.npz"
 
 
 def gelu(x: F32) -> F32:
@@ -139,12 +142,15 @@ class Tower:
 @dataclass
 class Heads:
     """``image`` and ``text`` map into the shared space; ``extra`` (optional) is an
-    image-only tower trained for image-to-image search (product type, augmentations)."""
+    image-only tower trained for image-to-image search (product type, augmentations);
+    ``backbone`` (optional) holds the image backbone's fine-tuned layers, by state-dict name
+    (stored as ``backbone.<name>`` arrays, which ``encoders.backbones`` reads)."""
 
     image: Tower
     text: Tower
     meta: dict[str, Any]
     extra: Tower | None = None
+    backbone: dict[str, F32] = field(default_factory=dict)
 
     @property
     def head_dim(self) -> int:
@@ -209,6 +215,8 @@ class Heads:
         arrays: dict[str, Any] = {**self.image.arrays("image"), **self.text.arrays("text")}
         if self.extra is not None:
             arrays.update(self.extra.arrays("extra"))
+        for key, array in self.backbone.items():
+            arrays[TUNED_PREFIX + key] = array.astype(np.float16)
         meta = np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8)
         arrays["meta"] = meta
         np.savez_compressed(path, **arrays)
@@ -229,4 +237,9 @@ class Heads:
                 text=Tower.from_arrays(arrays, "text"),
                 meta=meta,
                 extra=Tower.from_arrays(arrays, "extra") if "extra.w0" in arrays else None,
+                backbone={
+                    key[len(TUNED_PREFIX) :]: np.asarray(arrays[key], dtype=np.float32)
+                    for key in arrays.files
+                    if key.startswith(TUNED_PREFIX)
+                },
             )

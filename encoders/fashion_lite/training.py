@@ -1,7 +1,11 @@
 """Training the fashion-lite heads: contrastive (InfoNCE with a learned temperature) alignment
-of frozen image features (EfficientNet-Lite + colour histogram) and frozen text features
+of image features (EfficientNet-Lite + colour histogram) and frozen text features
 (all-MiniLM-L6-v2) on catalog image-text pairs, plus a supervised contrastive term on the
 product type between images. Validation on the fixed held-out split of hm-dev.
+
+First, unless ``tune_blocks`` is 0, the backbone's last blocks are fine-tuned on the training
+items' labels (``tuning``); the heads are then trained on the tuned backbone's features, and
+the heads file carries the tuned layers.
 
 Backbone features are cached under ``cache_dir`` so that reruns only train the heads.
 """
@@ -25,10 +29,12 @@ from domain import evaluation as ev
 from encoders.augment import augment_image
 from encoders.backbones import (
     COLOUR_DIM,
+    TUNED_PREFIX,
     ImageBackboneSpec,
     configure_torch_threads,
     image_backbone,
     image_inputs,
+    read_tuned_state,
     text_backbone,
 )
 from encoders.fashion_lite.data import (
@@ -41,6 +47,12 @@ from encoders.fashion_lite.data import (
     read_kaggle_zip,
 )
 from encoders.fashion_lite.heads import Heads, Tower
+from encoders.fashion_lite.tuning import (
+    TuneConfig,
+    block_inputs,
+    optimiser_step,
+    tune_backbone,
+)
 from encoders.images import decode_image
 
 F32 = npt.NDArray[np.float32]
@@ -79,6 +91,9 @@ class TrainConfig:
     aug_views: int = 3  # augmented views per training image (seeds 99, 100, ...); one per step
     hard_batches: float = 0.0  # this share of epochs batches items of few product types together
     crop: bool = True  # crop images to their content before padding to square
+    tune_blocks: int = 5  # fine-tune the backbone's last this many blocks first (0: frozen)
+    tune_epochs: int = 10
+    tune_lr: float = 6e-4
     colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
     seed: int = 7
     limit: int | None = None  # at most this many training items (smoke tests)
@@ -367,13 +382,20 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     rng = np.random.default_rng(config.seed)
     spec = ImageBackboneSpec(config.image_backbone, config.image_size, config.image_parts)
     crop_tag = "-crop" if config.crop else ""
-    cache_dir = config.cache_dir / f"{spec.tag}{crop_tag}-{FEATURES_VERSION}"
 
     train_items, heldout = split_items(config)
     hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
     load_hm = image_loader(train_items, None)
     if config.eval_limit is not None:
         heldout = heldout[: config.eval_limit]
+    tuning: dict[str, Any] = {}
+    tuned_tag = ""
+    if config.tune_blocks > 0:
+        spec, tuning = _tune_backbone(
+            config, spec, train_items[: config.limit], heldout, load_hm, hm_tag, progress
+        )
+        tuned_tag = "-tuned-" + Path(spec.tuned).stem.removeprefix("backbone-")
+    cache_dir = config.cache_dir / f"{spec.tag}{crop_tag}{tuned_tag}-{FEATURES_VERSION}"
     sources: list[tuple[list[Item], Callable[[Item], bytes], str]] = [
         (train_items, load_hm, hm_tag)
     ]
@@ -537,12 +559,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                     loss = loss + config.aug_instance_weight * torch.nn.functional.cross_entropy(
                         logits_aug, targets
                     )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
+            epoch_loss += optimiser_step(optimiser, scheduler, loss)
             step += 1
-            epoch_loss += float(loss.detach())
         losses.append(epoch_loss / steps_per_epoch)
         if progress is not None:
             progress("training heads", step, total_steps)
@@ -561,6 +579,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         logit_scale,
         random=False,
     )
+    if tuning:
+        heads.backbone = read_tuned_state(Path(spec.tuned))
+        heads.meta["backbone_tuning"] = tuning
     heads.meta.update(
         {
             "n_train_items": n,
@@ -593,6 +614,79 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         n_heldout=len(heldout),
         seconds=time.perf_counter() - started,
     )
+
+
+def _tune_backbone(
+    config: TrainConfig,
+    spec: ImageBackboneSpec,
+    items: Sequence[Item],
+    heldout: Sequence[Item],
+    load: Callable[[Item], bytes],
+    hm_tag: str,
+    progress: Progress | None,
+) -> tuple[ImageBackboneSpec, dict[str, Any]]:
+    """Fine-tune the backbone's last blocks on the training items (see ``tuning``); returns
+    the spec of the tuned backbone and the facts of the run for the heads' meta. The tuned
+    layers are written, as float16 (what the heads file stores, so training features equal
+    run-time ones), to a file in the cache named by everything that determines them: a rerun
+    with the same settings reuses it."""
+    blocks = config.tune_blocks
+    crop_tag = "-crop" if config.crop else ""
+    maps_dir = (
+        config.cache_dir / f"{spec.name}-{spec.size}{crop_tag}-maps{blocks}-{FEATURES_VERSION}"
+    )
+    seeds = [99 + view for view in range(config.aug_views if config.train_augmented else 0)]
+    tune = TuneConfig(blocks=blocks, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
+    key = _fingerprint(
+        maps_dir.name,
+        hm_tag,
+        json.dumps(asdict(tune), sort_keys=True),
+        ",".join(map(str, seeds)),
+        ",".join(item.id for item in items),
+    )
+    path = config.cache_dir / f"backbone-{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored_file:
+            facts: dict[str, Any] = json.loads(bytes(stored_file["facts"].tobytes()).decode())
+        return replace(spec, tuned=str(path)), facts
+
+    def maps(
+        subset: Sequence[Item], name: str, transform: Callable[[Item, bytes], bytes] | None = None
+    ) -> Any:
+        return block_inputs(
+            subset, load, spec, blocks, maps_dir / f"{name}.npz", config.crop, transform, progress
+        )
+
+    views = [maps(items, hm_tag)]
+    views += [maps(items, f"{hm_tag}-augmented-{s}", _augment_transform(s)) for s in seeds]
+    heldout_maps = maps(heldout, hm_tag + "-heldout") if heldout else None
+    result = tune_backbone(
+        spec,
+        items,
+        views,
+        tune,
+        heldout=(heldout, heldout_maps) if heldout_maps is not None else None,
+        progress=progress,
+    )
+    facts = {
+        "blocks": blocks,
+        "epochs": tune.epochs,
+        "lr": tune.lr,
+        "labels": tune.labels,
+        "views": len(views),
+        "losses": [round(x, 4) for x in result.losses],
+        "heldout_type_accuracy": [round(x, 4) for x in result.heldout_accuracy],
+        "seconds": round(result.seconds, 1),
+    }
+    stored: dict[str, Any] = {
+        TUNED_PREFIX + k: v.astype(np.float16) for k, v in sorted(result.state.items())
+    }
+    stored["facts"] = np.frombuffer(json.dumps(facts, sort_keys=True).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **stored)
+    tmp.replace(path)
+    return replace(spec, tuned=str(path)), facts
 
 
 def _type_grouped_order(type_codes: npt.NDArray[np.int64], rng: np.random.Generator) -> Any:

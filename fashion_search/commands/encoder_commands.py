@@ -108,6 +108,16 @@ def train_encoder(
             min=0.0, max=1.0, help="Share of epochs with batches grouped by product type."
         ),
     ] = 0.0,
+    tune_blocks: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="First fine-tune the image backbone's last N blocks on the labels (0: frozen).",
+        ),
+    ] = 5,
+    tune_epochs: Annotated[int, typer.Option(min=1)] = 10,
+    tune_lr: Annotated[float, typer.Option(min=0.0)] = 6e-4,
     limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
     threads: Annotated[
@@ -139,6 +149,9 @@ def train_encoder(
         image_parts=parts,
         aug_views=aug_views,
         hard_batches=hard_batches,
+        tune_blocks=tune_blocks,
+        tune_epochs=tune_epochs,
+        tune_lr=tune_lr,
         colour=colour,
         dim=dim,
         hidden=hidden,

@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from domain.model import Modality
+from encoders.fashion_lite.heads import DEFAULT_HEADS
 from fashion_search.asgi import app_for
 from fashion_search.settings import Settings
 from fashion_search.wiring import build
@@ -22,7 +23,7 @@ from ingest.readers import open_source
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FASHION_LITE_HEADS = REPO_ROOT / "encoders" / "fashion_lite" / "weights" / "heads-v2.npz"
+FASHION_LITE_HEADS = DEFAULT_HEADS
 # fashion-lite (text and image) once its trained heads are in the tree; until then the
 # image-only EfficientNet-Lite0 baseline, which needs no trained artifact.
 ENCODER = "fashion-lite" if FASHION_LITE_HEADS.exists() else "effnet-lite0"

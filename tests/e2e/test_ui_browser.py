@@ -16,6 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
+from encoders.fashion_lite.heads import DEFAULT_HEADS
 from tests.ui.live import LiveApi, dead_url, free_port, load_samples, running_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,7 +36,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1366, "height": 1900}
 HM_IMAGE_WIDTH = 360  # every hm-demo photo is 360x540
 TIMEOUT_MS = 30_000
-FASHION_LITE_HEADS = REPO_ROOT / "encoders" / "fashion_lite" / "weights" / "heads-v2.npz"
+FASHION_LITE_HEADS = DEFAULT_HEADS
 # The real encoder: fashion-lite (words and photos) once its trained heads are in the tree;
 # until then the photo-only EfficientNet-Lite0 baseline, which needs no trained artifact.
 REAL_ENCODER = "fashion-lite" if FASHION_LITE_HEADS.exists() else "effnet-lite0"

@@ -18,9 +18,17 @@ from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
 
 
 def test_committed_heads_are_small_and_describe_themselves() -> None:
-    # float16 MLPs on 6,678 image inputs (pooled backbone parts + colour stats)
+    # float16 MLPs on 6,678 image inputs (pooled backbone parts + colour stats), plus the
+    # backbone's fine-tuned last blocks (2.7M parameters)
     assert DEFAULT_HEADS.stat().st_size < 24 * 1024 * 1024
     meta = Heads.read_meta(DEFAULT_HEADS)
+    assert meta["backbone_tuning"]["blocks"] == len(
+        {
+            key.split(".")[1]
+            for key in Heads.load(DEFAULT_HEADS).backbone
+            if key.startswith("_blocks.")
+        }
+    )
     assert meta["image_backbone"].startswith("efficientnet-lite")
     assert meta["text_backbone"] == "all-MiniLM-L6-v2"
     assert not meta["random"]

@@ -47,6 +47,8 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
         aug_instance_weight=0.5,
         seed=3,
         threads=2,
+        tune_blocks=2,
+        tune_epochs=3,
     )
     result = train(config)
     assert result.n_train == 48
@@ -65,6 +67,18 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
     assert loaded.extra is not None
     assert Heads.read_meta(path)["crop"] is True
     assert Heads.read_meta(path)["config"]["seed"] == 3
+    # the backbone's last 2 blocks and its final 1x1 layer were fine-tuned and travel with
+    # the heads (float16, like the towers)
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in loaded.backbone} >= {
+        "_blocks.14",
+        "_blocks.15",
+    }
+    assert "_conv_head.weight" in loaded.backbone
+    tuning = Heads.read_meta(path)["backbone_tuning"]
+    assert tuning["blocks"] == 2
+    assert tuning["views"] == 4  # the originals and 3 augmented views
+    assert len(tuning["losses"]) == 3
+    assert tuning["losses"][-1] < tuning["losses"][0]
     encoder = FashionLiteEncoder(path, "fashion-lite:test")
     image = (hm_demo / "images" / f"{ids[0]}.jpg").read_bytes()
     vector = encoder.encode_images([image])
@@ -76,7 +90,9 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
     # features are cached: a rerun with the same seed gives the same heads, fast
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
     assert any(name.startswith("images-hm-") for name in cached)
+    assert len([name for name in cached if name.startswith("backbone-")]) == 1
     again = train(config)
+    assert again.heads.meta["backbone_tuning"] == tuning  # the tuned layers were reused
     np.testing.assert_allclose(again.heads.image.weights[0], result.heads.image.weights[0])
     assert again.seconds < result.seconds
 
