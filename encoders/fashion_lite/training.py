@@ -48,6 +48,7 @@ from encoders.fashion_lite.data import (
 )
 from encoders.fashion_lite.heads import Heads, Tower
 from encoders.fashion_lite.tuning import (
+    DEFAULT_LABELS,
     TuneConfig,
     block_inputs,
     optimiser_step,
@@ -94,6 +95,8 @@ class TrainConfig:
     tune_blocks: int = 5  # fine-tune the backbone's last this many blocks first (0: frozen)
     tune_epochs: int = 10
     tune_lr: float = 6e-4
+    # label -> weight of its classifier's loss while tuning (see tuning.DEFAULT_LABELS)
+    tune_labels: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
     seed: int = 7
     limit: int | None = None  # at most this many training items (smoke tests)
@@ -636,7 +639,13 @@ def _tune_backbone(
         config.cache_dir / f"{spec.name}-{spec.size}{crop_tag}-maps{blocks}-{FEATURES_VERSION}"
     )
     seeds = [99 + view for view in range(config.aug_views if config.train_augmented else 0)]
-    tune = TuneConfig(blocks=blocks, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
+    tune = TuneConfig(
+        blocks=blocks,
+        epochs=config.tune_epochs,
+        lr=config.tune_lr,
+        labels=dict(config.tune_labels),
+        seed=config.seed,
+    )
     key = _fingerprint(
         maps_dir.name,
         hm_tag,

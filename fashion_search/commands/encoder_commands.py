@@ -45,6 +45,25 @@ def list_encoders() -> None:
     console.print(table)
 
 
+def _label_weights(text: str) -> dict[str, float]:
+    """``"product_type=1,pattern=0.5"`` -> {"product_type": 1.0, "pattern": 0.5}."""
+    weights: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not name.strip() or weight < 0:
+            raise typer.BadParameter(
+                f"--tune-labels takes NAME=WEIGHT pairs with weights >= 0, got {part!r}"
+            )
+        weights[name.strip()] = weight
+    if not any(weights.values()):
+        raise typer.BadParameter("--tune-labels needs at least one label with a weight above 0")
+    return weights
+
+
 def train_encoder(
     hm_dev: Annotated[
         Path | None, typer.Option(help="hm-dev folder (default: DATASETS_DIR/hm-dev).")
@@ -118,6 +137,13 @@ def train_encoder(
     ] = 5,
     tune_epochs: Annotated[int, typer.Option(min=1)] = 10,
     tune_lr: Annotated[float, typer.Option(min=0.0)] = 6e-4,
+    tune_labels: Annotated[
+        str,
+        typer.Option(
+            help="Labels the backbone is tuned on, with the weights of their losses "
+            "(comma-separated NAME=WEIGHT; hm-dev columns)."
+        ),
+    ] = "product_type=1,pattern=0.5,colour=0.3,section=0.3,garment_group=0.3",
     limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
     threads: Annotated[
@@ -136,6 +162,7 @@ def train_encoder(
         raise typer.BadParameter(
             f"--image-parts takes '+'-separated names of {sorted(POOLED_PARTS)}, got {image_parts!r}"
         )
+    label_weights = _label_weights(tune_labels)
     settings = Settings()
     zip_path = (
         (kaggle_zip or settings.datasets_dir / "kaggle-fashion-small.zip") if kaggle else None
@@ -152,6 +179,7 @@ def train_encoder(
         tune_blocks=tune_blocks,
         tune_epochs=tune_epochs,
         tune_lr=tune_lr,
+        tune_labels=label_weights,
         colour=colour,
         dim=dim,
         hidden=hidden,
