@@ -153,3 +153,18 @@ def test_heads_carry_the_tuned_layers_to_the_encoder(
         atol=1e-6,
     )
     assert float(from_frozen[0] @ from_tuned[0]) < 0.999
+
+
+def test_block_inputs_keep_finished_work_when_interrupted(hm_demo: Path, tmp_path: Path) -> None:
+    items = read_hm_manifest(hm_demo)[:70]
+    cache = tmp_path / "maps.npz"
+
+    def fail_late(item: Item) -> bytes:
+        if item.id == items[66].id:
+            raise OSError("disk went away")
+        return _load(item)
+
+    with pytest.raises(OSError, match="disk went away"):
+        block_inputs(items, fail_late, SPEC, 5, cache, crop=True, batch_size=1)
+    with np.load(cache) as saved:
+        assert sorted(saved["ids"]) == sorted(item.id for item in items[:64])
