@@ -204,15 +204,20 @@ def _weights_path(name: str) -> str:
     raise EncoderUnavailable(f"no packaged weights for {name!r}")
 
 
+def tuned_arrays(arrays: Any) -> dict[str, npt.NDArray[np.float32]]:
+    """The ``backbone.*`` arrays of an open .npz file, as float32, keyed by state-dict name."""
+    return {
+        key[len(TUNED_PREFIX) :]: np.asarray(arrays[key], dtype=np.float32)
+        for key in arrays.files
+        if key.startswith(TUNED_PREFIX)
+    }
+
+
 def read_tuned_state(path: Path) -> dict[str, npt.NDArray[np.float32]]:
     """The ``backbone.*`` arrays of a weights file, as float32, keyed by state-dict name."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return {
-                key[len(TUNED_PREFIX) :]: np.asarray(arrays[key], dtype=np.float32)
-                for key in arrays.files
-                if key.startswith(TUNED_PREFIX)
-            }
+            return tuned_arrays(arrays)
     except (OSError, ValueError) as exc:
         raise EncoderUnavailable(f"cannot read tuned backbone weights {path}: {exc}") from exc
 

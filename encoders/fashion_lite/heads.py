@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from encoders.backbones import TUNED_PREFIX
+from encoders.backbones import TUNED_PREFIX, tuned_arrays
 
 F32 = npt.NDArray[np.float32]
 
@@ -237,9 +237,5 @@ class Heads:
                 text=Tower.from_arrays(arrays, "text"),
                 meta=meta,
                 extra=Tower.from_arrays(arrays, "extra") if "extra.w0" in arrays else None,
-                backbone={
-                    key[len(TUNED_PREFIX) :]: np.asarray(arrays[key], dtype=np.float32)
-                    for key in arrays.files
-                    if key.startswith(TUNED_PREFIX)
-                },
+                backbone=tuned_arrays(arrays),
             )
