@@ -17,6 +17,8 @@ from pathlib import Path
 HELDOUT_IDS_FILE = Path(__file__).resolve().parent / "heldout_ids.txt"
 SPLIT_SEED = 20260601
 HELDOUT_FRACTION = 0.25
+# a validation split carved out of the training part (for choosing settings) uses its own seed
+VALIDATION_SEED = SPLIT_SEED + 1
 _SKIP_VALUES = {"", "unknown", "undefined", "nan", "none", "other"}
 
 _SPACES = re.compile(r"\s+")

@@ -38,9 +38,11 @@ from encoders.backbones import (
     text_backbone,
 )
 from encoders.fashion_lite.data import (
+    VALIDATION_SEED,
     Item,
     image_loader,
     item_texts,
+    make_heldout_split,
     query_text,
     read_hm_manifest,
     read_ids,
@@ -101,6 +103,9 @@ class TrainConfig:
     seed: int = 7
     limit: int | None = None  # at most this many training items (smoke tests)
     eval_limit: int | None = None  # at most this many held-out items in validation
+    # > 0: validate on this share of the training part's product codes (carved out, not
+    # trained on) instead of on the held-out split, which then is not read at all
+    validation: float = 0.0
     threads: int = 1
 
 
@@ -112,7 +117,7 @@ class TrainResult:
     random_metrics: dict[str, float]
     chance: dict[str, float]
     n_train: int
-    n_heldout: int
+    n_heldout: int  # items the metrics were computed on
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -376,6 +381,18 @@ def split_items(config: TrainConfig) -> tuple[list[Item], list[Item]]:
     return train, heldout
 
 
+def validation_split(train_items: Sequence[Item], fraction: float) -> tuple[list[Item], list[Item]]:
+    """(items to train on, validation items): about ``fraction`` of the training part's
+    product codes, chosen as the held-out split was (whole codes, stratified by product
+    group) but with their own seed, so settings can be chosen without the held-out split."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation share must be between 0 and 1, not {fraction}")
+    validation_ids = set(make_heldout_split(train_items, fraction, seed=VALIDATION_SEED))
+    kept = [item for item in train_items if item.id not in validation_ids]
+    validation = [item for item in train_items if item.id in validation_ids]
+    return kept, validation
+
+
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     import torch
 
@@ -387,6 +404,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     crop_tag = "-crop" if config.crop else ""
 
     train_items, heldout = split_items(config)
+    evaluated_on = "heldout"
+    if config.validation > 0:
+        train_items, heldout = validation_split(train_items, config.validation)
+        evaluated_on = f"validation {config.validation:g} of the training part"
     hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
     load_hm = image_loader(train_items, None)
     if config.eval_limit is not None:
@@ -598,15 +619,22 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     random_metrics: dict[str, float] = {}
     chance: dict[str, float] = {}
     if heldout:
-        hm_heldout_tag = "hm-heldout-" + _fingerprint(str(config.hm_dev.resolve()))
+        split_tag = "heldout" if config.validation <= 0 else "validation"
         data = prepare_eval(
-            heldout, load_hm, spec, cache_dir, hm_heldout_tag, progress, crop=config.crop
+            heldout,
+            load_hm,
+            spec,
+            cache_dir,
+            f"hm-{split_tag}-" + _fingerprint(str(config.hm_dev.resolve())),
+            progress,
+            crop=config.crop,
         )
         metrics = evaluate(heads, data)
         random_metrics = evaluate(random_heads, data)
         chance = chance_metrics(data)
         heads.meta["validation"] = {k: round(v, 4) for k, v in metrics.items()}
         heads.meta["n_heldout"] = len(heldout)
+        heads.meta["validated_on"] = evaluated_on
     return TrainResult(
         heads=heads,
         losses=losses,
@@ -668,7 +696,9 @@ def _tune_backbone(
 
     views = [maps(items, hm_tag)]
     views += [maps(items, f"{hm_tag}-augmented-{s}", _augment_transform(s)) for s in seeds]
-    heldout_maps = maps(heldout, hm_tag + "-heldout") if heldout else None
+    # validation items are training items: their maps are in the training cache
+    heldout_name = hm_tag if config.validation > 0 else hm_tag + "-heldout"
+    heldout_maps = maps(heldout, heldout_name) if heldout else None
     result = tune_backbone(
         spec,
         items,

@@ -146,6 +146,16 @@ def train_encoder(
     ] = "product_type=1,pattern=0.5,colour=0.3,section=0.3,garment_group=0.3",
     limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
+    validation: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="Carve this share of the training part's product codes out as a validation "
+            "split, train on the rest and validate on it (for choosing settings: the held-out "
+            "split is then not read). Needs --out.",
+        ),
+    ] = 0.0,
     threads: Annotated[
         int, typer.Option(min=1, max=2, help="Torch threads (1 reproduces the committed heads).")
     ] = 1,
@@ -157,6 +167,11 @@ def train_encoder(
     from encoders.fashion_lite.heads import DEFAULT_HEADS
     from encoders.fashion_lite.training import TrainConfig, train, write_report
 
+    if validation > 0 and out is None:
+        raise typer.BadParameter(
+            "heads trained with a validation split must not replace the committed ones: give --out",
+            param_hint="--validation",
+        )
     parts = tuple(part.strip() for part in image_parts.split("+") if part.strip())
     if not parts or any(part not in POOLED_PARTS for part in parts):
         raise typer.BadParameter(
@@ -200,6 +215,7 @@ def train_encoder(
         seed=seed,
         limit=limit,
         eval_limit=eval_limit,
+        validation=validation,
         threads=threads,
     )
     tasks: dict[str, TaskID] = {}
@@ -226,7 +242,8 @@ def train_encoder(
         f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; heads written to {target}"
     )
     if result.metrics:
-        table = Table(title=f"Validation on the held-out split ({result.n_heldout} items)")
+        split = "the held-out split" if validation <= 0 else "the validation split"
+        table = Table(title=f"Validation on {split} ({result.n_heldout} items)")
         table.add_column("metric")
         table.add_column("trained", justify="right")
         table.add_column("random heads", justify="right")

@@ -20,7 +20,7 @@ from encoders.fashion_lite.data import (
 )
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.fashion_lite.heads import Heads
-from encoders.fashion_lite.training import TrainConfig, train
+from encoders.fashion_lite.training import TrainConfig, split_items, train, validation_split
 
 
 @pytest.mark.slow
@@ -131,3 +131,69 @@ def test_committed_split_holds_out_whole_products(hm_dev: Path) -> None:
     groups_out = {i.group for i in items if i.id not in heldout}
     assert not groups_in & groups_out  # colour variants never cross
     assert sorted(heldout) == make_heldout_split(items)  # reproducible from the seed
+
+
+def test_validation_split_carves_whole_products_out_of_the_training_part(hm_dev: Path) -> None:
+    train_items, heldout = split_items(TrainConfig(hm_dev=hm_dev))
+    kept, validation = validation_split(train_items, 0.2)
+    assert sorted(i.id for i in kept + validation) == sorted(i.id for i in train_items)
+    assert 0.15 < len(validation) / len(train_items) < 0.25
+    assert not {i.group for i in kept} & {i.group for i in validation}
+    assert not {i.id for i in validation} & {i.id for i in heldout}
+    # stratified: every product group with at least 5 training codes has validation items
+    groups = {i.attributes["product_group"] for i in validation}
+    big = {
+        g
+        for g in {i.attributes["product_group"] for i in train_items}
+        if len({i.group for i in train_items if i.attributes["product_group"] == g}) >= 5
+    }
+    assert big <= groups
+    assert [i.id for i in validation_split(train_items, 0.2)[1]] == [i.id for i in validation]
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="validation share"):
+            validation_split(train_items, bad)
+
+
+@pytest.mark.slow
+def test_training_with_a_validation_split_never_reads_the_heldout_split(
+    hm_demo: Path, tmp_path: Path
+) -> None:
+    """The held-out images are removed from a copy of the catalog: a run that validated on
+    them (or tuned with them) would fail to read them."""
+    with (hm_demo / "products.csv").open(newline="", encoding="utf-8") as handle:
+        ids = [row["id"] for row in csv.DictReader(handle)]
+    heldout_ids = set(ids[-40:])
+    catalog = tmp_path / "hm"
+    (catalog / "images").mkdir(parents=True)
+    (catalog / "products.csv").write_bytes((hm_demo / "products.csv").read_bytes())
+    for image in (hm_demo / "images").iterdir():
+        if image.stem not in heldout_ids:
+            (catalog / "images" / image.name).symlink_to(image)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("\n".join(sorted(heldout_ids)) + "\n")
+    config = TrainConfig(
+        hm_dev=catalog,
+        cache_dir=tmp_path / "cache",
+        heldout_ids=heldout,
+        validation=0.25,
+        limit=32,
+        epochs=3,
+        batch_size=16,
+        dim=16,
+        hidden=32,
+        extra_dim=8,
+        extra_hidden=16,
+        train_augmented=False,
+        seed=3,
+        threads=2,
+        tune_blocks=1,
+        tune_epochs=1,
+    )
+    train_items, _ = split_items(config)
+    _, validation = validation_split(train_items, 0.25)
+    result = train(config)
+    assert result.n_train == 32
+    assert result.n_heldout == len(validation) > 0
+    assert "validation" in result.heads.meta["validated_on"]
+    assert 0.0 <= result.metrics["image-image type P@10"] <= 1.0
+    assert len(result.heads.meta["backbone_tuning"]["heldout_type_accuracy"]) == 1

@@ -4,11 +4,14 @@ refused before any work starts."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from encoders.fashion_lite.tuning import DEFAULT_LABELS
+from fashion_search.cli import app
 from fashion_search.commands.encoder_commands import _label_weights, train_encoder
 
 
@@ -25,3 +28,13 @@ def test_label_weights_parse_and_refuse_nonsense() -> None:
     for bad in ("colour", "colour=x", "=1", "colour=-1", "colour=0", ""):
         with pytest.raises(typer.BadParameter):
             _label_weights(bad)
+
+
+def test_a_validation_run_needs_its_own_heads_file(tmp_path: Path) -> None:
+    # refused before any data is read (the hm-dev folder does not exist)
+    result = CliRunner().invoke(
+        app, ["train-encoder", "--hm-dev", str(tmp_path / "missing"), "--validation", "0.2"]
+    )
+    assert result.exit_code == 2
+    assert "--out" in result.output
+    assert "committed" in result.output
