@@ -34,6 +34,7 @@ F32 = npt.NDArray[np.float32]
 F16 = npt.NDArray[np.float16]
 Progress = Callable[[str, int, int], None]
 
+NO_LABEL = -1  # the target of an item without the label
 # label -> weight of its classification loss
 DEFAULT_LABELS: dict[str, float] = {
     "product_type": 1.0,
@@ -154,9 +155,19 @@ def tune_backbone(
     n_blocks = len(model._blocks)
     tail_blocks = [modules[f"_blocks.{i}"] for i in range(first_tuned, n_blocks)]
     labels = {k: w for k, w in config.labels.items() if w > 0}
-    vocab = {k: sorted({item.attributes.get(k, "") for item in items}) for k in labels}
+    # an item without a label (another catalog's items) adds nothing to that label's loss
+    vocab = {
+        k: sorted({item.attributes[k] for item in items if k in item.attributes}) for k in labels
+    }
+    if missing := [k for k in labels if not vocab[k]]:
+        raise ValueError(f"no item has the labels {missing}")
     targets = {
-        k: torch.tensor([vocab[k].index(item.attributes.get(k, "")) for item in items])
+        k: torch.tensor(
+            [
+                vocab[k].index(item.attributes[k]) if k in item.attributes else NO_LABEL
+                for item in items
+            ]
+        )
         for k in labels
     }
     width = int(model._conv_head.out_channels) * 2
@@ -207,19 +218,18 @@ def tune_backbone(
             flip = torch.rand(len(index), generator=generator) < 0.5
             x[flip] = x[flip].flip(-1)
             features = dropout(pooled(x))
-            loss: Any = sum(
-                (
-                    weight
-                    * functional.cross_entropy(
-                        classifiers[k](features),
-                        targets[k][index],
-                        label_smoothing=config.label_smoothing,
+            loss: Any = torch.zeros(())
+            for k, weight in labels.items():
+                target, rows = targets[k][index], features
+                labelled = target != NO_LABEL
+                if not labelled.all():  # (all labelled: the same arithmetic as without masks)
+                    target, rows = target[labelled], features[labelled]
+                if len(target):
+                    loss = loss + weight * functional.cross_entropy(
+                        classifiers[k](rows), target, label_smoothing=config.label_smoothing
                     )
-                    for k, weight in labels.items()
-                ),
-                torch.zeros(()),
-            )
-            epoch_loss += optimiser_step(optimiser, scheduler, loss)
+            if loss.requires_grad:  # (not when no item of the batch has any of the labels)
+                epoch_loss += optimiser_step(optimiser, scheduler, loss)
             step += 1
             if progress is not None:
                 progress("tuning backbone", step, total)

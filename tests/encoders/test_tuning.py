@@ -64,6 +64,36 @@ def test_block_inputs_match_the_backbone_and_are_cached(
     np.testing.assert_array_equal(again, maps)
 
 
+def test_items_without_a_label_add_nothing_to_its_loss(
+    demo_items: list[Item], tmp_path: Path
+) -> None:
+    """Catalogs with other label sets tune together: each item counts for the labels it
+    has; a batch without any of the labels is no step; a label nobody has is refused."""
+    views = [block_inputs(demo_items, _load, SPEC, 1, tmp_path / "maps.npz", crop=True)]
+    other = [
+        replace(item, attributes={"other_type": item.attributes["product_type"]})
+        for item in demo_items[12:18]
+    ]
+    unlabelled = [replace(item, attributes={}) for item in demo_items[18:]]
+    items = demo_items[:12] + other + unlabelled
+    config = TuneConfig(
+        blocks=1,
+        epochs=4,
+        lr=1e-3,
+        lr_classifier=1e-2,
+        batch_size=1,  # so some batches hold only an unlabelled item
+        dropout=0.0,
+        labels={"product_type": 1.0, "other_type": 1.0},
+        seed=1,
+    )
+    result = tune_backbone(SPEC, items, views, config, heldout=(demo_items[:8], views[0][:8]))
+    assert all(np.isfinite(result.losses))
+    assert result.losses[-1] < result.losses[0]
+    assert len(result.heldout_accuracy) == 4
+    with pytest.raises(ValueError, match="no item has the labels"):
+        tune_backbone(SPEC, unlabelled, [views[0][18:]], config)
+
+
 def test_tuning_trains_only_the_last_blocks(demo_items: list[Item], tmp_path: Path) -> None:
     views = [block_inputs(demo_items, _load, SPEC, 2, tmp_path / "maps.npz", crop=True)]
     config = TuneConfig(
