@@ -109,6 +109,10 @@ class TrainConfig:
     threads: int = 1
 
 
+class TrainingSetupError(ValueError):
+    """Settings that cannot work with the data (found before any long work starts)."""
+
+
 @dataclass
 class TrainResult:
     heads: Heads
@@ -386,7 +390,7 @@ def validation_split(train_items: Sequence[Item], fraction: float) -> tuple[list
     product codes, chosen as the held-out split was (whole codes, stratified by product
     group) but with their own seed, so settings can be chosen without the held-out split."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"the validation share must be between 0 and 1, not {fraction}")
+        raise TrainingSetupError(f"the validation share must be between 0 and 1, not {fraction}")
     validation_ids = set(make_heldout_split(train_items, fraction, seed=VALIDATION_SEED))
     kept = [item for item in train_items if item.id not in validation_ids]
     validation = [item for item in train_items if item.id in validation_ids]
@@ -408,6 +412,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     if config.validation > 0:
         train_items, heldout = validation_split(train_items, config.validation)
         evaluated_on = f"validation {config.validation:g} of the training part"
+    if config.tune_blocks > 0:
+        known = {key for item in train_items for key in item.attributes}
+        if unknown := sorted(set(config.tune_labels) - known):
+            raise TrainingSetupError(
+                f"no training item has the labels {unknown} to tune on; "
+                f"known: {', '.join(sorted(known))}"
+            )
     hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
     load_hm = image_loader(train_items, None)
     if config.eval_limit is not None:

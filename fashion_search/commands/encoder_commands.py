@@ -165,7 +165,12 @@ def train_encoder(
     floor). The defaults reproduce the committed heads (encoders/fashion_lite/MODEL_CARD.md)."""
     from encoders.backbones import POOLED_PARTS
     from encoders.fashion_lite.heads import DEFAULT_HEADS
-    from encoders.fashion_lite.training import TrainConfig, train, write_report
+    from encoders.fashion_lite.training import (
+        TrainConfig,
+        TrainingSetupError,
+        train,
+        write_report,
+    )
 
     if validation > 0 and out is None:
         raise typer.BadParameter(
@@ -234,7 +239,11 @@ def train_encoder(
                 tasks[what] = bar.add_task(what, total=total)
             bar.update(tasks[what], completed=done, total=total)
 
-        result = train(config, progress)
+        try:
+            result = train(config, progress)
+        except TrainingSetupError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
     target = out or DEFAULT_HEADS
     result.heads.save(target)
     console.print(

@@ -20,7 +20,13 @@ from encoders.fashion_lite.data import (
 )
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.fashion_lite.heads import Heads
-from encoders.fashion_lite.training import TrainConfig, split_items, train, validation_split
+from encoders.fashion_lite.training import (
+    TrainConfig,
+    TrainingSetupError,
+    split_items,
+    train,
+    validation_split,
+)
 
 
 @pytest.mark.slow
@@ -150,7 +156,7 @@ def test_validation_split_carves_whole_products_out_of_the_training_part(hm_dev:
     assert big <= groups
     assert [i.id for i in validation_split(train_items, 0.2)[1]] == [i.id for i in validation]
     for bad in (0.0, 1.0, -0.1):
-        with pytest.raises(ValueError, match="validation share"):
+        with pytest.raises(TrainingSetupError, match="validation share"):
             validation_split(train_items, bad)
 
 

@@ -38,3 +38,26 @@ def test_a_validation_run_needs_its_own_heads_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--out" in result.output
     assert "committed" in result.output
+
+
+def test_tune_labels_the_catalog_lacks_are_refused_before_any_work(
+    hm_demo: Path, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-encoder",
+            "--hm-dev",
+            str(hm_demo),
+            "--tune-labels",
+            "product_type=1,colur=0.3",
+            "--out",
+            str(tmp_path / "heads.npz"),
+        ],
+        env={"FASHION_SEARCH_HOME": str(tmp_path / "home")},
+    )
+    assert result.exit_code == 2
+    assert "no training item has the labels ['colur']" in result.output
+    assert "colour" in result.output  # the known labels are listed
+    assert not (tmp_path / "heads.npz").exists()
+    assert not (tmp_path / "home").exists()  # nothing was cached
