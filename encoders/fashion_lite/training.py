@@ -408,10 +408,11 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     crop_tag = "-crop" if config.crop else ""
 
     train_items, heldout = split_items(config)
-    evaluated_on = "heldout"
+    split_tag, validated_on = "heldout", "the held-out split"
     if config.validation > 0:
         train_items, heldout = validation_split(train_items, config.validation)
-        evaluated_on = f"validation {config.validation:g} of the training part"
+        split_tag = "validation"
+        validated_on = f"a validation split: {config.validation:g} of the training part's codes"
     if config.tune_blocks > 0:
         known = {key for item in train_items for key in item.attributes}
         if unknown := sorted(set(config.tune_labels) - known):
@@ -630,7 +631,6 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     random_metrics: dict[str, float] = {}
     chance: dict[str, float] = {}
     if heldout:
-        split_tag = "heldout" if config.validation <= 0 else "validation"
         data = prepare_eval(
             heldout,
             load_hm,
@@ -645,7 +645,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         chance = chance_metrics(data)
         heads.meta["validation"] = {k: round(v, 4) for k, v in metrics.items()}
         heads.meta["n_heldout"] = len(heldout)
-        heads.meta["validated_on"] = evaluated_on
+        heads.meta["validated_on"] = validated_on
     return TrainResult(
         heads=heads,
         losses=losses,
