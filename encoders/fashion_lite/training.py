@@ -412,7 +412,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     if config.validation > 0:
         train_items, heldout = validation_split(train_items, config.validation)
         split_tag = "validation"
-        validated_on = f"a validation split: {config.validation:g} of the training part's codes"
+        validated_on = f"the validation split ({config.validation:g} of the training codes)"
     if config.tune_blocks > 0:
         known = {key for item in train_items for key in item.attributes}
         if unknown := sorted(set(config.tune_labels) - known):

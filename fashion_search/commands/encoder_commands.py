@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from fashion_search.commands.catalog_commands import fail
 from fashion_search.settings import Settings
 
 console = Console()
@@ -242,8 +243,7 @@ def train_encoder(
         try:
             result = train(config, progress)
         except TrainingSetupError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from exc
+            raise fail(str(exc), code=2) from None
     target = out or DEFAULT_HEADS
     result.heads.save(target)
     console.print(
@@ -251,8 +251,8 @@ def train_encoder(
         f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; heads written to {target}"
     )
     if result.metrics:
-        split = "the held-out split" if validation <= 0 else "the validation split"
-        table = Table(title=f"Validation on {split} ({result.n_heldout} items)")
+        validated_on = result.heads.meta["validated_on"]
+        table = Table(title=f"Validation on {validated_on} ({result.n_heldout} items)")
         table.add_column("metric")
         table.add_column("trained", justify="right")
         table.add_column("random heads", justify="right")
