@@ -49,6 +49,13 @@ class UpstreamUnavailable(FashionSearchError):
     code = "UPSTREAM_UNAVAILABLE"
 
 
+class WriterBusy(FashionSearchError):
+    """Another process is writing to the same data home (an ingest, a mutation): the write
+    was not made and can be retried. The message names the holder (pid, command)."""
+
+    code = "WRITER_BUSY"
+
+
 class EncoderUnavailable(FashionSearchError):
     """An encoder that cannot be loaded here (missing weights, offline hub download)."""
 

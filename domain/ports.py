@@ -8,6 +8,7 @@ worker threads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -209,4 +210,17 @@ class ImageFetcher(Protocol):
 
     async def fetch(self, url: str) -> bytes:
         """Raises UrlRejected, PayloadTooLarge or UpstreamUnavailable."""
+        ...
+
+
+class WriteLock(Protocol):
+    """Serialises the writers of one data home across processes (embedded profile), so that
+    an ingest and a mutation, or two ingests, never overwrite each other's work. Held only
+    while one batch or one mutation is written (encoding happens outside it). Production
+    stores, which serialise writes themselves, use a lock that holds nothing."""
+
+    def hold(self, purpose: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock for the block. ``purpose`` (e.g. "ingest", "addProduct") is shown to
+        whoever waits. Raises WriterBusy, naming the holder, when the lock cannot be had
+        within the adapter's wait."""
         ...
