@@ -77,6 +77,10 @@ async def image(
         return error_response(404, "no such image")
     etag = f'"{key}"'
     if request.headers.get("if-none-match") in (etag, f"W/{etag}"):
+        # The ETag is the key, so a client can name any key: only a stored one is "not
+        # modified"; a missing key is 404 whatever the client sends.
+        if not await state.services.images.exists(key):
+            return error_response(404, "no such image")
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
     try:
         data = await state.services.images.get(key)

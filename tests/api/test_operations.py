@@ -157,6 +157,23 @@ async def test_images_are_served_with_type_and_cache_headers(api: Api) -> None:
     assert head.headers["content-length"] == str(len(response.content))
 
 
+@pytest.mark.parametrize("etag", ['"missing.jpg"', 'W/"missing.jpg"'])
+async def test_a_missing_image_is_404_even_with_a_matching_etag(api: Api, etag: str) -> None:
+    """The ETag is the key: a client can name any key, so If-None-Match never turns a missing
+    image into a 304 (issue 16)."""
+    response = await api.client.get("/images/missing.jpg", headers={"If-None-Match": etag})
+    assert response.status_code == 404
+    assert response.json()["code"] == "NOT_FOUND"
+
+
+async def test_a_deleted_image_is_404_for_a_client_that_cached_it(api: Api) -> None:
+    key = api.world.catalog.products["p1"].image_keys[0]
+    etag = (await api.client.get(f"/images/{key}")).headers["etag"]
+    await api.world.images.delete(key)
+    response = await api.client.get(f"/images/{key}", headers={"If-None-Match": etag})
+    assert response.status_code == 404
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -23,44 +22,92 @@ from tests.fakes import (
     fake_image,
 )
 
+GATE_TIMEOUT_S = 30.0
+"""How long a gated encoder call waits for its test to open the gate (a failing test must
+not hang the suite)."""
 
-class SlowEncoder(HashingEncoder):
-    """Records every encode_texts call; each takes ``delay`` seconds; "bad" texts fail."""
 
-    def __init__(self, delay: float = 0.05) -> None:
+class Gate:
+    """A point encoder calls block at until the test opens it: concurrent work is ordered by
+    events (this call is in the encoder now; the others are queued), never by sleeping."""
+
+    def __init__(self, *, opened: bool = True) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        if opened:
+            self._open.set()
+
+    def close(self) -> None:
+        self.entered.clear()
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def pass_through(self) -> None:
+        self.entered.set()
+        if not self._open.wait(GATE_TIMEOUT_S):
+            raise TimeoutError("the test never opened the gate")
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, GATE_TIMEOUT_S), "nothing entered"
+
+
+class GatedEncoder(HashingEncoder):
+    """Records every encode_texts call; each waits at ``gate``; "bad" texts fail."""
+
+    def __init__(self, gate: Gate | None = None) -> None:
         super().__init__()
-        self.delay = delay
+        self.gate = gate or Gate()
         self.batches: list[list[str]] = []
-        self.started = threading.Event()
         self._lock = threading.Lock()
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         with self._lock:
             self.batches.append(list(texts))
-        self.started.set()
-        time.sleep(self.delay)
+        self.gate.pass_through()
         if "bad" in texts:
             raise BadInput("bad text")
         return super().encode_texts(texts)
 
 
-async def _after_first_started(encoder: SlowEncoder) -> None:
-    await asyncio.to_thread(encoder.started.wait, 5.0)
+async def _until(condition: Callable[[], bool]) -> None:
+    """Give the event loop turns until ``condition`` holds (tasks reach their await)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+def _queued(batcher: TextBatcher, count: int) -> Callable[[], bool]:
+    return lambda: len(batcher._pending) == count
+
+
+async def _first_in_encoder(batcher: TextBatcher, text: str) -> asyncio.Task[Vectors]:
+    """Start encoding ``text`` and return once its call is in the (closed-gated) encoder."""
+    encoder = batcher.encoder
+    assert isinstance(encoder, GatedEncoder)
+    encoder.gate.close()
+    first = asyncio.create_task(batcher.encode(text))
+    await encoder.gate.wait_entered()
+    return first
 
 
 async def test_a_lone_text_is_encoded_alone_at_once() -> None:
-    encoder = SlowEncoder(delay=0.0)
+    encoder = GatedEncoder()
     vector = await TextBatcher(encoder).encode("red dress")
     assert encoder.batches == [["red dress"]]
     assert np.allclose(vector, HashingEncoder().encode_texts(["red dress"])[0])
 
 
 async def test_texts_arriving_during_a_batch_go_together_into_the_next() -> None:
-    encoder = SlowEncoder()
+    encoder = GatedEncoder()
     batcher = TextBatcher(encoder)
-    first = asyncio.create_task(batcher.encode("t0"))
-    await _after_first_started(encoder)
+    first = await _first_in_encoder(batcher, "t0")
     rest = [asyncio.create_task(batcher.encode(f"t{i}")) for i in range(1, 6)]
+    await _until(_queued(batcher, 5))
+    encoder.gate.open()
     vectors = await asyncio.gather(first, *rest)
     assert encoder.batches == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
     reference = HashingEncoder().encode_texts([f"t{i}" for i in range(6)])
@@ -69,22 +116,24 @@ async def test_texts_arriving_during_a_batch_go_together_into_the_next() -> None
 
 
 async def test_batches_are_capped() -> None:
-    encoder = SlowEncoder()
+    encoder = GatedEncoder()
     batcher = TextBatcher(encoder, max_batch=2)
-    first = asyncio.create_task(batcher.encode("t0"))
-    await _after_first_started(encoder)
-    await asyncio.gather(first, *(batcher.encode(f"t{i}") for i in range(1, 6)))
+    first = await _first_in_encoder(batcher, "t0")
+    rest = [asyncio.create_task(batcher.encode(f"t{i}")) for i in range(1, 6)]
+    await _until(_queued(batcher, 5))
+    encoder.gate.open()
+    await asyncio.gather(first, *rest)
     assert [len(b) for b in encoder.batches] == [1, 2, 2, 1]
 
 
 async def test_an_error_reaches_only_its_own_request() -> None:
-    encoder = SlowEncoder()
+    encoder = GatedEncoder()
     batcher = TextBatcher(encoder)
-    first = asyncio.create_task(batcher.encode("t0"))
-    await _after_first_started(encoder)
-    results = await asyncio.gather(
-        first, batcher.encode("ok"), batcher.encode("bad"), return_exceptions=True
-    )
+    first = await _first_in_encoder(batcher, "t0")
+    rest = [asyncio.create_task(batcher.encode(text)) for text in ("ok", "bad")]
+    await _until(_queued(batcher, 2))
+    encoder.gate.open()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
     assert isinstance(results[0], np.ndarray)
     assert isinstance(results[1], np.ndarray)
     assert isinstance(results[2], BadInput)
@@ -92,14 +141,14 @@ async def test_an_error_reaches_only_its_own_request() -> None:
 
 
 async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
-    encoder = SlowEncoder()
+    encoder = GatedEncoder()
     batcher = TextBatcher(encoder)
-    first = asyncio.create_task(batcher.encode("t0"))
-    await _after_first_started(encoder)
+    first = await _first_in_encoder(batcher, "t0")
     doomed = asyncio.create_task(batcher.encode("t1"))
     kept = asyncio.create_task(batcher.encode("t2"))
-    await asyncio.sleep(0)
+    await _until(_queued(batcher, 2))
     doomed.cancel()
+    encoder.gate.open()
     await first
     assert isinstance(await kept, np.ndarray)
     with pytest.raises(asyncio.CancelledError):
@@ -108,7 +157,7 @@ async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
 
 
 def test_the_batcher_follows_a_new_event_loop() -> None:
-    encoder = SlowEncoder(delay=0.0)
+    encoder = GatedEncoder()
     batcher = TextBatcher(encoder)
     for _ in range(2):
         asyncio.run(batcher.encode("red dress"))
@@ -116,28 +165,34 @@ def test_the_batcher_follows_a_new_event_loop() -> None:
 
 
 async def test_concurrent_searches_share_encoder_calls() -> None:
-    encoder = SlowEncoder()
+    encoder = GatedEncoder()
     index, catalog, images = InMemoryVectorIndex(), InMemoryCatalog(), InMemoryImageStore()
     service = SearchService(FakeEncoderProvider(encoder), index, catalog, images)
     vectors = encoder.encode_images([fake_image("red dress"), fake_image("white sneakers")])
     await index.upsert("fake", ["1", "2"], vectors, [{}, {}])
     await catalog.upsert_many([Product(id="1", name="red dress"), Product(id="2", name="sneakers")])
     encoder.batches.clear()
+    encoder.gate.close()
     first = asyncio.create_task(service.by_text("red dress", top_k=1))
-    await _after_first_started(encoder)
-    pages = await asyncio.gather(
-        first, *(service.by_text(t, top_k=1) for t in ["white sneakers", "red", "sneakers"])
-    )
+    await encoder.gate.wait_entered()
+    rest = [
+        asyncio.create_task(service.by_text(t, top_k=1))
+        for t in ["white sneakers", "red", "sneakers"]
+    ]
+    await _until(_queued(service._text_batcher(encoder), 3))
+    encoder.gate.open()
+    pages = await asyncio.gather(first, *rest)
     assert [p.hits[0].product.id for p in pages] == ["1", "2", "1", "2"]
     assert len(encoder.batches) == 2
 
 
-class ThreadRecordingEncoder(SlowEncoder):
-    """Also records the thread each text batch was encoded on."""
+class ThreadRecordingEncoder(GatedEncoder):
+    """Also records the thread each text batch was encoded on; image calls wait at their own
+    gate."""
 
-    def __init__(self, delay: float = 0.0, image_delay: float | None = None) -> None:
-        super().__init__(delay)
-        self.image_delay = delay if image_delay is None else image_delay
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_gate = Gate()
         self.threads: list[int] = []
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
@@ -145,7 +200,7 @@ class ThreadRecordingEncoder(SlowEncoder):
         return super().encode_texts(texts)
 
     def encode_images(self, images: Sequence[bytes]) -> Vectors:
-        time.sleep(self.image_delay)
+        self.image_gate.pass_through()
         return super().encode_images(images)
 
 
@@ -170,12 +225,14 @@ async def test_a_lone_search_is_encoded_on_the_event_loop_once_the_encoder_answe
 
 
 async def test_a_search_beside_another_is_encoded_in_a_worker_thread() -> None:
-    encoder = ThreadRecordingEncoder(delay=0.2)
+    encoder = ThreadRecordingEncoder()
     service = await _service(encoder)
     await service.by_text("warm up", top_k=1)
+    encoder.image_gate.close()
     image_search = asyncio.create_task(service.by_image(ImageQuery(data=fake_image("dress"))))
-    await asyncio.sleep(0.05)  # the image search is in its encoder now
+    await encoder.image_gate.wait_entered()  # the image search is in its encoder now
     page = await service.by_text("sneakers", top_k=1)
+    encoder.image_gate.open()
     await image_search
     assert page.hits[0].product.id == "2"
     assert threading.get_ident() not in encoder.threads
@@ -215,7 +272,7 @@ class ImmediateIndex(InMemoryVectorIndex):
 
 
 async def test_a_lone_search_asks_an_immediate_index_at_once() -> None:
-    encoder = ThreadRecordingEncoder(delay=0.3, image_delay=0.1)
+    encoder = ThreadRecordingEncoder()
     index, catalog = ImmediateIndex(), InMemoryCatalog()
     service = SearchService(FakeEncoderProvider(encoder), index, catalog, InMemoryImageStore())
     vectors = HashingEncoder().encode_images([fake_image("red dress"), fake_image("sneakers")])
@@ -228,11 +285,17 @@ async def test_a_lone_search_asks_an_immediate_index_at_once() -> None:
     assert (await service.by_text("sneakers", top_k=1)).hits[0].product.id == "2"
     assert (index.immediate, index.awaited) == (["answered", "busy"], 1)
     index.busy = False
-    # An image search (0.1 s in its encoder) beside a text search (0.3 s in its encoder):
-    # the image search reaches the index while the text search is in progress, so it
-    # awaits query(); the text search then is alone again and asks at once.
+    # An image search beside a text search: the image search reaches the index while the
+    # text search is still in its encoder, so it awaits query(); the text search then is
+    # alone again and asks at once.
+    encoder.gate.close()
+    encoder.image_gate.close()
     image_search = asyncio.create_task(service.by_image(ImageQuery(data=fake_image("dress"))))
-    await asyncio.sleep(0.01)
-    assert (await service.by_text("sneakers", top_k=1)).hits[0].product.id == "2"
-    assert image_search.done()
+    await encoder.image_gate.wait_entered()
+    text_search = asyncio.create_task(service.by_text("sneakers", top_k=1))
+    await encoder.gate.wait_entered()
+    encoder.image_gate.open()
+    await image_search
+    encoder.gate.open()
+    assert (await text_search).hits[0].product.id == "2"
     assert (index.immediate, index.awaited) == (["answered", "busy", "answered"], 2)

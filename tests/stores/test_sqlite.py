@@ -189,25 +189,24 @@ async def test_a_busy_connection_never_blocks_the_event_loop(tmp_path: Path) -> 
     catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
     await catalog.upsert_many([product(i) for i in range(3)])
     held = asyncio.Event()
+    release = threading.Event()
     loop = asyncio.get_running_loop()
 
     def hold_the_connection() -> None:
         with catalog._read():
             loop.call_soon_threadsafe(held.set)
-            threading.Event().wait(0.3)
+            assert release.wait(30), "the test never released the connection"
 
     holder = asyncio.create_task(asyncio.to_thread(hold_the_connection))
     await held.wait()
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not reader.done():
-            ticks += 1
-            await asyncio.sleep(0.01)
-
     reader = asyncio.create_task(catalog.get_many(["p00001"]))
-    await asyncio.gather(reader, tick(), holder)
+    turns = 0
+    while turns < 100 and not reader.done():  # the loop runs while get_many waits
+        turns += 1
+        await asyncio.sleep(0)
+    assert not reader.done()  # it cannot read while the connection is held
+    release.set()
+    await asyncio.gather(reader, holder)
     assert list(reader.result()) == ["p00001"]
-    assert ticks >= 10  # the loop ran while get_many waited for the connection
+    assert turns == 100
     await catalog.close()
