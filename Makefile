@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+UI_PORT ?= 8501
 EVAL_ARGS ?=
 
 .PHONY: setup demo test lint format bench train-encoder eval clean
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/fashion-search demo --host $(HOST) --port $(PORT)
+	$(BIN)/fashion-search demo --host $(HOST) --port $(PORT) --ui-port $(UI_PORT)
 
 test: setup
 	$(BIN)/python -m pytest

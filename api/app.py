@@ -1,5 +1,6 @@
 """The FastAPI app factory: GraphQL at /graphql (GraphiQL in a browser), the REST shims, the
-local image store under /images, health, readiness and metrics, OpenAPI at /docs."""
+local image store under /images, health, readiness and metrics, OpenAPI at /docs; GraphiQL
+and Swagger UI load their scripts from /static (vendored), never from a CDN."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.config import ApiConfig, ApiServices
+from api.docs_ui import docs_router, mount_static
 from api.errors import install_error_handlers
 from api.graphql.context import GraphQLContext
 from api.graphql.router import ApiGraphQLRouter
@@ -58,7 +60,7 @@ def create_app(
         version=config.version,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # our /docs serves the vendored Swagger UI (works offline)
         redoc_url=None,
     )
     app.state.api = state
@@ -79,6 +81,8 @@ def create_app(
     app.include_router(graphql)
     app.include_router(rest_router)
     app.include_router(health_router)
+    app.include_router(docs_router(config.title, app.openapi_url or "/openapi.json"))
+    mount_static(app)
     if config.serve_images:
         app.include_router(images_router)
 

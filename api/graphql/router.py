@@ -15,6 +15,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
 from strawberry.types.unset import UNSET
 
+from api.docs_ui import offline_graphiql_html
 from api.errors import code_for_status
 from api.graphql.context import GraphQLContext
 
@@ -23,6 +24,12 @@ class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
     def __init__(self, *args: Any, max_document_chars: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_document_chars = max_document_chars
+        self._offline_ide_html = offline_graphiql_html()
+
+    @property
+    def graphql_ide_html(self) -> str:
+        """GraphiQL on our vendored assets (no CDN), so it works offline."""
+        return self._offline_ide_html
 
     async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
         try:

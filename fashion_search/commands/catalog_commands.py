@@ -459,8 +459,46 @@ def stop_processes(processes: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> 
                 process.wait(max(0.0, deadline - time.monotonic()))
 
 
+DEMO_PORT_TRIES = 20
+"""How many ports after a busy one `demo` looks at to suggest a free one."""
+
+
 def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (the same bind the servers do)."""
+    family = socket.AF_INET6 if ":" in connect_host(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def next_free_port(host: str, port: int, tries: int = DEMO_PORT_TRIES) -> int | None:
+    return next((p for p in range(port + 1, port + 1 + tries) if port_is_free(host, p)), None)
+
+
+def busy_port_hint(what: str, port: int, variable: str, host: str) -> str:
+    """Which port is taken and how to choose another (make variable and CLI option)."""
+    free = next_free_port(host, port)
+    option = "--port" if variable == "PORT" else "--ui-port"
+    suggestion = free if free is not None else port + 1
+    return (
+        f"port {port} for the {what} is in use (another demo or server?). Pick another: "
+        f"`make demo {variable}={suggestion}` (or `fashion-search demo {option} {suggestion}`)"
+    )
+
+
+def check_ports_free(host: str, ports: Sequence[tuple[str, int, str]]) -> None:
+    """Refuse to start when a port is busy, before any ingest or child process."""
+    for what, port, variable in ports:
+        if not port_is_free(host, port):
+            raise fail(busy_port_hint(what, port, variable, host))
 
 
 def demo(
@@ -477,9 +515,13 @@ def demo(
             f"demo catalog not found at {catalog}: set FASHION_SEARCH_DEMO_CATALOG "
             "(or FASHION_SEARCH_DATASETS_DIR)"
         )
+    cli = root()
+    wanted_ports = [("API", port, "PORT")]
+    if not no_ui and command_options(cli, "ui") is not None:
+        wanted_ports.append(("UI", ui_port, "UI_PORT"))
+    check_ports_free(host, wanted_ports)
     run_async(ensure_demo_catalog(settings, catalog))
 
-    cli = root()
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     api_url = f"http://{connect_host(host)}:{port}"
     env = {**os.environ, "FASHION_SEARCH_API_URL": api_url}
@@ -511,7 +553,11 @@ def demo(
                 stop_processes(processes)
                 raise fail(f"the API did not start on {host}:{port} (see its output above)")
             lines.append(f"API  {api_url}/graphql")
-        if any(name == "UI" for name, _ in processes):
+        ui = next((process for name, process in processes if name == "UI"), None)
+        if ui is not None:
+            if not wait_for_port(connect_host(host), ui_port, ui, timeout=60):
+                stop_processes(processes)
+                raise fail(busy_port_hint("UI", ui_port, "UI_PORT", host))
             lines.append(f"UI   http://{connect_host(host)}:{ui_port}")
         console.print("\n[bold green]Ready.[/] " + "   ".join(lines) + "   (Ctrl-C stops)")
         while True:
