@@ -100,6 +100,17 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class LexicalHit:
+    """A product the lexical index matched: its BM25 score (on the adapter's own scale, best
+    first; only comparable within one answer) and the share of the query's words it has
+    (0..1, stems and compounds as the index reads them)."""
+
+    product_id: str
+    score: float
+    matched: float
+
+
+@dataclass(frozen=True)
 class SearchPage:
     hits: tuple[SearchHit, ...]
     encoder_id: str

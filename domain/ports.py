@@ -14,7 +14,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from domain.model import EncoderInfo, Modality, Product, ProductFilter, ProductPage
+from domain.model import (
+    EncoderInfo,
+    LexicalHit,
+    Modality,
+    Product,
+    ProductFilter,
+    ProductPage,
+)
 
 Vectors = npt.NDArray[np.float32]
 
@@ -182,6 +189,21 @@ class Catalog(Protocol):
     async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LexicalIndex(Protocol):
+    """BM25 over what the catalog says about each product: name, description and tag values,
+    with stemming, accent folding and hyphen/space variants ("t-shirt", "tshirt", "t shirt").
+    A capability of the catalog adapters (SQLite FTS5, MongoDB ``$text``)."""
+
+    async def search_text(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> list[LexicalHit]:
+        """Best first, at most ``top_k``: products having any of the query's words (the
+        more words and the rarer, the better). A text without any searchable word (only
+        punctuation or stop words) gives []."""
+        ...
 
 
 class ImageStore(Protocol):

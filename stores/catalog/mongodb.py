@@ -3,7 +3,8 @@
 Documents of the ``products`` collection::
 
     {"_id": <product id>, "name": ..., "description": ... | None,
-     "tags": {<tag key>: <value>, ...}, "tag_keys": [<tag key>, ...], "image_keys": [...]}
+     "tags": {<tag key>: <value>, ...}, "tag_keys": [<tag key>, ...], "image_keys": [...],
+     "lexical": {"name": <terms>, "description": <terms>, "tags": <terms>}}
 
 Filters are pushed down as ``tags.<key>`` conditions and each tag key gets an ascending index
 the first time it is seen (up to ``max_tag_indexes`` keys; MongoDB allows 64 indexes per
@@ -12,6 +13,13 @@ collection). Tag keys are stored as field names with ``%``, ``.`` and a leading 
 facets over every key need no ``$objectToArray``. Listings page by ``_id`` (a position, not a
 snapshot). The ingest ledger lives in its own collection, one document per (encoder,
 product).
+
+Lexical search uses a ``$text`` index (named ``lexical``) over the ``lexical`` fields: the
+product's words as ``stores.lexical`` makes them (folded, stemmed, compounds joined, the same
+terms as the embedded FTS5 index), so the index runs with ``default_language: "none"`` (no
+server-side stemming or stop words to disagree with). MongoDB matches any of the words and
+ranks by ``textScore`` with the name weighted higher; see docs/production.md for how other
+servers speaking the protocol differ.
 
 Every call is bounded by ``timeout_s`` (server selection, connect, socket and PyMongo's
 client-side operation timeout); a server that cannot be reached or does not answer in time
@@ -29,7 +37,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne
+from pymongo import ASCENDING, TEXT, AsyncMongoClient, ReplaceOne
 from pymongo.errors import (
     ConfigurationError,
     ConnectionFailure,
@@ -41,7 +49,14 @@ from pymongo.errors import (
 )
 
 from domain.errors import BadInput, UpstreamUnavailable
-from domain.model import Cursor, Product, ProductFilter, ProductPage
+from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
+from stores.lexical import (
+    DESCRIPTION_WEIGHT,
+    NAME_WEIGHT,
+    TAGS_WEIGHT,
+    ProductTerms,
+    QueryTerms,
+)
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -51,11 +66,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+LexicalHits = list[LexicalHit]  # (the classes' own ``list`` method shadows the builtin)
 Document = dict[str, Any]
 
 WRITE_BATCH = 1000
 DEFAULT_MAX_TAG_INDEXES = 32
 AUTH_ERROR_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+LEXICAL_INDEX = "lexical"
+LEXICAL_WEIGHTS = {
+    "lexical.name": NAME_WEIGHT,
+    "lexical.description": DESCRIPTION_WEIGHT,
+    "lexical.tags": TAGS_WEIGHT,
+}
 
 
 def tag_field(key: str) -> str:
@@ -88,7 +110,9 @@ def redact_uri(uri: str) -> str:
 
 
 def _to_document(product: Product) -> Document:
+    words = ProductTerms.of(product)
     return {
+        "lexical": {"name": words.name, "description": words.description, "tags": words.tags},
         "_id": product.id,
         "name": product.name,
         "description": product.description,
@@ -106,6 +130,11 @@ def _to_product(doc: Mapping[str, Any]) -> Product:
         tags={tag_key(f): str(v) for f, v in (doc.get("tags") or {}).items()},
         image_keys=tuple(doc.get("image_keys") or ()),
     )
+
+
+def _lexical_terms(doc: Mapping[str, Any]) -> list[str]:
+    fields = doc.get("lexical") or {}
+    return " ".join(str(fields.get(k) or "") for k in ("name", "description", "tags")).split()
 
 
 def _ledger_id(encoder_id: str, product_id: str) -> str:
@@ -227,8 +256,22 @@ class MongoCatalog:
             async with self._guard():
                 await ledger.create_index([("encoder", ASCENDING)])
                 await ledger.create_index([("product", ASCENDING)])
+            await self._create_lexical_index(products)
             self._setup_done = True
         return products, ledger
+
+    async def _create_lexical_index(self, products: AsyncCollection[Document]) -> None:
+        """The ``$text`` index (MongoDB: a no-op when it exists with the same options)."""
+        try:
+            async with self._guard():
+                await products.create_index(
+                    [(name, TEXT) for name in LEXICAL_WEIGHTS],
+                    weights={name: int(w) for name, w in LEXICAL_WEIGHTS.items()},
+                    default_language="none",
+                    name=LEXICAL_INDEX,
+                )
+        except OperationFailure as exc:  # nx-27017 refuses to create it again
+            logger.info("text index %r not (re)created: %s", LEXICAL_INDEX, exc)
 
     async def _index_tag_fields(
         self, products: AsyncCollection[Document], fields: set[str]
@@ -347,6 +390,27 @@ class MongoCatalog:
             if counts:
                 result[key] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         return result
+
+    async def search_text(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> LexicalHits:
+        query = QueryTerms.of(text)
+        if query.is_empty or top_k < 1:
+            return []
+        match: Document = {"$text": {"$search": " ".join(query.all())}, **to_mongo_filter(filter)}
+        score: Document = {"$meta": "textScore"}
+        coll, _ = await self._collections()
+        async with self._guard():
+            found = coll.find(match, {"score": score, "lexical": 1})
+            docs = [doc async for doc in found.sort([("score", score)]).limit(top_k)]
+        return [
+            LexicalHit(
+                product_id=doc["_id"],
+                score=float(doc["score"]),
+                matched=query.matched_share(_lexical_terms(doc)),
+            )
+            for doc in docs
+        ]
 
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
         _, ledger = await self._collections()

@@ -1,12 +1,21 @@
 """Embedded catalog on SQLite (standard library), in WAL mode.
 
-Schema (``PRAGMA user_version`` = 1)
+Schema (``PRAGMA user_version`` = 2)
     ``products(id PRIMARY KEY, name, description, tags JSON, image_keys JSON)``: the
     products as the domain knows them; ``tags(product_id, key, value)`` with an index on
     ``(key, value, product_id)``: the same tags, one row each, so filters and facets are
     indexed lookups instead of JSON scans; ``ledger(encoder_id, product_id, content_hash)``:
     what ingest has already indexed with which encoder (no foreign key: ingest may record an
-    item in either order, ``delete`` removes a product's entries explicitly).
+    item in either order, ``delete`` removes a product's entries explicitly);
+    ``products_fts``: an FTS5 table of each product's name, description and tag values as
+    the terms of ``stores.lexical`` (folded, stemmed, compounds joined), its rowid given by
+    ``lexical_ids(rowid, product_id)`` (the product table has no rowid). Version 1 catalogs
+    get it filled on first open.
+
+Lexical search
+    ``search_text`` ORs the query's terms in one FTS5 MATCH and ranks by ``bm25()`` with the
+    name weighted above description and tags (``stores.lexical.NAME_WEIGHT``); the filter is
+    the same ``IN`` clause as listings. Scores are returned positive (FTS5's are negative).
 
 Filters
     ``equals`` and ``any_of`` become ``id IN (SELECT product_id FROM tags WHERE key = ? AND
@@ -44,9 +53,20 @@ from pathlib import Path
 from typing import Any
 
 from domain.errors import BadInput
-from domain.model import Cursor, Product, ProductFilter, ProductPage
+from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
+from stores.lexical import (
+    DESCRIPTION_WEIGHT,
+    NAME_WEIGHT,
+    TAGS_WEIGHT,
+    ProductTerms,
+    QueryTerms,
+    fts5_query,
+)
 
-SCHEMA_VERSION = 1
+LexicalHits = list[LexicalHit]  # (the classes' own ``list`` method shadows the builtin)
+SCHEMA_VERSION = 2
+LEXICAL_SCHEMA_VERSION = 2
+"""The first schema version with the FTS5 table (older catalogs are filled on open)."""
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -71,7 +91,15 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (encoder_id, product_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_by_product ON ledger (product_id);
+CREATE TABLE IF NOT EXISTS lexical_ids (
+    rowid INTEGER PRIMARY KEY,
+    product_id TEXT NOT NULL UNIQUE
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS products_fts USING fts5(
+    name, description, tags, tokenize = 'unicode61 remove_diacritics 2'
+);
 """
+_BM25 = f"bm25(products_fts, {NAME_WEIGHT}, {DESCRIPTION_WEIGHT}, {TAGS_WEIGHT})"
 
 _COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys"
 
@@ -136,14 +164,27 @@ class SqliteCatalog:
                         f"catalog {self.path} has schema version {version}; this version of "
                         f"fashion-search reads up to {SCHEMA_VERSION}"
                     )
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
+                conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                if version < LEXICAL_SCHEMA_VERSION:
+                    self._fill_lexical_index(conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
+
+    @staticmethod
+    def _fill_lexical_index(conn: sqlite3.Connection) -> None:
+        """Index the words of a catalog written before the lexical index existed."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM products p").fetchall()
+            _write_lexical(conn, [_product(row) for row in rows])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -196,6 +237,11 @@ class SqliteCatalog:
     ) -> dict[str, dict[str, int]]:
         return await asyncio.to_thread(self.facets_sync, keys, filter)
 
+    async def search_text(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> LexicalHits:
+        return await asyncio.to_thread(self.search_text_sync, text, top_k, filter)
+
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
         return await asyncio.to_thread(self.indexed_hashes_sync, encoder_id)
 
@@ -235,6 +281,7 @@ class SqliteCatalog:
                 (json.dumps(list(latest)),),
             )
             conn.executemany("INSERT INTO tags (product_id, key, value) VALUES (?, ?, ?)", tag_rows)
+            _write_lexical(conn, list(latest.values()))
 
     def get_sync(self, product_id: str) -> Product | None:
         with self._read() as conn:
@@ -266,6 +313,8 @@ class SqliteCatalog:
             deleted = conn.execute("DELETE FROM products WHERE id = ?", (product_id,)).rowcount
             conn.execute("DELETE FROM tags WHERE product_id = ?", (product_id,))
             conn.execute("DELETE FROM ledger WHERE product_id = ?", (product_id,))
+            _forget_lexical(conn, [product_id])
+            conn.execute("DELETE FROM lexical_ids WHERE product_id = ?", (product_id,))
         return deleted > 0
 
     def list_sync(
@@ -313,6 +362,29 @@ class SqliteCatalog:
             facets.setdefault(key, {})[value] = int(n)
         return facets
 
+    def search_text_sync(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> LexicalHits:
+        query = QueryTerms.of(text)
+        if query.is_empty or top_k < 1:
+            return []
+        where, params = _filter_sql(filter, "l.product_id")
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags "
+                "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
+                f"WHERE products_fts MATCH ? AND {where} ORDER BY {_BM25} LIMIT ?",
+                [fts5_query(query), *params, top_k],
+            ).fetchall()
+        return [
+            LexicalHit(
+                product_id=pid,
+                score=float(score),
+                matched=query.matched_share(f"{name} {description} {tags}".split()),
+            )
+            for pid, score, name, description, tags in rows
+        ]
+
     def indexed_hashes_sync(self, encoder_id: str) -> dict[str, str]:
         with self._read() as conn:
             rows = conn.execute(
@@ -336,3 +408,38 @@ class SqliteCatalog:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _forget_lexical(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+    """Remove the products' rows of the lexical index. Write transaction held."""
+    conn.execute(
+        "DELETE FROM products_fts WHERE rowid IN (SELECT rowid FROM lexical_ids "
+        "WHERE product_id IN (SELECT value FROM json_each(?)))",
+        (json.dumps(list(ids)),),
+    )
+
+
+def _write_lexical(conn: sqlite3.Connection, products: Sequence[Product]) -> None:
+    """(Re)index the products' words. Write transaction held."""
+    if not products:
+        return
+    ids = [p.id for p in products]
+    _forget_lexical(conn, ids)
+    conn.executemany(
+        "INSERT INTO lexical_ids (product_id) VALUES (?) ON CONFLICT (product_id) DO NOTHING",
+        [(pid,) for pid in ids],
+    )
+    rowids = dict(
+        conn.execute(
+            "SELECT product_id, rowid FROM lexical_ids "
+            "WHERE product_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        ).fetchall()
+    )
+    rows = []
+    for product in products:
+        words = ProductTerms.of(product)
+        rows.append((rowids[product.id], words.name, words.description, words.tags))
+    conn.executemany(
+        "INSERT INTO products_fts (rowid, name, description, tags) VALUES (?, ?, ?, ?)", rows
+    )

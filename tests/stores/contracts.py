@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from domain.errors import BadInput, NotFound
-from domain.model import Cursor, Product, ProductFilter
-from domain.ports import Catalog, ImageStore, VectorIndex, Vectors
+from domain.model import Cursor, LexicalHit, Product, ProductFilter
+from domain.ports import Catalog, ImageStore, LexicalIndex, VectorIndex, Vectors
 
 # Encoder ids as the plugins spell them: they contain ':', '/', '@' and '.'.
 ENC_A = "fashion-lite"
@@ -622,6 +622,116 @@ class CatalogContract:
         nothing = await catalog.facets(["colour", "unknown"], ProductFilter({"colour": "purple"}))
         assert nothing.get("colour", {}) == {}
         assert nothing.get("unknown", {}) == {}
+
+
+def _lexical_products() -> list[Product]:
+    return [
+        _product(
+            "w1", "Basics Men Black Trousers", "Slim trousers in stretch twill.", colour="Black"
+        ),
+        _product("w2", "Café Crème T-Shirt", "A soft cotton top.", colour="White"),
+        _product("w3", "Lace Dress", "A dress in lace, with matching trousers sold apart."),
+        _product("w4", "Puma Men Tshirts", colour="Navy Blue"),
+        _product("w5", "Running Shoes", "Cushioned shoes for running.", colour="Black"),
+        _product("w6", "Floral Skirt", colour="Pink"),
+    ]
+
+
+def _ids(hits: Sequence[LexicalHit]) -> list[str]:
+    return [h.product_id for h in hits]
+
+
+class LexicalContract:
+    """What every LexicalIndex (a catalog capability) honours: BM25-style matching of the
+    products' words. Fixture: ``catalog`` (fresh and empty, and a LexicalIndex).
+
+    ``any_word_matches``: a multi-word query also finds products having only some of its
+    words (MongoDB, FTS5). A test server that needs every word (nx-27017) sets it False; the
+    tests that rely on it then do not run there."""
+
+    any_word_matches: ClassVar[bool] = True
+
+    async def lexical(self, catalog: Catalog) -> LexicalIndex:
+        assert isinstance(catalog, LexicalIndex)
+        await catalog.upsert_many(_lexical_products())
+        return catalog
+
+    async def test_stemming_matches_other_word_forms(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        assert set(_ids(await index.search_text("trouser", 10))) == {"w1", "w3"}
+        assert _ids(await index.search_text("shoe", 10)) == ["w5"]
+        assert _ids(await index.search_text("runs", 10)) == ["w5"]
+        assert _ids(await index.search_text("dresses", 10)) == ["w3"]
+
+    async def test_name_ranks_above_description(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        hits = await index.search_text("trousers", 10)
+        assert _ids(hits) == ["w1", "w3"]
+        assert hits[0].score > hits[1].score > 0
+
+    async def test_accents_fold_both_ways(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        assert _ids(await index.search_text("cafe", 10)) == ["w2"]
+        assert _ids(await index.search_text("CRÈME", 10)) == ["w2"]
+
+    async def test_hyphen_and_space_variants(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        for typed in ("T-shirt", "tshirt", "t shirt", "T-SHIRTS"):
+            assert "w2" in _ids(await index.search_text(typed, 10)), typed
+        assert "w4" in _ids(await index.search_text("tshirt", 10))
+
+    async def test_joined_query_words_find_a_compound_name(self, catalog: Catalog) -> None:
+        if not self.any_word_matches:
+            pytest.skip("needs any-word matching")
+        index = await self.lexical(catalog)
+        for typed in ("t-shirt", "t shirt"):
+            assert {"w2", "w4"} <= set(_ids(await index.search_text(typed, 10))), typed
+
+    async def test_tag_values_are_searchable(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        assert _ids(await index.search_text("navy", 10)) == ["w4"]
+        assert _ids(await index.search_text("pink", 10)) == ["w6"]
+
+    async def test_filter_combined_with_text(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        black = ProductFilter({"colour": "Black"})
+        assert _ids(await index.search_text("trousers", 10, black)) == ["w1"]
+        assert _ids(await index.search_text("shoes", 10, ProductFilter({"colour": "Pink"}))) == []
+        either = ProductFilter(any_of={"colour": ("White", "Navy Blue")})
+        assert set(_ids(await index.search_text("tshirt", 10, either))) == {"w2", "w4"}
+
+    async def test_all_words_share_and_best_first(self, catalog: Catalog) -> None:
+        if not self.any_word_matches:
+            pytest.skip("the query's joined words ('lacedress') must be optional")
+        index = await self.lexical(catalog)
+        hits = await index.search_text("lace dress", 10)
+        assert _ids(hits)[0] == "w3"
+        assert hits[0].matched == 1.0
+
+    async def test_any_word_matches_with_partial_share(self, catalog: Catalog) -> None:
+        if not self.any_word_matches:
+            pytest.skip("needs any-word matching")
+        index = await self.lexical(catalog)
+        hits = await index.search_text("black dress", 10)
+        assert set(_ids(hits)) == {"w1", "w3", "w5"}
+        assert all(h.matched == pytest.approx(0.5) for h in hits)
+
+    async def test_top_k_limits(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        assert len(await index.search_text("trousers", 1)) == 1
+
+    async def test_nothing_searchable_gives_nothing(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        for text in ("qwxzjv", "the", "!!! ---", ""):
+            assert await index.search_text(text, 10) == [], text
+
+    async def test_writes_and_deletes_follow(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        await catalog.upsert_many([_product("w6", "Denim Jacket", colour="Blue")])
+        assert await index.search_text("floral", 10) == []
+        assert _ids(await index.search_text("jacket", 10)) == ["w6"]
+        assert await catalog.delete("w1")
+        assert _ids(await index.search_text("trousers", 10)) == ["w3"]
 
 
 class ImageStoreContract:

@@ -17,7 +17,7 @@ from domain.errors import BadInput, UpstreamUnavailable
 from domain.model import Product, ProductFilter
 from fashion_search.settings import Settings
 from stores.catalog.mongodb import MongoCatalog, redact_uri, tag_field, tag_key, to_mongo_filter
-from tests.stores.contracts import CatalogContract
+from tests.stores.contracts import CatalogContract, LexicalContract
 from tests.stores.servers import MongoServer, free_port, mongo_server, unique_name
 
 __all__ = ["mongo_server"]
@@ -40,7 +40,9 @@ async def fresh_catalog(mongo_server: MongoServer) -> AsyncIterator[MongoCatalog
     await catalog.close()
 
 
-class TestMongoCatalog(CatalogContract):
+class TestMongoCatalog(CatalogContract, LexicalContract):
+    any_word_matches = False  # nx-27017's $text needs every word (MongoDB: any word)
+
     @pytest.fixture
     async def catalog(self, mongo_server: MongoServer) -> AsyncIterator[MongoCatalog]:
         catalog = make_catalog(mongo_server)

@@ -14,10 +14,10 @@ import pytest
 from domain.errors import BadInput
 from domain.model import Product, ProductFilter
 from stores.catalog.sqlite_catalog import SqliteCatalog
-from tests.stores.contracts import ENC_A, CatalogContract
+from tests.stores.contracts import ENC_A, CatalogContract, LexicalContract
 
 
-class TestSqliteCatalog(CatalogContract):
+class TestSqliteCatalog(CatalogContract, LexicalContract):
     @pytest.fixture
     async def catalog(self, tmp_path: Path) -> AsyncIterator[SqliteCatalog]:
         catalog = SqliteCatalog(tmp_path / "catalog.sqlite3")
@@ -210,3 +210,18 @@ async def test_a_busy_connection_never_blocks_the_event_loop(tmp_path: Path) -> 
     assert list(reader.result()) == ["p00001"]
     assert turns == 100
     await catalog.close()
+
+
+async def test_catalog_of_schema_1_gets_its_words_indexed_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    catalog = SqliteCatalog(path)
+    await catalog.upsert_many([Product(id="a", name="Lace Dress"), Product(id="b", name="Belt")])
+    await catalog.close()
+    raw = sqlite3.connect(path)  # as a version-1 catalog: no lexical tables
+    raw.executescript("DROP TABLE products_fts; DROP TABLE lexical_ids; PRAGMA user_version = 1;")
+    raw.close()
+
+    reopened = SqliteCatalog(path)
+    hits = await reopened.search_text("dresses", 10)
+    assert [h.product_id for h in hits] == ["a"]
+    await reopened.close()
