@@ -25,12 +25,31 @@ def content_hash(data: bytes) -> str:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+READABLE_PREFIX = 40
+"""Characters of the sanitised product id kept at the front of a key, for people reading a
+bucket listing; the key's identity comes from the hashes after it."""
+ID_HASH_CHARS = 24
+CONTENT_HASH_CHARS = 20
+
+
+def _readable(product_id: str, length: int) -> str:
+    return _UNSAFE.sub("_", product_id).strip("._")[:length] or "product"
 
 
 def image_key(product_id: str, data: bytes, content_type: str) -> str:
-    """Stable key of a product's image: readable product id plus the content hash, so a new
-    photo gets a new key (caches never serve stale bytes) and two products never share one
-    object (deleting one cannot break the other)."""
-    safe_id = _UNSAFE.sub("_", product_id).strip("._")[:64] or "product"
+    """Stable key of a product's image: a readable prefix of the id, a hash of the FULL id
+    and the content hash. A new photo gets a new key (caches never serve stale bytes), and
+    two products never share an object, even when their ids sanitise alike ("sku 1/red" and
+    "sku_1_red") or share a long prefix, so deleting one cannot break the other."""
+    id_hash = hashlib.sha256(product_id.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
     extension = SUPPORTED_IMAGE_TYPES.get(content_type, "bin")
-    return f"{safe_id}-{content_hash(data)[:20]}.{extension}"
+    readable = _readable(product_id, READABLE_PREFIX)
+    return f"{readable}-{id_hash}-{content_hash(data)[:CONTENT_HASH_CHARS]}.{extension}"
+
+
+def legacy_image_key(product_id: str, data: bytes, content_type: str) -> str:
+    """The key earlier versions gave an image (sanitised id cut at 64 characters, then the
+    content hash). Products stored under it keep it while their photo is unchanged: existing
+    data homes and buckets keep working without a migration."""
+    extension = SUPPORTED_IMAGE_TYPES.get(content_type, "bin")
+    return f"{_readable(product_id, 64)}-{content_hash(data)[:CONTENT_HASH_CHARS]}.{extension}"

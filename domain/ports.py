@@ -183,10 +183,28 @@ class Catalog(Protocol):
         ...
 
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
-        """product id -> content hash of the image indexed for this encoder."""
+        """product id -> ledger entry of the image indexed for this encoder (the whole
+        ledger of one encoder: tests and small tools; ingest reads ``ledger_entries`` per
+        batch and ``ledger_page`` to walk it)."""
+        ...
+
+    async def ledger_entries(
+        self, encoder_ids: Sequence[str], ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        """encoder id -> product id -> ledger entry, for these products only: one round trip
+        per batch, whatever the size of the ledger. Encoders without entries may be absent."""
+        ...
+
+    async def ledger_page(self, encoder_id: str, after: str | None, limit: int) -> dict[str, str]:
+        """Up to ``limit`` entries of one encoder with product ids greater than ``after``, in
+        id order: the ledger read in pages (bounded memory, each call short)."""
         ...
 
     async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None: ...
+
+    async def forget_indexed(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        """Drop the ids' ledger entries for one encoder, or for every encoder."""
+        ...
 
     async def close(self) -> None: ...
 

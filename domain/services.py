@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from domain.errors import BadInput, InvalidImage, NotFound
-from domain.images import content_hash, image_key, sniff_image_type
+from domain.images import content_hash, sniff_image_type
+from domain.indexer import Indexer, IndexItem
 from domain.model import (
     Cursor,
     EncoderInfo,
@@ -32,6 +33,7 @@ from domain.ports import (
     ImageStore,
     ImmediateQuery,
     VectorIndex,
+    WriteLock,
 )
 from domain.ports import Vectors as Vectors
 
@@ -335,7 +337,9 @@ def _require(encoder: Encoder, modality: Modality) -> None:
 
 
 class CatalogService:
-    """Adding, reading and removing products; keeps the three stores consistent."""
+    """Adding, reading and removing products. Writes go through the Indexer (the one write
+    use case, shared with ingest), so the three stores stay consistent and a mutation is
+    durable when it is answered."""
 
     def __init__(
         self,
@@ -343,11 +347,13 @@ class CatalogService:
         index: VectorIndex,
         catalog: Catalog,
         images: ImageStore,
+        lock: WriteLock | None = None,
     ) -> None:
         self._encoders = encoders
         self._index = index
         self._catalog = catalog
         self._images = images
+        self._indexer = Indexer(index, catalog, images, lock)
 
     async def add(
         self,
@@ -358,31 +364,34 @@ class CatalogService:
         tags: Mapping[str, str] | None = None,
         encoder_ids: Sequence[str] | None = None,
     ) -> Product:
-        """Store the image, index it with every encoder that already has vectors (or the
-        default), then record the product. A failure part-way leaves nothing the catalog
-        points at: the product row is written last."""
+        """Index the product with every encoder that already has vectors (or the default),
+        as a batch of one: stored, flushed and in the ledger when this returns; a failure
+        leaves nothing behind (or says what remains, see IncompleteWrite)."""
         content_type = sniff_image_type(image)
         if content_type is None:
             raise InvalidImage("the image is not a JPEG, PNG or WebP file")
-        product = Product(
+        item = IndexItem(
             id=product_id,
             name=name,
+            image=image,
+            content_type=content_type,
+            digest=content_hash(image),
             description=description,
-            tags=tags or {},
-            image_keys=(image_key(product_id, image, content_type),),
+            tags=dict(tags or {}),
         )
         if not encoder_ids:
             encoder_ids = await self._index.encoder_ids() or [self._encoders.default_id]
         encoders = [self._encoders.get(e) for e in encoder_ids]
-        vectors = [await asyncio.to_thread(e.encode_images, [image]) for e in encoders]
-        await self._images.put(product.image_keys[0], image, content_type)
-        for encoder, vector in zip(encoders, vectors, strict=True):
-            await self._index.upsert(encoder.id, [product.id], vector, [product.tags])
-        await self._catalog.upsert_many([product])
-        digest = content_hash(image)
-        for encoder in encoders:
-            await self._catalog.mark_indexed(encoder.id, {product.id: digest})
-        return product
+        # reindex: an explicit add always writes (a product with the same photo and texts is
+        # written again, which repairs whatever a store lost)
+        plan = await self._indexer.plan([item], encoders, reindex=True)
+        encoded = await self._indexer.encode(plan)
+        if encoded.broken:
+            raise InvalidImage(encoded.broken[product_id])
+        # once writing starts it finishes, even if the client goes away
+        await asyncio.shield(self._indexer.write(encoded, "addProduct"))
+        product = await self._catalog.get(product_id)
+        return product if product is not None else item.product(plan.encode[0].key)
 
     async def get(self, product_id: str) -> Product:
         product = await self._catalog.get(product_id)
@@ -409,15 +418,9 @@ class CatalogService:
         return await self._catalog.facets(keys, filter)
 
     async def delete(self, product_id: str) -> bool:
-        """Remove the product from the vector index, the catalog and the image store.
-        Vectors go first so a search never returns a product the catalog no longer has."""
-        product = await self._catalog.get(product_id)
-        await self._index.delete([product_id])
-        existed = await self._catalog.delete(product_id)
-        if product is not None:
-            for key in product.image_keys:
-                await self._images.delete(key)
-        return existed
+        """Remove the product from every store (see Indexer.remove); True when it existed."""
+        result = await asyncio.shield(self._indexer.remove([product_id], "deleteProduct"))
+        return product_id in result.removed
 
     def image_url(self, product: Product) -> str | None:
         key = product.primary_image_key

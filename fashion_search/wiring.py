@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex
+from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex, WriteLock
 from domain.services import CatalogService, SearchService
 from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
@@ -22,6 +22,8 @@ class Container:
     catalog: Catalog
     images: ImageStore
     fetcher: ImageFetcher | None
+    write_lock: WriteLock | None = None
+    """Serialises the writers of the data home (None: a lock that holds nothing)."""
     search: SearchService = field(init=False)
     catalog_service: CatalogService = field(init=False)
 
@@ -29,7 +31,9 @@ class Container:
         self.search = SearchService(
             self.encoders, self.index, self.catalog, self.images, self.fetcher
         )
-        self.catalog_service = CatalogService(self.encoders, self.index, self.catalog, self.images)
+        self.catalog_service = CatalogService(
+            self.encoders, self.index, self.catalog, self.images, self.write_lock
+        )
 
     def ingest_pipeline(
         self,
@@ -46,6 +50,7 @@ class Container:
             fetcher=self.fetcher,
             options=options,
             on_progress=on_progress,
+            lock=self.write_lock,
         )
 
     async def aclose(self) -> None:

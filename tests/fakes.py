@@ -154,6 +154,7 @@ class InMemoryCatalog:
         self.products: dict[str, Product] = {}
         self.ledger: dict[str, dict[str, str]] = {}
         self.get_many_calls = 0
+        self.ledger_calls = 0
 
     async def upsert_many(self, products: Sequence[Product]) -> None:
         for product in products:
@@ -206,8 +207,30 @@ class InMemoryCatalog:
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
         return dict(self.ledger.get(encoder_id, {}))
 
+    async def ledger_entries(
+        self, encoder_ids: Sequence[str], ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        self.ledger_calls += 1
+        wanted = set(ids)
+        entries = {
+            e: {pid: h for pid, h in self.ledger.get(e, {}).items() if pid in wanted}
+            for e in encoder_ids
+        }
+        return {e: found for e, found in entries.items() if found}
+
+    async def ledger_page(self, encoder_id: str, after: str | None, limit: int) -> dict[str, str]:
+        entries = self.ledger.get(encoder_id, {})
+        ids = sorted(pid for pid in entries if after is None or pid > after)[:limit]
+        return {pid: entries[pid] for pid in ids}
+
     async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
         self.ledger.setdefault(encoder_id, {}).update(hashes)
+
+    async def forget_indexed(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        encoders = [encoder_id] if encoder_id is not None else list(self.ledger)
+        for name in encoders:
+            for pid in ids:
+                self.ledger.get(name, {}).pop(pid, None)
 
     async def close(self) -> None:
         return None

@@ -256,6 +256,8 @@ class MongoCatalog:
             async with self._guard():
                 await ledger.create_index([("encoder", ASCENDING)])
                 await ledger.create_index([("product", ASCENDING)])
+                # the ledger read in pages, in product id order per encoder
+                await ledger.create_index([("encoder", ASCENDING), ("product", ASCENDING)])
             await self._create_lexical_index(products)
             self._setup_done = True
         return products, ledger
@@ -417,6 +419,44 @@ class MongoCatalog:
         async with self._guard():
             found = ledger.find({"encoder": encoder_id}, {"product": 1, "hash": 1})
             return {doc["product"]: doc["hash"] async for doc in found}
+
+    async def ledger_entries(
+        self, encoder_ids: Sequence[str], ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        unique = list(dict.fromkeys(ids))
+        if not encoder_ids or not unique:
+            return {}
+        _, ledger = await self._collections()
+        wanted = [_ledger_id(e, pid) for e in dict.fromkeys(encoder_ids) for pid in unique]
+        entries: dict[str, dict[str, str]] = {}
+        async with self._guard():
+            found = ledger.find({"_id": {"$in": wanted}}, batch_size=len(wanted))
+            async for doc in found:
+                entries.setdefault(doc["encoder"], {})[doc["product"]] = doc["hash"]
+        return entries
+
+    async def ledger_page(self, encoder_id: str, after: str | None, limit: int) -> dict[str, str]:
+        if limit < 1:
+            raise BadInput(f"limit must be at least 1, got {limit}")
+        _, ledger = await self._collections()
+        query: Document = {"encoder": encoder_id}
+        if after is not None:
+            query["product"] = {"$gt": after}
+        async with self._guard():
+            found = ledger.find(query, {"product": 1, "hash": 1}, batch_size=limit)
+            found = found.sort([("encoder", ASCENDING), ("product", ASCENDING)]).limit(limit)
+            return {doc["product"]: doc["hash"] async for doc in found}
+
+    async def forget_indexed(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return
+        _, ledger = await self._collections()
+        query: Document = {"product": {"$in": unique}}
+        if encoder_id is not None:
+            query["encoder"] = encoder_id
+        async with self._guard():
+            await ledger.delete_many(query)
 
     async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
         if not hashes:

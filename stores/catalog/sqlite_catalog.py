@@ -245,8 +245,19 @@ class SqliteCatalog:
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
         return await asyncio.to_thread(self.indexed_hashes_sync, encoder_id)
 
+    async def ledger_entries(
+        self, encoder_ids: Sequence[str], ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        return await asyncio.to_thread(self.ledger_entries_sync, encoder_ids, ids)
+
+    async def ledger_page(self, encoder_id: str, after: str | None, limit: int) -> dict[str, str]:
+        return await asyncio.to_thread(self.ledger_page_sync, encoder_id, after, limit)
+
     async def mark_indexed(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
         await asyncio.to_thread(self.mark_indexed_sync, encoder_id, hashes)
+
+    async def forget_indexed(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        await asyncio.to_thread(self.forget_indexed_sync, ids, encoder_id)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
@@ -391,6 +402,45 @@ class SqliteCatalog:
                 "SELECT product_id, content_hash FROM ledger WHERE encoder_id = ?", (encoder_id,)
             ).fetchall()
         return {pid: digest for pid, digest in rows}
+
+    def ledger_entries_sync(
+        self, encoder_ids: Sequence[str], ids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        if not encoder_ids or not ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT encoder_id, product_id, content_hash FROM ledger "
+                "WHERE encoder_id IN (SELECT value FROM json_each(?)) "
+                "AND product_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(encoder_ids)), json.dumps(list(dict.fromkeys(ids)))),
+            ).fetchall()
+        entries: dict[str, dict[str, str]] = {}
+        for encoder_id, pid, digest in rows:
+            entries.setdefault(encoder_id, {})[pid] = digest
+        return entries
+
+    def ledger_page_sync(self, encoder_id: str, after: str | None, limit: int) -> dict[str, str]:
+        if limit < 1:
+            raise BadInput(f"limit must be at least 1, got {limit}")
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT product_id, content_hash FROM ledger WHERE encoder_id = ? "
+                "AND product_id > ? ORDER BY product_id LIMIT ?",
+                (encoder_id, after if after is not None else "", limit),
+            ).fetchall()
+        return {pid: digest for pid, digest in rows}
+
+    def forget_indexed_sync(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
+        if not ids:
+            return
+        where = "product_id IN (SELECT value FROM json_each(?))"
+        params: list[Any] = [json.dumps(list(dict.fromkeys(ids)))]
+        if encoder_id is not None:
+            where += " AND encoder_id = ?"
+            params.append(encoder_id)
+        with self._write() as conn:
+            conn.execute(f"DELETE FROM ledger WHERE {where}", params)
 
     def mark_indexed_sync(self, encoder_id: str, hashes: Mapping[str, str]) -> None:
         if not hashes:

@@ -167,7 +167,6 @@ async def run(
     encoders: Sequence[Encoder] | None = None,
     *,
     batch_size: int = 4,
-    commit_every: int = 1,
     max_image_bytes: int = 10**6,
 ) -> IngestSummary:
     pipeline = IngestPipeline(
@@ -175,9 +174,7 @@ async def run(
         stores.index,
         stores.catalog,
         stores.images,
-        options=IngestOptions(
-            batch_size=batch_size, commit_every=commit_every, max_image_bytes=max_image_bytes
-        ),
+        options=IngestOptions(batch_size=batch_size, max_image_bytes=max_image_bytes),
     )
     return await pipeline.run(items)
 
@@ -242,7 +239,7 @@ async def test_ingest_writes_products_vectors_images_and_ledger(tmp_path: Path) 
     assert stores.catalog.products["p4"].description == "description 4"
     assert [p.done for p in progress] == [4, 8, 10]
     assert progress[-1] == IngestProgress(10, 10, 10, 0, 0, 0)
-    assert stores.index.flushes == 1  # commit_every (1024) not reached: one commit at the end
+    assert stores.index.flushes == 3  # each batch is durable before the next is written
 
 
 async def test_second_run_changes_nothing_and_encodes_nothing(tmp_path: Path) -> None:
@@ -440,19 +437,18 @@ CRASH_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("commit_every", [1, 8])
 @pytest.mark.parametrize(("store", "method", "nth"), CRASH_POINTS)
 async def test_rerun_after_a_crash_repairs_everything(
-    tmp_path: Path, store: str, method: str, nth: int, commit_every: int
+    tmp_path: Path, store: str, method: str, nth: int
 ) -> None:
     items = make_items(tmp_path, 14)
     stores = Stores()
     getattr(stores, store).crash_on = (method, nth)
     with pytest.raises(Crash):
-        await run(items, stores, commit_every=commit_every)
+        await run(items, stores)
     stores.restart()  # the process died: unflushed vectors are gone
 
-    summary = await run(items, stores, commit_every=commit_every)
+    summary = await run(items, stores)
 
     assert summary.failed == 0
     assert summary.indexed + summary.skipped_unchanged == 14
@@ -558,7 +554,7 @@ async def test_interrupted_run_keeps_finished_batches(tmp_path: Path) -> None:
         stores.index,
         stores.catalog,
         stores.images,
-        options=IngestOptions(batch_size=4, commit_every=1000),
+        options=IngestOptions(batch_size=4),
         on_progress=cancel_after_two_batches,
     )
     tasks.append(asyncio.create_task(pipeline.run(items)))

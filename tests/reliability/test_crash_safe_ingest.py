@@ -2,7 +2,7 @@
 
 The real CLI (``python -m fashion_search.cli ingest``) ingests a 48-product catalog (the first
 rows of the shared hm-demo set, copied with their images into a CSV manifest) with two
-encoders, ``crashtest:a`` and ``crashtest:b``, in batches of 8. Those encoders come from the
+encoders, ``crashtest:a`` and ``crashtest:b``, in batches of 4. Those encoders come from the
 test-only plugin tests/reliability/crash_plugin.py, which the CLI loads through the
 ``fashion_search.encoders`` entry-point group (a ``*.dist-info`` on the child's PYTHONPATH):
 hashed vectors, so no model is loaded, and a crash switch that makes the process SIGKILL
@@ -64,26 +64,29 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N_ITEMS = 48
-BATCH = 8
+BATCH = 4
 ENCODERS = ("crashtest:a", "crashtest:b")
 RUN_TIMEOUT_S = 120.0
 TIMING_SEED = 20261125
 
-# Crash points, in chain order. With the ledger recorded once at the end of a run (the
-# pipeline commits every 1024 items), every run until the first complete one redoes the
-# whole catalog, so the n-th call is always at the same place: per batch of 8, the encoder is
-# called once per encoder (a, b), images.put once per item, index.upsert once per encoder,
-# catalog.upsert_many once; at the end index.flush once, then catalog.mark_indexed once per
-# encoder (a, then b).
+# Crash points, in chain order. Every batch is written, flushed and recorded in the ledger
+# before the next one is (the Indexer's write, under the home's write lock), so each run
+# resumes after the last finished batch and does at least a batch more than the one before.
+# Per batch of 4 that needs work, the encoder is called once per encoder (a, b),
+# images.put once per item, index.upsert once per encoder, catalog.upsert_many once,
+# index.flush once, then catalog.mark_indexed once per encoder (a, then b). The n-th calls
+# below stay within the first two batches a run writes, so each point is reached whatever
+# the earlier runs finished (12 batches in all; the kills by timing come early, while much
+# is left: the seeded delays are 0.78 s and 0.11 s, a batch takes at least 0.2 s then).
 COMMON_CHAIN: tuple[str, ...] = (
-    "encode:3:before",  # batch 2, before encoder a: batch 1 fully written, no ledger
-    "images.put:13:after",  # batch 2, half of its images written
+    "encode:3:before",  # batch 2, before encoder a: batch 1 written (or being written)
+    "images.put:6:after",  # batch 2 of the run, half of its images written
     "time",  # killed from outside after a random delay
     "index.upsert:4:after",  # batch 2, vectors of both encoders written, no product rows
-    "catalog.upsert_many:6:after",  # every row written, index not flushed, no ledger
+    "catalog.upsert_many:2:after",  # batch 2's rows written, index not flushed, no ledger
     "time",
-    "index.flush:1:after",  # index durable, ledger not written
-    "catalog.mark_indexed:1:after",  # ledger of encoder a written, not of b
+    "index.flush:2:after",  # batch 2's vectors durable, its ledger not written
+    "catalog.mark_indexed:1:after",  # batch 1's ledger of encoder a written, not of b
 )
 EMBEDDED_CHAIN = (*COMMON_CHAIN[:3], "fsync:9:before", *COMMON_CHAIN[3:])
 """Plus a kill inside an atomic file write (temporary file written, not yet renamed)."""

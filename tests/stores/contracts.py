@@ -519,6 +519,43 @@ class CatalogContract:
         assert await catalog.indexed_hashes(ENC_C) == {}
         assert await catalog.indexed_hashes("never-used") == {}
 
+    async def test_ledger_entries_of_a_batch(self, catalog: Catalog) -> None:
+        await catalog.mark_indexed(ENC_A, {"p1": "a1", "p2": "a2", "p3": "a3"})
+        await catalog.mark_indexed(ENC_B, {"p2": "b2"})
+        entries = await catalog.ledger_entries([ENC_A, ENC_B, ENC_C], ["p2", "p3", "p9", "p2"])
+        assert {e: v for e, v in entries.items() if v} == {
+            ENC_A: {"p2": "a2", "p3": "a3"},
+            ENC_B: {"p2": "b2"},
+        }
+        assert await catalog.ledger_entries([ENC_A], []) == {}
+        assert await catalog.ledger_entries([], ["p1"]) == {}
+
+    async def test_ledger_pages_walk_one_encoder_in_id_order(self, catalog: Catalog) -> None:
+        ids = [f"p{i:03d}" for i in range(25)]
+        await catalog.mark_indexed(ENC_A, {pid: f"h{pid}" for pid in reversed(ids)})
+        await catalog.mark_indexed(ENC_B, {"p000": "other", "zzz": "other"})
+        walked: list[str] = []
+        after: str | None = None
+        while page := await catalog.ledger_page(ENC_A, after, 10):
+            assert list(page) == sorted(page)
+            assert len(page) <= 10
+            assert all(page[pid] == f"h{pid}" for pid in page)
+            walked += list(page)
+            after = walked[-1]
+        assert walked == ids
+        assert await catalog.ledger_page("never-used", None, 10) == {}
+
+    async def test_forget_indexed_for_one_or_every_encoder(self, catalog: Catalog) -> None:
+        await catalog.mark_indexed(ENC_A, {"p1": "a1", "p2": "a2"})
+        await catalog.mark_indexed(ENC_B, {"p1": "b1", "p2": "b2"})
+        await catalog.forget_indexed(["p1"], ENC_A)
+        assert await catalog.indexed_hashes(ENC_A) == {"p2": "a2"}
+        assert await catalog.indexed_hashes(ENC_B) == {"p1": "b1", "p2": "b2"}
+        await catalog.forget_indexed(["p2", "p9"])
+        assert await catalog.indexed_hashes(ENC_A) == {}
+        assert await catalog.indexed_hashes(ENC_B) == {"p1": "b1"}
+        await catalog.forget_indexed([])
+
     async def test_reupserting_a_product_keeps_its_ledger(self, catalog: Catalog) -> None:
         await catalog.upsert_many([_product("p1", colour="red")])
         await catalog.mark_indexed(ENC_A, {"p1": "h1"})
