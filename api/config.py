@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from domain.ports import Catalog, EncoderProvider, ImageFetcher, ImageStore, VectorIndex
 from domain.services import CatalogService, SearchService
@@ -47,6 +48,14 @@ class ApiConfig:
         return self.max_image_bytes * 4 // 3 + 1024 * 1024
 
 
+class ImageDecoder(Protocol):
+    """Decodes untrusted image bytes within a pixel limit, raising InvalidImage: the API
+    checks every image it receives with it before anything is stored or encoded. The
+    composition root hands in the encoders' own decoder, so api/ never imports encoders."""
+
+    def __call__(self, data: bytes, max_pixels: int) -> object: ...
+
+
 @dataclass(frozen=True)
 class ApiServices:
     search: SearchService
@@ -59,5 +68,7 @@ class ApiServices:
     """Readiness."""
     images: ImageStore
     """The /images route (local store) and readiness."""
+    image_decoder: ImageDecoder
+    """Checks that received images decode (within the pixel limit)."""
     fetcher: ImageFetcher | None = None
     """Downloads images given by URL; None disables searching by URL."""

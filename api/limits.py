@@ -13,11 +13,11 @@ from typing import Protocol, runtime_checkable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.config import ImageDecoder
 from api.errors import PAYLOAD_TOO_LARGE
 from domain.errors import BadInput, InvalidImage, PayloadTooLarge
 from domain.images import sniff_image_type
 from domain.ports import ImageFetcher
-from encoders.images import decode_image
 
 _READ_CHUNK = 256 * 1024
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -118,10 +118,17 @@ class ImageReader:
     """Turns an upload, a base64 string or a URL into checked image bytes: at most
     ``max_bytes``, sniffed as JPEG, PNG or WebP, decodable, at most ``max_pixels``."""
 
-    def __init__(self, max_bytes: int, max_pixels: int, fetcher: ImageFetcher | None) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        max_pixels: int,
+        fetcher: ImageFetcher | None,
+        decoder: ImageDecoder,
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._fetcher = fetcher
+        self._decode = decoder
 
     def _too_large(self, size: int | None = None) -> PayloadTooLarge:
         what = f"the image is {size:,} bytes" if size is not None else "the image is too large"
@@ -170,5 +177,5 @@ class ImageReader:
             raise self._too_large(len(data))
         if sniff_image_type(data) is None:
             raise InvalidImage("the file is not a JPEG, PNG or WebP image")
-        await asyncio.to_thread(decode_image, data, self.max_pixels)
+        await asyncio.to_thread(self._decode, data, self.max_pixels)
         return data

@@ -16,6 +16,7 @@ from api.config import ApiConfig, ApiServices
 from api.limits import ImageReader
 from api.metrics import Metrics
 from domain.model import EncoderInfo, Modality, SearchPage, SearchQuery
+from domain.ports import FixedDimensionIndex
 
 logger = logging.getLogger("api.services")
 
@@ -147,7 +148,7 @@ class StatusService:
 
     async def readiness(self) -> dict[str, Check]:
         probes: dict[str, Callable[[], Awaitable[object]]] = {
-            "index": lambda: self._services.index.count(),
+            "index": self._index_probe,
             "catalog": lambda: self._services.catalog_store.count(),
             "images": lambda: self._services.images.exists("readyz-probe"),
         }
@@ -155,6 +156,14 @@ class StatusService:
         checks = {"encoder": self.encoder_check()}
         checks.update(zip(probes, results, strict=True))
         return checks
+
+    async def _index_probe(self) -> None:
+        """The index answers and, when its dimension is fixed, fits the default encoder."""
+        index = self._services.index
+        await index.count()
+        if isinstance(index, FixedDimensionIndex):
+            encoder = self._services.encoders.get(None)
+            await index.check_dimension(encoder.id, encoder.dim)
 
     async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> Check:
         try:
@@ -185,7 +194,12 @@ class ApiState:
             services=services,
             config=config,
             metrics=metrics,
-            reader=ImageReader(config.max_image_bytes, config.max_image_pixels, services.fetcher),
+            reader=ImageReader(
+                config.max_image_bytes,
+                config.max_image_pixels,
+                services.fetcher,
+                services.image_decoder,
+            ),
             search=MeteredSearch(services, metrics),
             status=StatusService(services, config),
         )

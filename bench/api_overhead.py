@@ -162,6 +162,7 @@ async def measure(
     """Median (CPU ms, wall ms) per request of the service alone, GraphQL and REST."""
     from api import ApiConfig, ApiServices, create_app
     from domain.services import CatalogService, SearchService
+    from encoders.images import decode_image
     from stores.catalog.sqlite_catalog import SqliteCatalog
     from stores.images.local import LocalImageStore
     from stores.vectors.faiss_index import FaissVectorIndex
@@ -188,6 +189,7 @@ async def measure(
             index=index,
             catalog_store=catalog,
             images=images,
+            image_decoder=decode_image,
         )
         app = create_app(services, ApiConfig(serve_images=True, warm_up_encoder=False))
         texts = query_texts()

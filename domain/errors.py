@@ -49,6 +49,12 @@ class UpstreamUnavailable(FashionSearchError):
     code = "UPSTREAM_UNAVAILABLE"
 
 
+class StoreMisconfigured(UpstreamUnavailable):
+    """A store's settings cannot work (a malformed URI or endpoint, an index of another
+    dimension than the encoder's): retrying does not help, the operator must fix the setting
+    the message names. Never the caller's fault, so never BAD_USER_INPUT."""
+
+
 class WriterBusy(FashionSearchError):
     """Another process is writing to the same data home (an ingest, a mutation): the write
     was not made and can be retried. The message names the holder (pid, command)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -48,14 +48,6 @@ class Product:
     @property
     def primary_image_key(self) -> str | None:
         return self.image_keys[0] if self.image_keys else None
-
-
-@dataclass(frozen=True)
-class ProductImage:
-    """An image as stored: its key (derived from the content hash) and media type."""
-
-    key: str
-    content_type: str
 
 
 @dataclass(frozen=True)
@@ -212,8 +204,3 @@ class Cursor:
         if offset < 0 or (after_id is not None and not isinstance(after_id, str)):
             raise BadInput("invalid cursor")
         return cls(offset=offset, after_id=after_id)
-
-
-def ids_in_order(ids: Sequence[str]) -> list[str]:
-    """Unique ids, first occurrence wins."""
-    return list(dict.fromkeys(ids))

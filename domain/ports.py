@@ -152,6 +152,17 @@ class ImmediateQuery(Protocol):
         ...
 
 
+@runtime_checkable
+class FixedDimensionIndex(Protocol):
+    """A VectorIndex whose every vector has one dimension, fixed when it was created (a
+    Pinecone index): readiness checks it against the default encoder before any encoding."""
+
+    async def check_dimension(self, encoder_id: str, dim: int) -> None:
+        """Raises StoreMisconfigured, naming the setting and both dimensions, when vectors of
+        ``dim`` cannot be stored here."""
+        ...
+
+
 class Catalog(Protocol):
     """Products and their tags, plus the ingest ledger: which image (by content hash) of each
     product is already indexed by which encoder."""

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from api import ApiConfig, ApiServices
 from api import create_app as create_api
+from encoders.images import decode_image
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 
@@ -31,6 +32,7 @@ def api_services(container: Container) -> ApiServices:
         index=container.index,
         catalog_store=container.catalog,
         images=container.images,
+        image_decoder=decode_image,
         fetcher=container.fetcher,
     )
 

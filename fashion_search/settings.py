@@ -4,11 +4,15 @@ each store to its production adapter independently."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+from domain.errors import StoreMisconfigured
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +70,11 @@ class Settings(BaseSettings):
     )
     pinecone_index: str | None = Field(default=None, validation_alias=_env("PINECONE_INDEX"))
     pinecone_host: str | None = Field(default=None, validation_alias=_env("PINECONE_HOST"))
+    pinecone_controller_host: str | None = Field(
+        default=None,
+        validation_alias=_env("PINECONE_CONTROLLER_HOST"),
+        description="Pinecone's control plane (index lookups, create-index); default: Pinecone's.",
+    )
     mongodb_uri: SecretStr | None = Field(default=None, validation_alias=_env("MONGODB_URI"))
     mongodb_db: str = Field(default="fashion_search", validation_alias=_env("MONGODB_DB"))
     s3_bucket: str | None = Field(default=None, validation_alias=_env("S3_BUCKET"))
@@ -100,3 +109,45 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+
+class InvalidSettings(StoreMisconfigured):
+    """Settings that cannot even be read (a number that is not one, a list that is not JSON):
+    one line per setting, naming its variable, instead of pydantic's traceback."""
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a Settings field."""
+    field = Settings.model_fields.get(field_name)
+    choices = getattr(field.validation_alias, "choices", None) if field is not None else None
+    if choices:
+        return str(choices[0])
+    return f"FASHION_SEARCH_{field_name.upper()}"
+
+
+def _is_secret(name: str) -> bool:
+    field = Settings.model_fields.get(name) or next(
+        (f for n, f in Settings.model_fields.items() if env_name(n) == name), None
+    )
+    return field is not None and "SecretStr" in str(field.annotation)
+
+
+def load_settings() -> Settings:
+    """Settings(), with unreadable values as one InvalidSettings naming each variable (and
+    its value, unless it is a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            variable = env_name(name) if name in Settings.model_fields else name
+            shown = "" if _is_secret(name) else f"={error.get('input')!s}"
+            problems.append(f"{variable}{shown}: {error['msg']}")
+        raise InvalidSettings("; ".join(problems)) from None
+    except SourceError as exc:  # a list or mapping setting that is not valid JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = env_name(field[1]) if field else "a setting"
+        raise InvalidSettings(
+            f'{variable} cannot be read: write it as JSON, e.g. ["a", "b"]'
+        ) from None

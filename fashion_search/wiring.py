@@ -1,17 +1,33 @@
 """The composition root: the one place that builds encoders, stores and services from
-settings. Nothing else chooses adapters."""
+settings. Nothing else chooses adapters, and adapters never read settings: they get plain
+values from here (tests/test_layers.py enforces both)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex, WriteLock
+from domain.errors import FashionSearchError, StoreMisconfigured
+from domain.ports import (
+    Catalog,
+    Encoder,
+    EncoderProvider,
+    ImageFetcher,
+    ImageStore,
+    VectorIndex,
+    WriteLock,
+)
 from domain.services import CatalogService, SearchService
 from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
+
+if TYPE_CHECKING:
+    from stores.catalog.mongodb import MongoCatalog
+    from stores.images.s3 import S3ImageStore
+    from stores.vectors.pinecone_index import PineconeVectorIndex
 
 
 @dataclass
@@ -68,11 +84,51 @@ def build_encoders(settings: Settings, load_entry_points: bool = True) -> Encode
     )
 
 
+def pinecone_index(settings: Settings) -> PineconeVectorIndex:
+    """The Pinecone adapter, from plain values (stores never read settings)."""
+    from stores.vectors.pinecone_index import PineconeVectorIndex
+
+    if settings.pinecone_api_key is None:
+        raise StoreMisconfigured("PINECONE_API_KEY is not set")
+    return PineconeVectorIndex(
+        settings.pinecone_api_key.get_secret_value(),
+        host=settings.pinecone_host,
+        index_name=settings.pinecone_index,
+        timeout_s=settings.store_timeout_s,
+        control_plane_host=settings.pinecone_controller_host,
+    )
+
+
+def mongo_catalog(settings: Settings) -> MongoCatalog:
+    from stores.catalog.mongodb import MongoCatalog
+
+    if settings.mongodb_uri is None:
+        raise StoreMisconfigured("MONGODB_URI is not set")
+    return MongoCatalog(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout_s=settings.store_timeout_s,
+    )
+
+
+def s3_images(settings: Settings) -> S3ImageStore:
+    from stores.images.s3 import S3ImageStore
+
+    if not settings.s3_bucket:
+        raise StoreMisconfigured("S3_BUCKET is not set")
+    return S3ImageStore(
+        settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.aws_region,
+        public_base_url=settings.s3_public_base_url,
+        presign_expiry_s=settings.s3_presign_expiry_s,
+        timeout_s=settings.store_timeout_s,
+    )
+
+
 def build_index(settings: Settings) -> VectorIndex:
     if settings.pinecone_api_key is not None:
-        from stores.vectors.pinecone_index import PineconeVectorIndex
-
-        return PineconeVectorIndex.from_settings(settings)
+        return pinecone_index(settings)
     from stores.vectors.faiss_index import FaissVectorIndex
 
     return FaissVectorIndex(
@@ -84,9 +140,7 @@ def build_index(settings: Settings) -> VectorIndex:
 
 def build_catalog(settings: Settings) -> Catalog:
     if settings.mongodb_uri is not None:
-        from stores.catalog.mongodb import MongoCatalog
-
-        return MongoCatalog.from_settings(settings)
+        return mongo_catalog(settings)
     from stores.catalog.sqlite_catalog import SqliteCatalog
 
     return SqliteCatalog(settings.catalog_path)
@@ -94,20 +148,123 @@ def build_catalog(settings: Settings) -> Catalog:
 
 def build_images(settings: Settings) -> ImageStore:
     if settings.s3_bucket is not None:
-        from stores.images.s3 import S3ImageStore
-
-        return S3ImageStore.from_settings(settings)
+        return s3_images(settings)
     from stores.images.local import LocalImageStore
 
     return LocalImageStore(settings.images_dir, base_url="/images")
 
 
-def build_fetcher(settings: Settings) -> ImageFetcher | None:
-    try:
-        from stores.http_fetcher import SafeImageFetcher
-    except ImportError:  # until the API issue lands
-        return None
+def build_fetcher(settings: Settings) -> ImageFetcher:
+    from stores.http_fetcher import SafeImageFetcher
+
     return SafeImageFetcher.from_settings(settings)
+
+
+def redact_mongodb_uri(uri: str) -> str:
+    from stores.catalog.mongodb import redact_uri
+
+    return redact_uri(uri)
+
+
+def describe_stores(settings: Settings) -> dict[str, str]:
+    """Which adapter each store uses with these settings, and where it points."""
+    if settings.pinecone_api_key is not None:
+        target = settings.pinecone_host or f"index {settings.pinecone_index}"
+        index = f"pinecone ({target})"
+    else:
+        index = f"faiss ({settings.vectors_dir})"
+    if settings.mongodb_uri is not None:
+        uri = redact_mongodb_uri(settings.mongodb_uri.get_secret_value())
+        catalog = f"mongodb ({uri}, database {settings.mongodb_db})"
+    else:
+        catalog = f"sqlite ({settings.catalog_path})"
+    if settings.s3_bucket is not None:
+        where = f"s3://{settings.s3_bucket}"
+        if settings.s3_endpoint_url:
+            where += f" at {settings.s3_endpoint_url}"
+        urls = (
+            f"public URLs under {settings.s3_public_base_url}"
+            if settings.s3_public_base_url
+            else f"presigned URLs valid {settings.s3_presign_expiry_s} s"
+        )
+        images = f"s3 ({where}, {urls})"
+    else:
+        images = f"local ({settings.images_dir}, served under /images)"
+    return {"vector_index": index, "catalog": catalog, "images": images}
+
+
+def store_settings_problems(settings: Settings) -> dict[str, str]:
+    """Each production store whose settings cannot work (a malformed URI or endpoint), with
+    the one-line reason; nothing is contacted. `serve` refuses to start on any."""
+    makers: dict[str, Callable[[], object]] = {}
+    if settings.pinecone_api_key is not None:
+        makers["vector_index"] = lambda: pinecone_index(settings)
+    if settings.mongodb_uri is not None:
+        makers["catalog"] = lambda: mongo_catalog(settings)
+    if settings.s3_bucket is not None:
+        makers["images"] = lambda: s3_images(settings)
+    problems: dict[str, str] = {}
+    for name, make in makers.items():
+        try:
+            make()  # constructors do no I/O; what they hold is released with them
+        except FashionSearchError as exc:
+            problems[name] = str(exc)
+    return problems
+
+
+async def check_stores(
+    settings: Settings, encoders: EncoderProvider | None = None
+) -> dict[str, str]:
+    """Ask each production store whether it answers and can serve the default encoder:
+    'ok', or one line naming the setting to fix. Every store is checked even when another
+    one's settings are invalid. Embedded stores need no check."""
+    results: dict[str, str] = {}
+    if settings.pinecone_api_key is not None:
+        results["vector_index"] = await _check_index(settings, encoders)
+    if settings.mongodb_uri is not None:
+        results["catalog"] = await _check_store(lambda: mongo_catalog(settings))
+    if settings.s3_bucket is not None:
+        results["images"] = await _check_store(lambda: s3_images(settings))
+    return results
+
+
+class _Checkable(Protocol):
+    async def check(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+
+async def _check_store(make: Callable[[], _Checkable]) -> str:
+    try:
+        store = make()
+    except FashionSearchError as exc:
+        return str(exc)
+    try:
+        await store.check()
+    except FashionSearchError as exc:
+        return str(exc)
+    finally:
+        await store.close()
+    return "ok"
+
+
+async def _check_index(settings: Settings, encoders: EncoderProvider | None) -> str:
+    """The index answers, and its dimension is the default encoder's (checked before any
+    encoding: a mismatch otherwise shows up only when the first vectors are written)."""
+    try:
+        index = pinecone_index(settings)
+    except FashionSearchError as exc:
+        return str(exc)
+    try:
+        await index.check()
+        provider = encoders or build_encoders(settings)
+        encoder = provider.get(None)
+        await index.check_dimension(encoder.id, encoder.dim)
+    except FashionSearchError as exc:
+        return str(exc)
+    finally:
+        await index.close()
+    return "ok"
 
 
 def build(

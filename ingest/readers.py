@@ -36,16 +36,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.jsonl")
 KAGGLE_STYLES = "styles.csv"
 KAGGLE_NAME_COLUMN = "productDisplayName"
-KAGGLE_TAG_COLUMNS = (
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-)
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 
 
@@ -62,19 +52,6 @@ class ImageUnavailable(Exception):
 
 
 # -- images ----------------------------------------------------------------------------------
-
-
-class LocalImage(Protocol):
-    """An image the reader can load itself (a file, a zip member)."""
-
-    @property
-    def ref(self) -> str:
-        """Where the image comes from, for reports."""
-        ...
-
-    def read(self, max_bytes: int) -> bytes:
-        """The bytes; raises ImageUnavailable when missing, PayloadTooLarge above max_bytes."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -593,10 +593,6 @@ def md_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$:" else c for c in text)
 
 
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def detail_view(product: Product, filters: Filters, encoder: str | None) -> None:
     st.button("Back to results", on_click=close_detail, icon=":material/arrow_back:")
     fresh = call(lambda: client().product(product.id))

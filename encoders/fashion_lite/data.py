@@ -10,7 +10,7 @@ import random
 import re
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,12 +198,3 @@ def make_heldout_split(
 def read_ids(path: Path = HELDOUT_IDS_FILE) -> set[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-
-
-def write_ids(ids: Iterable[str], path: Path = HELDOUT_IDS_FILE) -> None:
-    header = (
-        "# fashion-lite held-out split of hm-dev: article ids never used in training or tuning.\n"
-        f"# About {HELDOUT_FRACTION:.0%} of the product codes, stratified by product_group, "
-        f"seed {SPLIT_SEED}.\n"
-    )
-    path.write_text(header + "\n".join(sorted(ids)) + "\n", encoding="utf-8")

@@ -53,8 +53,14 @@ def serve(
     import uvicorn
 
     from fashion_search.settings import Settings
+    from fashion_search.wiring import store_settings_problems
 
     settings = Settings()
+    problems = store_settings_problems(settings)
+    for store, problem in problems.items():
+        typer.echo(f"Error: {store}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
     configured = settings.torch_threads if "torch_threads" in settings.model_fields_set else None
     workers, torch_threads = serve_plan(workers, configured)
     if configured is None:  # the workers read it from the environment they inherit

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import typer
 from pydantic import SecretStr
@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from domain.errors import FashionSearchError
-from fashion_search.settings import Settings
+from fashion_search import wiring
+from fashion_search.settings import Settings, env_name
 
 console = Console()
 MASK = "********"
@@ -25,95 +26,18 @@ pinecone_app = typer.Typer(name="pinecone", help="Manage the Pinecone index.", n
 # -- config -------------------------------------------------------------------------------
 
 
-def env_name(field_name: str) -> str:
-    """The environment variable that sets a Settings field."""
-    alias = Settings.model_fields[field_name].validation_alias
-    choices = getattr(alias, "choices", None)
-    if choices:
-        return str(choices[0])
-    return f"FASHION_SEARCH_{field_name.upper()}"
-
-
 def display_value(field_name: str, value: Any) -> Any:
     """JSON-friendly value with secrets masked: API keys never show, the MongoDB URI shows
     its hosts but not its credentials or options."""
     if isinstance(value, SecretStr):
         if field_name == "mongodb_uri":
-            from stores.catalog.mongodb import redact_uri
-
-            return redact_uri(value.get_secret_value())
+            return wiring.redact_mongodb_uri(value.get_secret_value())
         return MASK if value.get_secret_value() else ""
     if isinstance(value, list):
         return [display_value(field_name, v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def store_profile(settings: Settings) -> dict[str, str]:
-    """Which adapter each store uses with these settings, and where it points."""
-    if settings.pinecone_api_key is not None:
-        target = settings.pinecone_host or f"index {settings.pinecone_index}"
-        index = f"pinecone ({target})"
-    else:
-        index = f"faiss ({settings.vectors_dir})"
-    if settings.mongodb_uri is not None:
-        from stores.catalog.mongodb import redact_uri
-
-        uri = redact_uri(settings.mongodb_uri.get_secret_value())
-        catalog = f"mongodb ({uri}, database {settings.mongodb_db})"
-    else:
-        catalog = f"sqlite ({settings.catalog_path})"
-    if settings.s3_bucket is not None:
-        where = f"s3://{settings.s3_bucket}"
-        if settings.s3_endpoint_url:
-            where += f" at {settings.s3_endpoint_url}"
-        urls = (
-            f"public URLs under {settings.s3_public_base_url}"
-            if settings.s3_public_base_url
-            else f"presigned URLs valid {settings.s3_presign_expiry_s} s"
-        )
-        images = f"s3 ({where}, {urls})"
-    else:
-        images = f"local ({settings.images_dir}, served under /images)"
-    return {"vector_index": index, "catalog": catalog, "images": images}
-
-
-class _Checkable(Protocol):
-    async def check(self) -> object: ...
-
-    async def close(self) -> None: ...
-
-
-async def check_stores(settings: Settings) -> dict[str, str]:
-    """Ask each production store whether it answers: 'ok', or the error naming the setting.
-    Embedded stores need no check."""
-    stores: list[tuple[str, _Checkable]] = []
-    results: dict[str, str] = {}
-    try:
-        if settings.pinecone_api_key is not None:
-            from stores.vectors.pinecone_index import PineconeVectorIndex
-
-            stores.append(("vector_index", PineconeVectorIndex.from_settings(settings)))
-        if settings.mongodb_uri is not None:
-            from stores.catalog.mongodb import MongoCatalog
-
-            stores.append(("catalog", MongoCatalog.from_settings(settings)))
-        if settings.s3_bucket is not None:
-            from stores.images.s3 import S3ImageStore
-
-            stores.append(("images", S3ImageStore.from_settings(settings)))
-    except FashionSearchError as exc:
-        results["settings"] = str(exc)
-    for name, store in stores:
-        try:
-            await store.check()
-            results[name] = "ok"
-        except FashionSearchError as exc:
-            results[name] = str(exc)
-        finally:
-            await store.close()
-    return results
 
 
 def show_config(
@@ -128,8 +52,8 @@ def show_config(
         env_name(name): display_value(name, getattr(settings, name))
         for name in Settings.model_fields
     }
-    profile = store_profile(settings)
-    checks = asyncio.run(check_stores(settings)) if check else {}
+    profile = wiring.describe_stores(settings)
+    checks = asyncio.run(wiring.check_stores(settings)) if check else {}
     failed = any(v != "ok" for v in checks.values())
     if as_json:
         payload: dict[str, Any] = {"settings": values, "stores": profile}
@@ -154,8 +78,6 @@ def show_config(
                 row.append(checks.get(key, "embedded"))
             stores.add_row(*row)
         console.print(stores)
-        if "settings" in checks:
-            console.print(f"[red]{checks['settings']}[/red]")
     if failed:
         raise typer.Exit(1)
 
@@ -203,8 +125,6 @@ def create_index(
         raise typer.Exit(2)
     encoder_id = encoder or settings.encoder
     if dimension is None:
-        from fashion_search import wiring
-
         try:
             chosen = wiring.build_encoders(settings).get(encoder)
             encoder_id, dimension = chosen.id, chosen.dim
@@ -263,13 +183,11 @@ def _dense_field(schema: Any) -> tuple[int, str] | None:
 @pinecone_app.command("stats")
 def pinecone_stats() -> None:
     """Vectors per encoder (namespace) in the configured index, and its dimension."""
-    from stores.vectors.pinecone_index import PineconeVectorIndex
-
     settings = Settings()
     _api_key(settings)
 
     async def collect() -> tuple[int | None, dict[str, int]]:
-        index = PineconeVectorIndex.from_settings(settings)
+        index = wiring.pinecone_index(settings)
         try:
             return await index.dimension(), await index.check()
         finally:

@@ -29,9 +29,11 @@ raises ``UpstreamUnavailable`` naming ``MONGODB_URI``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -42,13 +44,15 @@ from pymongo.errors import (
     ConfigurationError,
     ConnectionFailure,
     ExecutionTimeout,
+    InvalidURI,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
+from pymongo.uri_parser import parse_uri
 
-from domain.errors import BadInput, UpstreamUnavailable
+from domain.errors import BadInput, StoreMisconfigured, UpstreamUnavailable
 from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
 from stores.lexical import (
     DESCRIPTION_WEIGHT,
@@ -62,13 +66,17 @@ if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
 
-    from fashion_search.settings import Settings
-
 logger = logging.getLogger(__name__)
 
 LexicalHits = list[LexicalHit]  # (the classes' own ``list`` method shadows the builtin)
 Document = dict[str, Any]
 
+_ERRNO = re.compile(r"\[Errno (-?\d+)\]")
+_UNRESOLVABLE = frozenset(
+    {socket.EAI_NONAME, socket.EAI_AGAIN, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+)
+PLAIN_SCHEME = "mongodb://"
+SRV_SCHEME = "mongodb+srv://"
 WRITE_BATCH = 1000
 DEFAULT_MAX_TAG_INDEXES = 32
 AUTH_ERROR_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
@@ -106,7 +114,44 @@ def to_mongo_filter(flt: ProductFilter | None) -> Document:
 def redact_uri(uri: str) -> str:
     """The URI without credentials or options, safe for error messages and logs."""
     without_options = uri.split("?", 1)[0]
-    return re.sub(r"//[^@/]*@", "//***@", without_options)
+    return re.sub(r"//[^/]*@", "//***@", without_options)
+
+
+def describe_server_error(error: Exception) -> str:
+    """A monitor's error in a few words: refused, unresolvable, or PyMongo's own text without
+    its list of configured timeouts."""
+    text = str(error).split(" (configured timeouts", 1)[0]
+    found = _ERRNO.search(text)
+    if found is not None:
+        code = int(found[1])
+        if code == errno.ECONNREFUSED:
+            return "refused the connection (is MongoDB running there?)"
+        if code in _UNRESOLVABLE:
+            return "does not resolve (check the host name)"
+    host_prefix = text.split(": ", 1)
+    return host_prefix[1] if len(host_prefix) == 2 else text
+
+
+def check_uri(uri: str) -> None:
+    """Raise StoreMisconfigured, in one line without the URI's secrets, for a URI PyMongo
+    cannot use: found when the catalog is built, not at its first request. A
+    ``mongodb+srv://`` URI is checked for its syntax only (its hosts come from DNS later)."""
+    if not uri.startswith((PLAIN_SCHEME, SRV_SCHEME)):
+        raise StoreMisconfigured(f"MONGODB_URI must start with {PLAIN_SCHEME} or {SRV_SCHEME}")
+    is_srv = uri.startswith(SRV_SCHEME)
+    try:
+        if is_srv:  # the same syntax; parsing it as mongodb:// skips the DNS lookup
+            parsed = parse_uri(PLAIN_SCHEME + uri[len(SRV_SCHEME) :], None, warn=True)
+            nodes = parsed["nodelist"]
+            if len(nodes) != 1 or nodes[0][1] is not None:
+                raise InvalidURI(f"{SRV_SCHEME} URIs take exactly one host name and no port")
+        else:
+            parse_uri(uri, warn=True)
+    except InvalidURI as exc:
+        raise StoreMisconfigured(f"MONGODB_URI is invalid: {exc}") from None
+    except (ConfigurationError, ValueError) as exc:
+        if not is_srv:  # srv-only options are refused in the mongodb:// reading
+            raise StoreMisconfigured(f"MONGODB_URI is invalid: {exc}") from None
 
 
 def _to_document(product: Product) -> Document:
@@ -157,10 +202,9 @@ class MongoCatalog:
     ) -> None:
         """``client_options`` go to ``AsyncMongoClient`` as they are (TLS files, event
         listeners, ...); options in the URI work too."""
-        if not uri.startswith(("mongodb://", "mongodb+srv://")):
-            raise BadInput("MONGODB_URI must start with mongodb:// or mongodb+srv://")
+        check_uri(uri)
         if not db_name:
-            raise BadInput("MONGODB_DB is empty")
+            raise StoreMisconfigured("MONGODB_DB is empty")
         self._uri = uri
         self._db_name = db_name
         self._timeout = timeout_s
@@ -172,16 +216,6 @@ class MongoCatalog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._setup_done = False
         self._indexed_fields: set[str] = set()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MongoCatalog:
-        if settings.mongodb_uri is None:
-            raise BadInput("MONGODB_URI is not set")
-        return cls(
-            settings.mongodb_uri.get_secret_value(),
-            settings.mongodb_db,
-            timeout_s=settings.store_timeout_s,
-        )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -209,7 +243,7 @@ class MongoCatalog:
                     **self._client_options,
                 )
             except ConfigurationError as exc:
-                raise BadInput(f"MONGODB_URI is invalid: {exc}") from exc
+                raise StoreMisconfigured(f"MONGODB_URI is invalid: {exc}") from exc
             self._loop = loop
             self._setup_done = False
             self._indexed_fields = set()
@@ -223,14 +257,20 @@ class MongoCatalog:
         try:
             async with asyncio.timeout(self._timeout):
                 yield
-        except TimeoutError as exc:
+        except (TimeoutError, ServerSelectionTimeoutError, ConnectionFailure) as exc:
+            # PyMongo keeps retrying a refused or unresolvable host until the deadline: its
+            # monitors know why, which tells the operator what to fix.
+            reason = self._unreachable_reason()
+            if reason:
+                raise UpstreamUnavailable(
+                    f"MongoDB ({self.where}) is unreachable: {reason}"
+                ) from exc
             raise UpstreamUnavailable(
                 f"MongoDB ({self.where}) did not answer within {self._timeout:g}s"
             ) from exc
-        except (ServerSelectionTimeoutError, ConnectionFailure, ExecutionTimeout) as exc:
+        except ExecutionTimeout as exc:
             raise UpstreamUnavailable(
-                f"MongoDB ({self.where}) is unreachable or did not answer within "
-                f"{self._timeout:g}s: {type(exc).__name__}"
+                f"MongoDB ({self.where}) did not answer within {self._timeout:g}s"
             ) from exc
         except WTimeoutError as exc:
             raise UpstreamUnavailable(f"MongoDB ({self.where}) write timed out") from exc
@@ -246,6 +286,26 @@ class MongoCatalog:
             if exc.timeout:
                 raise UpstreamUnavailable(f"MongoDB ({self.where}) timed out") from exc
             raise
+
+    def _unreachable_reason(self) -> str:
+        """Why no server could be selected, from what PyMongo's monitors last saw of each
+        host (a refused connection, a name that does not resolve, a replica set of another
+        name); empty when they saw nothing wrong (a slow server)."""
+        if self._client is None:
+            return ""
+        topology = self._client.topology_description
+        servers = topology.server_descriptions()
+        reasons = [
+            f"{host}:{port} {describe_server_error(server.error)}"
+            for (host, port), server in servers.items()
+            if server.error is not None
+        ]
+        if not reasons and topology.replica_set_name and not servers:
+            reasons.append(
+                f"no server answered as a member of replica set {topology.replica_set_name!r} "
+                "(check replicaSet in MONGODB_URI)"
+            )
+        return "; ".join(reasons)
 
     async def _collections(
         self,

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -34,12 +34,10 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from domain.errors import BadInput, NotFound, UpstreamUnavailable
+from domain.errors import BadInput, NotFound, StoreMisconfigured, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-    from fashion_search.settings import Settings
 
 T = TypeVar("T")
 
@@ -53,6 +51,8 @@ DENIED_CODES = frozenset(
     {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 )
 URL_CACHE_SIZE = 10_000
+MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+"""SigV4's limit on a presigned URL's lifetime."""
 
 _SESSION: boto3.session.Session | None = None
 _SESSION_LOCK = threading.Lock()
@@ -64,6 +64,23 @@ def _error_code(exc: ClientError) -> str:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def check_endpoint_url(url: str | None, setting: str = "S3_ENDPOINT_URL") -> None:
+    """Raise StoreMisconfigured, in one line, for a URL boto3 cannot use (botocore's own
+    ValueError only surfaces as a traceback): an http(s) scheme and a host are needed."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StoreMisconfigured(
+            f"{setting}={url!r} is not an http(s) URL: write it with its scheme, e.g. "
+            f"http://{url.split('://')[-1]}"
+        )
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError as exc:
+        raise StoreMisconfigured(f"{setting}={url!r} has an invalid port: {exc}") from None
 
 
 class S3ImageStore:
@@ -87,9 +104,12 @@ class S3ImageStore:
         """``credentials`` (``aws_access_key_id``, ``aws_secret_access_key``,
         ``aws_session_token``) override boto3's usual chain (environment, profile, role)."""
         if not bucket:
-            raise BadInput("S3_BUCKET is empty")
-        if presign_expiry_s < 1 or presign_expiry_s > 7 * 24 * 3600:
-            raise BadInput("S3_PRESIGN_EXPIRY_S must be between 1 s and 7 days")
+            raise StoreMisconfigured("S3_BUCKET is empty")
+        if presign_expiry_s < 1 or presign_expiry_s > MAX_PRESIGN_EXPIRY_S:
+            raise StoreMisconfigured("S3_PRESIGN_EXPIRY_S must be between 1 s and 7 days")
+        check_endpoint_url(endpoint_url)
+        if public_base_url:
+            check_endpoint_url(public_base_url, "S3_PUBLIC_BASE_URL")
         self.bucket = bucket
         self._endpoint_url = endpoint_url or None
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
@@ -135,19 +155,6 @@ class S3ImageStore:
         self._bucket_verified = False
         self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._urls_lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> S3ImageStore:
-        if not settings.s3_bucket:
-            raise BadInput("S3_BUCKET is not set")
-        return cls(
-            settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.aws_region,
-            public_base_url=settings.s3_public_base_url,
-            presign_expiry_s=settings.s3_presign_expiry_s,
-            timeout_s=settings.store_timeout_s,
-        )
 
     # -- plumbing ------------------------------------------------------------------------
 

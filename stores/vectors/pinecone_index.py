@@ -30,7 +30,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pinecone import AsyncIndex, AsyncPinecone, UpsertResponse
@@ -46,12 +46,9 @@ from pinecone.errors import (
     UnauthorizedError,
 )
 
-from domain.errors import BadInput, UpstreamUnavailable
+from domain.errors import BadInput, StoreMisconfigured, UpstreamUnavailable
 from domain.model import ProductFilter
 from domain.ports import Vectors
-
-if TYPE_CHECKING:
-    from fashion_search.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +193,9 @@ class PineconeVectorIndex:
         is looked up once, on first use. ``namespace_prefix`` lets several deployments (or
         test runs) share one index."""
         if not api_key:
-            raise BadInput("PINECONE_API_KEY is empty")
+            raise StoreMisconfigured("PINECONE_API_KEY is empty")
         if not host and not index_name:
-            raise BadInput("set PINECONE_HOST (or PINECONE_INDEX) to use Pinecone")
+            raise StoreMisconfigured("set PINECONE_HOST (or PINECONE_INDEX) to use Pinecone")
         self._api_key = api_key
         self._host = host or None
         self._index_name = index_name
@@ -209,19 +206,10 @@ class PineconeVectorIndex:
         self._index: AsyncIndex | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        self._dimension: int | None = None
+        """The index's dimension, read once (it never changes)."""
         self._written_lsn: dict[str, int] = {}
         """namespace -> highest log position Pinecone reported for our upserts."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PineconeVectorIndex:
-        if settings.pinecone_api_key is None:
-            raise BadInput("PINECONE_API_KEY is not set")
-        return cls(
-            settings.pinecone_api_key.get_secret_value(),
-            host=settings.pinecone_host,
-            index_name=settings.pinecone_index,
-            timeout_s=settings.store_timeout_s,
-        )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -340,9 +328,24 @@ class PineconeVectorIndex:
         return await self._namespace_counts()
 
     async def dimension(self) -> int | None:
-        index = await self._client()
-        stats = await self._call(lambda: index.describe_index_stats(timeout=self._timeout))
-        return stats.dimension
+        if self._dimension is None:
+            index = await self._client()
+            stats = await self._call(lambda: index.describe_index_stats(timeout=self._timeout))
+            self._dimension = stats.dimension
+        return self._dimension
+
+    async def check_dimension(self, encoder_id: str, dim: int) -> None:
+        """Raise StoreMisconfigured, naming the setting and both dimensions, when vectors of
+        ``dim`` cannot go into this index: found before any encoding, and a search against
+        such an index is the operator's problem, never the caller's bad input."""
+        index_dim = await self.dimension()
+        if index_dim is not None and index_dim != dim:
+            raise StoreMisconfigured(
+                f"the Pinecone index ({self.where}) has dimension {index_dim} but encoder "
+                f"{encoder_id!r} makes {dim}-d vectors: point PINECONE_HOST at an index of "
+                f"dimension {dim} (fashion-search pinecone create-index --encoder {encoder_id}) "
+                f"or set FASHION_SEARCH_ENCODER to an encoder of dimension {index_dim}"
+            )
 
     async def upsert(
         self,
@@ -361,6 +364,7 @@ class PineconeVectorIndex:
             return
         if not np.isfinite(vectors).all():
             raise BadInput("vectors contain NaN or infinity")
+        await self.check_dimension(encoder_id, int(vectors.shape[1]))
         # The last occurrence of a duplicated id wins, as with successive upserts.
         latest = {pid: i for i, pid in enumerate(ids)}
         records = [_record(pid, vectors[i], metadata[i]) for pid, i in latest.items()]
@@ -393,6 +397,7 @@ class PineconeVectorIndex:
         if not all(math.isfinite(x) for x in values):
             raise BadInput("the query vector contains NaN or infinity")
         pinecone_filter = to_pinecone_filter(filter)
+        await self.check_dimension(encoder_id, len(values))
         namespace = self._namespace(encoder_id)
         index = await self._client()
         response = await self._call(

@@ -19,6 +19,7 @@ from api import ApiConfig, ApiServices, create_app
 from domain.errors import UpstreamUnavailable
 from domain.ports import ImageFetcher
 from domain.services import CatalogService, SearchService
+from encoders.images import decode_image
 from tests.fakes import (
     FakeEncoderProvider,
     HashingEncoder,
@@ -129,6 +130,7 @@ class World:
             index=self.index,
             catalog_store=self.catalog,
             images=self.images,
+            image_decoder=decode_image,
             fetcher=self.fetcher,
         )
 

@@ -13,8 +13,9 @@ from pydantic import SecretStr
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 
-from domain.errors import BadInput, UpstreamUnavailable
+from domain.errors import StoreMisconfigured, UpstreamUnavailable
 from domain.model import Product, ProductFilter
+from fashion_search import wiring
 from fashion_search.settings import Settings
 from stores.catalog.mongodb import MongoCatalog, redact_uri, tag_field, tag_key, to_mongo_filter
 from tests.stores.contracts import CatalogContract, LexicalContract
@@ -198,17 +199,66 @@ async def test_unreachable_at_start_up_hides_the_password() -> None:
         await catalog.close()
 
 
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("refused", r"127\.0\.0\.1:\d+ refused the connection"),
+        ("unresolvable", r"no-such-host\.invalid:27017 does not resolve"),
+        ("wrong replica set", r"no server answered as a member of replica set 'not-our-set'"),
+    ],
+)
+async def test_unreachable_keeps_pymongos_reason(
+    mongo_server: MongoServer, where: str, reason: str
+) -> None:
+    """Each kind of unreachable server says why, not only that it did not answer in time."""
+    uri = {
+        "refused": f"mongodb://127.0.0.1:{free_port()}/",
+        "unresolvable": "mongodb://no-such-host.invalid:27017/",
+        "wrong replica set": f"{mongo_server.uri}?replicaSet=not-our-set",
+    }[where]
+    catalog = MongoCatalog(uri, "db", timeout_s=0.5)
+    try:
+        with pytest.raises(UpstreamUnavailable, match="MONGODB_URI") as caught:
+            await catalog.check()
+        assert re.search(reason, str(caught.value)), str(caught.value)
+        assert "did not answer" not in str(caught.value)
+    finally:
+        await catalog.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://app:p@ss@db.example.com/",  # an unescaped @ in the password
+        "mongodb://db.example.com:27o17/",
+        "mongodb://db.example.com/shop$db",  # not a database name
+        "mongodb://",
+        "mongodb+srv://cluster0.example.com:27017/",  # srv URIs take no port
+        "postgres://db.example.com/",
+    ],
+)
+def test_a_malformed_uri_is_one_line_naming_the_setting(uri: str) -> None:
+    with pytest.raises(StoreMisconfigured, match=r"^MONGODB_URI ") as caught:
+        MongoCatalog(uri, "db")
+    assert "\n" not in str(caught.value)
+    assert "ss@" not in str(caught.value)
+
+
+def test_an_srv_uri_is_checked_without_a_dns_lookup() -> None:
+    MongoCatalog("mongodb+srv://app:pw@cluster0.no-such-host.invalid/?retryWrites=true", "db")
+
+
 def test_invalid_settings_are_named() -> None:
-    with pytest.raises(BadInput, match="MONGODB_URI"):
+    with pytest.raises(StoreMisconfigured, match="MONGODB_URI"):
         MongoCatalog("postgres://x", "db")
-    with pytest.raises(BadInput, match="MONGODB_URI"):
-        MongoCatalog.from_settings(Settings(mongodb_uri=None))
+    with pytest.raises(StoreMisconfigured, match="MONGODB_URI"):
+        wiring.mongo_catalog(Settings(mongodb_uri=None))
 
 
-async def test_from_settings(mongo_server: MongoServer) -> None:
+async def test_wiring_builds_the_adapter_from_settings(mongo_server: MongoServer) -> None:
     db = unique_name("db").replace("-", "_")
     settings = Settings(mongodb_uri=SecretStr(mongo_server.uri), mongodb_db=db, store_timeout_s=2)
-    catalog = MongoCatalog.from_settings(settings)
+    catalog = wiring.mongo_catalog(settings)
     try:
         await catalog.check()
         await catalog.upsert_many([Product("p1", "A", tags={"colour": "red"})])

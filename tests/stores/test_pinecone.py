@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from domain.errors import BadInput, UpstreamUnavailable
+from domain.errors import BadInput, StoreMisconfigured, UpstreamUnavailable
 from domain.model import ProductFilter
+from fashion_search import wiring
 from fashion_search.settings import Settings
 from stores.vectors.pinecone_index import (
     MAX_UPSERT_BYTES,
@@ -269,12 +270,19 @@ async def test_wrong_api_key_names_the_setting(pinecone_server: FakePinecone) ->
         await index.close()
 
 
-async def test_dimension_mismatch_is_bad_input(fresh: tuple[str, PineconeVectorIndex]) -> None:
-    _, index = fresh
-    with pytest.raises(BadInput, match="dimension"):
+async def test_dimension_mismatch_is_a_configuration_error_not_bad_input(
+    pinecone_server: FakePinecone, fresh: tuple[str, PineconeVectorIndex]
+) -> None:
+    """The index's dimension was fixed by the operator, not by the caller: refused before
+    the request is sent, naming the setting and both dimensions."""
+    name, index = fresh
+    with pytest.raises(StoreMisconfigured, match=f"dimension {DIM} but encoder 'enc' makes 9-d"):
         await index.upsert("enc", ["a"], unit_rows(1, dim=DIM + 1), [{}])
-    with pytest.raises(BadInput, match="dimension"):
+    with pytest.raises(StoreMisconfigured, match=r"PINECONE_HOST=.* makes 7-d vectors"):
         await index.query("enc", unit_rows(1, dim=DIM - 1)[0], 3)
+    assert pinecone_server.requests_to(name, "/vectors/upsert") == []
+    assert pinecone_server.requests_to(name, "/query") == []
+    assert not isinstance(StoreMisconfigured("x"), BadInput)
     with pytest.raises(BadInput):
         await index.upsert("enc", ["a"], np.full((1, DIM), np.nan, dtype=np.float32), [{}])
 
@@ -318,7 +326,7 @@ async def test_host_is_looked_up_from_the_index_name(pinecone_server: FakePineco
         await index.close()
 
 
-async def test_from_settings(pinecone_server: FakePinecone) -> None:
+async def test_wiring_builds_the_adapter_from_settings(pinecone_server: FakePinecone) -> None:
     name = unique_name("idx")
     host = pinecone_server.create_index(name, DIM)
     settings = Settings(
@@ -326,15 +334,15 @@ async def test_from_settings(pinecone_server: FakePinecone) -> None:
         pinecone_host=host,
         store_timeout_s=1.5,
     )
-    index = PineconeVectorIndex.from_settings(settings)
+    index = wiring.pinecone_index(settings)
     try:
         assert index.where == f"PINECONE_HOST={host}"
         await index.upsert("enc", ["a"], unit_rows(1), [{"k": "v"}])
         assert await index.check() == {"enc": 1}
     finally:
         await index.close()
-    with pytest.raises(BadInput, match="PINECONE_HOST"):
-        PineconeVectorIndex.from_settings(
+    with pytest.raises(StoreMisconfigured, match="PINECONE_HOST"):
+        wiring.pinecone_index(
             Settings(pinecone_api_key=SecretStr("k"), pinecone_host=None, pinecone_index=None)
         )
 

@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from domain.errors import BadInput, NotFound, UpstreamUnavailable
+from domain.errors import BadInput, NotFound, StoreMisconfigured, UpstreamUnavailable
+from fashion_search import wiring
 from fashion_search.settings import Settings
 from stores.images.s3 import CACHE_CONTROL, MB, S3ImageStore
 from tests.stores.contracts import ImageStoreContract
@@ -210,7 +211,9 @@ async def test_stopped_server_fails_within_the_timeout() -> None:
         await store.close()
 
 
-def test_from_settings(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wiring_builds_the_adapter_from_settings(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     settings = Settings(
@@ -220,12 +223,12 @@ def test_from_settings(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> 
         aws_region=AWS_TEST_REGION,
         store_timeout_s=2,
     )
-    store = S3ImageStore.from_settings(settings)
+    store = wiring.s3_images(settings)
     assert store.where == f"S3_BUCKET=fs-images, S3_ENDPOINT_URL={s3_server.endpoint_url}"
     assert "X-Amz-Expires=60" in store.url("k.jpg")
-    cdn = S3ImageStore.from_settings(
+    cdn = wiring.s3_images(
         settings.model_copy(update={"s3_public_base_url": "https://cdn.example.com/img"})
     )
     assert cdn.url("k.jpg") == "https://cdn.example.com/img/k.jpg"
-    with pytest.raises(BadInput, match="S3_BUCKET"):
-        S3ImageStore.from_settings(Settings(s3_bucket=None))
+    with pytest.raises(StoreMisconfigured, match="S3_BUCKET"):
+        wiring.s3_images(Settings(s3_bucket=None))

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fashion_search import wiring
 from fashion_search.cli import app
+from fashion_search.settings import Settings
 from stores.images.s3 import S3ImageStore
 from stores.vectors.pinecone_index import PineconeVectorIndex
 from tests.fakes import FakeEncoderProvider, HashingEncoder
@@ -45,6 +47,14 @@ STORE_VARS = (
     "FASHION_SEARCH_API_KEYS",
     "FASHION_SEARCH_STORE_TIMEOUT_S",
 )
+
+
+FASHION_LITE_DIM = 384
+
+
+def default_encoder_dim() -> int:
+    """The default encoder's real dimension (its committed heads; no model is loaded)."""
+    return wiring.build_encoders(Settings(), load_entry_points=False).get().dim
 
 
 def run(env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -108,7 +118,7 @@ def test_config_check_reaches_every_store(
     asyncio.run(store.create_bucket())
     env = {
         "PINECONE_API_KEY": pinecone_server.api_key,
-        "PINECONE_HOST": pinecone_server.create_index(unique_name("idx"), 8),
+        "PINECONE_HOST": pinecone_server.create_index(unique_name("idx"), default_encoder_dim()),
         "MONGODB_URI": mongo_server.uri,
         "MONGODB_DB": unique_name("db").replace("-", "_"),
         "S3_BUCKET": bucket,
@@ -128,6 +138,76 @@ def test_config_check_reaches_every_store(
     checks = json.loads(output)["checks"]
     assert checks["vector_index"] == "ok"
     assert "MONGODB_URI" in checks["catalog"]
+
+
+def test_config_check_catches_a_dimension_mismatch_before_any_encoding(
+    pinecone_server: FakePinecone,
+) -> None:
+    """An index of 128 dimensions for the 384-d default encoder: named with both dimensions
+    and the variable, by the check alone (no vector was ever written)."""
+    assert default_encoder_dim() == FASHION_LITE_DIM
+    host = pinecone_server.create_index(unique_name("idx"), 128)
+    env = {"PINECONE_API_KEY": pinecone_server.api_key, "PINECONE_HOST": host}
+    code, output = run(env, "config", "--json", "--check")
+    assert code == 1
+    problem = json.loads(output)["checks"]["vector_index"]
+    assert f"PINECONE_HOST={host}" in problem
+    assert "dimension 128" in problem
+    assert f"{FASHION_LITE_DIM}-d" in problem
+    assert pinecone_server.requests_to(host.rsplit("/", 1)[-1], "/vectors/upsert") == []
+
+
+def test_config_check_reports_every_store_when_one_is_misconfigured(
+    pinecone_server: FakePinecone, mongo_server: MongoServer
+) -> None:
+    env = {
+        "PINECONE_API_KEY": pinecone_server.api_key,
+        "PINECONE_HOST": pinecone_server.create_index(unique_name("idx"), default_encoder_dim()),
+        "MONGODB_URI": "mongodb://app:p@ss@db.example.com/",
+        "S3_BUCKET": "shop-images",
+        "S3_ENDPOINT_URL": "127.0.0.1:18333",
+    }
+    code, output = run(env, "config", "--json", "--check")
+    assert code == 1
+    checks = json.loads(output)["checks"]
+    assert checks["vector_index"] == "ok"
+    assert checks["catalog"].startswith("MONGODB_URI is invalid: ")
+    assert checks["images"].startswith("S3_ENDPOINT_URL='127.0.0.1:18333' is not an http(s) URL")
+    assert "http://127.0.0.1:18333" in checks["images"]
+    for message in checks.values():
+        assert "\n" not in message
+    assert "ss@" not in output
+
+
+def test_serve_refuses_misconfigured_stores_in_one_line() -> None:
+    env = {"S3_BUCKET": "shop-images", "S3_ENDPOINT_URL": "127.0.0.1:18333"}
+    code, output = run(env, "serve", "--port", str(free_port()))
+    assert code == 2
+    assert output.strip().splitlines() == [
+        "Error: images: S3_ENDPOINT_URL='127.0.0.1:18333' is not an http(s) URL: write it "
+        "with its scheme, e.g. http://127.0.0.1:18333"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("S3_PRESIGN_EXPIRY_S", "an hour", "S3_PRESIGN_EXPIRY_S=an hour: Input should be"),
+        ("FASHION_SEARCH_STORE_TIMEOUT_S", "-1", "FASHION_SEARCH_STORE_TIMEOUT_S=-1: Input"),
+        ("FASHION_SEARCH_API_KEYS", "key-1,key-2", "FASHION_SEARCH_API_KEYS cannot be read"),
+    ],
+)
+def test_unreadable_settings_are_one_line_errors(variable: str, value: str, expected: str) -> None:
+    for command in (["config"], ["ingest", "nowhere"], ["pinecone", "stats"]):
+        code, output = run({variable: value}, *command)
+        assert code == 2
+        lines = output.strip().splitlines()
+        assert len(lines) == 1, output
+        assert lines[0].startswith(f"Error: {expected}")
+        assert "key-1" not in output
+    code, output = run({variable: value}, "config", "--help")
+    assert code == 0
+    assert "--check" in output
 
 
 def test_create_index_takes_the_encoders_dimension(

@@ -33,6 +33,7 @@ from api.config import ApiConfig, ApiServices
 from domain.model import Modality
 from domain.ports import Vectors
 from domain.services import CatalogService, SearchService
+from encoders.images import decode_image
 from stores.http_fetcher import SafeImageFetcher
 from tests.fakes import (
     FakeEncoderProvider,
@@ -151,6 +152,7 @@ def build_app(
         index=index,
         catalog_store=catalog,
         images=images,
+        image_decoder=decode_image,
         fetcher=fetcher,
     )
     base = config or ApiConfig()
