@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from domain.errors import FashionSearchError, StoreMisconfigured
+from domain.indexer import Indexer
+from domain.ledger_check import StoreNames
 from domain.ports import (
     Catalog,
     Encoder,
@@ -42,8 +44,11 @@ class Container:
     """Serialises the writers of the data home (None: a lock that holds nothing)."""
     search: SearchService = field(init=False)
     catalog_service: CatalogService = field(init=False)
+    indexer: Indexer = field(init=False)
+    """The one write use case on these stores (ingest, mutations and repairs use it)."""
 
     def __post_init__(self) -> None:
+        self.indexer = Indexer(self.index, self.catalog, self.images, self.write_lock)
         self.search = SearchService(
             self.encoders, self.index, self.catalog, self.images, self.fetcher
         )
@@ -73,6 +78,23 @@ class Container:
         await self.index.close()
         await self.catalog.close()
         await self.images.close()
+
+
+def store_names(settings: Settings) -> StoreNames:
+    """How messages name the stores these settings choose (same rules as build_*)."""
+    if settings.pinecone_api_key is not None:
+        vectors = f"Pinecone index {settings.pinecone_index or settings.pinecone_host!r}"
+    else:
+        vectors = f"the vector index in {settings.vectors_dir}"
+    if settings.mongodb_uri is not None:
+        catalog = f"MongoDB database {settings.mongodb_db!r}"
+    else:
+        catalog = f"the catalog {settings.catalog_path}"
+    if settings.s3_bucket is not None:
+        images = f"S3 bucket {settings.s3_bucket!r}"
+    else:
+        images = f"the images in {settings.images_dir}"
+    return StoreNames(vectors=vectors, catalog=catalog, images=images)
 
 
 def build_encoders(settings: Settings, load_entry_points: bool = True) -> EncoderRegistry:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -33,10 +34,18 @@ from rich.table import Table
 from rich.text import Text
 
 from domain.errors import FashionSearchError
+from domain.indexer import iter_ledger
+from domain.ledger_check import (
+    KINDS,
+    MISSING_IMAGE,
+    CheckReport,
+    LedgerCheck,
+    stale_ledger_reasons,
+)
 from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, TextQuery
 from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
-from fashion_search.wiring import Container, build
+from fashion_search.wiring import Container, build, store_names
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
 from ingest.readers import Source, open_source
 from ingest.report import (
@@ -186,15 +195,20 @@ async def ingest_path(
     encoder_ids: Sequence[str] | None,
     options: IngestOptions,
     report: Path | None,
+    verify: bool = False,
 ) -> tuple[IngestSummary, Path]:
     started = datetime.now(UTC)
     with open_source(path) as source:
         container = make_container(settings)
         try:
             encoders = resolve_encoders(container, encoder_ids)
+            if verify:
+                await verify_and_repair(container, encoders)
+            elif not options.reindex:
+                options = await trust_or_reindex(container, encoders, options)
             console.print(
                 f"Reading [bold]{source.location}[/] ({source.layout} layout) into "
-                f"[bold]{settings.home}[/] with {', '.join(e.id for e in encoders)}",
+                f"[bold]{store_names(settings)}[/] with {', '.join(e.id for e in encoders)}",
                 highlight=False,
             )
             summary = await run_ingest(container, source, encoders, options)
@@ -209,21 +223,87 @@ async def ingest_path(
                 "batch_size": options.batch_size,
                 "limit": options.limit,
                 "max_image_bytes": options.max_image_bytes,
+                "reindex": options.reindex,
             },
         )
     written = write_report(report or default_report_path(settings.home, started), document)
     return summary, written
 
 
+async def trust_or_reindex(
+    container: Container, encoders: Sequence[Encoder], options: IngestOptions
+) -> IngestOptions:
+    """The common case of a ledger that cannot be trusted (a new or emptied index or bucket
+    behind an existing ledger): say so and encode everything again."""
+    names = store_names(container.settings)
+    reasons = await stale_ledger_reasons(
+        container.index, container.catalog, container.images, encoders, names
+    )
+    if not reasons:
+        return options
+    for reason in reasons:
+        console.print(f"[yellow]Note:[/] {reason}.", highlight=False)
+    console.print("Ignoring the ledger: every product is encoded and written again.")
+    return replace(options, reindex=True)
+
+
+async def verify_and_repair(container: Container, encoders: Sequence[Encoder]) -> None:
+    """``ingest --verify``: compare the ledger with the stores, report each kind of
+    disagreement, then repair what can be repaired from the stored images."""
+    names = store_names(container.settings)
+    console.print(f"Checking the ledger against {names}", highlight=False)
+    check = LedgerCheck(container.index, container.catalog, container.images, container.indexer)
+    found = await check.run(encoders)
+    print_check(found)
+    if found.clean:
+        console.print(f"All {found.products:,} products agree with the ledger.")
+        return
+    repaired = await check.repair(found, encoders)
+    console.print(
+        f"Repaired: {repaired.reencoded:,} products encoded again from their stored images, "
+        f"{repaired.forgotten:,} ledger entries dropped (an ingest of the source redoes "
+        "products whose image is missing).",
+        highlight=False,
+    )
+    for pid, why in list(repaired.failed.items())[:SHOWN_FAILURES]:
+        console.print(f"  not repaired: {pid}: {why}", highlight=False)
+
+
+def print_check(found: CheckReport) -> None:
+    table = Table(title=f"Ledger check ({found.products:,} products)", title_justify="left")
+    table.add_column("encoder")
+    table.add_column("disagreement")
+    table.add_column("count", justify="right")
+    table.add_column("examples", overflow="fold")
+    for encoder_id, findings in found.by_encoder.items():
+        for kind, label in KINDS.items():
+            n = findings.count(kind)
+            examples = ", ".join(findings.ids.get(kind, [])[:3])
+            table.add_row(encoder_id, label, f"{n:,}", examples)
+    table.add_row(
+        "-", MISSING_IMAGE, f"{len(found.missing_images):,}", ", ".join(found.missing_images[:3])
+    )
+    console.print(table)
+
+
+async def verify_only(settings: Settings, encoder_ids: Sequence[str] | None) -> None:
+    container = make_container(settings)
+    try:
+        await verify_and_repair(container, resolve_encoders(container, encoder_ids))
+    finally:
+        await container.aclose()
+
+
 def ingest_command(
     path: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="A Kaggle styles.csv + images/ folder or zip, a CSV/JSONL manifest (or a folder "
-            "with products.csv / manifest.jsonl), or a folder of images.",
+            "with products.csv / manifest.jsonl), or a folder of images. Optional with "
+            "--verify.",
             show_default=False,
         ),
-    ],
+    ] = None,
     encoder: Annotated[
         list[str] | None,
         typer.Option(
@@ -248,14 +328,34 @@ def ingest_command(
             show_default=False,
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="First compare the ledger with the vector index, catalog and images, report "
+            "each disagreement and re-encode what is missing from the stored images.",
+        ),
+    ] = False,
+    reindex: Annotated[
+        bool,
+        typer.Option("--reindex", help="Ignore the ledger: encode and write every item again."),
+    ] = False,
 ) -> None:
     """Ingest a catalog: images are encoded, stored and indexed; unchanged items are skipped,
     bad images are listed and written to the report, never fatal."""
     settings = Settings()
+    if path is None:
+        if not verify:
+            raise fail("give the catalog to ingest (PATH), or --verify to check the stores", 2)
+        run_async(verify_only(settings, encoder))
+        return
     options = IngestOptions(
-        batch_size=batch_size, limit=limit, max_image_bytes=settings.max_image_bytes
+        batch_size=batch_size,
+        limit=limit,
+        max_image_bytes=settings.max_image_bytes,
+        reindex=reindex,
     )
-    summary, written = run_async(ingest_path(settings, path, encoder, options, report))
+    summary, written = run_async(ingest_path(settings, path, encoder, options, report, verify))
     print_summary(summary, written)
 
 
@@ -306,8 +406,8 @@ async def run_search(settings: Settings, query: SearchQuery) -> SearchPage:
         encoder = container.encoders.get(query.encoder_id)
         if await container.index.count(encoder.id) == 0:
             raise fail(
-                f"nothing is indexed for encoder {encoder.id!r} in {settings.home}: "
-                "run `fashion-search ingest PATH` first"
+                f"nothing is indexed for encoder {encoder.id!r} in "
+                f"{store_names(settings).vectors}: run `fashion-search ingest PATH` first"
             )
         return await container.search.search(query)
     finally:
@@ -376,6 +476,15 @@ def search_command(
 # -- demo ------------------------------------------------------------------------------------
 
 
+async def ledger_is_current(container: Container, encoder: Encoder) -> bool:
+    """Whether every ledger entry of the encoder was made with its current weights (read in
+    pages: bounded memory whatever the catalog's size)."""
+    async for page in iter_ledger(container.catalog, encoder.id):
+        if not all(indexed_by_current_version(encoder, entry) for entry in page.values()):
+            return False
+    return True
+
+
 async def ensure_demo_catalog(settings: Settings, catalog: Path) -> IngestSummary | None:
     """Ingest the demo catalog when the default encoder's index is empty, or holds vectors
     made with other weights of the encoder (a new heads file), which are encoded again."""
@@ -383,8 +492,7 @@ async def ensure_demo_catalog(settings: Settings, catalog: Path) -> IngestSummar
     try:
         encoder = container.encoders.get(None)
         if await container.index.count(encoder.id) > 0:
-            ledger = await container.catalog.indexed_hashes(encoder.id)
-            if all(indexed_by_current_version(encoder, entry) for entry in ledger.values()):
+            if await ledger_is_current(container, encoder):
                 count = await container.catalog.count()
                 console.print(f"Index already holds {count:,} products ({settings.home}).")
                 return None
@@ -396,6 +504,7 @@ async def ensure_demo_catalog(settings: Settings, catalog: Path) -> IngestSummar
             console.print(f"Empty index: ingesting the demo catalog {catalog}")
         with open_source(catalog) as source:
             options = IngestOptions(max_image_bytes=settings.max_image_bytes)
+            options = await trust_or_reindex(container, [encoder], options)
             summary = await run_ingest(container, source, [encoder], options)
             document = report_document(summary, source.location, source.layout)
     finally:
