@@ -180,13 +180,21 @@ class _Journal:
         if any(kind == "vectors" for kind, _, _ in self.undo):
             self.did("flush", "the vector index flush", flush)
         remaining: list[str] = []
+        failed: set[str] = set()
         for kind in UNDO_ORDER:
             for this_kind, what, action in reversed(self.undo):
                 if this_kind != kind:
                     continue
+                if kind == "images" and "products" in failed:
+                    # a product write that timed out may still land: keep its image, so
+                    # the product is then whole but for its vectors (a retry or `ingest
+                    # --verify` re-encodes it from that image)
+                    remaining.append(f"{what} (kept: the product rows may still be written)")
+                    continue
                 try:
                     await action()
                 except Exception as exc:
+                    failed.add(kind)
                     remaining.append(f"{what} ({_reason(exc)})")
         return remaining
 
@@ -486,7 +494,13 @@ class Indexer:
             if error is not None:
                 journal = self._removal_journal(kept, encoder_ids, before)
                 journal.step = "deleting images"
-                await self._fail(purpose, kept, journal, error)
+                undone = UpstreamUnavailable(
+                    f"{purpose} of {_ids_text(kept)} was undone: the image store failed "
+                    f"({_reason(error)}). The product is unchanged, though a delete the store "
+                    f"received may still remove its image: retry {purpose}."
+                )
+                undone.__cause__ = error
+                await self._fail(purpose, kept, journal, undone)
         return RemovalResult(tuple(pid for pid in ids if pid in products))
 
     def _removal_journal(
