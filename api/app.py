@@ -14,9 +14,10 @@ from api.config import ApiConfig, ApiServices
 from api.docs_ui import docs_router, mount_static
 from api.errors import install_error_handlers
 from api.graphql.context import GraphQLContext
+from api.graphql.multipart import MultipartLimits
 from api.graphql.router import ApiGraphQLRouter
 from api.graphql.schema import build_schema
-from api.limits import BodySizeLimitMiddleware
+from api.limits import BodyLimitsMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.rest import router as rest_router
 from api.routes import health_router, images_router
@@ -41,19 +42,22 @@ def create_app(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     config = config or ApiConfig()
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=config.metrics_multiprocess_dir)
     state = ApiState.build(services, config, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if config.warm_up_encoder:
             state.status.start_warmup()
+            if config.serve_when_warm:
+                await state.status.warmed_up()
         try:
             yield
         finally:
             await state.status.aclose()
             if on_shutdown is not None:
                 await on_shutdown()
+            metrics.process_exiting()
 
     app = FastAPI(
         title=config.title,
@@ -77,6 +81,7 @@ def create_app(
         multipart_uploads_enabled=True,
         tags=["GraphQL"],
         max_document_chars=config.max_document_chars,
+        multipart_limits=MultipartLimits(config.max_upload_files, config.max_form_fields),
     )
     app.include_router(graphql)
     app.include_router(rest_router)
@@ -87,7 +92,12 @@ def create_app(
         app.include_router(images_router)
 
     # Last added runs first: CORS, then metrics (so rejected bodies are counted), then limits.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.body_limit)
+    app.add_middleware(
+        BodyLimitsMiddleware,
+        max_bytes=config.body_limit,
+        idle_timeout_s=config.body_idle_timeout_s,
+        on_stall=metrics.body_stalls.inc,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if config.cors_origins:
         app.add_middleware(

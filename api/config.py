@@ -13,6 +13,7 @@ from domain.services import CatalogService, SearchService
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_BODY_IDLE_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class ApiConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_body_bytes: int | None = None
     """Largest request body; default: room for one base64-encoded image of max_image_bytes."""
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
+    """A client that sends nothing of its request body for this long gets a 408 and its
+    connection closed (slow-loris uploads must not hold connections and buffers)."""
+    max_upload_files: int = 8
+    """Files in one multipart GraphQL request (each must be mapped to a variable)."""
+    max_form_fields: int = 8
+    """Non-file parts in one multipart GraphQL request (the spec needs two: operations, map)."""
     cors_origins: Sequence[str] = ()
     serve_images: bool = False
     """Serve the image store under /images/{key} (only for the local image store)."""
@@ -37,6 +45,12 @@ class ApiConfig:
     graphiql: bool = True
     warm_up_encoder: bool = True
     """Load the default encoder when the app starts; /readyz stays 503 until it is loaded."""
+    serve_when_warm: bool = False
+    """Start answering requests only once the default encoder's warm-up finished (loaded or
+    failed): with several workers sharing a socket, a worker still loading never answers, so
+    /readyz does not flip between 200 and 503 while workers start."""
+    metrics_multiprocess_dir: str | None = None
+    """prometheus_client's multiprocess directory: /metrics sums every worker's values."""
     readiness_timeout_s: float = 3.0
     title: str = "fashion-search"
     version: str = "0.1.0"

@@ -9,12 +9,13 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import ImageDecoder
-from api.errors import PAYLOAD_TOO_LARGE
+from api.config import DEFAULT_BODY_IDLE_TIMEOUT_S, ImageDecoder
+from api.errors import code_for_status
 from domain.errors import BadInput, InvalidImage, PayloadTooLarge
 from domain.images import sniff_image_type
 from domain.ports import ImageFetcher
@@ -28,13 +29,30 @@ class BodyTooLarge(Exception):
     the limit; the middleware turns it into a 413."""
 
 
-class BodySizeLimitMiddleware:
-    """413 for bodies above ``max_bytes``: at once from Content-Length, or as soon as a
-    streamed body crosses the limit (the rest is never read)."""
+class BodyStalled(Exception):
+    """Raised from ``receive`` when the client sent nothing of its body for the idle timeout;
+    the middleware turns it into a 408 and closes the connection."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitsMiddleware:
+    """Guards reading the request body. 413 for bodies above ``max_bytes``: at once from
+    Content-Length, or as soon as a streamed body crosses the limit (the rest is never read).
+    408, with the connection closed, when the body stalls: no bytes for ``idle_timeout_s``
+    while the app waits for more (a slow-loris client holding a worker's connection and
+    buffers); ``on_stall`` counts it. Once the body is complete, ``receive`` is passed
+    through untouched (apps wait on it for a disconnect)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.on_stall = on_stall
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,64 +65,93 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared > self.max_bytes:
-                    await self._reject(scope, send)
+                    await _reject(scope, send, 413, self._too_large_detail())
                     return
         received = 0
-        started = exceeded = rejected = False
+        started = body_done = False
+        failure: BodyTooLarge | BodyStalled | None = None
+        answered = False
 
-        async def limited_receive() -> Message:
-            nonlocal received, exceeded
-            if exceeded:
-                raise BodyTooLarge
-            message = await receive()
+        async def answer(exc: BodyTooLarge | BodyStalled) -> None:
+            nonlocal answered
+            if not answered:  # once per request
+                answered = True
+                await self._answer(scope, send, exc)
+
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done, failure
+            if failure is not None:
+                raise failure
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                failure = BodyStalled()
+                if self.on_stall is not None:
+                    self.on_stall()
+                raise failure from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    exceeded = True
-                    raise BodyTooLarge
+                    failure = BodyTooLarge()
+                    raise failure
             return message
 
         async def guarded_send(message: Message) -> None:
             # Frameworks may turn the receive error into a response of their own (FastAPI
-            # answers 400 "error parsing the body"): once the limit is crossed, the 413 wins.
-            nonlocal started, rejected
-            if exceeded:
-                if not started and not rejected:
-                    rejected = True
-                    await self._reject(scope, send)
+            # answers 400 "error parsing the body"): once the body failed, our answer wins.
+            nonlocal started
+            if failure is not None:
+                if not started:
+                    await answer(failure)
                 return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLarge:
+            await self.app(scope, guarded_receive, guarded_send)
+        except (BodyTooLarge, BodyStalled) as exc:
             if started:
                 raise
-            if not rejected:
-                await self._reject(scope, send)
+            await answer(exc)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        detail = f"request body larger than {self.max_bytes:,} bytes"
-        body: dict[str, object]
-        if str(scope.get("path", "")).startswith("/graphql"):
-            body = {"errors": [{"message": detail, "extensions": {"code": PAYLOAD_TOO_LARGE}}]}
+    async def _answer(self, scope: Scope, send: Send, failure: Exception) -> None:
+        if isinstance(failure, BodyStalled):
+            detail = f"no request body bytes for {self.idle_timeout_s:g} s"
+            await _reject(scope, send, 408, detail)
         else:
-            body = {"detail": detail, "code": PAYLOAD_TOO_LARGE}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+            await _reject(scope, send, 413, self._too_large_detail())
+
+    def _too_large_detail(self) -> str:
+        return f"request body larger than {self.max_bytes:,} bytes"
+
+
+async def _reject(scope: Scope, send: Send, status: int, detail: str) -> None:
+    """A JSON error (GraphQL-shaped on /graphql) that closes the connection: the rest of the
+    body is never read."""
+    code = code_for_status(status)
+    body: dict[str, object]
+    if str(scope.get("path", "")).startswith("/graphql"):
+        body = {"errors": [{"message": detail, "extensions": {"code": code}}]}
+    else:
+        body = {"detail": detail, "code": code}
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 @runtime_checkable

@@ -109,6 +109,11 @@ class StatusService:
             return
         self._warmup = asyncio.create_task(self._warm_up(), name="encoder-warm-up")
 
+    async def warmed_up(self) -> None:
+        """Wait until the warm-up in progress has finished (the encoder loaded or failed)."""
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
+
     async def _warm_up(self) -> None:
         try:
             await asyncio.to_thread(self._load_default_encoder)

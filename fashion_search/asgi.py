@@ -3,12 +3,14 @@ fashion_search.asgi:create_app`` (what ``fashion-search serve`` runs)."""
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 
 from api import ApiConfig, ApiServices
 from api import create_app as create_api
 from encoders.images import decode_image
-from fashion_search.settings import Settings
+from fashion_search.settings import METRICS_DIR_ENV, Settings
 from fashion_search.wiring import Container, build
 
 
@@ -19,6 +21,11 @@ def api_config(settings: Settings) -> ApiConfig:
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
         cors_origins=tuple(settings.cors_origins),
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        # Several workers share one socket: each answers only once its encoder is warm.
+        serve_when_warm=True,
+        # Set by `fashion-search serve` (prometheus_client's multiprocess mode).
+        metrics_multiprocess_dir=os.environ.get(METRICS_DIR_ENV) or None,
         # The local store's URLs are /images/<key>: the API serves them. S3 serves its own.
         serve_images=settings.s3_bucket is None,
     )

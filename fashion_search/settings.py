@@ -21,6 +21,11 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess directory: ``serve`` sets it before any worker imports
+prometheus_client (which reads it at import), so /metrics sums every worker's values."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FASHION_SEARCH_", env_file=".env", extra="ignore", populate_by_name=True
@@ -60,6 +65,11 @@ class Settings(BaseSettings):
     url_connect_timeout_s: float = 3.0
     url_read_timeout_s: float = 10.0
     cors_origins: list[str] = Field(default_factory=list)
+    body_idle_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds without a byte of a request body before the client is cut off (408).",
+    )
 
     # UI
     api_url: str = Field(default="http://127.0.0.1:8000", description="API the UI talks to.")

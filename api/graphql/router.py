@@ -1,7 +1,7 @@
 """Strawberry's FastAPI router, hardened at the HTTP layer: malformed request envelopes (JSON
 that is not an object, JSON nested past the recursion limit, broken multipart maps) are a 400
 instead of an unhandled exception, documents above ``max_document_chars`` are refused before
-they are parsed, and every transport-level refusal is GraphQL-shaped JSON with a code."""
+they are parsed, multipart uploads are read with limits (``api.graphql.multipart``), and every transport-level refusal is GraphQL-shaped JSON with a code."""
 
 from __future__ import annotations
 
@@ -18,12 +18,22 @@ from strawberry.types.unset import UNSET
 from api.docs_ui import offline_graphiql_html
 from api.errors import code_for_status
 from api.graphql.context import GraphQLContext
+from api.graphql.multipart import DEFAULT_LIMITS, LimitedMultipartAdapter, MultipartLimits
 
 
 class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
-    def __init__(self, *args: Any, max_document_chars: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_document_chars: int,
+        multipart_limits: MultipartLimits | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_document_chars = max_document_chars
+        self.request_adapter_class = LimitedMultipartAdapter.with_limits(
+            multipart_limits or DEFAULT_LIMITS
+        )
         self._offline_ide_html = offline_graphiql_html()
 
     @property

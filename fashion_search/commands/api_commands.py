@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from fashion_search.settings import METRICS_DIR_ENV
+
 MAX_DEFAULT_WORKERS = 4
 """Each worker loads the encoders (about 1 GB): more cores than this get fewer workers than
 cores unless ``--workers`` asks for more."""
+
+
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
+"""uvicorn's supervisor kills a worker that does not answer its ping for this long. Its
+default (5 s) kills workers still importing on a loaded machine (load 5-12 on 2 cores), over
+and over; a worker that is really hung is still replaced, a minute later."""
 
 
 def usable_cpus() -> int:
@@ -34,6 +46,28 @@ def serve_plan(workers: int | None, torch_threads: int | None) -> tuple[int, int
     return workers, torch_threads
 
 
+@contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """A fresh directory for prometheus_client's multiprocess mode, exported before uvicorn
+    starts the workers: PROMETHEUS_MULTIPROC_DIR if set (emptied: values of an earlier run
+    must not count), else a temporary directory removed on exit."""
+    configured = os.environ.get(METRICS_DIR_ENV)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="fashion-search-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop(METRICS_DIR_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -48,6 +82,15 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    worker_healthcheck_timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds a worker may go without answering the supervisor's health check "
+            "before it is replaced (starting workers on a loaded machine need more than "
+            "uvicorn's 5 s).",
+        ),
+    ] = WORKER_HEALTHCHECK_TIMEOUT_S,
 ) -> None:
     """Serve the API: GraphQL (and GraphiQL) at /graphql, REST shims, /docs, /metrics."""
     import uvicorn
@@ -67,14 +110,16 @@ def serve(
         os.environ["FASHION_SEARCH_TORCH_THREADS"] = str(torch_threads)
     threads = "torch's default" if torch_threads == 0 else str(torch_threads)
     typer.echo(f"{workers} worker(s), {threads} torch thread(s) each", err=True)
-    uvicorn.run(
-        "fashion_search.asgi:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )
+    with metrics_directory():
+        uvicorn.run(
+            "fashion_search.asgi:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            timeout_worker_healthcheck=worker_healthcheck_timeout,
+        )
 
 
 def export_schema(
