@@ -27,8 +27,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import math
+import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -64,6 +67,14 @@ MAX_IDS_PER_DELETE = 1000
 MAX_QUERY_TOP_K = 10_000
 MAX_IN_VALUES = 10_000
 MAX_NAME_LEN = 512
+MAX_METADATA_BYTES = 40 * 1024
+"""Pinecone's limit on one vector's metadata."""
+DELETE_VISIBILITY_S = 120.0
+"""How long a delete may take to reach Pinecone's readers (it is eventually consistent;
+usually seconds): until then this process hides the deleted ids from its own results."""
+MAX_HIDDEN_PER_NAMESPACE = 5_000
+INDEX_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,43}[a-z0-9])?$")
+"""Pinecone index names: 1-45 lowercase letters, digits and '-'."""
 ENCODED_PREFIX = "~b64:"
 DEFAULT_CONCURRENCY = 4
 
@@ -116,13 +127,44 @@ def to_pinecone_filter(flt: ProductFilter | None) -> dict[str, Any] | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """Bytes of the metadata as JSON, measured generously (spaces after separators), so
+    what fits here fits Pinecone's count."""
+    return len(json.dumps(metadata, ensure_ascii=False).encode())
+
+
+def fit_metadata(record_id: str, metadata: Mapping[str, str]) -> dict[str, str]:
+    """The metadata within Pinecone's 40 KB per vector. Tags only serve filters, so the
+    largest values are left out (the product then never matches a filter on those keys)
+    until the rest fits; the vector is still stored and searchable, and a warning names the
+    product and the keys."""
+    kept = dict(metadata)
+    if metadata_size(kept) <= MAX_METADATA_BYTES:
+        return kept
+    dropped: list[str] = []
+    for key in sorted(kept, key=lambda k: len(k.encode()) + len(kept[k].encode()), reverse=True):
+        del kept[key]
+        dropped.append(key)
+        if metadata_size(kept) <= MAX_METADATA_BYTES:
+            break
+    logger.warning(
+        "product %r: tags %s left out of its Pinecone metadata (%d KB at most per vector); "
+        "filters on them will not match it",
+        record_id,
+        ", ".join(repr(k) for k in dropped),
+        MAX_METADATA_BYTES // 1024,
+    )
+    return kept
+
+
 def _record(record_id: str, vector: Vectors, tags: Mapping[str, str]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": encode_name(record_id),
         "values": [float(x) for x in np.asarray(vector, dtype=np.float32).reshape(-1)],
     }
     if tags:
-        record["metadata"] = {metadata_key(str(k)): str(v) for k, v in tags.items()}
+        metadata = {metadata_key(str(k)): str(v) for k, v in tags.items()}
+        record["metadata"] = fit_metadata(record_id, metadata)
     return record
 
 
@@ -187,15 +229,21 @@ class PineconeVectorIndex:
         namespace_prefix: str = "",
         concurrency: int = DEFAULT_CONCURRENCY,
         control_plane_host: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``host`` is the index's data-plane URL (``https://<index>-<project>.svc...``, or
         ``http://127.0.0.1:PORT`` for a local fake); without it the host of ``index_name``
         is looked up once, on first use. ``namespace_prefix`` lets several deployments (or
-        test runs) share one index."""
+        test runs) share one index. ``clock`` times how long deleted ids stay hidden."""
         if not api_key:
             raise StoreMisconfigured("PINECONE_API_KEY is empty")
         if not host and not index_name:
             raise StoreMisconfigured("set PINECONE_HOST (or PINECONE_INDEX) to use Pinecone")
+        if not host and index_name and not INDEX_NAME.match(index_name):
+            raise StoreMisconfigured(
+                f"PINECONE_INDEX={index_name!r} is not a Pinecone index name: 1-45 lowercase "
+                "letters, digits or '-', starting and ending with a letter or digit"
+            )
         self._api_key = api_key
         self._host = host or None
         self._index_name = index_name
@@ -210,6 +258,10 @@ class PineconeVectorIndex:
         """The index's dimension, read once (it never changes)."""
         self._written_lsn: dict[str, int] = {}
         """namespace -> highest log position Pinecone reported for our upserts."""
+        self._clock = clock
+        self._hidden: dict[str, dict[str, float]] = {}
+        """namespace -> stored id -> when this process deleted it: Pinecone's readers may
+        still return it for a while, so this process's results leave it out."""
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -287,6 +339,31 @@ class PineconeVectorIndex:
             raise UpstreamUnavailable(f"Pinecone ({self.where}) failed: {exc}") from exc
         except PineconeError as exc:
             raise UpstreamUnavailable(f"Pinecone ({self.where}) failed: {exc}") from exc
+
+    def _hide(self, namespace: str, stored_ids: Sequence[str]) -> None:
+        hidden = self._hidden.setdefault(namespace, {})
+        now = self._clock()
+        for stored in stored_ids:
+            hidden.pop(stored, None)
+            hidden[stored] = now
+        while len(hidden) > MAX_HIDDEN_PER_NAMESPACE:  # oldest first
+            del hidden[next(iter(hidden))]
+
+    def _unhide(self, namespace: str, stored_ids: Sequence[str]) -> None:
+        hidden = self._hidden.get(namespace)
+        if hidden:
+            for stored in stored_ids:
+                hidden.pop(stored, None)
+
+    def _hidden_ids(self, namespace: str) -> dict[str, float]:
+        """The ids deleted within DELETE_VISIBILITY_S (older ones are forgotten)."""
+        hidden = self._hidden.get(namespace)
+        if not hidden:
+            return {}
+        horizon = self._clock() - DELETE_VISIBILITY_S
+        for stored in [s for s, at in hidden.items() if at < horizon]:
+            del hidden[stored]
+        return hidden
 
     async def _namespace_counts(self) -> dict[str, int]:
         """encoder id -> vector count, for this prefix's non-empty namespaces."""
@@ -375,6 +452,7 @@ class PineconeVectorIndex:
             return lambda: index.upsert(vectors=batch, namespace=namespace, timeout=self._timeout)
 
         batches = plan_upsert_batches(records)
+        self._unhide(namespace, [record["id"] for record in records])
         for response in await self._gather_limited([send(batch) for batch in batches]):
             info = response.response_info
             lsn = info.lsn_committed if info is not None else None
@@ -399,17 +477,20 @@ class PineconeVectorIndex:
         pinecone_filter = to_pinecone_filter(filter)
         await self.check_dimension(encoder_id, len(values))
         namespace = self._namespace(encoder_id)
+        hidden = self._hidden_ids(namespace)
         index = await self._client()
         response = await self._call(
             lambda: index.query(
-                top_k=min(top_k, MAX_QUERY_TOP_K),
+                # Ask for as many more as may be deleted but still seen, so a page stays full.
+                top_k=min(top_k + len(hidden), MAX_QUERY_TOP_K),
                 vector=values,
                 namespace=namespace,
                 filter=pinecone_filter,
                 timeout=self._timeout,
             )
         )
-        return [(decode_name(match.id), float(match.score)) for match in response.matches]
+        matches = [match for match in response.matches if match.id not in hidden]
+        return [(decode_name(match.id), float(match.score)) for match in matches[:top_k]]
 
     async def fetch(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
         stored = list(dict.fromkeys(encode_name(pid) for pid in ids))
@@ -421,10 +502,12 @@ class PineconeVectorIndex:
         def get(batch: list[str]) -> Callable[[], Awaitable[Any]]:
             return lambda: index.fetch(ids=batch, namespace=namespace, timeout=self._timeout)
 
+        hidden = self._hidden_ids(namespace)
         found: dict[str, Vectors] = {}
         for response in await self._gather_limited([get(b) for b in _fetch_batches(stored)]):
             for stored_id, record in response.vectors.items():
-                found[decode_name(stored_id)] = np.asarray(record.values, dtype=np.float32)
+                if stored_id not in hidden:
+                    found[decode_name(stored_id)] = np.asarray(record.values, dtype=np.float32)
         return {pid: found[pid] for pid in ids if pid in found}
 
     async def delete(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
@@ -452,6 +535,8 @@ class PineconeVectorIndex:
                 for i in range(0, len(stored), MAX_IDS_PER_DELETE)
             ]
         )
+        for namespace in namespaces:
+            self._hide(namespace, stored)
 
     async def count(self, encoder_id: str | None = None) -> int:
         counts = await self._namespace_counts()

@@ -6,8 +6,14 @@ Data plane (API version 2026-07, as the ``pinecone`` SDK speaks it): ``POST /vec
 (camelCase fields, ``{"code", "message", "details"}`` errors, the ``x-pinecone-request-lsn`` /
 ``x-pinecone-max-indexed-lsn`` headers) and its limits: fixed dimension per index, at most
 1000 vectors and 2 MB per upsert, ``topK`` 1-10000 (1000 with values or metadata), ASCII ids
-of 1-512 characters, metadata keys not starting with ``$``, 404 when deleting from a namespace
-that does not exist (serverless behaviour). Cosine scores.
+of 1-512 characters, metadata keys not starting with ``$`` and at most 40 KB of metadata per
+vector, at most 1000 ids per fetch or delete, ASCII namespace names of at most 512
+characters, index names of 1-45 lowercase letters, digits and ``-``, 404 when deleting from a
+namespace that does not exist (serverless behaviour). Cosine scores.
+
+Pinecone is eventually consistent; ``eventual = True`` makes the fake so too, deterministically:
+writes are acknowledged (with their log position) but reads (query, fetch, stats) see them
+only once the test calls ``settle()``.
 
 Control plane, just enough for ``indexes.create`` / ``indexes.describe``: ``POST /indexes``
 and ``GET /indexes/{name}``.
@@ -23,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +47,10 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_TOP_K = 10_000
 MAX_TOP_K_WITH_DATA = 1000
 MAX_ID_LEN = 512
+MAX_NAMESPACE_LEN = 512
+MAX_METADATA_BYTES = 40 * 1024
+MAX_IDS_PER_REQUEST = 1000
+INDEX_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,43}[a-z0-9])?$")
 
 
 class FakeError(Exception):
@@ -79,6 +90,8 @@ class FakeIndex:
     dimension: int
     metric: str = "cosine"
     namespaces: dict[str, dict[str, Record]] = field(default_factory=dict)
+    pending: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    """Acknowledged writes readers do not see yet (namespace, apply), in log order."""
 
 
 @dataclass
@@ -188,7 +201,29 @@ def _check_metadata(metadata: Any) -> dict[str, Any] | None:
         )
         if not ok:
             raise FakeError(400, f"Invalid metadata value for {key!r}")
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise FakeError(
+            400,
+            f"Metadata size is {size} bytes, which exceeds the limit of {MAX_METADATA_BYTES} "
+            "bytes per vector",
+        )
     return dict(metadata)
+
+
+def _check_namespace(namespace: Any) -> str:
+    if namespace is None or namespace == "":
+        return "__default__"
+    if (
+        not isinstance(namespace, str)
+        or len(namespace) > MAX_NAMESPACE_LEN
+        or not namespace.isascii()
+        or "\x00" in namespace
+    ):
+        raise FakeError(
+            400, f"Invalid namespace {namespace!r}: ASCII without NUL, at most 512 characters"
+        )
+    return namespace
 
 
 class FakePinecone:
@@ -201,6 +236,9 @@ class FakePinecone:
         self.seen: list[Seen] = []
         self._injected: list[Injected] = []
         self._lsn = 0
+        self._indexed_lsn = 0
+        self.eventual = False
+        """When True, writes become visible to reads only at ``settle()``."""
         self._deployments: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._server: uvicorn.Server | None = None
@@ -216,6 +254,8 @@ class FakePinecone:
 
     def create_index(self, name: str, dimension: int, metric: str = "cosine") -> str:
         """A fresh, empty index; returns its host URL."""
+        if not INDEX_NAME.match(name):
+            raise ValueError(f"Pinecone would refuse the index name {name!r}")
         with self._lock:
             self.indexes[name] = FakeIndex(name, dimension, metric)
         return self.host_of(name)
@@ -238,6 +278,26 @@ class FakePinecone:
     def slow_next(self, count: int, delay_s: float, *, path: str | None = None) -> None:
         with self._lock:
             self._injected.append(Injected(count, None, delay_s, path))
+
+    def settle(self, name: str | None = None) -> int:
+        """Make the acknowledged writes (of one index, or all) visible to reads, in order;
+        returns how many were applied."""
+        with self._lock:
+            applied = 0
+            for index in self.indexes.values():
+                if name is None or index.name == name:
+                    for _, apply in index.pending:
+                        apply()
+                    applied += len(index.pending)
+                    index.pending.clear()
+            if not any(index.pending for index in self.indexes.values()):
+                self._indexed_lsn = self._lsn
+            return applied
+
+    def stored(self, name: str, namespace: str) -> dict[str, Record]:
+        """What readers of the index see in a namespace (a copy)."""
+        with self._lock:
+            return dict(self.indexes[name].namespaces.get(namespace, {}))
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -382,7 +442,17 @@ class FakePinecone:
     # -- operations (called with the lock held) ------------------------------------------
 
     def _lsn_headers(self, header: str) -> dict[str, str]:
-        return {header: str(self._lsn)}
+        lsn = self._indexed_lsn if header == "x-pinecone-max-indexed-lsn" else self._lsn
+        return {header: str(lsn)}
+
+    def _write(self, index: FakeIndex, namespace: str, apply: Callable[[], None]) -> None:
+        """Apply an acknowledged write now, or (eventual mode) when the test settles."""
+        self._lsn += 1
+        if self.eventual:
+            index.pending.append((namespace, apply))
+        else:
+            apply()
+            self._indexed_lsn = self._lsn
 
     def _upsert(self, index: FakeIndex, body: dict[str, Any]) -> Response:
         records = body.get("vectors")
@@ -414,11 +484,14 @@ class FakePinecone:
             if index.metric == "cosine" and not array.any():
                 raise FakeError(400, "Dense vectors must contain at least one non-zero value")
             parsed.append((record_id, Record(array, _check_metadata(raw.get("metadata")))))
-        namespace = body.get("namespace") or "__default__"
-        space = index.namespaces.setdefault(namespace, {})
-        for record_id, record in parsed:
-            space[record_id] = record
-        self._lsn += 1
+        namespace = _check_namespace(body.get("namespace"))
+
+        def apply() -> None:
+            space = index.namespaces.setdefault(namespace, {})
+            for record_id, record in parsed:
+                space[record_id] = record
+
+        self._write(index, namespace, apply)
         return JSONResponse(
             {"upsertedCount": len(parsed)}, headers=self._lsn_headers("x-pinecone-request-lsn")
         )
@@ -430,7 +503,7 @@ class FakePinecone:
         limit = MAX_TOP_K_WITH_DATA if include_values or include_metadata else MAX_TOP_K
         if not isinstance(top_k, int) or not 1 <= top_k <= limit:
             raise FakeError(400, f"Invalid request: topK must be between 1 and {limit}")
-        namespace = body.get("namespace") or "__default__"
+        namespace = _check_namespace(body.get("namespace"))
         space = index.namespaces.get(namespace, {})
         if "vector" in body and "id" in body:
             raise FakeError(400, "Cannot provide both 'id' and 'vector' at the same time")
@@ -492,7 +565,12 @@ class FakePinecone:
     def _fetch(self, index: FakeIndex, ids: list[str], request: Request) -> Response:
         if not ids:
             raise FakeError(400, "Invalid request: ids must not be empty")
-        namespace = request.query_params.get("namespace") or "__default__"
+        if len(ids) > MAX_IDS_PER_REQUEST:
+            raise FakeError(
+                400,
+                f"Invalid request: fetch takes at most {MAX_IDS_PER_REQUEST} ids, got {len(ids)}",
+            )
+        namespace = _check_namespace(request.query_params.get("namespace"))
         space = index.namespaces.get(namespace, {})
         vectors: dict[str, Any] = {}
         for record_id in ids:
@@ -514,25 +592,34 @@ class FakePinecone:
         given = sum(1 for x in (ids is not None, delete_all, flt is not None) if x)
         if given != 1:
             raise FakeError(400, "Invalid request: give exactly one of ids, deleteAll or filter")
-        namespace = body.get("namespace") or "__default__"
-        space = index.namespaces.get(namespace)
-        if space is None:
+        namespace = _check_namespace(body.get("namespace"))
+        known = namespace in index.namespaces or any(ns == namespace for ns, _ in index.pending)
+        if not known:
             raise FakeError(404, "Namespace not found")
         if ids is not None:
-            if not isinstance(ids, list) or not ids or len(ids) > 1000:
+            if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS_PER_REQUEST:
                 raise FakeError(400, "Invalid request: ids must list 1-1000 ids")
-            for record_id in ids:
-                space.pop(_check_id(record_id), None)
-        elif delete_all:
-            space.clear()
-        else:
+            doomed = [_check_id(record_id) for record_id in ids]
+        elif flt is not None:
             _check_filter(flt)
-            assert isinstance(flt, dict)
-            for record_id in [r for r, rec in space.items() if filter_matches(flt, rec.metadata)]:
-                del space[record_id]
-        if not space:
-            del index.namespaces[namespace]
-        self._lsn += 1
+        condition = flt if isinstance(flt, dict) else None
+
+        def apply() -> None:
+            space = index.namespaces.get(namespace, {})
+            if ids is not None:
+                for record_id in doomed:
+                    space.pop(record_id, None)
+            elif delete_all:
+                space.clear()
+            elif condition is not None:
+                for record_id in [
+                    r for r, rec in space.items() if filter_matches(condition, rec.metadata)
+                ]:
+                    del space[record_id]
+            if not space:
+                index.namespaces.pop(namespace, None)
+
+        self._write(index, namespace, apply)
         return JSONResponse({}, headers=self._lsn_headers("x-pinecone-request-lsn"))
 
     def _stats(self, index: FakeIndex, body: dict[str, Any]) -> Response:
@@ -554,6 +641,12 @@ class FakePinecone:
         if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
             raise FakeError(400, "Invalid request: name is required")
         name = payload["name"]
+        if not INDEX_NAME.match(name):
+            raise FakeError(
+                400,
+                f"Invalid index name {name!r}: 1-45 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit",
+            )
         fields = (payload.get("schema") or {}).get("fields") or {}
         dense = fields.get("_values")
         if not isinstance(dense, dict) or dense.get("type") != "dense_vector":
