@@ -203,7 +203,7 @@ def measure_size(
         rss_after = rss_bytes()
         peak = peak_rss_bytes()
         kind = index.kind(ENCODER_ID)
-        space = index._loaded()[ENCODER_ID]  # diagnostics only: the FAISS object's sizes
+        space = index._refresh()[ENCODER_ID]  # diagnostics only: the FAISS object's sizes
         faiss_bytes = _faiss_bytes(space.index)
         python_bytes = _python_bytes(space)
 

@@ -99,6 +99,18 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION")
     )
     store_timeout_s: float = Field(default=5.0, gt=0, description="Per call to a remote store.")
+    write_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Embedded home: how long a mutation waits for another writer (e.g. an "
+        "ingest batch) before failing with the retryable WRITER_BUSY.",
+    )
+    ingest_write_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Embedded home: how long an ingest batch waits for another writer (a "
+        "second ingest interleaves batch by batch) before stopping with a message naming it.",
+    )
 
     @property
     def demo_catalog_path(self) -> Path:
@@ -115,6 +127,10 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
+
+    @property
+    def write_lock_path(self) -> Path:
+        return self.home / "writer.lock"
 
     @property
     def models_dir(self) -> Path:

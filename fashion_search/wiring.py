@@ -25,6 +25,7 @@ from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
+from stores.locks import FileWriteLock, NullWriteLock
 
 if TYPE_CHECKING:
     from stores.catalog.mongodb import MongoCatalog
@@ -40,8 +41,8 @@ class Container:
     catalog: Catalog
     images: ImageStore
     fetcher: ImageFetcher | None
-    write_lock: WriteLock | None = None
-    """Serialises the writers of the data home (None: a lock that holds nothing)."""
+    write_lock: WriteLock = field(default_factory=NullWriteLock)
+    """Serialises the writers of the data home (the one write use case holds it per batch)."""
     search: SearchService = field(init=False)
     catalog_service: CatalogService = field(init=False)
     indexer: Indexer = field(init=False)
@@ -176,6 +177,27 @@ def build_images(settings: Settings) -> ImageStore:
     return LocalImageStore(settings.images_dir, base_url="/images")
 
 
+def embedded_home_in_use(settings: Settings) -> bool:
+    """Whether any store lives in the data home (then its writers must be serialised)."""
+    return (
+        settings.pinecone_api_key is None
+        or settings.mongodb_uri is None
+        or settings.s3_bucket is None
+    )
+
+
+def build_write_lock(settings: Settings) -> WriteLock:
+    """A file lock in the home when any store lives there (see stores/locks.py); nothing
+    to hold when every store is a production service."""
+    if not embedded_home_in_use(settings):
+        return NullWriteLock()
+    return FileWriteLock(
+        settings.write_lock_path,
+        wait_s=settings.write_wait_s,
+        ingest_wait_s=settings.ingest_write_wait_s,
+    )
+
+
 def build_fetcher(settings: Settings) -> ImageFetcher:
     from stores.http_fetcher import SafeImageFetcher
 
@@ -304,4 +326,5 @@ def build(
         catalog=build_catalog(settings),
         images=build_images(settings),
         fetcher=build_fetcher(settings),
+        write_lock=build_write_lock(settings),
     )

@@ -39,6 +39,15 @@ Threads
     the API serves) read while one writes, and ``busy_timeout`` absorbs short write
     contention between processes. Writes use ``BEGIN IMMEDIATE`` transactions: a bulk
     upsert is all or nothing.
+
+Several processes
+    Every read runs in its own transaction (autocommit mode), so each worker of a server
+    answers from the newest commit of any process: the same products, counts and ledger.
+    ``synchronous = FULL``: a commit is fsynced before the call returns, so whatever the
+    API or ingest acknowledges after it survives a crash of the process or of the machine
+    (with ``NORMAL`` WAL commits survive a killed process but may be lost with the power).
+    The home's writers are serialised above this (the ``WriteLock``), so ``busy_timeout``
+    only covers the moments when a checkpoint or a reader's schema check meets a writer.
 """
 
 from __future__ import annotations
@@ -157,7 +166,7 @@ class SqliteCatalog:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA synchronous = FULL")
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise RuntimeError(

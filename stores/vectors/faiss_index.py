@@ -52,18 +52,42 @@ Filters
     whenever HNSW returns fewer than ``top_k`` results. ``top_k`` results always come back
     when that many rows match.
 
-Persistence
-    ``flush()`` writes each changed space to ``<slug>-<hash>.npz`` (the encoder id is mapped
-    to a safe file name; the exact id is stored inside): the serialised FAISS index, the row
-    ids and the tag columns in one file, written to a temporary file, fsynced and moved into
-    place with ``os.replace``; a reader never sees a half-written space. Spaces load lazily
-    on first use. ``close()`` flushes. One process writes a directory at a time (the CLI
-    ingest and a running API each hold their own copy in memory).
+Persistence: a snapshot plus an append-only log per space
+    Each space lives in ``<slug>-<hash>.npz`` (the encoder id is mapped to a safe file
+    name; the exact id is stored inside), its *snapshot*: the serialised FAISS index, the
+    row ids and the tag columns, with the snapshot's *epoch*; and in ``<slug>-<hash>.<epoch>.log``,
+    the changes (upserts, deletes) made since that snapshot, as checksummed records (see
+    delta_log.py). Loading reads the snapshot and replays its log. ``flush()`` appends the
+    changes made since the last flush to the log with one write and one fsync, so it costs
+    about the size of the changes, not of the index: cheap enough for every ingest batch and
+    every mutation. When the log grows past ``fold_fraction`` of the snapshot (and at least
+    ``fold_min_bytes``), the flush *folds* instead: it writes the whole space as a snapshot
+    of the next epoch (an empty log of that epoch first, then the snapshot through a
+    temporary file, fsync and ``os.replace``), then removes the old log. A crash at any point
+    leaves a snapshot and its complete log, plus at most a torn record at the log's end,
+    which loading ignores and the next writer cuts off; nothing a ``flush()`` returned from
+    is lost. A space whose vectors are all deleted has its files removed. Spaces load
+    lazily on first use.
 
-Concurrency
+Several processes: readers pick up new generations, writers never write back stale copies
+    Every flush ends by bumping a counter in ``generation`` (a tiny file replaced
+    atomically). Each call (query, count, upsert, ...) first reads it (a few microseconds);
+    when it changed, the index re-syncs with the files: for a space whose snapshot is the
+    one it has loaded it replays only the new log records, otherwise it loads the new
+    snapshot. So serving workers see what an ingest or another worker wrote, without a
+    restart, at the cost of the records written since. Changes are kept as records until
+    flushed, and a flush holds an exclusive ``flock`` on ``.flush.lock`` while it re-syncs
+    with the files, applies its own records on top (reloading the space first when another
+    process wrote to it meanwhile) and appends them: a process only ever adds its own
+    changes to the newest files and never rewrites a space from a stale copy, and
+    ``close()`` only flushes what the process itself changed. (The home's writers are also
+    serialised one level up, by the ``WriteLock`` held around each batch; this lock keeps
+    the index consistent on its own.)
+
+Concurrency within a process
     All state sits behind one ``threading.RLock``; the async methods run their work in a
     worker thread (``asyncio.to_thread``) so index builds, searches and file writes never
-    block the event loop. ``flush`` serialises the state under the lock and writes the files
+    block the event loop. ``flush`` collects its records under the lock and writes the files
     outside it (under a separate flush lock), so queries keep running during the disk write.
 """
 
@@ -73,10 +97,12 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import faiss as _faiss
 import numpy as np
@@ -85,7 +111,9 @@ import numpy.typing as npt
 from domain.errors import BadInput
 from domain.model import ProductFilter
 from domain.ports import Vectors
-from stores._util import atomic_write_bytes, remove_stale_tmp_files, safe_name
+from stores._util import atomic_write_bytes, fsync_dir, remove_orphaned_tmp_files, safe_name
+from stores.locks import exclusive_flock
+from stores.vectors.delta_log import Change, decode
 
 # faiss ships partial stubs (no SearchParametersHNSW, IndexFlat.get_xb, ...): use it untyped.
 faiss: Any = _faiss
@@ -93,8 +121,16 @@ faiss: Any = _faiss
 Kind = Literal["flat", "hnsw"]
 Storage = Literal["float32", "float16"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+"""Format 1 (before the logs) is a snapshot of epoch 0 with no log."""
 FILE_SUFFIX = ".npz"
+LOG_SUFFIX = ".log"
+GENERATION_FILE = "generation"
+FLUSH_LOCK_FILE = ".flush.lock"
+DEFAULT_FOLD_MIN_BYTES = 32 * 1024 * 1024
+DEFAULT_FOLD_FRACTION = 0.5
+MAX_SYNC_ATTEMPTS = 5
 
 DEFAULT_HNSW_THRESHOLD = 100_000
 DEFAULT_HNSW_M = 32
@@ -106,6 +142,22 @@ MAX_EF_SEARCH = 4096
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
+Identity = tuple[int, int, int]
+"""(inode, mtime in ns, size) of a snapshot file: a replaced snapshot has another one."""
+
+
+@dataclass
+class _OnDisk:
+    """The files a loaded space was read from, and how much of its log is applied."""
+
+    identity: Identity
+    epoch: int
+    log_offset: int
+    snapshot_bytes: int
+
+
+class _Moved(Exception):
+    """A snapshot's log vanished while being read: another process folded the space."""
 
 
 class _Column:
@@ -158,7 +210,9 @@ class _Space:
         self.live = _Column(np.bool_, False)
         self.tag_codes: dict[str, _Column] = {}  # key -> int32 code per row (-1: absent)
         self.tag_values: dict[str, dict[str, int]] = {}  # key -> value -> code
-        self.dirty = False
+        self.disk: _OnDisk | None = None  # None: not on disk (yet, or any more)
+        self.pending: list[Change] = []  # applied here, not flushed yet
+        self.fold_wanted = False  # write a snapshot at the next flush (after a compaction)
 
     # -- sizes ---------------------------------------------------------------------------
 
@@ -221,7 +275,13 @@ class _Space:
             self.rows[pid] = first + offset
         self.ids.extend(ids)
         self.live.extend(np.ones(len(ids), dtype=np.bool_))
-        self.dirty = True
+
+    def apply(self, change: Change) -> None:
+        if change.operation == "upsert":
+            assert change.vectors is not None
+            self.add(change.ids, change.vectors, change.tags)
+        else:
+            self.remove(change.ids)
 
     def remove(self, ids: Sequence[str]) -> int:
         removed = 0
@@ -230,8 +290,6 @@ class _Space:
             if row is not None:
                 self._tombstone(row)
                 removed += 1
-        if removed:
-            self.dirty = True
         return removed
 
     def _tombstone(self, row: int) -> None:
@@ -251,7 +309,6 @@ class _Space:
         self.live = _Column(np.bool_, False)
         self.live.extend(np.ones(len(keep), dtype=np.bool_))
         self.tag_codes = {key: column.take(keep) for key, column in self.tag_codes.items()}
-        self.dirty = True
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -277,10 +334,11 @@ class _Space:
 
     # -- persistence ---------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, epoch: int) -> bytes:
         keys = sorted(self.tag_codes)
         meta = {
             "format": FORMAT_VERSION,
+            "epoch": epoch,
             "encoder_id": self.encoder_id,
             "dim": self.dim,
             "kind": self.kind,
@@ -302,11 +360,12 @@ class _Space:
         return buffer.getvalue()
 
     @classmethod
-    def from_file(cls, path: Path) -> _Space:
+    def from_file(cls, handle: IO[bytes], path: Path) -> tuple[_Space, int]:
+        """The space a snapshot holds, and the snapshot's epoch."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(handle, allow_pickle=False) as data:
                 meta = json.loads(data["meta"].tobytes().decode("utf-8"))
-                if meta.get("format") != FORMAT_VERSION:
+                if meta.get("format") not in READABLE_FORMATS:
                     raise ValueError(f"unsupported format {meta.get('format')!r}")
                 index = faiss.deserialize_index(np.ascontiguousarray(data["index"]))
                 keys: list[str] = meta["tag_keys"]
@@ -329,7 +388,26 @@ class _Space:
             key: {value: code for code, value in enumerate(values)}
             for key, values in meta["tag_values"].items()
         }
-        return space
+        return space, int(meta.get("epoch", 0))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one flush writes for one space."""
+
+    space: _Space
+    changes: list[Change]
+    fold: bool  # a fold was asked for (compaction)
+    action: Literal["append", "fold", "remove"]
+    data: bytes  # the records to append, or the snapshot
+    path: Path  # the snapshot's
+    disk: _OnDisk | None  # the files before the step
+    obsolete: list[Path]  # files the step removes
+    epoch: int = 0  # of the new snapshot (fold)
+
+
+def _identity(stat: os.stat_result) -> Identity:
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 class FaissVectorIndex:
@@ -347,6 +425,8 @@ class FaissVectorIndex:
         compact_dead_fraction: float = DEFAULT_COMPACT_DEAD_FRACTION,
         durable: bool = True,
         hnsw_storage: Storage = "float32",
+        fold_min_bytes: int = DEFAULT_FOLD_MIN_BYTES,
+        fold_fraction: float = DEFAULT_FOLD_FRACTION,
     ) -> None:
         if hnsw_threshold < 1:
             raise ValueError("hnsw_threshold must be at least 1")
@@ -354,6 +434,8 @@ class FaissVectorIndex:
             raise ValueError("compact_dead_fraction must be between 0 and 1")
         if hnsw_storage not in ("float32", "float16"):
             raise ValueError("hnsw_storage must be 'float32' or 'float16'")
+        if fold_min_bytes < 0 or fold_fraction < 0:
+            raise ValueError("fold_min_bytes and fold_fraction must not be negative")
         self.directory = Path(directory)
         self.hnsw_threshold = hnsw_threshold
         self.hnsw_m = hnsw_m
@@ -363,9 +445,13 @@ class FaissVectorIndex:
         self.compact_dead_fraction = compact_dead_fraction
         self.durable = durable
         self.hnsw_storage: Storage = hnsw_storage
+        self.fold_min_bytes = fold_min_bytes
+        self.fold_fraction = fold_fraction
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._spaces: dict[str, _Space] | None = None  # loaded lazily
+        self._generation: str | None = None  # of the files the spaces reflect
+        self._flushing = False  # this process is writing the files (no re-sync meanwhile)
 
     # -- the port (async) ----------------------------------------------------------------
 
@@ -407,7 +493,7 @@ class FaissVectorIndex:
 
     async def compact(self, encoder_id: str | None = None) -> None:
         """Drop tombstones now (and pick flat or HNSW by size) instead of waiting for the
-        dead fraction to reach ``compact_dead_fraction``."""
+        dead fraction to reach ``compact_dead_fraction``; the next flush writes a snapshot."""
         await asyncio.to_thread(self.compact_sync, encoder_id)
 
     # -- the same, synchronous (for scripts, benchmarks and the worker threads) ----------
@@ -440,19 +526,16 @@ class FaissVectorIndex:
             matrix = matrix[keep]
             metadata = [metadata[j] for j in keep]
         with self._lock:
-            spaces = self._loaded()
+            spaces = self._refresh()
             space = spaces.get(encoder_id)
             if space is None:
-                space = _Space(
-                    encoder_id, matrix.shape[1], self._new_index("flat", matrix.shape[1]), "flat"
-                )
+                space = self._empty_space(encoder_id, matrix.shape[1])
                 spaces[encoder_id] = space
             elif space.dim != matrix.shape[1]:
                 raise BadInput(
                     f"encoder {encoder_id!r} has {space.dim}-d vectors, got {matrix.shape[1]}-d"
                 )
-            space.add(ids, matrix, metadata)
-            self._maintain(space)
+            self._record(space, Change.upsert(ids, matrix, metadata))
 
     def query_sync(
         self,
@@ -463,7 +546,7 @@ class FaissVectorIndex:
     ) -> list[tuple[str, float]]:
         query = _as_query(vector)
         with self._lock:
-            return self._query(self._loaded(), encoder_id, query, top_k, filter)
+            return self._query(self._refresh(), encoder_id, query, top_k, filter)
 
     def query_now(
         self,
@@ -472,14 +555,15 @@ class FaissVectorIndex:
         top_k: int,
         filter: ProductFilter | None = None,
     ) -> list[tuple[str, float]] | None:
-        """``query_sync`` when the spaces are loaded and no other thread holds them (an
-        upsert, a flush or a compaction may take seconds): None instead of waiting."""
+        """``query_sync`` when the spaces are loaded and current and no other thread holds
+        them (an upsert, a flush or a compaction may take seconds): None instead of waiting
+        (or re-syncing with the files, which is left to a worker thread)."""
         query = _as_query(vector)
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if self._spaces is None:
-                return None  # loading them from disk is left to a worker thread
+            if self._spaces is None or self._read_generation() != self._generation:
+                return None
             return self._query(self._spaces, encoder_id, query, top_k, filter)
         finally:
             self._lock.release()
@@ -516,7 +600,7 @@ class FaissVectorIndex:
 
     def fetch_sync(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
         with self._lock:
-            space = self._loaded().get(encoder_id)
+            space = self._refresh().get(encoder_id)
             if space is None:
                 return {}
             found = {pid: row for pid in ids if (row := space.rows.get(pid)) is not None}
@@ -529,16 +613,19 @@ class FaissVectorIndex:
         if not ids:
             return
         with self._lock:
-            spaces = self._loaded()
+            spaces = self._refresh()
             targets = [encoder_id] if encoder_id is not None else list(spaces)
             for name in targets:
                 space = spaces.get(name)
-                if space is not None and space.remove(ids):
-                    self._maintain(space)
+                if space is None:
+                    continue
+                present = [pid for pid in dict.fromkeys(ids) if pid in space.rows]
+                if present:
+                    self._record(space, Change.delete(present))
 
     def count_sync(self, encoder_id: str | None = None) -> int:
         with self._lock:
-            spaces = self._loaded()
+            spaces = self._refresh()
             if encoder_id is not None:
                 space = spaces.get(encoder_id)
                 return space.n_live if space is not None else 0
@@ -546,84 +633,282 @@ class FaissVectorIndex:
 
     def encoder_ids_sync(self) -> list[str]:
         with self._lock:
-            return sorted(name for name, space in self._loaded().items() if space.n_live)
+            return sorted(name for name, space in self._refresh().items() if space.n_live)
 
     def kind(self, encoder_id: str) -> Kind | None:
         """ "flat" or "hnsw" for an encoder with vectors here (for tests and diagnostics)."""
         with self._lock:
-            space = self._loaded().get(encoder_id)
+            space = self._refresh().get(encoder_id)
             return space.kind if space is not None else None
 
     def compact_sync(self, encoder_id: str | None = None) -> None:
         with self._lock:
-            spaces = self._loaded()
+            spaces = self._refresh()
             for name in [encoder_id] if encoder_id is not None else list(spaces):
                 space = spaces.get(name)
                 if space is not None:
                     self._rebuild(space)
+                    space.fold_wanted = True
 
     def flush_sync(self) -> None:
+        """Append every change this process made since its last flush to the files (or fold;
+        see the module docstring), durably, then tell the other processes (generation)."""
         with self._flush_lock:
             with self._lock:
-                if self._spaces is None:
+                if self._spaces is None or not any(
+                    s.pending or s.fold_wanted for s in self._spaces.values()
+                ):
                     return
-                writes: list[tuple[Path, bytes | None]] = []
-                written: list[_Space] = []
-                for space in self._spaces.values():
-                    if not space.dirty:
-                        continue
-                    path = self._path(space.encoder_id)
-                    writes.append((path, space.to_bytes() if space.n_live else None))
-                    written.append(space)
-                    space.dirty = False
-            try:
-                for path, data in writes:
-                    if data is None:
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-                    else:
-                        atomic_write_bytes(path, data, durable=self.durable)
-            except BaseException:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with exclusive_flock(self.directory / FLUSH_LOCK_FILE):
                 with self._lock:
-                    for space in written:
-                        space.dirty = True
-                raise
+                    spaces = self._refresh(force=True)  # other processes' records first
+                    steps = [
+                        self._plan(space)
+                        for space in spaces.values()
+                        if space.pending or space.fold_wanted
+                    ]
+                    self._flushing = True
+                try:
+                    written = [self._write(step) for step in steps]
+                    generation = self._bump_generation()
+                    for step in steps:
+                        if step.action == "fold":  # the old log, once the new is announced
+                            self._remove_files(step.obsolete)
+                except BaseException:
+                    with self._lock:
+                        for step in steps:
+                            step.space.pending[:0] = step.changes
+                            step.space.fold_wanted = step.space.fold_wanted or step.fold
+                        self._generation = None  # re-sync with whatever was written
+                        self._flushing = False
+                    raise
+                with self._lock:
+                    for step, disk in zip(steps, written, strict=True):
+                        step.space.disk = disk
+                    self._generation = generation
+                    self._flushing = False
 
     def close_sync(self) -> None:
+        """Flush this process's own changes (never a stale copy of the others') and forget."""
         self.flush_sync()
         with self._lock:
             self._spaces = None
+            self._generation = None
 
-    # -- internals (called with the lock held) -------------------------------------------
+    # -- internals: changes (lock held) --------------------------------------------------
 
-    def _loaded(self) -> dict[str, _Space]:
+    def _record(self, space: _Space, change: Change) -> None:
+        self._apply(space, change)
+        space.pending.append(change)
+
+    def _apply(self, space: _Space, change: Change) -> None:
+        space.apply(change)
+        self._maintain(space)
+
+    def _empty_space(self, encoder_id: str, dim: int) -> _Space:
+        return _Space(encoder_id, dim, self._new_index("flat", dim), "flat")
+
+    # -- internals: reading the files (lock held) ----------------------------------------
+
+    def _read_generation(self) -> str:
+        try:
+            return (self.directory / GENERATION_FILE).read_text(encoding="ascii")
+        except FileNotFoundError:
+            return ""
+
+    def _refresh(self, *, force: bool = False) -> dict[str, _Space]:
+        """The spaces, brought up to date with the files when another process changed them
+        (or always, with ``force``)."""
         if self._spaces is None:
-            spaces: dict[str, _Space] = {}
-            if self.directory.is_dir():
-                remove_stale_tmp_files(self.directory)
-                for path in sorted(self.directory.glob(f"*{FILE_SUFFIX}")):
-                    space = _Space.from_file(path)
-                    spaces[space.encoder_id] = space
-                    self._maintain(space, dirty=False)
-            self._spaces = spaces
-        return self._spaces
+            self._spaces = {}
+            self._generation = None
+            remove_orphaned_tmp_files(self.directory)
+        if self._flushing and not force:
+            return self._spaces  # this process is writing: its own state is the newest
+        generation = self._read_generation()
+        if not force and generation == self._generation:
+            return self._spaces
+        for _ in range(MAX_SYNC_ATTEMPTS):
+            generation = self._read_generation()
+            try:
+                self._sync_with_files(self._spaces)
+            except _Moved:
+                continue
+            self._generation = generation
+            return self._spaces
+        raise RuntimeError(f"the vector index in {self.directory} kept changing while read")
+
+    def _sync_with_files(self, spaces: dict[str, _Space]) -> None:
+        on_disk: dict[Path, Identity] = {}
+        if self.directory.is_dir():
+            for path in sorted(self.directory.glob(f"*{FILE_SUFFIX}")):
+                with contextlib.suppress(FileNotFoundError):
+                    on_disk[path] = _identity(path.stat())
+        by_path = {self._path(name): name for name in spaces}
+        for path, name in by_path.items():
+            space = spaces[name]
+            if path in on_disk or space.disk is None:
+                continue
+            # Removed by another process (every vector deleted): keep only our own changes.
+            if space.pending:
+                spaces[name] = self._replayed(self._empty_space(name, space.dim), space.pending)
+            else:
+                del spaces[name]
+        for path, identity in on_disk.items():
+            known = by_path.get(path)
+            followed = self._follow(path, identity, spaces.get(known) if known else None)
+            spaces[followed.encoder_id] = followed
+
+    def _follow(self, path: Path, identity: Identity, space: _Space | None) -> _Space:
+        """``space`` brought up to date with its files: the new log records applied when the
+        snapshot is the one it was loaded from and it has no unflushed changes; else loaded
+        afresh, with those changes applied on top."""
+        if space is not None and space.disk is not None and space.disk.identity == identity:
+            changes, offset = self._read_log(path, space.disk, space.dim)
+            if not changes:
+                return space
+            if not space.pending:
+                for change in changes:
+                    self._apply(space, change)
+                space.disk.log_offset = offset
+                return space
+        loaded = self._load(path)
+        if space is not None and space.pending:
+            loaded = self._replayed(loaded, space.pending)
+        return loaded
+
+    def _replayed(self, space: _Space, changes: list[Change]) -> _Space:
+        """``space`` with our unflushed ``changes`` applied on top, still pending."""
+        for change in changes:
+            self._apply(space, change)
+        space.pending = list(changes)
+        return space
+
+    def _load(self, path: Path) -> _Space:
+        """A space from its snapshot and log."""
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            space, epoch = _Space.from_file(handle, path)
+        disk = _OnDisk(_identity(stat), epoch, 0, stat.st_size)
+        changes, disk.log_offset = self._read_log(path, disk, space.dim)
+        for change in changes:
+            space.apply(change)
+        self._maintain(space, loaded=True)
+        space.disk = disk
+        return space
+
+    def _read_log(self, path: Path, disk: _OnDisk, dim: int) -> tuple[list[Change], int]:
+        """The complete records of the log after what is applied, and the new offset."""
+        try:
+            with open(self._log_path(path, disk.epoch), "rb") as handle:
+                handle.seek(disk.log_offset)
+                data = handle.read()
+        except FileNotFoundError:
+            if disk.epoch == 0:
+                return [], disk.log_offset  # a snapshot from before the logs
+            raise _Moved(path) from None
+        changes, used = decode(data, dim)
+        return changes, disk.log_offset + used
 
     def _path(self, encoder_id: str) -> Path:
         return self.directory / f"{safe_name(encoder_id)}{FILE_SUFFIX}"
 
+    @staticmethod
+    def _log_path(snapshot: Path, epoch: int) -> Path:
+        return snapshot.with_name(f"{snapshot.stem}.{epoch}{LOG_SUFFIX}")
+
+    # -- internals: writing the files (flush lock and .flush.lock held) ------------------
+
+    def _plan(self, space: _Space) -> _Step:
+        """What to write for this space (self._lock held): takes its pending changes."""
+        changes, space.pending = space.pending, []
+        fold, space.fold_wanted = space.fold_wanted, False
+        path = self._path(space.encoder_id)
+        disk = space.disk
+        if space.n_live == 0:
+            obsolete = [path, *self._logs_of(path)] if disk is not None else []
+            return _Step(space, changes, fold, "remove", b"", path, disk, obsolete)
+        records = b"".join(change.encode() for change in changes)
+        if disk is not None and not fold:
+            log_bytes = disk.log_offset + len(records)
+            if log_bytes <= max(self.fold_min_bytes, self.fold_fraction * disk.snapshot_bytes):
+                return _Step(space, changes, fold, "append", records, path, disk, [])
+        epoch = disk.epoch + 1 if disk is not None else 1
+        obsolete = [log for log in self._logs_of(path) if log != self._log_path(path, epoch)]
+        snapshot = space.to_bytes(epoch)
+        return _Step(space, changes, fold, "fold", snapshot, path, disk, obsolete, epoch)
+
+    def _logs_of(self, snapshot: Path) -> list[Path]:
+        return sorted(self.directory.glob(f"{snapshot.stem}.*{LOG_SUFFIX}"))
+
+    def _write(self, step: _Step) -> _OnDisk | None:
+        """Write one step's files; the space's new ``_OnDisk`` (None once removed)."""
+        if step.action == "remove":  # before the announcement: no reader keeps the old files
+            self._remove_files(step.obsolete)
+            return None
+        if step.action == "append":
+            assert step.disk is not None
+            self._append(self._log_path(step.path, step.disk.epoch), step.data, step.disk)
+            disk = step.disk
+            return _OnDisk(
+                disk.identity, disk.epoch, disk.log_offset + len(step.data), disk.snapshot_bytes
+            )
+        # Fold: an empty log of the new epoch first, so a snapshot never lacks its log.
+        log = self._log_path(step.path, step.epoch)
+        with open(log, "wb") as handle:
+            if self.durable:
+                os.fsync(handle.fileno())
+        atomic_write_bytes(step.path, step.data, durable=self.durable)
+        stat = step.path.stat()
+        return _OnDisk(_identity(stat), step.epoch, 0, stat.st_size)
+
+    def _append(self, log: Path, records: bytes, disk: _OnDisk) -> None:
+        existed = log.exists()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size < disk.log_offset:
+                raise RuntimeError(f"vector log {log} is shorter than what was read from it")
+            if size > disk.log_offset:
+                os.ftruncate(fd, disk.log_offset)  # a torn record from a crashed writer
+            view = memoryview(records)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.durable and not existed:
+            fsync_dir(self.directory)
+
+    def _bump_generation(self) -> str:
+        current = self._read_generation()
+        generation = str(int(current) + 1 if current.isdigit() else 1)
+        # Not fsynced: only live processes compare generations; after a restart (even of
+        # the machine) every process reads the files afresh.
+        atomic_write_bytes(self.directory / GENERATION_FILE, generation.encode(), durable=False)
+        return generation
+
+    def _remove_files(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if paths and self.durable:
+            fsync_dir(self.directory)
+
+    # -- internals: index maintenance (lock held) ----------------------------------------
+
     def _wanted_kind(self, space: _Space) -> Kind:
         return "hnsw" if space.n_live > self.hnsw_threshold else "flat"
 
-    def _maintain(self, space: _Space, *, dirty: bool = True) -> None:
+    def _maintain(self, space: _Space, *, loaded: bool = False) -> None:
         """Switch flat -> HNSW past the threshold; compact when too many rows are dead."""
-        was_dirty = space.dirty
         too_dead = space.n_dead > self.compact_dead_fraction * space.n_rows
         if too_dead or (space.kind == "flat" and self._wanted_kind(space) == "hnsw"):
             self._rebuild(space)
-        elif not dirty and space.kind == "hnsw" and self._wanted_kind(space) == "flat":
+        elif loaded and space.kind == "hnsw" and self._wanted_kind(space) == "flat":
             self._rebuild(space)  # loaded with a higher threshold than it was built with
-        if not dirty:
-            space.dirty = was_dirty
 
     def _rebuild(self, space: _Space) -> None:
         kind = self._wanted_kind(space)

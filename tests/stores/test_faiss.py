@@ -96,9 +96,11 @@ async def test_flush_and_reopen_restores_everything(tmp_path: Path) -> None:
     await index.upsert(ENC_B, ["x", "y", "z", "u", "v"], b, [{"k": "1"}] * 5)
     await index.delete(["p00003"], ENC_A)
     await index.flush()
-    files = sorted(p.name for p in directory.iterdir())
-    assert len(files) == 2, files  # one file per encoder, names safe for ':' '/' '@'
-    assert all(":" not in f and "@" not in f for f in files)
+    snapshots = sorted(p.name for p in directory.glob("*.npz"))
+    logs = sorted(p.name for p in directory.glob("*.log"))
+    assert len(snapshots) == 2, snapshots  # one per encoder, names safe for ':' '/' '@'
+    assert [name.removesuffix(".npz") + ".1.log" for name in snapshots] == logs
+    assert all(":" not in f and "@" not in f for f in snapshots + logs)
 
     reopened = FaissVectorIndex(directory, hnsw_threshold=100)
     assert sorted(await reopened.encoder_ids()) == sorted([ENC_A, ENC_B])
@@ -148,14 +150,14 @@ async def test_writes_are_atomic_and_stray_temp_files_are_ignored(tmp_path: Path
     await index.upsert(ENC_A, ["a", "b"], random_units(2, 8, seed=4), [{}, {}])
     await index.flush()
     # A crash mid-write leaves a temporary file next to the good one: it is never read.
-    (directory / ".half-written.npz.0123.tmp").write_bytes(b"garbage")
+    # (Its name carries the pid of a writer that is gone: no pid is that large.)
+    (directory / ".half-written.npz.999999999-ab.tmp").write_bytes(b"garbage")
     (directory / "notes.txt").write_text("not an index")
     reopened = FaissVectorIndex(directory)
     assert await reopened.count(ENC_A) == 2
-    assert not (directory / ".half-written.npz.0123.tmp").exists()
-    assert sorted(os.listdir(directory)) == sorted(
-        [p.name for p in directory.glob("*.npz")] + ["notes.txt"]
-    )
+    assert not (directory / ".half-written.npz.999999999-ab.tmp").exists()
+    assert [name for name in os.listdir(directory) if name.endswith(".tmp")] == []
+    assert (directory / "notes.txt").exists()
 
 
 async def test_corrupt_file_gives_a_clear_error(tmp_path: Path) -> None:
@@ -166,18 +168,26 @@ async def test_corrupt_file_gives_a_clear_error(tmp_path: Path) -> None:
         await FaissVectorIndex(directory).count()
 
 
-async def test_flush_only_rewrites_changed_encoders(tmp_path: Path) -> None:
+async def test_flush_appends_the_changes_of_changed_encoders_only(tmp_path: Path) -> None:
     directory = tmp_path / "vectors"
     index = FaissVectorIndex(directory)
     await index.upsert(ENC_A, ["a"], random_units(1, 8, seed=5), [{}])
     await index.upsert(ENC_B, ["b"], random_units(1, 8, seed=6), [{}])
     await index.flush()
-    mtimes = {p.name: p.stat().st_mtime_ns for p in directory.glob("*.npz")}
-    await asyncio.sleep(0.01)
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {p.name: (p.stat().st_ino, p.stat().st_size) for p in directory.iterdir()}
+
+    before = files()
     await index.upsert(ENC_B, ["c"], random_units(1, 8, seed=7), [{}])
     await index.flush()
-    changed = {p.name for p in directory.glob("*.npz") if p.stat().st_mtime_ns != mtimes[p.name]}
-    assert len(changed) == 1
+    after = files()
+    changed = sorted(name for name in after if after[name] != before.get(name))
+    log_b = index._log_path(index._path(ENC_B), 1).name
+    # The snapshots stay; one record was appended to B's log (and the generation moved on).
+    assert changed == sorted([log_b, "generation"])
+    assert after[log_b][0] == before[log_b][0]
+    assert await FaissVectorIndex(directory).count(ENC_B) == 2
 
 
 # -- validation ----------------------------------------------------------------------------

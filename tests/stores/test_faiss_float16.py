@@ -20,7 +20,7 @@ HALF_TOL = 2e-3  # float16 rounding of unit-vector components and of their dot p
 
 
 def storage_of(index: FaissVectorIndex, encoder_id: str) -> Any:
-    space = index._loaded()[encoder_id]
+    space = index._refresh()[encoder_id]
     return faiss.downcast_index(space.index.storage) if space.kind == "hnsw" else space.index
 
 
