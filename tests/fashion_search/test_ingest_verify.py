@@ -112,3 +112,13 @@ def test_nothing_indexed_hint_names_the_active_vector_store(home: Path) -> None:
     result = CliRunner().invoke(app, ["search", "red dress"])
     assert result.exit_code == 1
     assert f"the vector index in {home / 'vectors'}" in flat(result.output)
+
+
+def test_verify_then_ingest_of_the_source_repairs_a_lost_image(home: Path, catalog: Path) -> None:
+    ingest(home, str(catalog))
+    lost = sorted((home / "images").rglob("*.jpg"))[3]
+    lost.unlink()
+    output, summary = ingest(home, str(catalog), "--verify")
+    assert "products whose image object is missing" in output
+    assert (summary["indexed"], summary["skipped_unchanged"]) == (1, N - 1)
+    assert lost.exists()
