@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +14,7 @@ from domain.errors import BadInput, NotFound
 from domain.model import ImageQuery, SearchHit, SearchQuery, TextQuery
 
 SIMILAR_RESULTS = 3
+MatchQualityName = Literal["strong", "weak", "none"]
 
 
 def get_state(request: Request) -> ApiState:
@@ -44,6 +45,7 @@ class ProductResult(BaseModel):
                     "image_url": "http://127.0.0.1:8000/images/0108775015-3c1f0a9e5b7d2c4e8f10.jpg",
                     "score": 0.8123,
                     "tags": {"product_type": "Vest top", "colour": "Black"},
+                    "match_quality": "strong",
                 }
             ]
         }
@@ -51,12 +53,25 @@ class ProductResult(BaseModel):
     id: str
     name: str
     image_url: str = Field(description="Absolute URL of the product's image.")
-    score: float = Field(description="Cosine similarity; higher is closer.")
+    score: float = Field(
+        description="Relevance, higher is closer: the fused score of a text search (0..1), "
+        "the cosine similarity of an image search."
+    )
     tags: dict[str, str]
+
+
+class TextSearchResult(ProductResult):
+    match_quality: MatchQualityName = Field(
+        description="How good this best match is: strong, weak or none (none: nothing in "
+        "the catalog matches the text well; see the README's Search section)."
+    )
 
 
 class SimilarImagesResponse(BaseModel):
     results: list[ProductResult] = Field(description="The three closest products, best first.")
+    match_quality: MatchQualityName = Field(
+        description="How good the best match is: strong, weak or none."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -151,17 +166,18 @@ router = APIRouter(tags=["legacy REST"])
 
 @router.post(
     "/get_image_by_text",
-    response_model=ProductResult,
+    response_model=TextSearchResult,
     summary="The product that best matches a text",
     responses=_errors(400, 404, 413, 422, 503),
 )
 async def get_image_by_text(
     body: TextSearchRequest, request: Request, state: State
-) -> ProductResult:
+) -> TextSearchResult:
     page = await state.search.search(SearchQuery(text=TextQuery(body.text), top_k=1))
     if not page.hits:
         raise NotFound("no products are indexed yet")
-    return _result(state, request, page.hits[0])
+    best = _result(state, request, page.hits[0])
+    return TextSearchResult(**best.model_dump(), match_quality=page.match_quality.value)
 
 
 @router.post(
@@ -178,7 +194,10 @@ async def get_similar_images(request: Request, state: State) -> SimilarImagesRes
     page = await state.search.search(
         SearchQuery(image=ImageQuery(data=data), top_k=SIMILAR_RESULTS)
     )
-    return SimilarImagesResponse(results=[_result(state, request, h) for h in page.hits])
+    return SimilarImagesResponse(
+        results=[_result(state, request, h) for h in page.hits],
+        match_quality=page.match_quality.value,
+    )
 
 
 async def _query_image(request: Request, state: ApiState) -> bytes:

@@ -9,7 +9,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from api.config import ApiConfig, ApiServices
@@ -56,6 +56,11 @@ class MeteredSearch:
         page = await self._service.search(query)
         self._metrics.observe_search(page.encoder_id, self._service.last_timings)
         return page
+
+    async def facet_counts(
+        self, page: SearchPage, keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        return await self._service.facet_counts(page, keys)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,33 @@ class Modality(StrEnum):
     IMAGE = "image"
 
 
+class SearchMode(StrEnum):
+    """Which signals rank a search: all three fused (HYBRID), only the products' images
+    (VISUAL: the query vector against image vectors), or only their words (TEXT: lexical
+    and semantic)."""
+
+    HYBRID = "hybrid"
+    VISUAL = "visual"
+    TEXT = "text"
+
+
+class MatchQuality(StrEnum):
+    """How good the best match of a search is (thresholds in domain/fusion.py)."""
+
+    STRONG = "strong"
+    WEAK = "weak"
+    NONE = "none"
+
+
+PRODUCT_TEXT_SPACE_SUFFIX = "#text"
+
+
+def product_text_space(encoder_id: str) -> str:
+    """The vector space of the products' words as an encoder's text tower reads them: its
+    own space beside the image vectors (``<encoder id>#text``), never mixed with them."""
+    return encoder_id + PRODUCT_TEXT_SPACE_SUFFIX
+
+
 def _frozen_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v) for k, v in tags.items()})
 
@@ -84,22 +111,38 @@ class ProductFilter:
 
 
 @dataclass(frozen=True)
+class Signals:
+    """What each signal said about a hit (None: that signal did not find it or was not
+    asked). ``visual`` and ``semantic`` are cosine similarities (query vs the product's image
+    vector, vs its words' vector); ``lexical`` is the BM25 score relative to the best lexical
+    match of the search (0..1]."""
+
+    visual: float | None = None
+    lexical: float | None = None
+    semantic: float | None = None
+
+
+@dataclass(frozen=True)
 class SearchHit:
     product: Product
     score: float
     rank: int
     image_url: str | None
+    signals: Signals = field(default_factory=Signals)
+    exact: bool = False
+    """The query is this product's name or id (case and spacing aside)."""
 
 
 @dataclass(frozen=True)
 class LexicalHit:
     """A product the lexical index matched: its BM25 score (on the adapter's own scale, best
-    first; only comparable within one answer) and the share of the query's words it has
-    (0..1, stems and compounds as the index reads them)."""
+    first; only comparable within one answer), the share of the query's words it has
+    (0..1, stems and compounds as the index reads them) and its name (for exact matches)."""
 
     product_id: str
     score: float
     matched: float
+    name: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +151,11 @@ class SearchPage:
     encoder_id: str
     took_ms: float
     next_cursor: str | None = None
+    match_quality: MatchQuality = MatchQuality.STRONG
+    mode: SearchMode = SearchMode.HYBRID
+    ranked_ids: tuple[str, ...] = ()
+    """The top of the whole ranking (up to ``FACET_DEPTH``), for facet counts that follow
+    the query."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +213,7 @@ class SearchQuery:
     top_k: int = DEFAULT_TOP_K
     encoder_id: str | None = None
     cursor: str | None = None
+    mode: SearchMode = SearchMode.HYBRID
 
     def __post_init__(self) -> None:
         if self.text is None and self.image is None:

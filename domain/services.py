@@ -10,20 +10,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from domain.errors import BadInput, InvalidImage, NotFound
+from domain.fusion import (
+    DEFAULT_FUSION,
+    FACET_DEPTH,
+    FUSION_DEPTH,
+    FusionConfig,
+    Ranked,
+    exact_matches,
+    fuse,
+)
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import Indexer, IndexItem
 from domain.model import (
     Cursor,
     EncoderInfo,
     ImageQuery,
+    LexicalHit,
     Modality,
     Product,
     ProductFilter,
     ProductPage,
     SearchHit,
+    SearchMode,
     SearchPage,
     SearchQuery,
     TextQuery,
+    product_text_space,
 )
 from domain.ports import (
     Catalog,
@@ -32,6 +44,7 @@ from domain.ports import (
     ImageFetcher,
     ImageStore,
     ImmediateQuery,
+    LexicalIndex,
     VectorIndex,
     WriteLock,
 )
@@ -39,6 +52,10 @@ from domain.ports import Vectors as Vectors
 
 MAX_RESULT_DEPTH = 1000
 """How deep pagination may go into one ranked result (offset + page)."""
+SPACES_RECHECK_S = 10.0
+"""How long a search trusts the list of vector spaces the index holds."""
+EXACT_CANDIDATES = 50
+"""Full lexical matches checked for a name equal to the query."""
 
 
 def l2_normalise(vectors: Vectors) -> Vectors:
@@ -156,7 +173,22 @@ def _settle(future: asyncio.Future[Vectors], outcome: Vectors | Exception) -> No
         future.set_result(outcome)
 
 
+@dataclass(frozen=True)
+class QueryVectors:
+    """A search's query encoded once: the vector asked of the image vectors (a text's, an
+    image's, or the two blended), the text's own vector (for the products' words) and the
+    product the query is (excluded from its own results)."""
+
+    visual: Vectors
+    text: Vectors | None
+    exclude_id: str | None
+
+
 class SearchService:
+    """Searches: encode the query once, ask each signal's port (image vectors, product-text
+    vectors, the lexical index) concurrently, fuse them in ``domain.fusion``, load the page's
+    products in one call."""
+
     def __init__(
         self,
         encoders: EncoderProvider,
@@ -164,12 +196,19 @@ class SearchService:
         catalog: Catalog,
         images: ImageStore,
         fetcher: ImageFetcher | None = None,
+        lexical: LexicalIndex | None = None,
+        fusion: FusionConfig = DEFAULT_FUSION,
     ) -> None:
+        """``lexical`` defaults to the catalog when it is a LexicalIndex."""
         self._encoders = encoders
         self._index = index
         self._catalog = catalog
         self._images = images
         self._fetcher = fetcher
+        self._lexical = lexical if lexical is not None else _lexical_of(catalog)
+        self.fusion = fusion
+        self._spaces: frozenset[str] = frozenset()
+        self._spaces_checked = -SPACES_RECHECK_S
         self._text_batchers: dict[str, TextBatcher] = {}
         self._searches = 0
         """Searches in progress (the text batcher encodes inline when there is only one)."""
@@ -182,6 +221,7 @@ class SearchService:
         filter: ProductFilter | None = None,
         encoder_id: str | None = None,
         cursor: str | None = None,
+        mode: SearchMode = SearchMode.HYBRID,
     ) -> SearchPage:
         return await self.search(
             SearchQuery(
@@ -190,6 +230,7 @@ class SearchService:
                 top_k=top_k,
                 encoder_id=encoder_id,
                 cursor=cursor,
+                mode=mode,
             )
         )
 
@@ -228,40 +269,38 @@ class SearchService:
 
     async def _search(self, query: SearchQuery) -> SearchPage:
         started = time.perf_counter()
+        if query.mode is SearchMode.TEXT and query.text is None:
+            raise BadInput("TEXT mode needs a text")
         encoder = self._encoders.get(query.encoder_id)
-        vector, exclude_id = await self._query_vector(encoder, query)
-        encoded = time.perf_counter()
-
         position = Cursor.decode(query.cursor)
         depth = position.offset + query.top_k
         if depth > MAX_RESULT_DEPTH:
             raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+        vectors = await self._query_vectors(encoder, query)
+        encoded = time.perf_counter()
+
         # One extra to know whether a next page exists, one more for the excluded query item.
-        wanted = depth + 1 + (1 if exclude_id else 0)
-        ranked = None
-        if self._searches == 1 and isinstance(self._index, ImmediateQuery):
-            # the only search in progress: no hand-off to a thread (see TextBatcher)
-            ranked = self._index.query_now(encoder.id, vector, wanted, query.filter)
-        if ranked is None:
-            ranked = await self._index.query(encoder.id, vector, wanted, query.filter)
-        ranked = [(pid, score) for pid, score in ranked if pid != exclude_id]
+        wanted = depth + 1 + (1 if vectors.exclude_id else 0)
+        ranked = await self._rank(encoder, query, vectors, wanted)
+        fused = fuse(ranked, self.fusion)
+        ordered = [h for h in fused.hits if h.product_id != vectors.exclude_id]
         queried = time.perf_counter()
 
-        window = ranked[position.offset : depth]
-        products = await self._catalog.get_many([pid for pid, _ in window])
+        window = ordered[position.offset : depth]
+        products = await self._catalog.get_many([h.product_id for h in window])
         hits = tuple(
             SearchHit(
-                product=products[pid],
-                score=float(score),
+                product=products[h.product_id],
+                score=h.score,
                 rank=position.offset + i + 1,
-                image_url=self.image_url(products[pid]),
+                image_url=self.image_url(products[h.product_id]),
+                signals=h.signals,
+                exact=h.exact,
             )
-            for i, (pid, score) in enumerate(
-                (pid, score) for pid, score in window if pid in products
-            )
+            for i, h in enumerate(h for h in window if h.product_id in products)
         )
         finished = time.perf_counter()
-        next_cursor = Cursor(offset=depth).encode() if len(ranked) > depth else None
+        next_cursor = Cursor(offset=depth).encode() if len(ordered) > depth else None
         self.last_timings = SearchTimings(
             encode_ms=(encoded - started) * 1000,
             index_ms=(queried - encoded) * 1000,
@@ -272,7 +311,91 @@ class SearchService:
             encoder_id=encoder.id,
             took_ms=(finished - started) * 1000,
             next_cursor=next_cursor,
+            match_quality=fused.quality,
+            mode=query.mode,
+            ranked_ids=tuple(h.product_id for h in ordered[:FACET_DEPTH]),
         )
+
+    async def _rank(
+        self, encoder: Encoder, query: SearchQuery, vectors: QueryVectors, wanted: int
+    ) -> Ranked:
+        """Each signal's list, asked concurrently. One signal (VISUAL, or a photo without
+        words) needs only the page; fusing needs each list's top FUSION_DEPTH."""
+        words = query.mode is not SearchMode.VISUAL and query.text is not None
+        depth = max(wanted, FUSION_DEPTH) if words else wanted
+        flt = query.filter
+        visual = semantic = self._no_vectors()
+        lexical = self._no_lexical()
+        if query.mode is not SearchMode.TEXT:
+            visual = self._vectors(encoder.id, vectors.visual, depth, flt)
+        if words and vectors.text is not None and await self._has_text_space(encoder):
+            space = product_text_space(encoder.id)
+            semantic = self._vectors(space, vectors.text, depth, flt)
+        if words and self._lexical is not None and query.text is not None:
+            lexical = self._lexical.search_text(query.text.text, depth, flt)
+        visual_list, semantic_list, lexical_list = await asyncio.gather(visual, semantic, lexical)
+        exact: list[str] = []
+        if words and query.image is None and query.text is not None:
+            exact = self._exact(query.text.text, lexical_list)
+        return Ranked(
+            visual=visual_list,
+            semantic=semantic_list,
+            lexical=lexical_list,
+            exact=exact,
+            text_share=2 * query.text_weight if query.image is not None else 1.0,
+            image_query=query.image is not None,
+        )
+
+    async def _vectors(
+        self, space: str, vector: Vectors, top_k: int, flt: ProductFilter | None
+    ) -> list[tuple[str, float]]:
+        ranked = None
+        if self._searches == 1 and isinstance(self._index, ImmediateQuery):
+            # the only search in progress: no hand-off to a thread (see TextBatcher)
+            ranked = self._index.query_now(space, vector, top_k, flt)
+        if ranked is None:
+            ranked = await self._index.query(space, vector, top_k, flt)
+        return ranked
+
+    async def _has_text_space(self, encoder: Encoder) -> bool:
+        """Whether the products' words have vectors of this encoder. The answer is kept for
+        SPACES_RECHECK_S (a space appears with an ingest, rarely), so searches of a catalog
+        without text vectors never ask for them."""
+        now = time.monotonic()
+        if now - self._spaces_checked > SPACES_RECHECK_S:
+            self._spaces = frozenset(await self._index.encoder_ids())
+            self._spaces_checked = now
+        return product_text_space(encoder.id) in self._spaces
+
+    @staticmethod
+    async def _no_vectors() -> list[tuple[str, float]]:
+        return []
+
+    @staticmethod
+    async def _no_lexical() -> list[LexicalHit]:
+        return []
+
+    @staticmethod
+    def _exact(text: str, lexical: Sequence[LexicalHit]) -> list[str]:
+        """Products the query names: its id, or a name equal to it. Both are words of the
+        lexical index (ids count as words of the name), so only full lexical matches are
+        looked at, and the filter applies already."""
+        full = lexical[:EXACT_CANDIDATES]
+        return exact_matches(text, {h.product_id: h.name for h in full if h.matched >= 1.0})
+
+    async def facet_counts(
+        self, page: SearchPage, keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """For each tag key (all keys when None): value -> number of products among the
+        top FACET_DEPTH of the page's ranking, so counts follow the query and its filter."""
+        products = await self._catalog.get_many(page.ranked_ids)
+        counts: dict[str, dict[str, int]] = {}
+        for product in products.values():
+            for key, value in product.tags.items():
+                if keys is None or key in keys:
+                    per_value = counts.setdefault(key, {})
+                    per_value[value] = per_value.get(value, 0) + 1
+        return counts
 
     def image_url(self, product: Product) -> str | None:
         key = product.primary_image_key
@@ -281,23 +404,23 @@ class SearchService:
     def available_encoders(self) -> list[EncoderInfo]:
         return self._encoders.available()
 
-    async def _query_vector(
-        self, encoder: Encoder, query: SearchQuery
-    ) -> tuple[Vectors, str | None]:
+    async def _query_vectors(self, encoder: Encoder, query: SearchQuery) -> QueryVectors:
         text_vector = image_vector = None
         exclude_id: str | None = None
         if query.text is not None:
             _require(encoder, Modality.TEXT)
             alone = self._searches == 1
             text_vector = await self._text_batcher(encoder).encode(query.text.text, alone)
+            text_vector = text_vector.astype(np.float32)
         if query.image is not None:
             image_vector, exclude_id = await self._image_vector(encoder, query.image)
         if text_vector is not None and image_vector is not None:
             w = query.text_weight
-            return l2_normalise(w * text_vector + (1 - w) * image_vector), exclude_id
+            blended = l2_normalise(w * text_vector + (1 - w) * image_vector)
+            return QueryVectors(blended, text_vector, exclude_id)
         vector = text_vector if text_vector is not None else image_vector
         assert vector is not None
-        return vector.astype(np.float32), exclude_id
+        return QueryVectors(vector.astype(np.float32), text_vector, exclude_id)
 
     def _text_batcher(self, encoder: Encoder) -> TextBatcher:
         batcher = self._text_batchers.get(encoder.id)
@@ -329,6 +452,10 @@ class SearchService:
             assert image.data is not None
             data = image.data
         return (await asyncio.to_thread(encoder.encode_images, [data]))[0], None
+
+
+def _lexical_of(catalog: Catalog) -> LexicalIndex | None:
+    return catalog if isinstance(catalog, LexicalIndex) else None
 
 
 def _require(encoder: Encoder, modality: Modality) -> None:

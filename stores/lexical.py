@@ -102,7 +102,8 @@ def terms(text: str | None, with_pairs: bool = False) -> list[str]:
 
 @dataclass(frozen=True)
 class ProductTerms:
-    """A product's terms per field, as space-separated strings (what the index stores)."""
+    """A product's terms per field, as space-separated strings (what the index stores). The
+    id counts as a word of the name, so a query that is an id finds its product."""
 
     name: str
     description: str
@@ -111,7 +112,7 @@ class ProductTerms:
     @classmethod
     def of(cls, product: Product) -> ProductTerms:
         return cls(
-            name=" ".join(terms(product.name, with_pairs=True)),
+            name=" ".join(terms(f"{product.name} {product.id}", with_pairs=True)),
             description=" ".join(terms(product.description)),
             tags=" ".join(terms(" ; ".join(tag_texts(product.tags)))),
         )

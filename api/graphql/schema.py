@@ -38,13 +38,14 @@ from api.graphql.permissions import ApiKeyRequired
 from api.graphql.types import (
     EncoderInfo,
     Facet,
-    FacetValue,
     Product,
     ProductConnection,
     SearchPage,
+    facets_of,
     product_of,
 )
 from api.metrics import Metrics
+from domain import model
 from domain.errors import BadInput
 from domain.model import DEFAULT_TOP_K, ImageQuery, SearchQuery, TextQuery, validate_top_k
 
@@ -65,7 +66,11 @@ async def _image_bytes(context: GraphQLContext, image: ImageInput) -> bytes:
 
 @strawberry.type
 class Query:
-    @field(description="Products whose images best match a text.")
+    @field(
+        description="Products that best match a text: by their images, their words and their "
+        "words' meaning, fused (`mode`, default HYBRID). A product whose name or id is the "
+        "text comes first; `matchQuality` says when nothing matches well."
+    )
     async def search_by_text(
         self,
         info: Info,
@@ -74,6 +79,7 @@ class Query:
         filter: ProductFilter | None = strawberry.UNSET,
         encoder: str | None = strawberry.UNSET,
         after: str | None = strawberry.UNSET,
+        mode: model.SearchMode = model.SearchMode.HYBRID,
     ) -> SearchPage:
         query = SearchQuery(
             text=TextQuery(text),
@@ -81,12 +87,16 @@ class Query:
             top_k=top_k,
             encoder_id=opt(encoder),
             cursor=opt(after),
+            mode=mode,
         )
         return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
 
     @field(
         description="Products that look like an image, optionally steered by a text modifier "
-        "(`textWeight` 0..1 is the share of the text in the query; default 0.5)."
+        "(`textWeight` 0..1 is the share of the text in the query; default 0.5). The modifier "
+        "counts through the same signals as a text search (the blended vector against the "
+        "images, the text against the products' words and their meaning); `mode` VISUAL "
+        "keeps only the images."
     )
     async def search_by_image(
         self,
@@ -98,6 +108,7 @@ class Query:
         after: str | None = strawberry.UNSET,
         text: str | None = strawberry.UNSET,
         text_weight: float | None = strawberry.UNSET,
+        mode: model.SearchMode = model.SearchMode.HYBRID,
     ) -> SearchPage:
         text, text_weight = opt(text), opt(text_weight)
         weight = 0.5 if text_weight is None else text_weight
@@ -116,6 +127,7 @@ class Query:
             top_k=top_k,
             encoder_id=opt(encoder),
             cursor=opt(after),
+            mode=mode if modifier is not None else model.SearchMode.HYBRID,
         )
         return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
 
@@ -170,18 +182,7 @@ class Query:
     ) -> list[Facet]:
         keys = opt(keys)
         counts = await info.context.state.services.catalog.facets(keys, filter_of(filter))
-        order = keys if keys is not None else sorted(counts)
-        return [
-            Facet(
-                key=key,
-                values=[
-                    FacetValue(value=value, count=count)
-                    for value, count in sorted(counts[key].items(), key=lambda vc: (-vc[1], vc[0]))
-                ],
-            )
-            for key in dict.fromkeys(order)
-            if key in counts
-        ]
+        return facets_of(counts, keys)
 
     @field(description="Encoders this server can search with; the default first.")
     async def encoders(self, info: Info) -> list[EncoderInfo]:

@@ -41,11 +41,83 @@ def product_of(context: GraphQLContext, product: model.Product) -> Product:
     return Product.from_domain(product, context.absolute_url(url))
 
 
+# Registered on the domain enums themselves (strawberry marks the class), so fields are
+# annotated with the domain types.
+strawberry.enum(
+    model.SearchMode,
+    name="SearchMode",
+    description="Which signals rank a search. HYBRID (default): the products' images, their "
+    "words (BM25) and their words' meaning (text vectors), fused with query-adaptive weights. "
+    "VISUAL: the images only. TEXT: the words only (lexical and semantic).",
+)
+strawberry.enum(
+    model.MatchQuality,
+    name="MatchQuality",
+    description="How good the best match of a search is. STRONG: a product is named by the "
+    "query, has every word of it, or looks or reads very close. NONE: no product has any "
+    "word of the query and none is close: show 'no close matches' rather than the grid. "
+    "WEAK: in between. Thresholds: README, Search.",
+)
+
+
+@strawberry.type(
+    description="What each relevance signal said about a hit (null: that signal did not "
+    "find it among its top results, or was not asked)."
+)
+class HitSignals:
+    visual: float | None = strawberry.field(
+        description="Cosine similarity of the query to the product's image vector."
+    )
+    lexical: float | None = strawberry.field(
+        description="BM25 over the product's name, description and tags, relative to the "
+        "best lexical match of this search (0..1)."
+    )
+    semantic: float | None = strawberry.field(
+        description="Cosine similarity of the query to the vector of the product's words."
+    )
+
+
 @strawberry.type(description="One result of a search.")
 class SearchHit:
     rank: int = strawberry.field(description="1-based position in the whole ranking.")
-    score: float = strawberry.field(description="Cosine similarity; higher is closer.")
+    score: float = strawberry.field(
+        description="Relevance, higher is closer: the fused score (0..1) when several "
+        "signals rank the search, else that one signal's score (cosine for images)."
+    )
     product: Product
+    signals: HitSignals
+    exact_match: bool = strawberry.field(
+        description="The query is this product's name or id (case and spacing aside): such "
+        "products come first."
+    )
+
+
+@strawberry.type(description="How many products carry one value of a tag.")
+class FacetValue:
+    value: str
+    count: int
+
+
+@strawberry.type(description="The values of one tag key, most frequent first.")
+class Facet:
+    key: str
+    values: list[FacetValue]
+
+
+def facets_of(counts: dict[str, dict[str, int]], keys: list[str] | None) -> list[Facet]:
+    """Facets in the order of ``keys`` (sorted keys when None), values most frequent first."""
+    order = keys if keys is not None else sorted(counts)
+    return [
+        Facet(
+            key=key,
+            values=[
+                FacetValue(value=value, count=count)
+                for value, count in sorted(counts[key].items(), key=lambda vc: (-vc[1], vc[0]))
+            ],
+        )
+        for key in dict.fromkeys(order)
+        if key in counts
+    ]
 
 
 @strawberry.type(description="A page of search results.")
@@ -56,6 +128,26 @@ class SearchPage:
     next_cursor: str | None = strawberry.field(
         description="Pass as `after` to get the next page; null on the last page."
     )
+    match_quality: model.MatchQuality = strawberry.field(
+        description="How good the best match is (the same on every page of a search)."
+    )
+    mode: model.SearchMode = strawberry.field(description="The signals that ranked this search.")
+    page: strawberry.Private[model.SearchPage]
+
+    @field(
+        description="Tag values with their counts among the top 200 results of this search "
+        "(so they follow the query and its filter), for narrowing it down; all keys when "
+        "`keys` is null. Canonical keys (colour, type, category, audience, pattern, season, "
+        "usage) are the same across catalogs: README, Facets."
+    )
+    async def facets(
+        self,
+        info: strawberry.Info[GraphQLContext, None],
+        keys: list[str] | None = strawberry.UNSET,
+    ) -> list[Facet]:
+        wanted = None if keys is strawberry.UNSET else keys
+        counts = await info.context.state.search.facet_counts(self.page, wanted)
+        return facets_of(counts, wanted)
 
     @classmethod
     def from_domain(cls, context: GraphQLContext, page: model.SearchPage) -> SearchPage:
@@ -66,12 +158,21 @@ class SearchPage:
                     rank=hit.rank,
                     score=hit.score,
                     product=Product.from_domain(hit.product, context.absolute_url(hit.image_url)),
+                    signals=HitSignals(
+                        visual=hit.signals.visual,
+                        lexical=hit.signals.lexical,
+                        semantic=hit.signals.semantic,
+                    ),
+                    exact_match=hit.exact,
                 )
                 for hit in page.hits
             ],
             encoder=page.encoder_id,
             took_ms=page.took_ms,
             next_cursor=page.next_cursor,
+            match_quality=page.match_quality,
+            mode=page.mode,
+            page=page,
         )
 
 
@@ -86,18 +187,6 @@ class ProductConnection:
     @field(description="Number of products matching the filter, over all pages.")
     async def total_count(self, info: strawberry.Info[GraphQLContext, None]) -> int:
         return await info.context.state.services.catalog.count(self.filter)
-
-
-@strawberry.type(description="How many products carry one value of a tag.")
-class FacetValue:
-    value: str
-    count: int
-
-
-@strawberry.type(description="The values of one tag key, most frequent first.")
-class Facet:
-    key: str
-    values: list[FacetValue]
 
 
 @strawberry.type(description="An encoder this server can search with.")

@@ -463,13 +463,14 @@ class MongoCatalog:
         score: Document = {"$meta": "textScore"}
         coll, _ = await self._collections()
         async with self._guard():
-            found = coll.find(match, {"score": score, "lexical": 1})
+            found = coll.find(match, {"score": score, "lexical": 1, "name": 1})
             docs = [doc async for doc in found.sort([("score", score)]).limit(top_k)]
         return [
             LexicalHit(
                 product_id=doc["_id"],
                 score=float(doc["score"]),
                 matched=query.matched_share(_lexical_terms(doc)),
+                name=str(doc.get("name") or ""),
             )
             for doc in docs
         ]

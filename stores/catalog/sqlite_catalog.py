@@ -391,8 +391,9 @@ class SqliteCatalog:
         where, params = _filter_sql(filter, "l.product_id")
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags "
+                f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
                 "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
+                "JOIN products p ON p.id = l.product_id "
                 f"WHERE products_fts MATCH ? AND {where} ORDER BY {_BM25} LIMIT ?",
                 [fts5_query(query), *params, top_k],
             ).fetchall()
@@ -401,8 +402,9 @@ class SqliteCatalog:
                 product_id=pid,
                 score=float(score),
                 matched=query.matched_share(f"{name} {description} {tags}".split()),
+                name=product_name,
             )
-            for pid, score, name, description, tags in rows
+            for pid, score, name, description, tags, product_name in rows
         ]
 
     def indexed_hashes_sync(self, encoder_id: str) -> dict[str, str]:

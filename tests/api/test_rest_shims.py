@@ -13,7 +13,8 @@ async def test_get_image_by_text_returns_the_closest_product(api: Api) -> None:
     response = await api.client.post("/get_image_by_text", json={"text": "red summer dress"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == ITEM_KEYS
+    assert set(body) == ITEM_KEYS | {"match_quality"}
+    assert body["match_quality"] in {"strong", "weak", "none"}
     assert body["id"] == "p2"
     assert body["name"] == "red summer dress"
     assert body["tags"] == {"type": "Dress", "colour": "Red"}
@@ -60,7 +61,8 @@ async def _with_photo(api: Api) -> bytes:
 
 
 def assert_three_results(body: dict[str, object], first_id: str) -> None:
-    assert set(body) == {"results"}
+    assert set(body) == {"results", "match_quality"}
+    assert body["match_quality"] == "strong"  # the photo itself is in the catalog
     results = body["results"]
     assert isinstance(results, list)
     assert len(results) == 3

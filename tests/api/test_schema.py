@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = """
 scalar Upload
 type Query {
-  searchByText(text: String!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String): SearchPage!
-  searchByImage(image: ImageInput!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String, text: String, textWeight: Float): SearchPage!
+  searchByText(text: String!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String, mode: SearchMode! = HYBRID): SearchPage!
+  searchByImage(image: ImageInput!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String, text: String, textWeight: Float, mode: SearchMode! = HYBRID): SearchPage!
   similarProducts(productId: ID!, topK: Int! = 10, filter: ProductFilter, encoder: String): SearchPage!
   product(id: ID!): Product
   products(filter: ProductFilter, first: Int! = 20, after: String): ProductConnection!
@@ -37,8 +37,12 @@ type Mutation {
   deleteProduct(id: ID!): Boolean!
 }
 input ImageInput { url: String  base64: String  upload: Upload }
-type SearchPage { hits: [SearchHit!]!  encoder: String!  tookMs: Float!  nextCursor: String }
-type SearchHit { rank: Int!  score: Float!  product: Product! }
+type SearchPage { hits: [SearchHit!]!  encoder: String!  tookMs: Float!  nextCursor: String
+  matchQuality: MatchQuality!  mode: SearchMode!  facets(keys: [String!]): [Facet!]! }
+type SearchHit { rank: Int!  score: Float!  product: Product!  signals: HitSignals!  exactMatch: Boolean! }
+type HitSignals { visual: Float  lexical: Float  semantic: Float }
+enum SearchMode { HYBRID VISUAL TEXT }
+enum MatchQuality { STRONG WEAK NONE }
 type Product { id: ID!  name: String!  description: String  imageUrl: String!  tags: [Tag!]! }
 type Tag { key: String!  value: String! }
 input TagFilter { key: String!  values: [String!]! }

@@ -192,6 +192,8 @@ def _typed(type_: graphql.GraphQLInputType, name: str) -> st.SearchStrategy[Any]
         if name in HINTS and type_.name != "Upload":
             return HINTS[name] | scalar_values(type_)
         return scalar_values(type_)
+    if isinstance(type_, graphql.GraphQLEnumType):  # a member, now and then a wrong name
+        return st.sampled_from(sorted(type_.values)) | st.text(max_size=8)
     raise AssertionError(f"no strategy for {type_}")
 
 
@@ -343,6 +345,9 @@ def _check_value(
     if isinstance(type_, graphql.GraphQLObjectType):
         assert selection_set is not None
         _check_object(value, type_, selection_set, fragments, path)
+        return
+    if isinstance(type_, graphql.GraphQLEnumType):
+        assert value in type_.values, (path, type_.name, value)
         return
     assert isinstance(type_, graphql.GraphQLScalarType), path
     checks: dict[str, Callable[[Any], bool]] = {

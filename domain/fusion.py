@@ -1,0 +1,217 @@
+"""Fusing the relevance signals of a search into one ranking, and saying how good it is.
+
+Three signals come in as ranked lists, each the top ``FUSION_DEPTH`` of one port:
+
+* **visual**: the query vector against the products' image vectors (cosine);
+* **semantic**: the query's text vector against the vectors of the products' words
+  (cosine, the encoder's text tower; see ``product_text_space``);
+* **lexical**: BM25 over names, descriptions and tag values, with the share of the query's
+  words each product has.
+
+Each list is normalised over itself (relative score fusion: min-max for cosines, share of
+the best score for BM25, whose scale depends on the adapter), and the fused score is the
+weighted mean of the normalised signals, a product missing from a list counting 0 there.
+
+The weights adapt to the query, not to a hand-tuned catalog setting: the lexical weight
+grows with how much of the query the catalog's words cover (``coverage``, the largest share
+of the query's words one product has, raised to ``coverage_exponent``). A query whose every
+word some product has ("basics men black trousers" on a catalog with descriptive names)
+leans on the words; one whose words the catalog hardly uses leaves the ranking to the
+vectors. Products whose name or id is the query come first whatever the signals say
+(``exact``). A search with a single signal (a photo without words) keeps that signal's raw
+score, so image searches score as they always have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from domain.model import LexicalHit, MatchQuality, Signals
+
+FUSION_DEPTH = 200
+"""How many results each signal contributes to the fusion."""
+FACET_DEPTH = 200
+"""How deep into the fused ranking a search page's facet counts look."""
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """When a search says its best match is STRONG, WEAK or NONE.
+
+    STRONG: the query names a product (exact), or one product has every word of the query,
+    or the best cosine reaches ``*_strong``. NONE: no product has any word of the query and
+    no cosine reaches ``*_weak``. WEAK otherwise. Cosines are those of the default encoder
+    (fashion-lite; calibrated with ``fashion-search eval --mode shop`` on random-letter
+    strings against attribute queries); image-to-image cosines of near-duplicates are far
+    higher than text-to-image ones, hence their own pair."""
+
+    text_visual_strong: float = 0.45
+    text_visual_weak: float = 0.33
+    semantic_strong: float = 0.75
+    semantic_weak: float = 0.55
+    image_strong: float = 0.85
+    image_weak: float = 0.6
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    visual_weight: float = 1.0
+    semantic_weight: float = 1.0
+    lexical_weight: float = 1.0
+    coverage_exponent: float = 2.0
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+
+
+DEFAULT_FUSION = FusionConfig()
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The signals' lists for one search, best first. ``exact``: products whose name or id
+    is the query, in the order they go first. ``text_share`` scales the weights of the
+    text signals (lexical, semantic) for an image steered by a text modifier;
+    ``image_query`` tells the quality which cosine thresholds apply to ``visual``."""
+
+    visual: Sequence[tuple[str, float]] = ()
+    semantic: Sequence[tuple[str, float]] = ()
+    lexical: Sequence[LexicalHit] = ()
+    exact: Sequence[str] = ()
+    text_share: float = 1.0
+    image_query: bool = False
+
+
+@dataclass(frozen=True)
+class FusedHit:
+    product_id: str
+    score: float
+    signals: Signals
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Weights:
+    visual: float
+    lexical: float
+    semantic: float
+
+
+@dataclass(frozen=True)
+class Fused:
+    hits: list[FusedHit]
+    quality: MatchQuality
+    weights: Weights
+
+
+def coverage(lexical: Sequence[LexicalHit]) -> float:
+    """How much of the query the catalog's words cover: the largest share of its words one
+    product has."""
+    return max((h.matched for h in lexical), default=0.0)
+
+
+def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
+    """The query-adaptive weights (a signal without results weighs nothing)."""
+    lexical = config.lexical_weight * coverage(ranked.lexical) ** config.coverage_exponent
+    return Weights(
+        visual=config.visual_weight if ranked.visual else 0.0,
+        lexical=lexical * ranked.text_share if ranked.lexical else 0.0,
+        semantic=config.semantic_weight * ranked.text_share if ranked.semantic else 0.0,
+    )
+
+
+def min_max(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Scores mapped onto 0..1 over the list (all 1 when they are equal)."""
+    if not scores:
+        return {}
+    values = [s for _, s in scores]
+    low, high = min(values), max(values)
+    span = high - low
+    return {pid: (s - low) / span if span > 0 else 1.0 for pid, s in scores}
+
+
+def relative_bm25(hits: Sequence[LexicalHit]) -> dict[str, float]:
+    """BM25 as a share of the best score of the list (the scale differs per adapter)."""
+    best = max((h.score for h in hits), default=0.0)
+    return {h.product_id: (h.score / best if best > 0 else 1.0) for h in hits}
+
+
+def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Fused:
+    """One ranking from the signals' lists, exact matches first."""
+    w = weights(ranked, config)
+    visual, semantic = dict(ranked.visual), dict(ranked.semantic)
+    lexical = relative_bm25(ranked.lexical)
+    normalised = {
+        "visual": min_max(ranked.visual),
+        "semantic": min_max(ranked.semantic),
+        "lexical": lexical,
+    }
+    weight_of = {"visual": w.visual, "semantic": w.semantic, "lexical": w.lexical}
+    used = [name for name, weight in weight_of.items() if weight > 0]
+    raw = {"visual": visual, "semantic": semantic, "lexical": lexical}
+    candidates = dict.fromkeys([*ranked.exact, *visual, *lexical, *semantic])
+
+    def score(pid: str) -> float:
+        if len(used) == 1:  # one signal: its own score (cosine or relative BM25)
+            return raw[used[0]].get(pid, 0.0)
+        total = sum(weight_of[name] * normalised[name].get(pid, 0.0) for name in used)
+        return total / sum(weight_of[name] for name in used) if used else 0.0
+
+    exact = dict.fromkeys(ranked.exact)
+    hits = [
+        FusedHit(
+            product_id=pid,
+            score=score(pid),
+            signals=Signals(
+                visual=visual.get(pid), lexical=lexical.get(pid), semantic=semantic.get(pid)
+            ),
+            exact=pid in exact,
+        )
+        for pid in candidates
+    ]
+    position = {pid: i for i, pid in enumerate(exact)}
+    hits.sort(key=lambda h: (not h.exact, position.get(h.product_id, 0), -h.score))
+    return Fused(hits=hits, quality=match_quality(ranked, config.quality), weights=w)
+
+
+def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality:
+    """STRONG, WEAK or NONE (see QualityThresholds)."""
+    best_visual = max((s for _, s in ranked.visual), default=None)
+    best_semantic = max((s for _, s in ranked.semantic), default=None)
+    if ranked.image_query:
+        visual_strong, visual_weak = thresholds.image_strong, thresholds.image_weak
+    else:
+        visual_strong, visual_weak = thresholds.text_visual_strong, thresholds.text_visual_weak
+
+    def reaches(visual_threshold: float, semantic_threshold: float) -> bool:
+        return _at_least(best_visual, visual_threshold) or _at_least(
+            best_semantic, semantic_threshold
+        )
+
+    if ranked.exact or coverage(ranked.lexical) >= 1.0:
+        return MatchQuality.STRONG
+    if reaches(visual_strong, thresholds.semantic_strong):
+        return MatchQuality.STRONG
+    if ranked.lexical or reaches(visual_weak, thresholds.semantic_weak):
+        return MatchQuality.WEAK
+    return MatchQuality.NONE
+
+
+def _at_least(value: float | None, threshold: float) -> bool:
+    return value is not None and value >= threshold
+
+
+def normalised_name(text: str) -> str:
+    """A name or query as exact matching compares it: case folded, spacing collapsed."""
+    return " ".join(text.casefold().split())
+
+
+def exact_matches(query: str, names: Mapping[str, str]) -> list[str]:
+    """The ids, among ``names`` (id -> name), that the query names exactly: the product
+    whose id it is first, then those whose name it is (colour variants share a name)."""
+    wanted = normalised_name(query)
+    by_id = [pid for pid in names if pid == query.strip()]
+    by_name = [pid for pid, name in names.items() if normalised_name(name) == wanted]
+    if by_id:
+        variants = {normalised_name(names[by_id[0]])}
+        by_name += [pid for pid, name in names.items() if normalised_name(name) in variants]
+    return list(dict.fromkeys([*by_id, *by_name]))

@@ -1,0 +1,295 @@
+"""Fusion of the relevance signals (domain/fusion.py) on hand-made rankings, and the search
+service's use of it: modes, exact names first, match quality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from domain.errors import BadInput
+from domain.fusion import (
+    FusedHit,
+    FusionConfig,
+    QualityThresholds,
+    Ranked,
+    coverage,
+    exact_matches,
+    fuse,
+    min_max,
+    normalised_name,
+    relative_bm25,
+    weights,
+)
+from domain.model import (
+    ImageQuery,
+    LexicalHit,
+    MatchQuality,
+    Product,
+    ProductFilter,
+    SearchMode,
+    SearchPage,
+    SearchQuery,
+    TextQuery,
+    product_text_space,
+)
+from domain.services import CatalogService, SearchService
+from tests.fakes import (
+    FakeEncoderProvider,
+    HashingEncoder,
+    InMemoryCatalog,
+    InMemoryImageStore,
+    InMemoryVectorIndex,
+    fake_image,
+)
+
+
+def hit(pid: str, score: float, matched: float = 1.0, name: str = "") -> LexicalHit:
+    return LexicalHit(product_id=pid, score=score, matched=matched, name=name or pid)
+
+
+def ids(ranked: Sequence[FusedHit]) -> list[str]:
+    return [h.product_id for h in ranked]
+
+
+# -- pure fusion ----------------------------------------------------------------------------
+
+
+def test_min_max_spreads_a_list_onto_0_1() -> None:
+    assert min_max([("a", 0.4), ("b", 0.3), ("c", 0.2)]) == pytest.approx(
+        {"a": 1.0, "b": 0.5, "c": 0.0}
+    )
+    assert min_max([("a", 0.3), ("b", 0.3)]) == {"a": 1.0, "b": 1.0}
+    assert min_max([]) == {}
+
+
+def test_bm25_is_relative_to_the_best_of_its_list() -> None:
+    assert relative_bm25([hit("a", 8.0), hit("b", 2.0)]) == {"a": 1.0, "b": 0.25}
+
+
+def test_lexical_weight_follows_query_coverage() -> None:
+    config = FusionConfig(coverage_exponent=2.0)
+    full = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=1.0)])
+    half = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=0.5)])
+    assert weights(full, config).lexical == pytest.approx(1.0)
+    assert weights(half, config).lexical == pytest.approx(0.25)
+    assert weights(Ranked(visual=[("a", 0.3)]), config).lexical == 0.0
+    assert coverage([hit("a", 1, 0.5), hit("b", 1, 1.0)]) == 1.0
+
+
+def test_words_lead_when_the_whole_query_matches() -> None:
+    # The images rank sunglasses first; every word of the query is in b's words.
+    ranked = Ranked(
+        visual=[("sunglasses", 0.31), ("wallet", 0.30), ("b", 0.22), ("c", 0.21)],
+        lexical=[hit("b", 9.0), hit("c", 4.0, matched=0.5)],
+    )
+    fused = fuse(ranked)
+    assert ids(fused.hits)[0] == "b"
+    assert fused.hits[0].signals.visual == pytest.approx(0.22)
+    assert fused.hits[0].signals.lexical == 1.0
+    assert fused.hits[0].signals.semantic is None
+
+
+def test_images_lead_when_the_words_cover_little_of_the_query() -> None:
+    # Only one of two words matched anywhere: the lexical weight is a quarter.
+    ranked = Ranked(
+        visual=[("a", 0.40), ("b", 0.35), ("c", 0.20)],
+        lexical=[hit("c", 9.0, matched=0.5)],
+    )
+    assert ids(fuse(ranked).hits)[:2] == ["a", "b"]
+
+
+def test_semantic_signal_adds_its_ranking() -> None:
+    ranked = Ranked(
+        visual=[("a", 0.30), ("b", 0.29), ("c", 0.10)],
+        semantic=[("b", 0.80), ("a", 0.50), ("c", 0.40)],
+    )
+    fused = fuse(ranked)
+    assert ids(fused.hits)[0] == "b"
+    assert all(0.0 <= h.score <= 1.0 for h in fused.hits)
+
+
+def test_one_signal_keeps_its_raw_score() -> None:
+    fused = fuse(Ranked(visual=[("a", 0.93), ("b", 0.41)], image_query=True))
+    assert [(h.product_id, h.score) for h in fused.hits] == [("a", 0.93), ("b", 0.41)]
+
+
+def test_exact_matches_come_first_in_their_order() -> None:
+    ranked = Ranked(
+        visual=[("x", 0.5), ("v2", 0.3), ("v1", 0.2)],
+        lexical=[hit("x", 9.0), hit("v1", 5.0), hit("v2", 5.0)],
+        exact=["v1", "v2"],
+    )
+    fused = fuse(ranked)
+    assert ids(fused.hits)[:3] == ["v1", "v2", "x"]
+    assert [h.exact for h in fused.hits[:3]] == [True, True, False]
+    assert fused.quality is MatchQuality.STRONG
+
+
+def test_exact_name_and_id_matching() -> None:
+    names = {"p1": "Basics Men Black Trousers", "p2": "basics  men black TROUSERS", "p3": "X"}
+    assert exact_matches("  BASICS men   black trousers ", names) == ["p1", "p2"]
+    assert exact_matches("p3", names) == ["p3"]
+    assert exact_matches("black trousers", names) == []
+    assert normalised_name(" A  b\tC ") == "a b c"
+
+
+def test_id_match_brings_products_sharing_its_name_next() -> None:
+    names = {"p9": "Lace Dress", "p8": "lace dress", "p7": "Other"}
+    assert exact_matches("p9", names) == ["p9", "p8"]
+
+
+THRESHOLDS = QualityThresholds(
+    text_visual_strong=0.4,
+    text_visual_weak=0.3,
+    semantic_strong=0.8,
+    semantic_weak=0.6,
+    image_strong=0.9,
+    image_weak=0.6,
+)
+CONFIG = FusionConfig(quality=THRESHOLDS)
+
+
+@pytest.mark.parametrize(
+    ("ranked", "quality"),
+    [
+        (Ranked(visual=[("a", 0.2)], lexical=[hit("a", 1.0, matched=1.0)]), MatchQuality.STRONG),
+        (Ranked(visual=[("a", 0.2)], lexical=[hit("a", 1.0, matched=0.5)]), MatchQuality.WEAK),
+        (Ranked(visual=[("a", 0.2)]), MatchQuality.NONE),
+        (Ranked(visual=[("a", 0.35)]), MatchQuality.WEAK),
+        (Ranked(visual=[("a", 0.45)]), MatchQuality.STRONG),
+        (Ranked(visual=[("a", 0.2)], semantic=[("a", 0.85)]), MatchQuality.STRONG),
+        (Ranked(visual=[("a", 0.2)], semantic=[("a", 0.65)]), MatchQuality.WEAK),
+        (Ranked(visual=[("a", 0.45)], image_query=True), MatchQuality.NONE),
+        (Ranked(visual=[("a", 0.95)], image_query=True), MatchQuality.STRONG),
+        (Ranked(), MatchQuality.NONE),
+    ],
+)
+def test_match_quality_thresholds(ranked: Ranked, quality: MatchQuality) -> None:
+    assert fuse(ranked, CONFIG).quality is quality
+
+
+# -- the search service with a hand-made lexical index ---------------------------------------
+
+
+class ScriptedLexicalIndex:
+    """Answers each query text with the hits given for it (and records the calls)."""
+
+    def __init__(self, answers: dict[str, list[LexicalHit]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, ProductFilter | None]] = []
+
+    async def search_text(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> list[LexicalHit]:
+        self.calls.append((text, filter))
+        return self.answers.get(text, [])[:top_k]
+
+
+PRODUCTS = [
+    ("1", "Basics Men Black Trousers", "sunglasses in black"),
+    ("2", "Basics Men Black Trousers", "trousers"),
+    ("3", "Wallet", "a black wallet"),
+    ("4", "Lace Dress", "lace dress"),
+]
+
+
+async def service_with(
+    answers: dict[str, list[LexicalHit]],
+) -> tuple[SearchService, ScriptedLexicalIndex]:
+    encoder = HashingEncoder()
+    encoders = FakeEncoderProvider(encoder)
+    index, catalog, images = InMemoryVectorIndex(), InMemoryCatalog(), InMemoryImageStore()
+    products = CatalogService(encoders, index, catalog, images)
+    for pid, name, looks_like in PRODUCTS:
+        await products.add(pid, name, fake_image(looks_like), encoder_ids=["fake"])
+    lexical = ScriptedLexicalIndex(answers)
+    return SearchService(encoders, index, catalog, images, lexical=lexical), lexical
+
+
+async def test_exact_name_first_then_its_colour_variant() -> None:
+    name = "Basics Men Black Trousers"
+    search, _ = await service_with(
+        {
+            name.lower(): [
+                hit("3", 9.0, 0.5, "Wallet"),
+                hit("2", 8.0, 1.0, name),
+                hit("1", 8.0, 1.0, name),
+            ]
+        }
+    )
+    page = await search.by_text(name.lower(), top_k=3)
+    assert [h.product.id for h in page.hits][:2] == ["2", "1"]
+    assert [h.exact for h in page.hits] == [True, True, False]
+    assert page.match_quality is MatchQuality.STRONG
+
+
+async def test_visual_mode_asks_no_words_and_text_mode_no_images() -> None:
+    search, lexical = await service_with({"lace dress": [hit("4", 5.0, 1.0, "Lace Dress")]})
+    visual = await search.by_text("lace dress", top_k=4, mode=SearchMode.VISUAL)
+    assert lexical.calls == []
+    assert all(h.signals.lexical is None and not h.exact for h in visual.hits)
+    assert len(visual.hits) == 4
+    text = await search.by_text("lace dress", top_k=4, mode=SearchMode.TEXT)
+    assert [h.product.id for h in text.hits] == ["4"]
+    assert text.hits[0].signals.visual is None
+    assert text.mode is SearchMode.TEXT
+
+
+async def test_random_letters_are_no_match() -> None:
+    search, _ = await service_with({})
+    search.fusion = FusionConfig(quality=THRESHOLDS)
+    page = await search.by_text("qxzvjkw", top_k=4)
+    # the hashing encoder's cosines for unrelated words are far below the weak threshold
+    assert page.match_quality is MatchQuality.NONE
+    assert len(page.hits) == 4  # still ranked: the shopper may browse
+
+
+async def test_filter_reaches_the_lexical_index() -> None:
+    search, lexical = await service_with({})
+    flt = ProductFilter({"colour": "Black"})
+    await search.search(SearchQuery(text=TextQuery("black"), filter=flt))
+    assert lexical.calls == [("black", flt)]
+
+
+async def test_text_mode_needs_a_text() -> None:
+    search, _ = await service_with({})
+    with pytest.raises(BadInput):
+        await search.search(
+            SearchQuery(image=ImageQuery(data=fake_image("x")), mode=SearchMode.TEXT)
+        )
+
+
+async def test_product_text_vectors_are_their_own_space() -> None:
+    search, _ = await service_with({})
+    index = search._index
+    encoder = HashingEncoder()
+    # words of product 4 only, in the text space: the semantic signal finds it
+    await index.upsert(
+        product_text_space("fake"), ["4"], encoder.encode_texts(["lace dress"]), [{}]
+    )
+    search._spaces_checked = -1e9
+    page = await search.by_text("lace dress", top_k=2)
+    assert page.hits[0].product.id == "4"
+    assert page.hits[0].signals.semantic == pytest.approx(1.0, abs=1e-5)
+    assert page.hits[1].signals.semantic is None
+
+
+async def test_facet_counts_follow_the_ranking() -> None:
+    search = SearchService(
+        FakeEncoderProvider(HashingEncoder()),
+        InMemoryVectorIndex(),
+        InMemoryCatalog(),
+        InMemoryImageStore(),
+    )
+    catalog = search._catalog
+    await catalog.upsert_many(
+        [
+            Product(id="a", name="a", tags={"colour": "Black", "type": "Dress"}),
+            Product(id="b", name="b", tags={"colour": "Black"}),
+            Product(id="c", name="c", tags={"colour": "Red"}),
+        ]
+    )
+    page = SearchPage(hits=(), encoder_id="fake", took_ms=0.0, ranked_ids=("a", "b"))
+    assert await search.facet_counts(page) == {"colour": {"Black": 2}, "type": {"Dress": 1}}
+    assert await search.facet_counts(page, ["type"]) == {"type": {"Dress": 1}}
