@@ -1,4 +1,8 @@
-"""`python -m bench [latency|ingest|index|coldstart|report] [options]`.
+"""`python -m bench [latency|ingest|index|coldstart|soak|report] [options]`.
+
+`soak` is the hostile soak (issue 16): `python -m bench.soak --hostile --duration 600` with
+any further `bench.soak` options (`--duration 120`, `--clients 16`, ...); it writes
+bench/results/soak-hostile.json. It is not part of the default run.
 
 With no benchmark named, all four run in turn at full size (what `make bench` does); each
 writes bench/results/<name>.json and prints its table. `report` prints the tables of the
@@ -24,6 +28,8 @@ from bench.common import (
 )
 
 ALL = ("latency", "ingest", "index", "coldstart")
+SOAK_DEFAULTS = ("--hostile", "--duration", "600")
+"""`python -m bench soak`: 16 clients for 10 minutes, hostile requests mixed in."""
 
 
 def _sizes(text: str) -> list[int]:
@@ -130,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
     coldstart.add_argument("--kaggle-limit", type=_limit, default=None)
     coldstart.add_argument("--hm-limit", type=_limit, default=None)
 
+    sub.add_parser(
+        "soak",
+        add_help=False,
+        help="Hostile soak: 16 clients, 10 min, hostile requests mixed in "
+        "(python -m bench.soak --hostile --duration 600 [options]; see python -m bench.soak --help).",
+    )
     report = sub.add_parser("report", parents=[common], help="Print the stored results.")
     report.add_argument("--markdown", action="store_true")
     return root
@@ -196,6 +208,11 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
 def main(argv: Sequence[str] | None = None) -> int:
     from bench import report
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["soak"]:
+        from bench import soak
+
+        return soak.main([*SOAK_DEFAULTS, *arguments[1:]])
     root = parser()
     args = root.parse_args(argv)
     if args.command == "report":

@@ -16,6 +16,15 @@ Written to ``bench/results/soak.json`` and printed as a table: errors, p50/p99 p
 no errors, the last interval's p99 is at most 1.5x the first one's, and RSS grew by at most
 10 % between the start of the measured period (after the warm-up) and its end.
 
+With ``--hostile`` (what ``python -m bench soak`` runs: 16 clients, 10 minutes, written to
+``bench/results/soak-hostile.json``), every fourth request of each client is one of the
+hostile cases of ``bench/hostile.py`` in turn (a 1x40000 PNG, a lone surrogate, a 50,000-value
+filter, bad cursors, a 10,000-character id, 1,000 aliases, 50 unmapped multipart files, a
+stalled body, a client leaving mid-upload); the server's body idle timeout is 2 s. A hostile
+request fails the soak only when the server fails it (a 5xx, a GraphQL INTERNAL_SERVER_ERROR,
+an error without a code, a stalled connection left open); each case's outcomes are reported,
+and so are the statuses the clients saw and those the server counted (/metrics: 408, 499).
+
 The encoder is ``soak-hash`` by default: a deterministic stand-in computed from the bytes
 (no model), so the load exercises the server itself (HTTP, GraphQL, uploads and image
 validation, the FAISS index, the SQLite catalog, the image store) at a high request rate,
@@ -27,13 +36,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -53,10 +65,17 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
+from bench.hostile import INTERNAL, HostileRequests, Outcome
 from domain.model import Modality
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "soak.json"
+HOSTILE_RESULTS_PATH = RESULTS_PATH.with_name("soak-hostile.json")
+HOSTILE_EVERY = 4
+"""With hostile requests on, every fourth request of each client is one of them."""
+HOSTILE_BODY_IDLE_TIMEOUT_S = 2.0
+"""The server's body idle timeout in a hostile soak: a stalled body occupies its client
+this long."""
 SOAK_ENCODER = "soak-hash"
 P99_RATIO_LIMIT = 1.5
 RSS_GROWTH_LIMIT = 0.10
@@ -205,7 +224,12 @@ class ServerProcess:
 
 
 def start_server(
-    work_dir: Path, catalog: Path, encoder_id: str, limit: int | None, timeout_s: float = 180
+    work_dir: Path,
+    catalog: Path,
+    encoder_id: str,
+    limit: int | None,
+    timeout_s: float = 180,
+    settings_env: dict[str, str] | None = None,
 ) -> ServerProcess:
     home = work_dir / "home"
     log = work_dir / "server.log"
@@ -228,6 +252,7 @@ def start_server(
         for k, v in os.environ.items()
         if not k.startswith(("FASHION_SEARCH_", "PINECONE_", "MONGODB_", "S3_"))
     }
+    env.update(settings_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     handle = log.open("wb")
@@ -284,6 +309,8 @@ class Sample:
     operation: str
     ms: float
     error: str | None
+    outcome: str = ""
+    """Hostile requests: what the server answered ("400 BAD_USER_INPUT", "408", ...)."""
 
 
 @dataclass
@@ -312,10 +339,17 @@ def load_workload(catalog: Path, limit: int | None) -> Workload:
 class Client:
     """One simulated client: its own connection, looping over the operations."""
 
-    def __init__(self, number: int, base_url: str, workload: Workload) -> None:
+    def __init__(
+        self, number: int, base_url: str, workload: Workload, hostile: bool = False
+    ) -> None:
         self.number = number
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=30.0)
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.http = httpx.AsyncClient(
+            base_url=base_url, timeout=30.0, event_hooks={"response": [self._count_status]}
+        )
         self.workload = workload
+        self.hostile = HostileRequests(self.http, base_url, number) if hostile else None
+        self.hostile_turn = number
         self.rng = random.Random(number)
         self.cursor: str | None = None
         self.image_turn = 0
@@ -325,6 +359,23 @@ class Client:
             ("similar products", self.similar),
             ("products list", self.products),
         ]
+
+    async def _count_status(self, response: httpx.Response) -> None:
+        self.statuses[response.status_code] += 1
+
+    def next_operation(self, turn: int) -> tuple[str, Callable[[], Awaitable[str | None]]]:
+        if self.hostile is not None and turn % HOSTILE_EVERY == HOSTILE_EVERY - 1:
+            name, case = self.hostile.cases[self.hostile_turn % len(self.hostile.cases)]
+            self.hostile_turn += 1
+            return name, functools.partial(self._hostile, case)
+        return self.operations[turn % len(self.operations)]
+
+    async def _hostile(self, case: Callable[[], Awaitable[Outcome]]) -> str | None:
+        outcome = await case()
+        self.last_outcome = outcome.label
+        if outcome.socket_status is not None:  # answered on a raw socket, not through httpx
+            self.statuses[outcome.socket_status] += 1
+        return outcome.error
 
     async def graphql(self, query: str, variables: Json) -> Json | str:
         response = await self.http.post("/graphql", json={"query": query, "variables": variables})
@@ -380,15 +431,18 @@ class Client:
     async def run(self, started: float, until: float, samples: list[Sample]) -> None:
         turn = self.number  # clients start at different operations
         while time.monotonic() < until:
-            name, operation = self.operations[turn % len(self.operations)]
+            name, operation = self.next_operation(turn)
             turn += 1
             begun = time.monotonic()
+            self.last_outcome = ""
             try:
                 error = await operation()
-            except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            except (httpx.HTTPError, OSError, KeyError, TypeError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
             ended = time.monotonic()
-            samples.append(Sample(begun - started, name, (ended - begun) * 1000, error))
+            samples.append(
+                Sample(begun - started, name, (ended - begun) * 1000, error, self.last_outcome)
+            )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -418,6 +472,11 @@ class SoakConfig:
     catalog: Path | None = None
     limit: int | None = None
     work_dir: Path | None = None
+    hostile: bool = False
+    """Mix hostile requests (bench/hostile.py) into every client's traffic."""
+    body_idle_timeout_s: float | None = None
+    """The server's FASHION_SEARCH_BODY_IDLE_TIMEOUT_S (None: its default; a hostile soak
+    uses HOSTILE_BODY_IDLE_TIMEOUT_S)."""
 
 
 @dataclass
@@ -453,6 +512,22 @@ class SoakResult:
     p99_first_ms: float
     p99_last_ms: float
     checks: dict[str, Json] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    """HTTP statuses the clients received (warm-up included)."""
+    server_statuses: dict[str, int] = field(default_factory=dict)
+    """Requests by status as the server counted them (/metrics at the end): 408 for stalled
+    bodies, 499 for clients that left."""
+
+    internal_errors: int = 0
+    """GraphQL answers with an INTERNAL_SERVER_ERROR code (HTTP 200, a 500 in all but
+    status), warm-up included."""
+
+    @property
+    def server_errors(self) -> int:
+        """5xx answers, as the clients saw them and as the server counted them."""
+        seen = sum(n for status, n in self.statuses.items() if status.startswith("5"))
+        counted = sum(n for status, n in self.server_statuses.items() if status.startswith("5"))
+        return max(seen, counted)
 
     @property
     def rss_growth(self) -> float:
@@ -478,6 +553,10 @@ class SoakResult:
             "requests": self.requests,
             "errors": self.errors,
             "error_examples": self.error_examples,
+            "server_errors_5xx": self.server_errors,
+            "graphql_internal_errors": self.internal_errors,
+            "statuses_seen_by_clients": self.statuses,
+            "statuses_counted_by_server": self.server_statuses,
             "p99_first_ms": round(self.p99_first_ms, 2),
             "p99_last_ms": round(self.p99_last_ms, 2),
             "rss_baseline_mb": round(self.rss_baseline_mb, 1),
@@ -557,6 +636,9 @@ def judge(
             "p50_ms": p50,
             "p99_ms": p99,
         }
+        outcomes = collections.Counter(s.outcome for s in mine if s.outcome)
+        if outcomes:
+            operations[name]["outcomes"] = dict(outcomes.most_common())
     # Errors count everywhere, warm-up included: the server must never fail.
     errors = [s for s in samples if s.error]
     window = min(max(config.bucket_s / 4, 3.0), config.duration_s / 4)
@@ -573,6 +655,8 @@ def judge(
             "catalog": str(config.catalog),
             "limit": config.limit,
             "rss_window_s": window,
+            "hostile": config.hostile,
+            "body_idle_timeout_s": config.body_idle_timeout_s,
         },
         machine=machine,
         buckets=buckets,
@@ -619,6 +703,7 @@ class Series:
     rss: list[tuple[float, float]] = field(default_factory=list)
     cpu: list[tuple[float, float]] = field(default_factory=list)
     load: list[tuple[float, float]] = field(default_factory=list)
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 async def _load(
@@ -628,7 +713,7 @@ async def _load(
     series = Series()
     started = time.monotonic() + config.warmup_s
     until = started + config.duration_s
-    clients = [Client(i, server.base_url, workload) for i in range(config.clients)]
+    clients = [Client(i, server.base_url, workload, config.hostile) for i in range(config.clients)]
 
     async def sample_rss() -> None:
         while time.monotonic() < until + config.rss_interval_s:
@@ -647,7 +732,26 @@ async def _load(
     finally:
         await sampler
         await asyncio.gather(*(c.close() for c in clients))
+        for client in clients:
+            series.statuses.update(client.statuses)
     return samples, series
+
+
+STATUS_LINE = re.compile(
+    r'^fashion_search_http_requests_total\{[^}]*status="(\d+)"[^}]*\} ([0-9.e+]+)$', re.MULTILINE
+)
+
+
+def server_statuses(server: ServerProcess) -> dict[str, int]:
+    """Requests by status as the server counted them (its /metrics)."""
+    try:
+        text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return {}
+    counts: collections.Counter[str] = collections.Counter()
+    for status, value in STATUS_LINE.findall(text):
+        counts[status] += int(float(value))
+    return dict(sorted(counts.items()))
 
 
 def run_soak(config: SoakConfig) -> SoakResult:
@@ -656,16 +760,37 @@ def run_soak(config: SoakConfig) -> SoakResult:
     work = config.work_dir or Path(tempfile.mkdtemp(prefix="fs-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     workload = load_workload(catalog, config.limit)
-    server = start_server(work, catalog, config.encoder, config.limit)
+    idle_timeout = config.body_idle_timeout_s
+    if idle_timeout is None and config.hostile:
+        idle_timeout = HOSTILE_BODY_IDLE_TIMEOUT_S
+        config = SoakConfig(**{**asdict(config), "body_idle_timeout_s": idle_timeout})
+    settings_env = (
+        {} if idle_timeout is None else {"FASHION_SEARCH_BODY_IDLE_TIMEOUT_S": str(idle_timeout)}
+    )
+    server = start_server(work, catalog, config.encoder, config.limit, settings_env=settings_env)
     try:
         machine = machine_facts()
         samples, series = asyncio.run(_load(config, server, workload))
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         alive = server.process.poll() is None
+        counted = server_statuses(server) if alive else {}
     finally:
         server.stop()
     result = judge(config, samples, series.rss, machine, series.cpu, series.load)
+    result.statuses = {str(k): v for k, v in sorted(series.statuses.items())}
+    result.server_statuses = counted
+    result.internal_errors = sum(1 for sample in samples if INTERNAL in sample.outcome)
     result.checks["server_alive"] = {"value": alive, "limit": True, "ok": alive}
+    result.checks["no_5xx"] = {
+        "value": result.server_errors,
+        "limit": 0,
+        "ok": result.server_errors == 0,
+    }
+    result.checks["no_internal_graphql_errors"] = {
+        "value": result.internal_errors,
+        "limit": 0,
+        "ok": result.internal_errors == 0,
+    }
     return result
 
 
@@ -706,11 +831,24 @@ def print_result(result: SoakResult) -> None:
     ops = Table(title="Per operation", title_justify="left")
     for column in ("operation", "requests", "errors", "p50 ms", "p99 ms"):
         ops.add_column(column, justify="right" if column != "operation" else "left")
+    ops.add_column("outcomes", justify="left")
     for name, row in result.operations.items():
+        outcomes = ", ".join(f"{k}: {v}" for k, v in row.get("outcomes", {}).items())
         ops.add_row(
-            name, str(row["requests"]), str(row["errors"]), f"{row['p50_ms']}", f"{row['p99_ms']}"
+            name,
+            str(row["requests"]),
+            str(row["errors"]),
+            f"{row['p50_ms']}",
+            f"{row['p99_ms']}",
+            outcomes,
         )
     console.print(ops)
+    console.print(
+        f"statuses seen by the clients: {result.statuses}; counted by the server: "
+        f"{result.server_statuses}; 5xx: {result.server_errors}; GraphQL "
+        f"INTERNAL_SERVER_ERROR: {result.internal_errors}",
+        highlight=False,
+    )
     checks = Table(title="Checks", title_justify="left")
     for column in ("check", "measured", "limit", "ok"):
         checks.add_column(column)
@@ -743,8 +881,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, default=None, help="Default: the demo catalog.")
     p.add_argument("--limit", type=int, default=None, help="Ingest at most this many products.")
     p.add_argument("--work-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=RESULTS_PATH)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Default: bench/results/soak.json (soak-hostile.json with --hostile).",
+    )
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--hostile",
+        action="store_true",
+        help=f"Mix hostile requests (bench/hostile.py) into the traffic: every {HOSTILE_EVERY}th request of each client.",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=None,
+        help=f"The server's body idle timeout, s (default: its own; {HOSTILE_BODY_IDLE_TIMEOUT_S:g} with --hostile).",
+    )
     server = sub.add_parser("serve", help="(internal) the server process")
     server.add_argument("--home", type=Path, required=True)
     server.add_argument("--catalog", type=Path, required=True)
@@ -767,17 +921,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog=args.catalog,
         limit=args.limit,
         work_dir=args.work_dir,
+        hostile=args.hostile,
+        body_idle_timeout_s=args.body_idle_timeout,
     )
     console.print(
         f"Soak: {config.clients} clients, {config.warmup_s:g} s warm-up + "
         f"{config.duration_s:g} s measured, encoder {config.encoder}"
+        + (", hostile requests mixed in" if config.hostile else "")
     )
     result = run_soak(config)
     print_result(result)
     if not args.no_write:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        console.print(f"Wrote {args.out}")
+        out = args.out or (HOSTILE_RESULTS_PATH if config.hostile else RESULTS_PATH)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"Wrote {out}")
     return 0 if result.passed else 1
 
 
