@@ -10,6 +10,9 @@ encoder plugin so that no model is loaded.
   count of requests equals the requests sent, whichever worker answered each.
 * The multiprocess metrics directory is emptied on start (a stale file is gone).
 
+The hog runs until the server is ready and stable (the cold start is what load breaks); the
+other tests run without it.
+
 Nothing here asserts elapsed time: the deadlines only bound how long a broken server could
 hang the test."""
 
@@ -55,6 +58,12 @@ class Serving:
     base: str
     log: Path
     metrics_dir: Path
+    hogs: list[subprocess.Popen[bytes]]
+
+    def stop_hogs(self) -> None:
+        for hog in self.hogs:
+            hog.kill()
+            hog.wait(10)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -123,14 +132,12 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    serving = Serving(process, f"http://127.0.0.1:{port}", log, metrics_dir)
+    serving = Serving(process, f"http://127.0.0.1:{port}", log, metrics_dir, hogs)
     try:
         yield serving
     finally:
         stop(process)
-        for hog in hogs:
-            hog.kill()
-            hog.wait(10)
+        serving.stop_hogs()
 
 
 def wait_ready(serving: Serving) -> httpx.Response:
@@ -154,6 +161,7 @@ def test_ready_beside_a_cpu_hog_and_stable_once_ready(serving: Serving) -> None:
     log = serving.text()
     assert "died" not in log, log[-3000:]
     assert not (serving.metrics_dir / "counter_999999.db").exists()  # emptied on start
+    serving.stop_hogs()  # the load mattered for the cold start; the other tests need none
 
 
 def test_a_starved_worker_is_not_killed_by_the_health_check(serving: Serving) -> None:
