@@ -15,6 +15,9 @@ from domain.model import ImageQuery, SearchHit, SearchQuery, TextQuery
 
 SIMILAR_RESULTS = 3
 MatchQualityName = Literal["strong", "weak", "none"]
+_WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""What str.strip() removes, spelled out for the OpenAPI pattern (regex engines disagree on
+what \\s matches)."""
 
 
 def get_state(request: Request) -> ApiState:
@@ -30,8 +33,8 @@ class TextSearchRequest(BaseModel):
         extra="ignore", json_schema_extra={"examples": [{"text": "white sneakers"}]}
     )
     text: str = Field(
-        description="What the product looks like, in words (not only whitespace).",
-        json_schema_extra={"pattern": r"\S"},
+        description="What the product looks like, in words (not only whitespace, no NUL).",
+        json_schema_extra={"pattern": f"^[^\\x00]*[^\\x00{_WHITESPACE}][^\\x00]*$"},
     )
 
 

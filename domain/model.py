@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +17,88 @@ MIN_TOP_K = 1
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 10
 MAX_QUERY_TEXT_CHARS = 1000
+MAX_RESULT_DEPTH = 1000
+"""How deep pagination may go into one ranked result (offset + page)."""
+MAX_PRODUCT_ID_CHARS = 256
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 256
+"""Values listed for one key of a filter."""
+MAX_TAG_KEY_CHARS = 128
+MAX_TAG_VALUE_CHARS = 1000
+MAX_CURSOR_CHARS = 1024
+MAX_PRODUCT_TAGS = 64
+"""Tags a product added through the API may carry."""
+MAX_PRODUCT_TEXT_CHARS = 10_000
+"""Longest name or description a product added through the API may have."""
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` unless it holds a NUL or a lone surrogate: both are valid JSON (``"\\ud800"``)
+    but no store, tokenizer or UTF-8 response can carry them, so they are the caller's error."""
+    if "\x00" in value:
+        raise BadInput(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} contains a lone surrogate (not valid Unicode)") from None
+    return value
+
+
+def check_product_id(product_id: str) -> str:
+    """A product id a client may send: at most MAX_PRODUCT_ID_CHARS, valid text, not blank."""
+    if len(product_id) > MAX_PRODUCT_ID_CHARS:
+        raise BadInput(
+            f"the product id is {len(product_id):,} characters long;"
+            f" the limit is {MAX_PRODUCT_ID_CHARS}"
+        )
+    check_text(product_id, "the product id")
+    if not product_id.strip():
+        raise BadInput("a product needs a non-empty id")
+    return product_id
+
+
+def check_tag_key(key: str) -> str:
+    """A tag key: short, no control characters (MongoDB refuses a NUL in a field name)."""
+    if not key.strip():
+        raise BadInput("a tag needs a key")
+    if len(key) > MAX_TAG_KEY_CHARS:
+        raise BadInput(
+            f"the tag key is {len(key):,} characters long; the limit is {MAX_TAG_KEY_CHARS}"
+        )
+    check_text(key, "a tag key")
+    if _CONTROL_CHARACTERS.search(key):
+        raise BadInput(f"the tag key {key!r} contains a control character")
+    return key
+
+
+def check_new_product(
+    product_id: str, name: str, description: str | None, tags: Mapping[str, str]
+) -> None:
+    """What a client sends for a new product (addProduct): bounded id, texts and tags, all
+    valid text, refused before the image is read."""
+    check_product_id(product_id)
+    for what, text in (("name", name), ("description", description or "")):
+        if len(text) > MAX_PRODUCT_TEXT_CHARS:
+            raise BadInput(
+                f"the product {what} is {len(text):,} characters long;"
+                f" the limit is {MAX_PRODUCT_TEXT_CHARS:,}"
+            )
+        check_text(text, f"the product {what}")
+    if len(tags) > MAX_PRODUCT_TAGS:
+        raise BadInput(f"the product has {len(tags):,} tags; the limit is {MAX_PRODUCT_TAGS}")
+    for key, value in tags.items():
+        check_tag_value(check_tag_key(key), value)
+
+
+def check_tag_value(key: str, value: str) -> str:
+    if len(value) > MAX_TAG_VALUE_CHARS:
+        raise BadInput(
+            f"a value of tag {key!r} is {len(value):,} characters long;"
+            f" the limit is {MAX_TAG_VALUE_CHARS:,}"
+        )
+    return check_text(value, f"a value of tag {key!r}")
 
 
 class Modality(StrEnum):
@@ -86,15 +169,30 @@ class ProductFilter:
     any_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Sizes first: a filter of a million values is refused before anything walks it.
+        keys = len(set(self.equals) | set(self.any_of))
+        if keys > MAX_FILTER_KEYS:
+            raise BadInput(f"the filter has {keys:,} keys; the limit is {MAX_FILTER_KEYS}")
+        for key, values in self.any_of.items():
+            if len(values) > MAX_FILTER_VALUES:
+                raise BadInput(
+                    f"the filter on {key!r} lists {len(values):,} values;"
+                    f" the limit is {MAX_FILTER_VALUES}"
+                )
         object.__setattr__(self, "equals", _frozen_tags(self.equals))
         object.__setattr__(
             self,
             "any_of",
             MappingProxyType({str(k): tuple(str(v) for v in vs) for k, vs in self.any_of.items()}),
         )
+        for key, value in self.equals.items():
+            check_tag_value(check_tag_key(key), value)
         for key, values in self.any_of.items():
+            check_tag_key(key)
             if not values:
                 raise BadInput(f"filter on {key!r} lists no values")
+            for value in values:
+                check_tag_value(key, value)
 
     @property
     def is_empty(self) -> bool:
@@ -184,6 +282,7 @@ class TextQuery:
                 f"the search text is {len(self.text):,} characters long;"
                 f" the limit is {MAX_QUERY_TEXT_CHARS:,}"
             )
+        check_text(self.text, "the search text")
 
 
 @dataclass(frozen=True)
@@ -200,6 +299,10 @@ class ImageQuery:
             raise BadInput("give exactly one of image bytes, an image URL or a product id")
         if self.data is not None and len(self.data) == 0:
             raise BadInput("the image is empty")
+        if self.product_id is not None:
+            check_product_id(self.product_id)
+        if self.url is not None:
+            check_text(self.url, "the image URL")
 
 
 @dataclass(frozen=True)
@@ -221,6 +324,7 @@ class SearchQuery:
         validate_top_k(self.top_k)
         if not 0.0 <= self.text_weight <= 1.0:
             raise BadInput("text_weight must be between 0 and 1")
+        check_search_cursor(self.cursor, self.top_k)
 
 
 def validate_top_k(top_k: int) -> int:
@@ -242,14 +346,40 @@ class Cursor:
 
     @classmethod
     def decode(cls, token: str | None) -> Cursor:
+        """The position a token names; BadInput for anything this class did not encode
+        (too long, not base64 JSON, ``Infinity``, ``1e400``, deep nesting, bad ids)."""
         if not token:
             return cls()
-        try:
-            payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-            offset = int(payload["o"])
-            after_id = payload.get("a")
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-            raise BadInput("invalid cursor") from exc
-        if offset < 0 or (after_id is not None and not isinstance(after_id, str)):
+        if len(token) > MAX_CURSOR_CHARS:
             raise BadInput("invalid cursor")
+        try:
+            payload = json.loads(
+                base64.urlsafe_b64decode(token.encode("ascii")), parse_constant=_no_constant
+            )
+        except (ValueError, TypeError, binascii.Error, RecursionError):
+            raise BadInput("invalid cursor") from None
+        if not isinstance(payload, dict):
+            raise BadInput("invalid cursor")
+        offset, after_id = payload.get("o"), payload.get("a")
+        if type(offset) is not int or not 0 <= offset <= MAX_RESULT_DEPTH:
+            raise BadInput("invalid cursor")
+        if after_id is not None:
+            if not isinstance(after_id, str):
+                raise BadInput("invalid cursor")
+            try:
+                check_product_id(after_id)
+            except BadInput:
+                raise BadInput("invalid cursor") from None
         return cls(offset=offset, after_id=after_id)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a cursor value")
+
+
+def check_search_cursor(cursor: str | None, top_k: int) -> Cursor:
+    """The position of a search page, checked before any work (encoding, fetching)."""
+    position = Cursor.decode(cursor)
+    if position.offset + top_k > MAX_RESULT_DEPTH:
+        raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+    return position

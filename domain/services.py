@@ -22,6 +22,7 @@ from domain.fusion import (
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import Indexer, IndexItem
 from domain.model import (
+    MAX_RESULT_DEPTH,
     Cursor,
     EncoderInfo,
     ImageQuery,
@@ -50,8 +51,6 @@ from domain.ports import (
 )
 from domain.ports import Vectors as Vectors
 
-MAX_RESULT_DEPTH = 1000
-"""How deep pagination may go into one ranked result (offset + page)."""
 SPACES_RECHECK_S = 10.0
 """How long a search trusts the list of vector spaces the index holds."""
 EXACT_CANDIDATES = 50
@@ -534,6 +533,7 @@ class CatalogService:
     ) -> ProductPage:
         if not 1 <= limit <= 100:
             raise BadInput(f"first must be between 1 and 100, got {limit}")
+        Cursor.decode(cursor)  # a bad cursor is the caller's error, whatever the store
         return await self._catalog.list(filter, cursor, limit)
 
     async def count(self, filter: ProductFilter | None = None) -> int:

@@ -30,6 +30,10 @@ class ProductFilter:
     tags: list[TagFilter]
 
     def to_domain(self) -> model.ProductFilter | None:
+        if len(self.tags) > model.MAX_FILTER_KEYS:
+            raise BadInput(
+                f"the filter has {len(self.tags):,} tags; the limit is {model.MAX_FILTER_KEYS}"
+            )
         any_of: dict[str, tuple[str, ...]] = {}
         for tag in self.tags:
             key = tag.key.strip()
@@ -65,8 +69,11 @@ class TagInput:
 
 
 def tags_of(tags: list[TagInput] | None) -> dict[str, str]:
+    given = opt(tags) or []
+    if len(given) > model.MAX_PRODUCT_TAGS:
+        raise BadInput(f"{len(given):,} tags given; the limit is {model.MAX_PRODUCT_TAGS}")
     result: dict[str, str] = {}
-    for tag in opt(tags) or []:
+    for tag in given:
         key = tag.key.strip()
         if not key:
             raise BadInput("a tag needs a key")

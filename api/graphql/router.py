@@ -18,7 +18,9 @@ from strawberry.types.unset import UNSET
 from api.docs_ui import offline_graphiql_html
 from api.errors import code_for_status
 from api.graphql.context import GraphQLContext
+from api.graphql.guards import check_variables
 from api.graphql.multipart import DEFAULT_LIMITS, LimitedMultipartAdapter, MultipartLimits
+from domain.errors import BadInput
 
 
 class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
@@ -57,6 +59,10 @@ class ApiGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
                     f"the GraphQL document is {len(item.query):,} characters; "
                     f"the limit is {self.max_document_chars:,}",
                 )
+            try:
+                check_variables(item.variables)
+            except BadInput as exc:
+                raise HTTPException(400, str(exc)) from exc
         return data
 
     def encode_json(self, data: object) -> str | bytes:

@@ -47,7 +47,18 @@ from api.graphql.types import (
 from api.metrics import Metrics
 from domain import model
 from domain.errors import BadInput
-from domain.model import DEFAULT_TOP_K, ImageQuery, SearchQuery, TextQuery, validate_top_k
+from domain.model import (
+    DEFAULT_TOP_K,
+    MAX_FILTER_KEYS,
+    ImageQuery,
+    SearchQuery,
+    TextQuery,
+    check_new_product,
+    check_product_id,
+    check_search_cursor,
+    check_tag_key,
+    validate_top_k,
+)
 
 Info = strawberry.Info[GraphQLContext, None]
 
@@ -118,6 +129,7 @@ class Query:
             raise BadInput("textWeight must be between 0 and 1")
         modifier = TextQuery(text) if text is not None else None
         domain_filter = filter_of(filter)
+        check_search_cursor(opt(after), top_k)
         data = await _image_bytes(info.context, image)
         query = SearchQuery(
             image=ImageQuery(data=data),
@@ -150,7 +162,7 @@ class Query:
 
     @field(description="One product, or null when there is no product with that id.")
     async def product(self, info: Info, id: strawberry.ID) -> Product | None:
-        found = await info.context.products.load(str(id))
+        found = await info.context.products.load(check_product_id(str(id)))
         return product_of(info.context, found) if found is not None else None
 
     @field(description="Products in id order, a page at a time (`first` 1..100).")
@@ -181,6 +193,10 @@ class Query:
         filter: ProductFilter | None = strawberry.UNSET,
     ) -> list[Facet]:
         keys = opt(keys)
+        if keys is not None:
+            if len(keys) > MAX_FILTER_KEYS:
+                raise BadInput(f"{len(keys):,} keys asked for; the limit is {MAX_FILTER_KEYS}")
+            keys = [check_tag_key(key) for key in keys]
         counts = await info.context.state.services.catalog.facets(keys, filter_of(filter))
         return facets_of(counts, keys)
 
@@ -210,6 +226,7 @@ class Mutation:
         if not input.name.strip():
             raise BadInput("a product needs a name")
         tags = tags_of(input.tags)
+        check_new_product(str(input.id), input.name, opt(input.description), tags)
         data = await info.context.state.reader.from_upload(image)
         product = await info.context.state.services.catalog.add(
             product_id=str(input.id),
@@ -228,7 +245,7 @@ class Mutation:
         permission_classes=[ApiKeyRequired],
     )
     async def delete_product(self, info: Info, id: strawberry.ID) -> bool:
-        existed = await info.context.state.services.catalog.delete(str(id))
+        existed = await info.context.state.services.catalog.delete(check_product_id(str(id)))
         info.context.forget(str(id))
         return existed
 

@@ -95,9 +95,38 @@ JSON_VALUES: st.SearchStrategy[Any] = st.recursive(
 )
 """Anything JSON can carry: for values of the wrong type."""
 
-TEXTS = st.sampled_from(
-    ["red summer dress", "black", "white sneakers", "", "   ", "\x00", "💃 dress", "a" * 3000]
-) | st.text(max_size=40)
+SURROGATES = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
+"""Lone surrogates: valid JSON (``"\\ud800"``), not valid Unicode text."""
+HOSTILE_TEXTS = st.sampled_from(["\ud800", "red \udfff dress", "a\x00b", "\x00"]) | st.builds(
+    "".join, st.lists(st.text(max_size=5) | SURROGATES, min_size=1, max_size=4)
+)
+TEXTS = (
+    st.sampled_from(
+        ["red summer dress", "black", "white sneakers", "", "   ", "\x00", "💃 dress", "a" * 3000]
+    )
+    | st.text(max_size=40)
+    | HOSTILE_TEXTS
+)
+
+
+def _token(payload: str) -> str:
+    return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+HOSTILE_CURSORS = st.sampled_from(
+    [
+        _token('{"o": Infinity}'),
+        _token('{"o": -Infinity, "a": null}'),
+        _token('{"o": NaN}'),
+        _token('{"o": 1e400}'),
+        _token("1e400"),
+        _token('{"o": ' + "9" * 5000 + "}"),
+        _token("[" * 700 + "]" * 700),
+        _token('{"o": 0, "a": "\\ud800"}'),
+        _token('{"o": 0, "a": "' + "x" * 300 + '"}'),
+        Cursor(after_id="p1\x00").encode(),
+    ]
+)
 CURSORS = (
     st.sampled_from([Cursor(offset=1).encode(), Cursor(after_id="p3").encode(), "", "%%%"])
     | st.builds(lambda o: Cursor(offset=o).encode(), st.integers(-5, 10**6))
@@ -106,6 +135,7 @@ CURSORS = (
         st.fixed_dictionaries({"o": JSON_VALUES, "a": JSON_VALUES}),
     )
     | st.text(max_size=20)
+    | HOSTILE_CURSORS
 )
 B64_IMAGES = (
     st.sampled_from([base64.b64encode(i).decode() for i in IMAGES])
@@ -128,13 +158,35 @@ URLS = st.sampled_from(
         "",
     ]
 ) | st.text(max_size=30)
-INTS = st.sampled_from([0, 1, -1, 3, 10, 100, 101, 10**9, 2**31 - 1, -(2**31)]) | st.integers(
-    -5, 150
+HUGE_NUMBERS = st.sampled_from([2**31, -(2**31) - 1, 2**63, 2**64, 10**400, -(10**400)])
+"""Past every Int (and float) a client could mean; sent as JSON numbers."""
+INTS = (
+    st.sampled_from([0, 1, -1, 3, 10, 100, 101, 10**9, 2**31 - 1, -(2**31)])
+    | st.integers(-5, 150)
+    | HUGE_NUMBERS
 )
-FLOATS = st.sampled_from([0.0, 0.5, 1.0, -0.1, 1.1]) | st.floats(-2, 3, allow_nan=False)
-IDS = st.sampled_from([*PRODUCT_IDS, "nope", "", " "]) | st.text(max_size=12)
-TAG_KEYS = st.sampled_from(["type", "colour", "", "size"]) | st.text(max_size=8)
-TAG_VALUES = st.sampled_from(["Dress", "Black", "White", "Shoes", ""]) | st.text(max_size=8)
+FLOATS = (
+    st.sampled_from([0.0, 0.5, 1.0, -0.1, 1.1, 1e308, -1e308, 5e-324, float("inf")])
+    | st.floats(-2, 3, allow_nan=False)
+    | HUGE_NUMBERS
+)
+LONG_IDS = st.sampled_from(["x" * 257, "p1" * 5000, "é" * 300]) | st.text(
+    min_size=257, max_size=400
+)
+IDS = (
+    st.sampled_from([*PRODUCT_IDS, "nope", "", " "])
+    | st.text(max_size=12)
+    | LONG_IDS
+    | HOSTILE_TEXTS
+)
+TAG_KEYS = (
+    st.sampled_from(["type", "colour", "", "size", "a\x00b", "$where", "a.b", "k" * 200])
+    | st.text(max_size=8)
+    | HOSTILE_TEXTS
+)
+TAG_VALUES = (
+    st.sampled_from(["Dress", "Black", "White", "Shoes", ""]) | st.text(max_size=8) | HOSTILE_TEXTS
+)
 
 HINTS: dict[str, st.SearchStrategy[Any]] = {
     "text": TEXTS,
@@ -378,8 +430,12 @@ def post(
 ) -> dict[str, Any]:
     headers = {"X-API-Key": key} if key is not None else {}
     if file is None:
+        # Escaped JSON (ensure_ascii), so lone surrogates travel as valid JSON escapes.
+        payload = json.dumps({"query": query, "variables": dict(variables)}).encode()
         response = client.post(
-            "/graphql", json={"query": query, "variables": dict(variables)}, headers=headers
+            "/graphql",
+            content=payload,
+            headers={**headers, "content-type": "application/json"},
         )
     else:
         path, data = file
