@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -90,6 +90,15 @@ def check_new_product(
         raise BadInput(f"the product has {len(tags):,} tags; the limit is {MAX_PRODUCT_TAGS}")
     for key, value in tags.items():
         check_tag_value(check_tag_key(key), value)
+
+
+def check_facet_keys(keys: Sequence[str] | None) -> list[str] | None:
+    """Facet keys a client asks for: at most MAX_FILTER_KEYS, each a valid tag key."""
+    if keys is None:
+        return None
+    if len(keys) > MAX_FILTER_KEYS:
+        raise BadInput(f"{len(keys):,} facet keys asked for; the limit is {MAX_FILTER_KEYS}")
+    return [check_tag_key(key) for key in keys]
 
 
 def check_tag_value(key: str, value: str) -> str:

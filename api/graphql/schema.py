@@ -49,14 +49,13 @@ from domain import model
 from domain.errors import BadInput
 from domain.model import (
     DEFAULT_TOP_K,
-    MAX_FILTER_KEYS,
     ImageQuery,
     SearchQuery,
     TextQuery,
+    check_facet_keys,
     check_new_product,
     check_product_id,
     check_search_cursor,
-    check_tag_key,
     validate_top_k,
 )
 
@@ -192,11 +191,7 @@ class Query:
         keys: list[str] | None = strawberry.UNSET,
         filter: ProductFilter | None = strawberry.UNSET,
     ) -> list[Facet]:
-        keys = opt(keys)
-        if keys is not None:
-            if len(keys) > MAX_FILTER_KEYS:
-                raise BadInput(f"{len(keys):,} keys asked for; the limit is {MAX_FILTER_KEYS}")
-            keys = [check_tag_key(key) for key in keys]
+        keys = check_facet_keys(opt(keys))
         counts = await info.context.state.services.catalog.facets(keys, filter_of(filter))
         return facets_of(counts, keys)
 

@@ -145,7 +145,7 @@ class SearchPage:
         info: strawberry.Info[GraphQLContext, None],
         keys: list[str] | None = strawberry.UNSET,
     ) -> list[Facet]:
-        wanted = None if keys is strawberry.UNSET else keys
+        wanted = model.check_facet_keys(None if keys is strawberry.UNSET else keys)
         counts = await info.context.state.search.facet_counts(self.page, wanted)
         return facets_of(counts, wanted)
 

@@ -122,6 +122,8 @@ PRODUCTS_QUERY = """query($filter: ProductFilter, $after: String) {
   products(filter: $filter, after: $after) { items { id } nextCursor } }"""
 FACETS = """query($keys: [String!], $filter: ProductFilter) {
   facets(keys: $keys, filter: $filter) { key } }"""
+SEARCH_FACETS = """query($keys: [String!]) {
+  searchByText(text: "dress") { facets(keys: $keys) { key } } }"""
 SEARCH_BY_IMAGE = """query($image: ImageInput!, $after: String) {
   searchByImage(image: $image, after: $after) { hits { product { id } } } }"""
 ADD = """mutation($input: AddProductInput!, $image: Upload!) {
@@ -153,6 +155,8 @@ async def test_bad_characters_are_bad_input_everywhere(
     cursor = Cursor(after_id=f"p1{bad}").encode()
     assert await refused(client, PRODUCTS_QUERY, {"after": cursor}) == "invalid cursor"
     assert world.encoder.calls == calls, "the encoder saw a refused request"
+    message = await refused(client, SEARCH_FACETS, {"keys": [f"colour{bad}"]})
+    assert "tag key" in message, message
 
     response = await client.post(
         "/get_image_by_text",
@@ -263,7 +267,9 @@ async def test_too_many_filter_keys(client: httpx.AsyncClient) -> None:
     many = [(f"k{i}", ["v"]) for i in range(999)]
     await refused(client, PRODUCTS_QUERY, {"filter": tag_filter(*many)})
     await refused(client, FACETS, {"filter": tag_filter(*many)})
-    await refused(client, FACETS, {"keys": [f"k{i}" for i in range(MAX_FILTER_KEYS + 1)]})
+    too_many = [f"k{i}" for i in range(MAX_FILTER_KEYS + 1)]
+    await refused(client, FACETS, {"keys": too_many})
+    await refused(client, SEARCH_FACETS, {"keys": too_many})
 
 
 async def test_filter_at_its_limits_works(client: httpx.AsyncClient) -> None:
