@@ -6,13 +6,18 @@ hints name the active stores."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from domain.ledger_check import LedgerCheck, stale_ledger_reasons
+from fashion_search.cli import app
+from fashion_search.commands import catalog_commands
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build, build_encoders, store_names
 from ingest.pipeline import IngestOptions
@@ -153,3 +158,66 @@ def test_store_names_follow_the_settings(tmp_path: Path) -> None:
         "S3 bucket 'photos'",
     )
     assert str(tmp_path) not in str(production)
+
+
+@pytest.fixture
+def production_cli(
+    container: Container, pinecone_server: FakePinecone, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The CLI's environment pointing at the container's MongoDB database and S3 bucket and
+    at a new, empty Pinecone index (what an operator gets by changing PINECONE_HOST)."""
+    settings = container.settings
+    new_index = pinecone_server.create_index(unique_name("new"), ColourEncoder.dim)
+    assert settings.pinecone_api_key is not None
+    assert settings.mongodb_uri is not None
+    env = {
+        "FASHION_SEARCH_HOME": str(settings.home),
+        "FASHION_SEARCH_ENCODER": ColourEncoder.id,
+        "PINECONE_API_KEY": settings.pinecone_api_key.get_secret_value(),
+        "PINECONE_HOST": new_index,
+        "MONGODB_URI": settings.mongodb_uri.get_secret_value(),
+        "MONGODB_DB": settings.mongodb_db,
+        "S3_BUCKET": str(settings.s3_bucket),
+        "S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        "AWS_REGION": settings.aws_region or "us-east-1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def make_container(settings: Settings) -> Container:
+        encoders = build_encoders(settings, load_entry_points=False)
+        encoders.register_instance(ColourEncoder())
+        return build(settings, encoders=encoders)
+
+    monkeypatch.setattr(catalog_commands, "make_container", make_container)
+    return settings.model_copy(update={"pinecone_host": new_index})
+
+
+async def test_cli_on_a_new_pinecone_index_names_it_and_fills_it(
+    container: Container, production_cli: Settings, tmp_path: Path
+) -> None:
+    await add_products(container)
+    runner = CliRunner()
+    hint = await asyncio.to_thread(runner.invoke, app, ["search", "red"])
+    assert hint.exit_code == 1
+    said = " ".join(hint.output.split())
+    assert f"Pinecone index {production_cli.pinecone_host!r}" in said
+    assert ".fashion-search" not in said
+
+    manifest = tmp_path / "catalog" / "products.csv"
+    manifest.parent.mkdir()
+    lines = ["id,image,name,colour,type"]
+    for product_id, name, colour, kind in PRODUCTS:
+        (manifest.parent / f"{product_id}.png").write_bytes(png(colour))
+        lines.append(f"{product_id},{product_id}.png,{name},{colour},{kind}")
+    manifest.write_text("\n".join(lines) + "\n", "utf-8")
+    report = tmp_path / "report.json"
+    result = await asyncio.to_thread(
+        runner.invoke, app, ["ingest", str(manifest), "--report", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"MongoDB database {production_cli.mongodb_db!r}" in said
+    assert "has no vectors for it" in said
+    summary = json.loads(report.read_text("utf-8"))["summary"]
+    assert (summary["indexed"], summary["skipped_unchanged"]) == (len(PRODUCTS), 0)
