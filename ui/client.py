@@ -147,20 +147,16 @@ class ApiUnavailable(ApiError):
 
 
 _FRIENDLY_BY_CODE = {
-    "BAD_USER_INPUT": "The search service could not use that input: {message}",
+    "BAD_USER_INPUT": "We couldn't use that: {message}",
     "NOT_FOUND": "We couldn't find that: {message}",
-    "PAYLOAD_TOO_LARGE": "That image is too large for the search service. "
-    "Try a smaller photo (a few megabytes at most).",
-    "UPSTREAM_UNAVAILABLE": "A service behind search is unavailable right now; "
-    "please try again in a moment.",
-    "UNAUTHENTICATED": "The search service refused the request: {message}",
+    "PAYLOAD_TOO_LARGE": "That image is too large. Try a smaller photo (a few megabytes at most).",
+    "UPSTREAM_UNAVAILABLE": "Search is unavailable right now. Please try again in a moment.",
+    "UNAUTHENTICATED": "Search refused the request: {message}",
 }
 
 
 def friendly_message(code: str, message: str) -> str:
-    template = _FRIENDLY_BY_CODE.get(
-        code, "Something went wrong on the search service ({code}): {message}"
-    )
+    template = _FRIENDLY_BY_CODE.get(code, "Something went wrong with search. Please try again.")
     return template.format(code=code, message=message.rstrip(".") + ".")
 
 
@@ -348,8 +344,7 @@ class FashionSearchClient:
             raise ApiError(
                 "NOT_GRAPHQL",
                 f"{self.endpoint} did not answer like a GraphQL API",
-                friendly=f"The address {self.api_url} does not look like the fashion-search "
-                "API. Check FASHION_SEARCH_API_URL.",
+                friendly="Search is unavailable right now. Please try again later.",
             ) from None
         except TransportError as exc:
             raise self._unavailable(str(exc)) from None
@@ -360,14 +355,14 @@ class FashionSearchClient:
     def _unavailable(self, detail: str) -> ApiUnavailable:
         timed_out = "timed out" in detail.lower()
         friendly = (
-            f"The search service at {self.api_url} took too long to answer. "
-            "Please try again in a moment."
+            "Search is taking too long to answer. Please try again in a moment."
             if timed_out
-            else f"We can't reach the search service at {self.api_url}. "
-            "Is the API running? Start it with `fashion-search serve`."
+            else "Search is unavailable right now. Please try again in a moment."
         )
         return ApiUnavailable(
-            "TIMEOUT" if timed_out else "API_UNAVAILABLE", detail, friendly=friendly
+            "TIMEOUT" if timed_out else "API_UNAVAILABLE",
+            f"{self.endpoint}: {detail}",
+            friendly=friendly,
         )
 
 
@@ -389,8 +384,7 @@ def _server_error(exc: TransportServerError) -> ApiError:
         return ApiError(
             "NOT_GRAPHQL",
             str(exc),
-            friendly="There is no fashion-search API at that address. "
-            "Check FASHION_SEARCH_API_URL.",
+            friendly="Search is unavailable right now. Please try again later.",
         )
     if exc.code in (502, 503, 504):
         return ApiUnavailable(
@@ -401,5 +395,5 @@ def _server_error(exc: TransportServerError) -> ApiError:
     return ApiError(
         f"HTTP_{exc.code or 'ERROR'}",
         str(exc),
-        friendly=f"The search service answered with an error (HTTP {exc.code}). Please try again.",
+        friendly="Something went wrong with search. Please try again.",
     )

@@ -1,41 +1,55 @@
-"""The shopper UI: search by words, by photo or by image link, "more like this", filters and
-product details. Rendered by Streamlit (entry point ui/app.py); talks to the API over GraphQL
-only (ui.client), at the URL in the environment variable FASHION_SEARCH_API_URL."""
+"""The shop's search page: words, a photo or an image link, "more like this", filters with
+counts, product pages. Rendered by Streamlit (entry point ui/app.py); talks to the API over
+GraphQL only (ui.client), at FASHION_SEARCH_API_URL.
+
+The URL is the page's state (ui.state.View): widgets write it (st.query_params, one history
+entry per change), every run reads it, so Back, Forward, reload and shared links all land on
+the same view. Products and "more like this" are real links (ui.cards)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from html import escape
 from typing import Literal, TypeVar
 from urllib.parse import urljoin
 
 import streamlit as st
 
+from ui import cards
 from ui.client import (
     ApiError,
     ApiUnavailable,
     EncoderInfo,
     Facet,
     FashionSearchClient,
-    Filters,
     Hit,
     Product,
     SearchPage,
 )
+from ui.state import Filters, View
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-GRID_COLUMNS = 4
-DEFAULT_TOP_K = 12
-MAX_TOP_K = 48
+PAGE_SIZE = 12
+ALSO_COUNT = 4
+MAX_TOP_K = 100  # the API's bound on topK
 MAX_UPLOAD_MB = 20
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp"]  # what the API accepts
+STATUS_TTL_S = 5  # the status line follows the API's health within seconds
+FACETS_TTL_S = 60
+RESULTS_TTL_S = 300
+PHOTOS_KEPT = 64
+"""Uploaded photos the UI server keeps (by hash) so a photo search survives reload and Back."""
 
-# Tag keys worth filtering on, best first (H&M and Kaggle layouts); others are used only when
-# none of these exist.
-FILTER_KEYS = (
+# Filter keys, best first: the canonical facets every reader maps its columns to, then the
+# raw columns of catalogs ingested before canonical keys existed.
+CANONICAL_FACETS = ("type", "colour", "audience", "category", "pattern", "season", "usage")
+CANONICAL_MARKERS = frozenset({"type", "audience", "category"})
+LEGACY_FACETS = (
     "product_type",
     "articleType",
     "colour_master",
@@ -51,19 +65,15 @@ FILTER_KEYS = (
     "usage",
 )
 MAX_FILTERS = 4
-# Tags shown on a result card, in this order.
-CARD_TAG_KEYS = (
-    "product_type",
-    "articleType",
-    "colour",
-    "baseColour",
-    "colour_master",
-    "section",
-    "gender",
-)
-CARD_TAGS = 3
-DETAIL_LABELS = {"colour_master": "Colour group", "colour": "Colour"}
+MAX_CHOICES = 16
+"""Values offered per filter (the most frequent, plus whatever is selected)."""
 LABELS = {
+    "type": "Product type",
+    "audience": "For",
+    "category": "Category",
+    "pattern": "Pattern",
+    "season": "Season",
+    "usage": "Occasion",
     "product_type": "Product type",
     "articleType": "Product type",
     "product_group": "Product group",
@@ -78,52 +88,14 @@ LABELS = {
     "garment_group": "Garment group",
     "product_code": "Product code",
 }
+DETAIL_LABELS = {"colour_master": "Colour group", "colour": "Colour"}
 
-QueryKind = Literal["text", "image", "url", "similar"]
+ErrorContext = Literal["text", "photo", "link", "similar", "detail", "startup"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SearchRequest:
-    """What the shopper asked for; filters, top-k and encoder are applied on top."""
-
-    kind: QueryKind
-    text: str = ""
-    image: bytes = b""
-    image_name: str = ""
-    url: str = ""
-    product: Product | None = None
-    text_weight: float = 0.5
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.image).hexdigest() if self.image else ""
-        product_id = self.product.id if self.product else ""
-        return "|".join(
-            [self.kind, self.text, digest, self.url, product_id, f"{self.text_weight:.2f}"]
-        )
-
-
-@dataclass
-class Results:
-    key: str
-    pages: list[SearchPage] = field(default_factory=list)
-    error: str | None = None
-    error_level: Literal["error", "warning"] = "error"
-
-    @property
-    def hits(self) -> list[Hit]:
-        seen: set[str] = set()
-        hits: list[Hit] = []
-        for page in self.pages:
-            for hit in page.hits:
-                if hit.product.id not in seen:
-                    seen.add(hit.product.id)
-                    hits.append(hit)
-        return hits
-
-
 # --------------------------------------------------------------------------------------------
-# Helpers
+# Plumbing
 
 
 def api_url() -> str:
@@ -146,53 +118,26 @@ def absolute(url: str) -> str:
     return url if url.startswith(("http://", "https://", "data:")) else urljoin(api_url(), url)
 
 
-def badge_text(value: str) -> str:
-    return value.replace("[", "(").replace("]", ")").replace(":", " ")
-
-
-def card_tags(product: Product) -> list[str]:
-    values: list[str] = []
-    for key in CARD_TAG_KEYS:
-        value = product.tag(key)
-        if value and value not in values and value.lower() not in {"unknown", "undefined"}:
-            values.append(value)
-        if len(values) == CARD_TAGS:
-            break
-    return values
-
-
-def image_data_url(data: bytes) -> str | None:
-    """A data: URL for a preview of the shopper's own photo (rendered by the browser, so a
-    broken file never reaches PIL on the server)."""
-    kinds = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png"}
-    for magic, mime in kinds.items():
-        if data.startswith(magic):
-            return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return f"data:image/webp;base64,{base64.b64encode(data).decode('ascii')}"
-    return None
-
-
 def sentence(text: str) -> str:
     text = text.strip().rstrip(".")
     return f"{text[:1].upper()}{text[1:]}." if text else ""
 
 
-def explain(error: ApiError, kind: QueryKind | Literal["detail", "startup"]) -> str:
+def explain(error: ApiError, context: ErrorContext) -> str:
     """A message for the shopper, in the context of what they were doing."""
     if isinstance(error, ApiUnavailable) or error.code == "PAYLOAD_TOO_LARGE":
         return error.friendly
     detail = sentence(error.message)
-    if kind == "image" and error.code == "BAD_USER_INPUT":
+    if context == "photo" and error.code == "BAD_USER_INPUT":
         return f"We couldn't read that picture. {detail} Please upload a JPEG, PNG or WebP photo."
-    if kind == "url":
+    if context == "link":
         return (
             f"We couldn't use that image link. {detail} "
             "Try another link, or save the picture and upload it instead."
         )
-    if kind in ("similar", "detail") and error.code == "NOT_FOUND":
+    if context in ("similar", "detail") and error.code == "NOT_FOUND":
         return "That product is no longer in the catalog. Try another one."
-    if kind == "text" and error.code == "BAD_USER_INPUT":
+    if context == "text" and error.code == "BAD_USER_INPUT":
         return f"Please check your search. {detail}"
     return error.friendly
 
@@ -204,166 +149,290 @@ def call(action: Callable[[], T]) -> T | ApiError:
         return error
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+def current_view() -> View:
+    params = {key: st.query_params.get_all(key) for key in st.query_params}
+    return View.from_params(params)
+
+
+def go(view: View) -> None:
+    """Show `view`: one new URL (a browser history entry), read by the next run."""
+    st.query_params.from_dict(view.to_params())
+
+
+def flash(level: Literal["warning", "info"], text: str) -> None:
+    """A message for the next run (callbacks run before the page is drawn)."""
+    st.session_state["flash"] = (level, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Data (cached across sessions of this UI server: reload, Back and shared links are instant)
+
+
+class PhotoStore:
+    """The last PHOTOS_KEPT uploaded photos by content hash, so `?img=<hash>` finds its photo
+    again after a reload or Back (the URL cannot carry megabytes)."""
+
+    def __init__(self, capacity: int = PHOTOS_KEPT) -> None:
+        self._photos: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def put(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()[:32]
+        with self._lock:
+            self._photos[key] = data
+            self._photos.move_to_end(key)
+            while len(self._photos) > self._capacity:
+                self._photos.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._photos.get(key)
+
+
+@st.cache_resource
+def photos() -> PhotoStore:
+    return PhotoStore()
+
+
+class PhotoGone(Exception):
+    """The photo a URL names is no longer kept (the UI server restarted or moved on)."""
+
+
+@st.cache_data(ttl=STATUS_TTL_S, show_spinner=False)
 def load_encoders(url: str) -> list[EncoderInfo]:
     return FashionSearchClient(url).encoders()
 
 
-@st.cache_data(ttl=60, show_spinner=False)
-def load_facets(url: str) -> list[Facet]:
-    return FashionSearchClient(url).facets()
+@st.cache_data(ttl=FACETS_TTL_S, show_spinner=False)
+def load_facets(url: str, keys: tuple[str, ...] | None, filters: Filters) -> list[Facet]:
+    return FashionSearchClient(url).facets(keys, dict(filters) or None)
 
 
-def with_count(counts: dict[str, int]) -> Callable[[str], str]:
-    return lambda value: f"{value} ({counts.get(value, 0)})"
+@st.cache_data(ttl=RESULTS_TTL_S, show_spinner=False)
+def load_product(url: str, product_id: str) -> Product | None:
+    return FashionSearchClient(url).product(product_id)
 
 
-def choose_facets(facets: Sequence[Facet]) -> list[Facet]:
+@st.cache_data(ttl=RESULTS_TTL_S, show_spinner=False, max_entries=512)
+def load_page(url: str, view: View, top_k: int, after: str | None) -> SearchPage:
+    """One page of the search `view` describes (its filters, engine; never its product)."""
+    api = FashionSearchClient(url)
+    filters = view.filter_map()
+    engine = view.engine or None
+    steer = view.q or None
+    if view.mode == "text":
+        return api.search_by_text(view.q, top_k=top_k, filters=filters, encoder=engine, after=after)
+    if view.mode == "similar":
+        return api.similar_products(view.like, top_k=top_k, filters=filters, encoder=engine)
+    if view.mode == "link":
+        return api.search_by_image(
+            url=view.url, top_k=top_k, filters=filters, encoder=engine, after=after, text=steer
+        )
+    photo = photos().get(view.img)
+    if photo is None:
+        raise PhotoGone(view.img)
+    return api.search_by_image(
+        image=photo, top_k=top_k, filters=filters, encoder=engine, after=after, text=steer
+    )
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: tuple[Hit, ...]
+    last: SearchPage
+    more: bool
+    """Whether "Show more" can load another page."""
+
+
+def search(view: View) -> Results:
+    """The view's pages (1..view.pages), as one list without repeats. "More like this"
+    has no cursor: its page n is the top n*PAGE_SIZE."""
+    search_view = View(
+        mode=view.mode, q=view.q, url=view.url, img=view.img, like=view.like,
+        filters=view.filters, engine=view.engine,
+    )  # fmt: skip
+    url = api_url()
+    if view.mode == "similar":
+        top_k = min(MAX_TOP_K, PAGE_SIZE * view.pages)
+        page = load_page(url, search_view, top_k, None)
+        more = len(page.hits) == top_k and top_k < MAX_TOP_K
+        return Results(page.hits, page, more)
+    pages: list[SearchPage] = []
+    after: str | None = None
+    for _ in range(view.pages):
+        pages.append(load_page(url, search_view, PAGE_SIZE, after))
+        after = pages[-1].next_cursor
+        if after is None:
+            break
+    unique: dict[str, Hit] = {}
+    for hit in (h for p in pages for h in p.hits):
+        unique.setdefault(hit.product.id, hit)
+    return Results(tuple(unique.values()), pages[-1], pages[-1].next_cursor is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Facets
+
+
+def facet_keys(facets: Sequence[Facet]) -> list[str]:
+    """Up to MAX_FILTERS keys worth filtering on: canonical ones when the catalog has them,
+    else the familiar raw columns (one per label), else any key with a browsable number of
+    values."""
     by_key = {f.key: f for f in facets if len(f.values) > 1}
-    chosen = [by_key[k] for k in FILTER_KEYS if k in by_key]
-    if not chosen:  # an unfamiliar catalog: any key with a browsable number of values
-        chosen = [f for f in by_key.values() if len(f.values) <= 60]
-    # Keep one colour facet, one product-type facet, ...: their labels must not repeat.
-    unique: dict[str, Facet] = {}
-    for facet in chosen:
-        unique.setdefault(label(facet.key), facet)
+    canonical = [k for k in CANONICAL_FACETS if k in by_key]
+    if CANONICAL_MARKERS & set(canonical):  # ("colour" alone is also a raw H&M column)
+        return canonical[:MAX_FILTERS]
+    chosen = [k for k in LEGACY_FACETS if k in by_key]
+    if not chosen:
+        chosen = [k for k, f in by_key.items() if len(f.values) <= 60]
+    unique: dict[str, str] = {}
+    for key in chosen:
+        unique.setdefault(label(key), key)
     return list(unique.values())[:MAX_FILTERS]
 
 
-# --------------------------------------------------------------------------------------------
-# State changes (button callbacks run before the script, so the page renders the new state)
+def facet_counts(url: str, key: str, view: View) -> dict[str, int]:
+    """Counts for `key` among products matching the other filters (so a shopper sees what
+    adding a value of this key would give)."""
+    others = tuple((k, v) for k, v in view.filters if k != key)
+    found = load_facets(url, (key,), others)
+    return {v.value: v.count for f in found if f.key == key for v in f.values}
 
 
-def start_search(request: SearchRequest) -> None:
-    """A new search; submitting the same one again asks the API again (it may be back up)."""
-    st.session_state["request"] = request
-    st.session_state["results"] = None
-    st.session_state["detail"] = None
+def with_count(counts: dict[str, int]) -> Callable[[str], str]:
+    return lambda value: f"{value} ({counts.get(value, 0):,})"
 
 
-def more_like_this(product: Product) -> None:
-    start_search(SearchRequest(kind="similar", product=product))
-
-
-def show_detail(product: Product) -> None:
-    st.session_state["detail"] = product
-
-
-def close_detail() -> None:
-    st.session_state["detail"] = None
-
-
-def clear_filters(keys: Sequence[str]) -> None:
-    for key in keys:
-        st.session_state[f"filter-{key}"] = []
-
-
-def want_more() -> None:
-    st.session_state["want_more"] = True
+def choices(counts: dict[str, int], selected: Sequence[str]) -> list[str]:
+    offered = [v for v in sorted(counts, key=lambda v: (-counts[v], v)) if counts[v] > 0]
+    return [*selected, *(v for v in offered if v not in selected)][
+        : max(MAX_CHOICES, len(selected))
+    ]
 
 
 # --------------------------------------------------------------------------------------------
-# Page
+# Callbacks (run before the next script run, which draws the new view)
+
+
+def submit_text(view: View, words_ok: bool) -> None:
+    text = str(st.session_state.get("text-query") or "").strip()
+    if not words_ok:
+        flash("warning", "This search engine matches photos only. Upload a photo instead.")
+    elif not text:
+        flash("warning", "Type a few words first, like “red knitted jumper”.")
+    else:
+        go(view.search("text", q=text))
+
+
+def submit_photo(view: View) -> None:
+    upload = st.session_state.get("photo")
+    if upload is None:
+        flash("warning", "Choose a photo first.")
+        return
+    key = photos().put(upload.getvalue())
+    steer = str(st.session_state.get("photo-refine") or "").strip()
+    go(view.search("photo", img=key, q=steer))
+
+
+def submit_link(view: View) -> None:
+    address = str(st.session_state.get("link-url") or "").strip()
+    if not address.lower().startswith(("http://", "https://")):
+        flash("warning", "Paste a full web address starting with http:// or https://.")
+        return
+    steer = str(st.session_state.get("link-refine") or "").strip()
+    go(view.search("link", url=address, q=steer))
+
+
+def apply_filters(view: View, keys: Sequence[str]) -> None:
+    chosen = {key: list(st.session_state.get(f"filter-{key}") or []) for key in keys}
+    kept = {k: list(v) for k, v in view.filters if k not in keys}
+    go(view.with_filters({**kept, **chosen}))
+
+
+def toggle_details(view: View) -> None:
+    go(view.with_details(bool(st.session_state.get("details"))))
+
+
+def choose_engine(view: View, default: str) -> None:
+    engine = str(st.session_state.get("engine") or "")
+    go(view.with_engine("" if engine == default else engine))
+
+
+def sync_widgets(view: View) -> None:
+    """Widgets show the URL's view (after Back, Forward, reload or a shared link)."""
+    state = st.session_state
+    state["text-query"] = view.q if view.mode == "text" else ""
+    state["link-url"] = view.url if view.mode == "link" else state.get("link-url", "")
+    state["link-refine"] = view.q if view.mode == "link" else ""
+    state["photo-refine"] = view.q if view.mode == "photo" else ""
+    state["details"] = view.details
+    for key in [k for k in state if str(k).startswith("filter-")]:
+        state[key] = []
+    for key, values in view.filters:
+        state[f"filter-{key}"] = list(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Page parts
 
 
 def style() -> None:
     st.markdown(
         """
         <style>
-        [data-testid="stMainBlockContainer"] { padding-top: 2.5rem; max-width: 1200px; }
-        [data-testid="stVerticalBlockBorderWrapper"] img,
-        [data-testid="stImage"] img { border-radius: 10px; background: #f6f3f1; }
-        [class*="st-key-card-"] [data-testid="stImage"] img {
-            aspect-ratio: 2 / 3; object-fit: cover; width: 100%; }
-        [class*="st-key-card-"] [data-testid="stBaseButton-tertiary"] { padding: 0; }
-        [class*="st-key-card-"] [data-testid="stBaseButton-tertiary"] p {
-            font-weight: 600; text-align: left; }
-        [data-testid="stColumn"] > [data-testid="stVerticalBlock"] { height: 100%; }
-        [data-testid="stLayoutWrapper"]:has(> [class*="st-key-card-"]),
-        [class*="st-key-card-"] { height: 100%; }
-        [class*="st-key-card-"] > :last-child { margin-top: auto; }
-        .fs-score { color: #7a6f69; font-size: 0.85rem; }
+        [data-testid="stMainBlockContainer"] { padding-top: 2rem; max-width: 1200px; }
+        [data-testid="InputInstructions"] { display: none; }
+        .fs-status { font-size: 0.9rem; color: #4a423e; margin: 0; }
+        .fs-note { font-size: 0.9rem; color: #5c524d; margin: 0; }
+        .fs-dot { display: inline-block; width: 0.6rem; height: 0.6rem; border-radius: 50%;
+                  margin-right: 0.4rem; vertical-align: baseline; }
+        .fs-online { background: #2e7d32; } .fs-offline { background: #b3261e; }
+        .fs-seed { display: flex; gap: 0.9rem; align-items: center; }
+        .fs-seed img { width: 64px; aspect-ratio: 2 / 3; object-fit: cover; border-radius: 8px; }
+        .fs-detail-img { width: 100%; max-width: 480px; aspect-ratio: 2 / 3; object-fit: cover;
+                         border-radius: 12px; background: #f0ebe7; }
+        a.fs-back { color: #8a2f44; font-weight: 600; text-decoration: none; }
+        a.fs-back:focus-visible { outline: 3px solid #8a2f44; outline-offset: 2px; }
+        @media (max-width: 640px) {
+          [data-testid="stMainBlockContainer"] { padding: 1rem 0.75rem 3rem; }
+          h1 { font-size: 1.6rem !important; }
+        }
         </style>
         """,
         unsafe_allow_html=True,
     )
 
 
-def sidebar() -> tuple[int, Filters, str | None, list[EncoderInfo] | ApiError]:
-    url = api_url()
-    with st.sidebar:
-        st.header("Refine")
-        top_k = int(
-            st.slider(
-                "How many results",
-                min_value=1,
-                max_value=MAX_TOP_K,
-                value=DEFAULT_TOP_K,
-                key="top_k",
-            )
-        )
-
-        encoders = call(lambda: load_encoders(url))
-        encoder: str | None = None
-        if not isinstance(encoders, ApiError):
-            indexed = [e for e in encoders if e.indexed_count > 0] or list(encoders)
-            if len(indexed) > 1:
-                default = next((i for i, e in enumerate(indexed) if e.is_default), 0)
-                sizes = {e.id: e.indexed_count for e in indexed}
-                encoder = st.selectbox(
-                    "Search engine",
-                    list(sizes),
-                    index=default,
-                    format_func=lambda e: f"{e} ({sizes[e]:,} products)",
-                    key="encoder",
-                    help="Each engine (encoder) has its own index; compare them side by side.",
-                )
-
-        filters: dict[str, list[str]] = {}
-        facets = call(lambda: load_facets(url))
-        if not isinstance(facets, ApiError):
-            shown = choose_facets(facets)
-            for facet in shown:
-                counts = {v.value: v.count for v in facet.values}
-                options = sorted(counts, key=lambda v: (-counts[v], v))
-                selected = st.multiselect(
-                    label(facet.key),
-                    options,
-                    format_func=with_count(counts),
-                    key=f"filter-{facet.key}",
-                    placeholder="Any",
-                )
-                if selected:
-                    filters[facet.key] = [str(v) for v in selected]
-            if filters:
-                st.button(
-                    "Clear filters",
-                    on_click=clear_filters,
-                    args=([f.key for f in shown],),
-                    icon=":material/filter_alt_off:",
-                )
-
-        st.divider()
-        if isinstance(encoders, ApiError):
-            st.caption(f":red[●] API offline · {url}")
-        else:
-            total = max((e.indexed_count for e in encoders), default=0)
-            st.caption(f":green[●] Connected · {total:,} products · {url}")
-    return top_k, filters, encoder, encoders
-
-
-def active_encoder(
-    encoders: list[EncoderInfo] | ApiError, encoder: str | None
-) -> EncoderInfo | None:
-    """The encoder searches will use: the chosen one, else the server's default."""
+def status_line(encoders: list[EncoderInfo] | ApiError, details: bool) -> None:
+    """Whether search works right now (the API is asked every few seconds)."""
     if isinstance(encoders, ApiError):
-        return None
-    if encoder:
-        return next((e for e in encoders if e.id == encoder), None)
-    return next((e for e in encoders if e.is_default), encoders[0] if encoders else None)
+        text, css = "Search is offline", "fs-offline"
+        extra = f" · {escape(api_url())}: {escape(encoders.message)}" if details else ""
+    else:
+        total = max((e.indexed_count for e in encoders), default=0)
+        text, css = f"Search is online · {total:,} products", "fs-online"
+        extra = f" · {escape(api_url())}" if details else ""
+    st.html(
+        f'<p class="fs-status" role="status"><span class="fs-dot {css}" aria-hidden="true">'
+        f"</span>{escape(text)}{extra}</p>"
+    )
 
 
-def search_forms(engine: EncoderInfo | None) -> None:
+def note(text: str) -> None:
+    """A quiet line of text (Streamlit's captions are too pale for WCAG contrast)."""
+    st.html(f'<p class="fs-note">{escape(text)}</p>')
+
+
+def show_flash() -> None:
+    message = st.session_state.pop("flash", None)
+    if message:
+        level, text = message
+        (st.warning if level == "warning" else st.info)(text)
+
+
+def search_forms(view: View, engine: EncoderInfo | None) -> None:
     words_ok = engine is None or engine.supports_text
     text_tab, photo_tab, link_tab = st.tabs(
         [
@@ -373,325 +442,299 @@ def search_forms(engine: EncoderInfo | None) -> None:
         ]
     )
     with text_tab, st.form("text-search", border=False):
-        text = st.text_input(
+        st.text_input(
             "What are you looking for?",
-            placeholder="e.g. black ankle boots, striped summer dress, denim jacket",
+            placeholder="e.g. black ankle boots, striped summer dress",
             key="text-query",
+            max_chars=300,
         )
-        if st.form_submit_button("Search", type="primary", icon=":material/search:"):
-            if engine is not None and not words_ok:
-                st.warning(
-                    f"The {engine.id} search engine matches photos only. "
-                    "Upload a photo or paste an image link instead."
-                )
-            elif text and text.strip():
-                start_search(SearchRequest(kind="text", text=text.strip()))
-            else:
-                st.warning("Type a few words first, like “red knitted jumper”.")
-
+        st.form_submit_button(
+            "Search",
+            type="primary",
+            icon=":material/search:",
+            on_click=submit_text,
+            args=(view, words_ok),
+        )
     with photo_tab, st.form("photo-search", border=False):
-        upload = st.file_uploader(
+        st.file_uploader(
             "A photo of something you like",
             type=IMAGE_TYPES,
             key="photo",
             max_upload_size=MAX_UPLOAD_MB,
         )
-        refine = st.text_input(
+        st.text_input(
             "Steer it with words (optional)",
             placeholder="e.g. in green, with long sleeves",
             key="photo-refine",
             disabled=not words_ok,
         )
-        if st.form_submit_button("Find similar", type="primary", icon=":material/image_search:"):
-            if upload is None:
-                st.warning("Choose a photo first.")
-            else:
-                start_search(
-                    SearchRequest(
-                        kind="image",
-                        image=upload.getvalue(),
-                        image_name=upload.name,
-                        text=(refine or "").strip() if words_ok else "",
-                    )
-                )
-
+        st.form_submit_button(
+            "Find similar",
+            type="primary",
+            icon=":material/image_search:",
+            on_click=submit_photo,
+            args=(view,),
+        )
     with link_tab, st.form("link-search", border=False):
-        link = st.text_input(
+        st.text_input(
             "Link to an image on the web",
             placeholder="https://example.com/photo.jpg",
             key="link-url",
         )
-        link_refine = st.text_input(
+        st.text_input(
             "Steer it with words (optional)",
             placeholder="e.g. but in black",
             key="link-refine",
             disabled=not words_ok,
         )
-        if st.form_submit_button("Search by link", type="primary", icon=":material/link:"):
-            address = (link or "").strip()
-            if not address.lower().startswith(("http://", "https://")):
-                st.warning("Paste a full web address starting with http:// or https://.")
-            else:
-                start_search(
-                    SearchRequest(
-                        kind="url",
-                        url=address,
-                        text=(link_refine or "").strip() if words_ok else "",
-                    )
-                )
-
-
-def run_search(
-    request: SearchRequest,
-    top_k: int,
-    filters: Filters,
-    encoder: str | None,
-    after: str | None = None,
-) -> SearchPage:
-    api = client()
-    if request.kind == "text":
-        return api.search_by_text(
-            request.text, top_k=top_k, filters=filters, encoder=encoder, after=after
-        )
-    if request.kind == "image":
-        return api.search_by_image(
-            image=request.image,
-            top_k=top_k,
-            filters=filters,
-            encoder=encoder,
-            after=after,
-            text=request.text or None,
-            text_weight=request.text_weight if request.text else None,
-        )
-    if request.kind == "url":
-        return api.search_by_image(
-            url=request.url,
-            top_k=top_k,
-            filters=filters,
-            encoder=encoder,
-            after=after,
-            text=request.text or None,
-            text_weight=request.text_weight if request.text else None,
-        )
-    assert request.product is not None
-    return api.similar_products(request.product.id, top_k=top_k, filters=filters, encoder=encoder)
-
-
-def results_for(
-    request: SearchRequest, top_k: int, filters: Filters, encoder: str | None
-) -> Results:
-    key = "|".join(
-        [
-            request.fingerprint(),
-            str(top_k),
-            repr(sorted((k, sorted(v)) for k, v in filters.items())),
-            encoder or "",
-        ]
-    )
-    results: Results | None = st.session_state.get("results")
-    if results is None or results.key != key:
-        results = Results(key=key)
-        with st.spinner("Searching the catalog…", show_time=False):
-            page = call(lambda: run_search(request, top_k, filters, encoder))
-        if isinstance(page, ApiError):
-            results.error = explain(page, request.kind)
-            results.error_level = "error" if isinstance(page, ApiUnavailable) else "warning"
-        else:
-            results.pages.append(page)
-        st.session_state["results"] = results
-    elif st.session_state.pop("want_more", False) and results.pages:
-        cursor = results.pages[-1].next_cursor
-        if cursor:
-            with st.spinner("Loading more…"):
-                page = call(lambda: run_search(request, top_k, filters, encoder, after=cursor))
-            if isinstance(page, ApiError):
-                st.warning(explain(page, request.kind))
-            else:
-                results.pages.append(page)
-    return results
-
-
-def query_summary(request: SearchRequest, results: Results) -> None:
-    hits = results.hits
-    count = f"{len(hits)} result{'s' if len(hits) != 1 else ''}"
-    last = results.pages[-1] if results.pages else None
-    meta = f" · {last.took_ms:.0f} ms · {last.encoder}" if last else ""
-    steer = f" steered by “{request.text}”" if request.text and request.kind != "text" else ""
-    thumb: str | None = None
-    if request.kind == "text":
-        title = f"{count} for “{request.text}”"
-    elif request.kind == "image":
-        title = f"{count} like your photo{steer}"
-        thumb = image_data_url(request.image)
-    elif request.kind == "url":
-        title = f"{count} like the linked image{steer}"
-        thumb = request.url
-    else:
-        assert request.product is not None
-        title = f"{count} like “{request.product.name}”"
-        thumb = absolute(request.product.image_url)
-
-    if thumb and not results.error:
-        picture, words = st.columns([1, 9], vertical_alignment="center")
-        picture.image(thumb, width=72)
-        words.subheader(title, anchor=False)
-        words.caption(meta.removeprefix(" · "))
-    else:
-        st.subheader(title, anchor=False)
-        if meta:
-            st.caption(meta.removeprefix(" · "))
-
-
-def result_card(hit: Hit, where: str) -> None:
-    product = hit.product
-    with st.container(border=True, key=f"card-{where}-{product.id}"):
-        st.image(absolute(product.image_url), width="stretch")
-        st.button(
-            product.name,
-            key=f"{where}-detail-{product.id}",
-            on_click=show_detail,
-            args=(product,),
-            type="tertiary",
-        )
-        tags = card_tags(product)
-        if tags:
-            st.markdown(" ".join(f":gray-badge[{badge_text(t)}]" for t in tags))
-        st.markdown(
-            f'<span class="fs-score">Match {hit.score:.2f} · #{hit.rank}</span>',
-            unsafe_allow_html=True,
-        )
-        st.button(
-            "More like this",
-            key=f"{where}-more-{product.id}",
-            on_click=more_like_this,
-            args=(product,),
-            icon=":material/auto_awesome:",
+        st.form_submit_button(
+            "Search by link",
             type="primary",
-            width="stretch",
+            icon=":material/link:",
+            on_click=submit_link,
+            args=(view,),
+        )
+    show_flash()
+
+
+def filters_panel(view: View) -> None:
+    """A labelled "Filters" control with counts that follow the other filters."""
+    url = api_url()
+    everything = call(lambda: load_facets(url, None, ()))
+    if isinstance(everything, ApiError):
+        return
+    keys = facet_keys(everything)
+    if not keys:
+        return
+    selected = view.filter_map()
+    count = sum(len(v) for k, v in selected.items() if k in keys)
+    title = f"Filters · {count} selected" if count else "Filters"
+    with st.expander(title, icon=":material/tune:", expanded=bool(count)):
+        for key in keys:
+            counts = call(lambda key=key: facet_counts(url, key, view))  # type: ignore[misc]
+            if isinstance(counts, ApiError):
+                continue
+            options = choices(counts, selected.get(key, []))
+            if not options:
+                continue
+            st.pills(
+                label(key),
+                options,
+                selection_mode="multi",
+                format_func=with_count(counts),
+                key=f"filter-{key}",
+                on_change=apply_filters,
+                args=(view, keys),
+            )
+        if count:
+            st.button(
+                "Clear filters",
+                on_click=go,
+                args=(view.with_filters({k: v for k, v in selected.items() if k not in keys}),),
+                icon=":material/filter_alt_off:",
+            )
+
+
+def heading(view: View) -> tuple[str, str | None, str | None]:
+    """(title, picture URL, picture's alt text) of the results."""
+    steer = f", steered by “{view.q}”" if view.q and view.mode != "text" else ""
+    if view.mode == "text":
+        return f"Results for “{view.q}”", None, None
+    if view.mode == "photo":
+        return f"Like your photo{steer}", None, None
+    if view.mode == "link":
+        return f"Like the linked image{steer}", view.url, "The linked image"
+    seed = call(lambda: load_product(api_url(), view.like))
+    if isinstance(seed, ApiError) or seed is None:
+        return "More like this product", None, None
+    return f"More like “{seed.name}”", absolute(seed.image_url), seed.name
+
+
+def results_heading(view: View, results: Results) -> None:
+    title, picture, alt = heading(view)
+    if picture:
+        st.html(
+            f'<div class="fs-seed"><img src="{escape(picture)}" alt="{escape(alt or "")}">'
+            f'<h2 id="results" style="margin:0">{escape(title)}</h2></div>'
+        )
+    else:
+        st.subheader(title, anchor="results")
+    shown = len(results.hits)
+    caption = f"Showing the {shown} closest match{'es' if shown != 1 else ''}"
+    if view.details:
+        caption += f" · {results.last.took_ms:.0f} ms · engine {results.last.encoder}"
+    note(caption)
+
+
+def no_results(view: View) -> None:
+    if view.filters:
+        st.info(
+            "Nothing matches with these filters. Remove one, or clear them all.",
+            icon=":material/search_off:",
+        )
+        st.button("Clear filters", key="clear-empty", on_click=go, args=(view.with_filters({}),))
+    else:
+        st.info(
+            "Nothing matches yet. Try other words, or a photo of what you have in mind.",
+            icon=":material/search_off:",
         )
 
 
-def result_grid(hits: Sequence[Hit], where: str = "results") -> None:
-    for start in range(0, len(hits), GRID_COLUMNS):
-        columns = st.columns(GRID_COLUMNS, gap="medium")
-        for column, hit in zip(columns, hits[start : start + GRID_COLUMNS], strict=False):
-            with column:
-                result_card(hit, where)
+def results_section(view: View) -> None:
+    assert view.mode is not None
+    with st.spinner("Searching the catalog…"):
+        try:
+            results: Results | ApiError = search(view)
+        except ApiError as error:
+            results = error
+        except PhotoGone:
+            st.info(
+                "We no longer have that photo. Please upload it again.",
+                icon=":material/photo_camera:",
+            )
+            return
+    if isinstance(results, ApiError):
+        if isinstance(results, ApiUnavailable):
+            st.error(explain(results, view.mode), icon=":material/cloud_off:")
+            st.button("Try again", icon=":material/refresh:")
+        else:
+            st.warning(explain(results, view.mode), icon=":material/error:")
+        return
+    results_heading(view, results)
+    if not results.hits:
+        no_results(view)
+        return
+    image_urls = {h.product.id: absolute(h.product.image_url) for h in results.hits}
+    st.html(cards.grid(results.hits, view, image_urls, "Search results", view.details))
+    if results.more:
+        st.button(
+            "Show more results",
+            on_click=go,
+            args=(view.more(),),
+            icon=":material/expand_more:",
+        )
 
 
 def detail_rows(product: Product) -> list[tuple[str, str]]:
     """(label, value) for every tag, the card's key tags first."""
-    order = {key: i for i, key in enumerate(CARD_TAG_KEYS)}
+    order = {key: i for i, key in enumerate(cards.CARD_TAG_KEYS)}
     tags = sorted(
-        (t for t in product.tags if t.value),
+        (t for t in product.tags if t.value.strip().lower() not in cards.HIDDEN_VALUES),
         key=lambda t: (order.get(t.key, len(order)), t.key),
     )
     return [(DETAIL_LABELS.get(t.key) or label(t.key), t.value) for t in tags]
 
 
-def md_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$:" else c for c in text)
-
-
-def detail_view(product: Product, filters: Filters, encoder: str | None) -> None:
-    st.button("Back to results", on_click=close_detail, icon=":material/arrow_back:")
-    fresh = call(lambda: client().product(product.id))
-    if isinstance(fresh, ApiError):
-        level = st.error if isinstance(fresh, ApiUnavailable) else st.warning
-        level(explain(fresh, "detail"))
+def detail_view(view: View) -> None:
+    back = "Back to results" if view.mode else "Back to search"
+    st.html(f'<a class="fs-back" href="{escape(view.closed().href())}">← {back}</a>')
+    product = call(lambda: load_product(api_url(), view.product))
+    if isinstance(product, ApiError):
+        level = st.error if isinstance(product, ApiUnavailable) else st.warning
+        level(explain(product, "detail"))
         return
-    if fresh is None:
+    if product is None:
         st.warning("That product is no longer in the catalog. Try another one.")
         return
     picture, about = st.columns([2, 3], gap="large")
     with picture:
-        st.image(absolute(fresh.image_url), width="stretch")
-    with about:
-        st.title(fresh.name, anchor=False)
-        if fresh.description:
-            st.write(fresh.description)
-        rows = detail_rows(fresh)
-        if rows:
-            st.markdown("\n".join(f"- **{name}:** {md_escape(value)}" for name, value in rows))
-        st.caption(f"Product id {fresh.id}")
-        st.button(
-            "More like this",
-            key="detail-more",
-            on_click=more_like_this,
-            args=(fresh,),
-            icon=":material/auto_awesome:",
-            type="primary",
+        st.html(
+            f'<img class="fs-detail-img" src="{escape(absolute(product.image_url))}" '
+            f'alt="{escape(product.name)}">'
         )
+    with about:
+        st.title(product.name, anchor=False)
+        if product.description:
+            st.write(product.description)
+        rows = detail_rows(product)
+        if rows:
+            items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
+            st.html(f'<dl class="fs-facts">{items}</dl>')
+        st.html(cards.more_like_link(product, view))
+        if view.details:
+            note(f"Product id {product.id}")
     st.subheader("You may also like", anchor=False)
+    engine = view.engine or None
     similar = call(
         lambda: client().similar_products(
-            fresh.id, top_k=GRID_COLUMNS, filters=filters, encoder=encoder
+            product.id, top_k=ALSO_COUNT, filters=view.filter_map(), encoder=engine
         )
     )
     if isinstance(similar, ApiError):
-        st.caption(explain(similar, "similar"))
+        note(explain(similar, "similar"))
     elif similar.hits:
-        result_grid(similar.hits, where="also")
+        urls = {h.product.id: absolute(h.product.image_url) for h in similar.hits}
+        st.html(cards.grid(similar.hits, view.closed(), urls, "You may also like", view.details))
     else:
-        st.caption("Nothing similar matches the current filters.")
+        note("Nothing similar matches the current filters.")
+
+
+def engine_picker(view: View, encoders: list[EncoderInfo]) -> None:
+    indexed = [e for e in encoders if e.indexed_count > 0] or list(encoders)
+    if len(indexed) < 2:
+        return
+    default = next((e.id for e in indexed if e.is_default), indexed[0].id)
+    sizes = {e.id: e.indexed_count for e in indexed}
+    st.session_state["engine"] = view.engine if view.engine in sizes else default
+    st.selectbox(
+        "Search engine",
+        list(sizes),
+        format_func=lambda e: f"{e} ({sizes[e]:,} products)",
+        key="engine",
+        on_change=choose_engine,
+        args=(view, default),
+        help="Each engine (encoder) has its own index; compare them side by side.",
+    )
+
+
+def footer(view: View, encoders: list[EncoderInfo] | ApiError) -> None:
+    st.divider()
+    st.toggle(
+        "Show search details",
+        key="details",
+        on_change=toggle_details,
+        args=(view,),
+        help="Scores, ranks, timings and the search engine, for the curious.",
+    )
+    if view.details and not isinstance(encoders, ApiError):
+        engine_picker(view, encoders)
+
+
+def active_engine(encoders: list[EncoderInfo] | ApiError, chosen: str) -> EncoderInfo | None:
+    if isinstance(encoders, ApiError):
+        return None
+    if chosen:
+        return next((e for e in encoders if e.id == chosen), None)
+    return next((e for e in encoders if e.is_default), encoders[0] if encoders else None)
 
 
 def main() -> None:
     st.set_page_config(page_title="Fashion search", page_icon="👗", layout="wide")
     style()
-    st.session_state.setdefault("request", None)
-    st.session_state.setdefault("detail", None)
-
-    top_k, filters, encoder, encoders = sidebar()
+    view = current_view()
+    sync_widgets(view)
+    encoders = call(lambda: load_encoders(api_url()))
 
     st.title(":material/checkroom: Fashion search", anchor=False)
-    st.caption(
-        "Find it by describing it, by showing a photo, or by pointing at something you love."
-    )
-
-    startup_error: str | None = None
+    status_line(encoders, view.details)
     if isinstance(encoders, ApiError):
-        startup_error = explain(encoders, "startup")
-        st.error(startup_error, icon=":material/cloud_off:")
+        st.error(explain(encoders, "startup"), icon=":material/cloud_off:")
     elif not any(e.indexed_count for e in encoders):
         st.info(
-            "The catalog is empty. Ingest one with `fashion-search ingest PATH` and come back.",
-            icon=":material/inventory_2:",
+            "The shop has no products yet. Please come back soon.", icon=":material/inventory_2:"
         )
 
-    detail: Product | None = st.session_state["detail"]
-    if detail is not None:
-        detail_view(detail, filters, encoder)
-        return
-
-    search_forms(active_encoder(encoders, encoder))
-
-    request: SearchRequest | None = st.session_state["request"]
-    if request is None:
-        st.info(
-            "Start with a few words, a photo, or a link to an image. "
-            "Then click **More like this** on anything you like.",
-            icon=":material/styler:",
-        )
-        return
-
-    results = results_for(request, top_k, filters, encoder)
-    if results.error:
-        if results.error == startup_error:
-            pass  # already said at the top of the page
-        elif results.error_level == "error":
-            st.error(results.error, icon=":material/cloud_off:")
-        else:
-            st.warning(results.error, icon=":material/error:")
-        return
-    query_summary(request, results)
-    hits = results.hits
-    if not hits:
-        st.info(
-            "Nothing matches. Try other words, or remove some filters in the sidebar.",
-            icon=":material/search_off:",
-        )
-        return
-    result_grid(hits)
-    if results.pages[-1].next_cursor and request.kind != "similar":
-        st.button("Show more", on_click=want_more, icon=":material/expand_more:")
+    if view.product:
+        detail_view(view)
+    else:
+        search_forms(view, active_engine(encoders, view.engine))
+        if view.mode is None:
+            st.info(
+                "Describe what you want, show a photo, or paste a link to an image. "
+                "Then pick **More like this** on anything you like.",
+                icon=":material/styler:",
+            )
+        elif not isinstance(encoders, ApiError):
+            filters_panel(view)
+            results_section(view)
+    footer(view, encoders)

@@ -25,4 +25,3 @@ def test_ui_imports_no_product_layer() -> None:
     for source in sources:
         roots = {name.split(".")[0] for name in imported_modules(source)}
         assert not roots & FORBIDDEN, f"{source.name} imports {sorted(roots & FORBIDDEN)}"
-        assert "ui" not in roots or source.name in {"app.py", "shop.py"}

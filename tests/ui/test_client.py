@@ -138,10 +138,13 @@ def test_api_down_and_wrong_address(down_url: str, live_api: LiveApi) -> None:
     with pytest.raises(ApiUnavailable) as down:
         FashionSearchClient(down_url).encoders()
     assert down.value.code == "API_UNAVAILABLE"
-    assert down_url in down.value.friendly
-    assert "fashion-search serve" in down.value.friendly
+    # Shopper language: what happened and what to do, no address or command; the operator's
+    # detail (which address failed) stays in the message.
+    assert down.value.friendly == "Search is unavailable right now. Please try again in a moment."
+    assert down_url in down.value.message
 
     with pytest.raises(ApiError) as elsewhere:
         FashionSearchClient(f"{live_api.url}/healthz").encoders()
     assert elsewhere.value.code == "NOT_GRAPHQL"
-    assert "FASHION_SEARCH_API_URL" in elsewhere.value.friendly
+    assert live_api.url in elsewhere.value.message
+    assert live_api.url not in elsewhere.value.friendly
