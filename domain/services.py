@@ -516,8 +516,7 @@ class CatalogService:
             raise InvalidImage(encoded.broken[product_id])
         # once writing starts it finishes, even if the client goes away
         await asyncio.shield(self._indexer.write(encoded, "addProduct"))
-        product = await self._catalog.get(product_id)
-        return product if product is not None else item.product(plan.encode[0].key)
+        return plan.encode[0].product
 
     async def get(self, product_id: str) -> Product:
         product = await self._catalog.get(product_id)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from domain.errors import UpstreamUnavailable
 from tests.api.helpers import API_KEY, Api, codes, jpeg, make_api, png
 
 ADD = """mutation($input: AddProductInput!, $image: Upload!) {
@@ -137,3 +138,45 @@ async def test_upload_must_be_a_file(api: Api) -> None:
         ADD, {"input": NEW, "image": "not a file"}, headers={"X-API-Key": API_KEY}
     )
     assert codes(result) == ["BAD_USER_INPUT"]
+
+
+async def test_replacing_a_photo_deletes_the_old_image(api: Api) -> None:
+    await add(api, jpeg())
+    await add(api, png())
+    keys = api.world.catalog.products["n1"].image_keys
+    assert [k for k in api.world.images.objects if k.startswith("n1-")] == list(keys)
+
+
+async def test_add_failing_at_the_catalog_write_leaves_nothing_and_says_so(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*args: object) -> None:
+        raise UpstreamUnavailable("MongoDB (MONGODB_URI=...) did not answer within 5s")
+
+    images_before = dict(api.world.images.objects)
+    monkeypatch.setattr(api.world.catalog, "upsert_many", down)
+    result = await add(api, jpeg())
+    assert codes(result) == ["UPSTREAM_UNAVAILABLE"]
+    assert "did not answer" in result["errors"][0]["message"]
+    assert api.world.images.objects == images_before
+    assert await api.world.index.fetch("fake", ["n1"]) == {}
+    assert "n1" not in api.world.catalog.ledger.get("fake", {})
+
+
+async def test_delete_with_the_image_store_down_keeps_the_product_and_says_retry(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*args: object) -> None:
+        raise UpstreamUnavailable("S3 (S3_BUCKET=shop) did not answer within 5s")
+
+    monkeypatch.setattr(api.world.images, "delete", down)
+    headers = {"X-API-Key": API_KEY}
+    result = await api.gql(DELETE, {"id": "p1"}, headers=headers)
+    assert codes(result) == ["UPSTREAM_UNAVAILABLE"]
+    assert "retry deleteProduct" in result["errors"][0]["message"]
+    assert "p1" in api.world.catalog.products
+    assert "p1" in await api.world.index.fetch("fake", ["p1"])
+    monkeypatch.undo()
+    again = await api.gql(DELETE, {"id": "p1"}, headers=headers)
+    assert again["data"]["deleteProduct"] is True
+    assert "p1" not in api.world.catalog.products
