@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds without a byte of a request body before the client is cut off (408).",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers before its connection is closed.",
+    )
 
     # UI
     api_url: str = Field(default="http://127.0.0.1:8000", description="API the UI talks to.")

@@ -95,6 +95,7 @@ def serve(
     """Serve the API: GraphQL (and GraphiQL) at /graphql, REST shims, /docs, /metrics."""
     import uvicorn
 
+    from fashion_search.serving import HeaderDeadlineProtocol
     from fashion_search.settings import Settings
     from fashion_search.wiring import store_settings_problems
 
@@ -119,6 +120,7 @@ def serve(
             workers=workers,
             log_level=log_level,
             timeout_worker_healthcheck=worker_healthcheck_timeout,
+            http=HeaderDeadlineProtocol,  # httptools, as uvicorn picks, with a header deadline
         )
 
 

@@ -26,6 +26,7 @@ import pytest
 import uvicorn
 
 from api import ApiConfig, create_app
+from fashion_search.serving import HeaderDeadlineProtocol
 from tests.api.helpers import World, png
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +35,12 @@ IDLE_TIMEOUT_S = 0.5
 STALLED_CLIENTS = 40
 SOCKET_BOUND_S = 30.0
 """How long a socket read may block before the test gives up (a hang, not a measurement)."""
+
+
+class ShortHeaderDeadline(HeaderDeadlineProtocol):
+    """What ``fashion-search serve`` runs, with a short header deadline."""
+
+    header_timeout_s = IDLE_TIMEOUT_S
 
 
 @dataclass
@@ -52,7 +59,9 @@ def serving(idle_timeout_s: float) -> Iterator[Served]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     # log_config=None: uvicorn's loggers propagate to the root logger, where caplog sees them.
-    config = uvicorn.Config(app, log_config=None, lifespan="on", backlog=256)
+    config = uvicorn.Config(
+        app, log_config=None, lifespan="on", backlog=256, http=ShortHeaderDeadline
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -194,3 +203,39 @@ def test_a_client_leaving_mid_upload_is_a_quiet_499(
     assert errors == [], [r.getMessage() for r in errors]
     assert any("client disconnected" in r.getMessage() for r in caplog.records)
     assert httpx.get(f"{served.base}/healthz", timeout=SOCKET_BOUND_S).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POS", b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: appl"],
+    ids=["nothing", "half-a-method", "half-the-headers"],
+)
+def test_stalled_headers_are_cut_off(served: Served, sent: bytes) -> None:
+    """Headers never reach the app, so uvicorn's protocol closes these (the header deadline
+    of ``fashion-search serve``): 40 connections, none left open."""
+    connections = []
+    for _ in range(STALLED_CLIENTS):
+        conn = socket.create_connection(("127.0.0.1", served.port), timeout=SOCKET_BOUND_S)
+        conn.sendall(sent)
+        connections.append(conn)
+    try:
+        answers = [read_until_closed(conn) for conn in connections]  # EOF: closed by the server
+    finally:
+        for conn in connections:
+            conn.close()
+    assert answers == [b""] * STALLED_CLIENTS
+    assert httpx.get(f"{served.base}/healthz", timeout=SOCKET_BOUND_S).status_code == 200
+
+
+def test_a_second_request_with_stalled_headers_is_cut_off(served: Served) -> None:
+    """On a keep-alive connection the deadline starts again with each request."""
+    conn = socket.create_connection(("127.0.0.1", served.port), timeout=SOCKET_BOUND_S)
+    try:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = conn.recv(65536)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        rest = read_until_closed(conn)
+    finally:
+        conn.close()
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert rest == b""
