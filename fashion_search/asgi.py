@@ -11,7 +11,7 @@ from api import ApiConfig, ApiServices
 from api import create_app as create_api
 from encoders.images import decode_image
 from fashion_search.settings import METRICS_DIR_ENV, Settings
-from fashion_search.wiring import Container, build
+from fashion_search.wiring import Container, build, images_served_by_api
 
 
 def api_config(settings: Settings) -> ApiConfig:
@@ -26,8 +26,7 @@ def api_config(settings: Settings) -> ApiConfig:
         serve_when_warm=True,
         # Set by `fashion-search serve` (prometheus_client's multiprocess mode).
         metrics_multiprocess_dir=os.environ.get(METRICS_DIR_ENV) or None,
-        # The local store's URLs are /images/<key>: the API serves them. S3 serves its own.
-        serve_images=settings.s3_bucket is None,
+        serve_images=images_served_by_api(settings),
     )
 
 

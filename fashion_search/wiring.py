@@ -15,6 +15,7 @@ from domain.ports import (
     Catalog,
     Encoder,
     EncoderProvider,
+    FixedDimensionIndex,
     ImageFetcher,
     ImageStore,
     VectorIndex,
@@ -169,8 +170,14 @@ def build_catalog(settings: Settings) -> Catalog:
     return SqliteCatalog(settings.catalog_path)
 
 
+def images_served_by_api(settings: Settings) -> bool:
+    """Whether the API serves the image files: the local store's URLs are /images/<key>;
+    S3 serves its own (presigned or public URLs)."""
+    return settings.s3_bucket is None
+
+
 def build_images(settings: Settings) -> ImageStore:
-    if settings.s3_bucket is not None:
+    if not images_served_by_api(settings):
         return s3_images(settings)
     from stores.images.local import LocalImageStore
 
@@ -235,6 +242,14 @@ def describe_stores(settings: Settings) -> dict[str, str]:
     else:
         images = f"local ({settings.images_dir}, served under /images)"
     return {"vector_index": index, "catalog": catalog, "images": images}
+
+
+async def check_index_fits(index: VectorIndex, encoders: Sequence[Encoder]) -> None:
+    """Refuse, before anything is encoded, encoders whose vectors the index cannot hold (a
+    Pinecone index of another dimension): StoreMisconfigured naming both dimensions."""
+    if isinstance(index, FixedDimensionIndex):
+        for encoder in encoders:
+            await index.check_dimension(encoder.id, encoder.dim)
 
 
 def store_settings_problems(settings: Settings) -> dict[str, str]:

@@ -45,7 +45,7 @@ from domain.ledger_check import (
 from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, TextQuery
 from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
-from fashion_search.wiring import Container, build, store_names
+from fashion_search.wiring import Container, build, check_index_fits, store_names
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
 from ingest.readers import Source, open_source
 from ingest.report import (
@@ -202,6 +202,7 @@ async def ingest_path(
         container = make_container(settings)
         try:
             encoders = resolve_encoders(container, encoder_ids)
+            await check_index_fits(container.index, encoders)
             if verify:
                 await verify_and_repair(container, encoders)
             elif not options.reindex:

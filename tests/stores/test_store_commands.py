@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from fashion_search import wiring
@@ -50,6 +53,12 @@ STORE_VARS = (
 
 
 FASHION_LITE_DIM = 384
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def default_encoder_dim() -> int:
@@ -208,6 +217,27 @@ def test_unreadable_settings_are_one_line_errors(variable: str, value: str, expe
     code, output = run({variable: value}, "config", "--help")
     assert code == 0
     assert "--check" in output
+
+
+def test_ingest_refuses_a_mismatched_index_before_encoding(
+    pinecone_server: FakePinecone, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    encoder = HashingEncoder("default-enc", 32)
+    monkeypatch.setattr(wiring, "build_encoders", lambda *_: FakeEncoderProvider(encoder))
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "red-dress.png").write_bytes(png_bytes())
+    name = unique_name("idx")
+    env = {
+        "PINECONE_API_KEY": pinecone_server.api_key,
+        "PINECONE_HOST": pinecone_server.create_index(name, 16),
+        "FASHION_SEARCH_HOME": str(tmp_path / "home"),
+    }
+    code, output = run(env, "ingest", str(catalog))
+    assert code == 1
+    assert "dimension 16 but encoder 'default-enc' makes 32-d vectors" in " ".join(output.split())
+    assert encoder.calls == 0
+    assert pinecone_server.requests_to(name, "/vectors/upsert") == []
 
 
 def test_create_index_takes_the_encoders_dimension(
