@@ -257,6 +257,48 @@ def efficientnet(spec: ImageBackboneSpec) -> Any:
     return model.eval()
 
 
+def pooled_network(spec: ImageBackboneSpec) -> Any:
+    """A torch module: EfficientNet-Lite of ``spec`` up to the pooled parts ``spec.parts``
+    ([n, 3, size, size] -> [n, dim]), in eval mode, ReLU6 kept (what ``ImageBackbone``
+    traces and ``encoders.onnx_export`` exports)."""
+    import torch
+
+    unknown = [part for part in spec.parts if part not in POOLED_PARTS]
+    if unknown or not spec.parts:
+        raise EncoderUnavailable(f"unknown pooled image features {unknown or spec.parts}")
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self, net: Any, parts: tuple[str, ...]) -> None:
+            super().__init__()
+            self.net = net
+            self.parts = parts
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            net = self.net
+            h = net._swish(net._bn0(net._conv_stem(x)))
+            mid = h
+            for index, block in enumerate(net._blocks):
+                h = block(h)
+                if index == MID_BLOCK:
+                    mid = h
+            h = net._swish(net._bn1(net._conv_head(h)))
+            out: list[torch.Tensor] = []
+            for part in self.parts:
+                if part == "avg":
+                    out.append(h.mean(dim=(2, 3)))
+                elif part == "max":
+                    out.append(h.amax(dim=(2, 3)))
+                elif part == "bands3":
+                    rows = h.shape[2]
+                    edges = [0, rows // 3, rows - rows // 3, rows]
+                    out += [h[:, :, a:b].mean(dim=(2, 3)) for a, b in itertools.pairwise(edges)]
+                elif part == "mid":
+                    out += [mid.mean(dim=(2, 3)), mid.std(dim=(2, 3))]
+            return torch.cat(out, dim=1)
+
+    return _Pooled(efficientnet(spec), spec.parts).eval()
+
+
 class ImageBackbone:
     """EfficientNet-Lite up to pooling: [n, dim] features (ReLU6 kept); dim is 1280 for the
     default global average, more when ``spec.parts`` asks for more pooled parts."""
@@ -265,44 +307,11 @@ class ImageBackbone:
         import torch
 
         self.spec = spec
-        model = efficientnet(spec)
-        self.classifier = model
-
-        unknown = [part for part in spec.parts if part not in POOLED_PARTS]
-        if unknown or not spec.parts:
-            raise EncoderUnavailable(f"unknown pooled image features {unknown or spec.parts}")
-
-        class _Pooled(torch.nn.Module):
-            def __init__(self, net: Any, parts: tuple[str, ...]) -> None:
-                super().__init__()
-                self.net = net
-                self.parts = parts
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                net = self.net
-                h = net._swish(net._bn0(net._conv_stem(x)))
-                mid = h
-                for index, block in enumerate(net._blocks):
-                    h = block(h)
-                    if index == MID_BLOCK:
-                        mid = h
-                h = net._swish(net._bn1(net._conv_head(h)))
-                out: list[torch.Tensor] = []
-                for part in self.parts:
-                    if part == "avg":
-                        out.append(h.mean(dim=(2, 3)))
-                    elif part == "max":
-                        out.append(h.amax(dim=(2, 3)))
-                    elif part == "bands3":
-                        rows = h.shape[2]
-                        edges = [0, rows // 3, rows - rows // 3, rows]
-                        out += [h[:, :, a:b].mean(dim=(2, 3)) for a, b in itertools.pairwise(edges)]
-                    elif part == "mid":
-                        out += [mid.mean(dim=(2, 3)), mid.std(dim=(2, 3))]
-                return torch.cat(out, dim=1)
+        network = pooled_network(spec)
+        self.classifier = network.net
 
         # channels-last memory layout: about 15% faster on this CPU, same features (1e-5)
-        pooled = _Pooled(model, spec.parts).eval().to(memory_format=torch.channels_last)
+        pooled = network.to(memory_format=torch.channels_last)
         example = torch.zeros(1, 3, spec.size, spec.size).contiguous(
             memory_format=torch.channels_last
         )

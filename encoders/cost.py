@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ def measure_cost(
     threads: int = 1,
 ) -> Cost:
     """Median and best time of encoding one image (bytes to vector: decode, preprocess,
-    backbone, heads) and one query text, after a warm-up call."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    backbone, heads) and one query text, after a warm-up call. ``threads`` applies to torch
+    when it is loaded; an ONNX Runtime encoder has its threads from its options (build it
+    with ``torch_threads=threads``)."""
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch is not None else 0
+    if torch is not None:
+        torch.set_num_threads(threads)
     try:
         image_ms = text_ms = image_cpu = text_cpu = None
         if Modality.IMAGE in encoder.modalities and images:
@@ -62,7 +65,8 @@ def measure_cost(
             encoder.encode_texts([texts[0]])
             text_ms, text_cpu = _timings(texts, lambda t: encoder.encode_texts([t]), repeats)
     finally:
-        torch.set_num_threads(previous)
+        if torch is not None:
+            torch.set_num_threads(previous)
     return Cost(
         encoder_id=encoder.id,
         ms_per_image_median=statistics.median(image_ms) if image_ms else None,

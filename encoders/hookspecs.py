@@ -25,8 +25,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 class EncoderOptions:
     """What an encoder factory may need from the configuration."""
 
-    models_dir: str | None = None
-    torch_threads: int = 0
+    models_dir: str | None = None  # exported ONNX models (None: a per-user cache)
+    torch_threads: int = 0  # intra-op threads of torch and ONNX Runtime (0: their default)
+    runtime: str = "onnx"  # what runs the built-in networks: "onnx" or "torch" ([train])
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -40,7 +41,8 @@ class EncoderFamily:
 
     ``name`` is the id prefix: ``fashion-lite`` or ``open_clip`` (ids ``open_clip:ViT-B-32/tag``).
     ``examples`` are ids that ``fashion-search encoders`` lists; ``available`` says whether
-    ``examples[0]`` can be loaded on this machine without a download.
+    ``examples[0]`` can be loaded on this machine without a download, and ``requires`` what
+    it takes when it cannot (an extra to install, a checkpoint to give).
     """
 
     name: str
@@ -50,6 +52,7 @@ class EncoderFamily:
     examples: tuple[str, ...] = ()
     dim: int | None = None
     available: bool = True
+    requires: str = ""
 
 
 @hookspec

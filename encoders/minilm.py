@@ -20,20 +20,18 @@ When the oneDNN kernels are missing (a torch built without them) or disagree wit
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer
 from torch import Tensor
 from torch.nn import functional
 
 from domain.errors import EncoderUnavailable
+from encoders.tokens import SentenceTokenizer
 
 F32 = npt.NDArray[np.float32]
 
@@ -104,10 +102,7 @@ class MiniLM:
         self.eps = float(config["layer_norm_eps"])
         self.max_length = max_length
 
-        self._tokenizer: Any = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self._tokenizer.no_padding()  # tokenizer.json pads to 128: pad to the longest instead
-        self._tokenizer.enable_truncation(max_length)
-        self._tokenize_lock = threading.Lock()  # tokenizers' objects are not shareable
+        self._tokenizer = SentenceTokenizer(path / "tokenizer.json", max_length)
 
         weights: dict[str, Tensor] = load_file(str(path / "model.safetensors"))
 
@@ -180,14 +175,7 @@ class MiniLM:
 
     def token_ids(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """[n, longest] token ids and attention mask (int64), padded with 0 on the right."""
-        with self._tokenize_lock:
-            encodings = self._tokenizer.encode_batch(list(texts))
-        longest = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), longest), dtype=np.int64)
-        mask = np.zeros((len(encodings), longest), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
+        ids, mask = self._tokenizer.token_ids(texts)
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def features(self, texts: Sequence[str]) -> F32:
@@ -200,14 +188,17 @@ class MiniLM:
         result: F32 = pooled.numpy().astype(np.float32)
         return result
 
-    def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def _forward(self, ids: Tensor, mask: Tensor, always_mask: bool = False) -> Tensor:
+        """``always_mask``: apply the attention mask even when nothing is padded (a graph
+        traced for export must not depend on the example's padding)."""
         batch, length = ids.shape
         dim, heads, eps = self.dim, self.heads, self.eps
         norm = functional.layer_norm
         x = functional.embedding(ids, self._word) + self._token_type
         x = norm(x + self._position[:length], (dim,), *self._norm, eps=eps)
         # Padding keys are masked out; a lone text (or equal lengths) needs no mask at all.
-        keys = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+        masked = always_mask or not bool(mask.all())
+        keys = mask.bool()[:, None, None, :] if masked else None
         for layer in self._layers:
             qkv = layer.qkv(x).view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
             context = functional.scaled_dot_product_attention(

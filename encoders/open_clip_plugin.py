@@ -9,6 +9,7 @@ EncoderUnavailable (never a download that hangs).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Sequence
@@ -27,11 +28,27 @@ from encoders.images import decode_image
 
 FAMILY = "open_clip"
 BATCH_SIZE = 32
+CLIP_EXTRA_HINT = "the [clip] extra (`pip install 'fashion-search[clip]'`)"
+CHECKPOINT_HINT = (
+    "a local checkpoint (open_clip:ARCH@/path/to/checkpoint.pt) or weights already in the "
+    "local cache (no downloads offline)"
+)
+
+
 _OFFLINE_HINT = (
     "this machine cannot download hub weights: use a local checkpoint with "
     "`open_clip:ARCH@/path/to/checkpoint.pt`, or set FASHION_SEARCH_ENCODER to an encoder "
     "that works offline (e.g. fashion-lite)"
 )
+
+
+def _open_clip() -> Any:
+    """The open_clip module, or EncoderUnavailable naming the extra that installs it."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise EncoderUnavailable(f"open_clip is not installed: install {CLIP_EXTRA_HINT}") from exc
+    return open_clip
 
 
 def _offline() -> None:
@@ -71,8 +88,7 @@ def parse_spec(spec: str) -> OpenClipSpec:
 def _cached_weights(arch: str, tag: str, cache_dir: str | None) -> str | None:
     """The local file of a pretrained tag when it is already cached, else None. Never
     touches the network."""
-    import open_clip
-
+    open_clip = _open_clip()
     cfg: dict[str, Any] = open_clip.get_pretrained_cfg(arch, tag) or {}
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
@@ -106,8 +122,7 @@ class OpenClipEncoder:
     """Lazy (first use loads the model, once), batched, thread-safe inference."""
 
     def __init__(self, spec: OpenClipSpec, options: EncoderOptions | None = None) -> None:
-        import open_clip
-
+        open_clip = _open_clip()
         self._spec = spec
         self._options = options or EncoderOptions()
         config = open_clip.get_model_config(spec.arch)
@@ -141,7 +156,7 @@ class OpenClipEncoder:
 
     def _build(self) -> tuple[Any, Any, Any]:
         _offline()
-        import open_clip
+        open_clip = _open_clip()
 
         configure_torch_threads(self._options.torch_threads)
         spec = self._spec
@@ -219,6 +234,13 @@ def build(spec: str, options: EncoderOptions) -> Encoder:
     return OpenClipEncoder(parse_spec(spec), options)
 
 
+def requirements() -> str:
+    """What the family needs here before any of its encoders can load."""
+    if importlib.util.find_spec("open_clip") is None:
+        return f"{CLIP_EXTRA_HINT} and {CHECKPOINT_HINT}"
+    return CHECKPOINT_HINT
+
+
 @hookimpl
 def fashion_search_register_encoders() -> list[EncoderFamily]:
     return [
@@ -233,5 +255,6 @@ def fashion_search_register_encoders() -> list[EncoderFamily]:
             examples=("open_clip:ViT-B-32/laion2b_s34b_b79k",),
             dim=512,
             available=False,  # no CLIP weights can be had offline here
+            requires=requirements(),
         )
     ]

@@ -40,7 +40,23 @@ class Settings(BaseSettings):
     demo_catalog: Path | None = Field(
         default=None, description="Catalog `make demo` ingests; default DATASETS_DIR/hm-demo."
     )
-    torch_threads: int = Field(default=0, ge=0, description="0: torch's default.")
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Intra-op threads of the encoders' runtime, ONNX Runtime or torch (0: its default).",
+    )
+    encoder_runtime: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description=(
+            "What runs the built-in encoders' networks: ONNX Runtime (the default install) or "
+            "torch (needs the [train] extra; the reference the ONNX export is checked against)."
+        ),
+    )
+    exported_models_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("FASHION_SEARCH_MODELS_DIR"),
+        description="Exported ONNX models (`fashion-search export-encoder`); default HOME/models.",
+    )
 
     # Vector index
     faiss_hnsw_threshold: int = Field(
@@ -139,7 +155,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.exported_models_dir or self.home / "models"
 
 
 class InvalidSettings(StoreMisconfigured):

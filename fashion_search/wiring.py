@@ -101,7 +101,9 @@ def store_names(settings: Settings) -> StoreNames:
 
 def build_encoders(settings: Settings, load_entry_points: bool = True) -> EncoderRegistry:
     options = EncoderOptions(
-        models_dir=str(settings.models_dir), torch_threads=settings.torch_threads
+        models_dir=str(settings.models_dir),
+        torch_threads=settings.torch_threads,
+        runtime=settings.encoder_runtime,
     )
     return EncoderRegistry(
         make_plugin_manager(load_entry_points=load_entry_points), settings.encoder, options

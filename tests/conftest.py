@@ -10,6 +10,15 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Exported ONNX models are made once (about a minute) and shared by every test and the
+# processes they start, whatever data directory each uses (FASHION_SEARCH_MODELS_DIR wins
+# over FASHION_SEARCH_HOME/models); exports are named by what they were made from.
+MODELS_DIR = Path(
+    os.environ.setdefault(
+        "FASHION_SEARCH_MODELS_DIR", str(REPO_ROOT / ".fashion-search" / "models")
+    )
+)
+
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
@@ -34,3 +43,15 @@ def hm_dev(datasets_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def kaggle_zip(datasets_dir: Path) -> Path:
     return datasets_dir / "kaggle-fashion-small.zip"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def exported_default_encoder() -> None:
+    """Export the default encoder's ONNX models before any test (or server a test starts)
+    uses them, so that no request waits for an export; a no-op once they exist."""
+    from encoders.fashion_lite.encoder import FashionLiteEncoder
+    from encoders.onnx_models import torch_installed
+
+    encoder = FashionLiteEncoder(models_dir=str(MODELS_DIR))
+    if torch_installed() and not all(model.exists() for model in encoder.onnx_models()):
+        encoder.export_onnx()

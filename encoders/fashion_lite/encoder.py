@@ -1,6 +1,7 @@
 """The fashion-lite encoder: EfficientNet-Lite (ImageNet weights, its last blocks fine-tuned
 on catalog labels when the heads file carries them) + colour statistics for images, frozen
-all-MiniLM-L6-v2 for texts, mapped into one space by the trained heads."""
+all-MiniLM-L6-v2 for texts, mapped into one space by the trained heads. Decoding and
+preprocessing happen here; the networks run in ``encoders.fashion_lite.towers``."""
 
 from __future__ import annotations
 
@@ -15,19 +16,18 @@ from PIL import Image
 from domain.errors import BadInput, EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Vectors
-from encoders.backbones import (
-    ImageBackbone,
-    ImageBackboneSpec,
-    TextBackbone,
-    colour_histogram,
-    configure_torch_threads,
-    image_array,
-    image_backbone,
-    text_backbone,
-)
+from encoders.backbones import colour_histogram, image_array
 from encoders.fashion_lite.data import query_text
 from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
+from encoders.fashion_lite.towers import (
+    OnnxTowers,
+    Runtime,
+    TorchTowers,
+    Towers,
+    backbone_spec,
+)
 from encoders.images import decode_image
+from encoders.onnx_models import ModelDir, models_root
 
 ENCODER_ID = "fashion-lite"
 BATCH_SIZE = 32
@@ -42,21 +42,32 @@ def read_heads(path: Path) -> Heads:
 
 
 class FashionLiteEncoder:
-    """Thread-safe; the backbones and heads load on first use, once per process."""
+    """Thread-safe; the heads and networks load on first use, once per process. The
+    networks run on ONNX Runtime (``runtime="onnx"``, exported models under ``models_dir``)
+    or on torch (``"torch"``, the ``[train]`` extra)."""
 
     def __init__(
         self,
         heads_path: Path = DEFAULT_HEADS,
         encoder_id: str = ENCODER_ID,
         torch_threads: int = 0,
+        *,
+        runtime: Runtime = "onnx",
+        models_dir: str | None = None,
+        float32: bool = False,
     ) -> None:
+        """``torch_threads``: intra-op threads of either runtime (0: its default);
+        ``float32``: on torch, no int8 first layer in the heads (the export's reference)."""
         self._heads_path = heads_path
         self._id = encoder_id
-        self._torch_threads = torch_threads
+        self._threads = torch_threads
+        self._runtime: Runtime = runtime
+        self._models_dir = models_dir
+        self._float32 = float32
         self._lock = threading.Lock()
         self._heads: Heads | None = None
-        self._image: ImageBackbone | None = None
-        self._text: TextBackbone | None = None
+        self._towers: Towers | None = None
+        self._heads_digest: str | None = None
         self._version: str | None = None
 
     @property
@@ -64,18 +75,29 @@ class FashionLiteEncoder:
         return self._id
 
     @property
-    def version(self) -> str:
-        """The heads file's content hash: vectors change whenever the heads do."""
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def _digest(self) -> str:
         with self._lock:
-            if self._version is None:
+            if self._heads_digest is None:
                 if not self._heads_path.is_file():
                     raise EncoderUnavailable(
                         f"fashion-lite heads not found at {self._heads_path}: "
                         "run `fashion-search train-encoder`"
                     )
-                digest = hashlib.sha256(self._heads_path.read_bytes()).hexdigest()
-                self._version = f"heads-{digest[:12]}"
-            return self._version
+                self._heads_digest = hashlib.sha256(self._heads_path.read_bytes()).hexdigest()
+            return self._heads_digest
+
+    @property
+    def version(self) -> str:
+        """The heads file's content hash, plus on ONNX Runtime a hash of the exported models:
+        vectors change whenever the heads or the export do."""
+        if self._version is None:
+            version = f"heads-{self._digest()[:12]}"
+            tag = self.towers.tag
+            self._version = f"{version}+{tag}" if tag else version
+        return self._version
 
     @property
     def heads(self) -> Heads:
@@ -85,33 +107,47 @@ class FashionLiteEncoder:
             return self._heads
 
     @property
+    def towers(self) -> Towers:
+        heads, digest = self.heads, self._digest()
+        with self._lock:
+            if self._towers is None:
+                if self._runtime == "torch":
+                    weights = heads.float32() if self._float32 else heads
+                    self._towers = TorchTowers(weights, self._heads_path, self._threads)
+                else:
+                    self._towers = OnnxTowers(
+                        self._heads_path,
+                        digest,
+                        backbone_spec(heads, self._heads_path),
+                        models_root(self._models_dir),
+                        self._threads,
+                    )
+            return self._towers
+
+    def torch_reference(self) -> FashionLiteEncoder:
+        """This encoder on torch in float32 (the reference of the ONNX export)."""
+        return FashionLiteEncoder(
+            self._heads_path, self._id, self._threads, runtime="torch", float32=True
+        )
+
+    def onnx_models(self) -> list[ModelDir]:
+        towers = self.towers
+        return towers.models() if isinstance(towers, OnnxTowers) else []
+
+    def export_onnx(self, replace: bool = False) -> list[ModelDir]:
+        """Export the networks to ONNX (again, with ``replace``); the directories written."""
+        towers = self.towers
+        if not isinstance(towers, OnnxTowers):
+            raise EncoderUnavailable(f"{self._id} runs on torch here: nothing to export")
+        return towers.export(replace)
+
+    @property
     def dim(self) -> int:
         return self.heads.dim
 
     @property
     def modalities(self) -> frozenset[Modality]:
         return frozenset({Modality.TEXT, Modality.IMAGE})
-
-    def _image_backbone(self) -> ImageBackbone:
-        heads = self.heads
-        with self._lock:
-            if self._image is None:
-                configure_torch_threads(self._torch_threads)
-                spec = ImageBackboneSpec(
-                    str(heads.meta.get("image_backbone", "efficientnet-lite0")),
-                    int(heads.meta.get("image_size", 224)),
-                    tuple(heads.meta.get("image_parts", ("avg",))),
-                    tuned=str(self._heads_path) if heads.backbone else "",
-                )
-                self._image = image_backbone(spec)
-            return self._image
-
-    def _text_backbone(self) -> TextBackbone:
-        with self._lock:
-            if self._text is None:
-                configure_torch_threads(self._torch_threads)
-                self._text = text_backbone()
-            return self._text
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         prompts = [query_text(t) if isinstance(t, str) else "" for t in texts]
@@ -120,9 +156,9 @@ class FashionLiteEncoder:
         heads = self.heads
         if not prompts:
             return np.zeros((0, heads.dim), dtype=np.float32)
-        backbone = self._text_backbone()
+        towers = self.towers
         parts = [
-            heads.embed_texts(backbone.features(prompts[i : i + BATCH_SIZE]))
+            towers.text_vectors(prompts[i : i + BATCH_SIZE])
             for i in range(0, len(prompts), BATCH_SIZE)
         ]
         return np.concatenate(parts).astype(np.float32)
@@ -136,13 +172,13 @@ class FashionLiteEncoder:
 
     def encode_decoded(self, images: Sequence[Image.Image]) -> Vectors:
         heads = self.heads
-        backbone = self._image_backbone()
-        size = backbone.spec.size
+        towers = self.towers
+        spec = backbone_spec(heads, self._heads_path)
+        crop = bool(heads.meta.get("crop", False))
         parts = []
         for start in range(0, len(images), BATCH_SIZE):
             chunk = images[start : start + BATCH_SIZE]
-            crop = bool(heads.meta.get("crop", False))
-            cnn = backbone.features([image_array(image, size, crop) for image in chunk])
+            pixels = np.stack([image_array(image, spec.size, crop) for image in chunk])
             colour = np.stack([colour_histogram(image) for image in chunk])
-            parts.append(heads.embed_images(cnn, colour))
+            parts.append(towers.image_vectors(pixels, colour))
         return np.concatenate(parts).astype(np.float32)

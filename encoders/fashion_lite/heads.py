@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,13 @@ class Tower:
     def out_dim(self) -> int:
         return int(self.weights[-1].shape[1])
 
+    def float32(self) -> Tower:
+        """The same tower with no int8 first layer: float32 throughout (what the ONNX
+        export computes, and the reference it is checked against)."""
+        tower = Tower(self.mean, self.std, self.weights, self.biases)
+        tower._int8_first = False
+        return tower
+
     def arrays(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         out: dict[str, npt.NDArray[Any]] = {
             f"{prefix}.mean": self.mean.astype(np.float32),
@@ -151,6 +158,15 @@ class Heads:
     meta: dict[str, Any]
     extra: Tower | None = None
     backbone: dict[str, F32] = field(default_factory=dict)
+
+    def float32(self) -> Heads:
+        """These heads computed in float32 throughout (see ``Tower.float32``)."""
+        return replace(
+            self,
+            image=self.image.float32(),
+            text=self.text.float32(),
+            extra=self.extra.float32() if self.extra is not None else None,
+        )
 
     @property
     def head_dim(self) -> int:

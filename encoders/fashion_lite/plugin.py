@@ -4,23 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain.errors import UnknownEncoder
+from domain.errors import EncoderUnavailable, UnknownEncoder
 from domain.model import Modality
 from domain.ports import Encoder
 from encoders.fashion_lite.encoder import ENCODER_ID, FashionLiteEncoder
 from encoders.fashion_lite.heads import DEFAULT_HEADS, WEIGHTS_DIR, Heads
+from encoders.fashion_lite.towers import RUNTIMES, Runtime
 from encoders.hookspecs import EncoderFamily, EncoderOptions, hookimpl
 
 
 def build(spec: str, options: EncoderOptions) -> Encoder:
     """``fashion-lite`` uses the committed heads; ``fashion-lite:NAME`` the heads file
     ``weights/NAME.npz`` or, when NAME is a path to a .npz file, that file."""
+    runtime = runtime_of(options)
     if not spec:
-        return FashionLiteEncoder(DEFAULT_HEADS, ENCODER_ID, options.torch_threads)
-    path = Path(spec) if spec.endswith(".npz") else WEIGHTS_DIR / f"{spec}.npz"
-    if not path.is_file():
+        path, encoder_id = DEFAULT_HEADS, ENCODER_ID
+    else:
+        path = Path(spec) if spec.endswith(".npz") else WEIGHTS_DIR / f"{spec}.npz"
+        encoder_id = f"{ENCODER_ID}:{spec}"
+    if spec and not path.is_file():
         raise UnknownEncoder(f"no fashion-lite heads {spec!r} (looked for {path})")
-    return FashionLiteEncoder(path, f"{ENCODER_ID}:{spec}", options.torch_threads)
+    return FashionLiteEncoder(
+        path,
+        encoder_id,
+        options.torch_threads,
+        runtime=runtime,
+        models_dir=options.models_dir,
+    )
+
+
+def runtime_of(options: EncoderOptions) -> Runtime:
+    for runtime in RUNTIMES:
+        if options.runtime == runtime:
+            return runtime
+    raise EncoderUnavailable(
+        f"unknown encoder runtime {options.runtime!r} (known: {', '.join(RUNTIMES)})"
+    )
 
 
 def _committed_dim() -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,14 +19,20 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from domain.errors import FashionSearchError
 from fashion_search.commands.catalog_commands import fail
 from fashion_search.settings import Settings
+
+if TYPE_CHECKING:
+    from encoders.onnx_models import ModelDir, OnnxExportable
 
 console = Console()
 
 
 def list_encoders() -> None:
-    """List the encoders the installed plugins provide: id, dim, modalities."""
+    """List every encoder the installed plugins provide: id, dim, modalities, and whether it
+    can be used here (or what it needs: an extra, a checkpoint, an export)."""
+    from encoders.onnx_models import OnnxExportable, export_status
     from fashion_search.wiring import build_encoders
 
     registry = build_encoders(Settings())
@@ -34,16 +40,133 @@ def list_encoders() -> None:
     table.add_column("id")
     table.add_column("dim", justify="right")
     table.add_column("modalities")
+    table.add_column("status")
     table.add_column("description")
-    for info in registry.available():
-        marker = " (default)" if info.id == registry.default_id else ""
+    listed = {info.id for info in registry.available()}
+    for family in sorted(registry.families.values(), key=lambda f: f.name):
+        example = family.examples[0] if family.examples else family.name
+        status = "ready" if family.available else f"needs {family.requires or 'setup'}"
+        if family.available and example in listed:
+            try:
+                encoder = registry.get(example)
+            except FashionSearchError as exc:
+                status = f"unavailable: {exc}"
+            else:
+                if isinstance(encoder, OnnxExportable) and encoder.onnx_models():
+                    status = export_status(encoder.onnx_models())
+        marker = " (default)" if example == registry.default_id else ""
         table.add_row(
-            info.id + marker,
-            str(info.dim or "?"),
-            ", ".join(sorted(m.value for m in info.modalities)),
-            info.description,
+            example + marker,
+            str(family.dim or "?"),
+            ", ".join(sorted(m.value for m in family.modalities)),
+            status,
+            family.description,
         )
     console.print(table)
+
+
+def export_encoder(
+    encoders: Annotated[
+        list[str] | None,
+        typer.Argument(help="Encoder ids (default: the configured encoder).", show_default=False),
+    ] = None,
+    all_builtin: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every built-in encoder: each fashion-lite heads file and effnet-lite*."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Export again even where an export exists.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Compare with torch on the demo catalog's photos and a few queries.",
+        ),
+    ] = True,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of JPEGs to check on (default: the demo's).")
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, help="Photos to check on.")] = 16,
+) -> None:
+    """Export the built-in encoders' networks to ONNX into the models directory
+    (FASHION_SEARCH_MODELS_DIR, default FASHION_SEARCH_HOME/models), then check that ONNX
+    Runtime gives torch's vectors (cosine >= 0.999). Needs the [train] extra (torch)."""
+    from encoders.onnx_models import (
+        PARITY_MIN_COSINE,
+        OnnxExportable,
+        parity,
+        torch_installed,
+    )
+    from fashion_search.wiring import build_encoders
+
+    if not torch_installed():
+        raise fail(
+            "export-encoder needs torch: install the training extra "
+            "(`pip install 'fashion-search[train]'`)",
+            code=2,
+        )
+    settings = Settings().model_copy(update={"encoder_runtime": "onnx"})
+    registry = build_encoders(settings)
+    ids = list(encoders or [])
+    if all_builtin:
+        ids += builtin_encoder_ids()
+    ids = list(dict.fromkeys(ids or [registry.default_id]))
+    folder = images or settings.demo_catalog_path / "images"
+    photos = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))[:count]] if check else []
+    exported = Table(title=f"ONNX exports in {settings.models_dir}")
+    for column in ("encoder", "directory", "MB", "version", "min cosine image / text"):
+        exported.add_column(column)
+    failed = []
+    for encoder_id in ids:
+        try:
+            encoder = registry.get(encoder_id)
+            if not isinstance(encoder, OnnxExportable):
+                raise fail(f"{encoder_id} has no ONNX export (only built-in encoders do)")
+            models = encoder.export_onnx(replace=True) if force else _export_missing(encoder)
+            result = parity(encoder, encoder.torch_reference(), photos, COST_QUERIES)
+        except FashionSearchError as exc:
+            raise fail(f"{encoder_id}: {exc}") from None
+        version = getattr(encoder, "version", "")
+        cosines = " / ".join(
+            "-" if value is None else f"{value:.5f}"
+            for value in (result.min_image, result.min_text)
+        )
+        for model in models:
+            size = sum(f.stat().st_size for f in model.path.iterdir()) / 1e6
+            exported.add_row(encoder_id, model.path.name, f"{size:.1f}", version, cosines)
+        if check and not result.ok:
+            failed.append(encoder_id)
+    console.print(exported)
+    if not check:
+        console.print("not checked against torch (--no-check)")
+    elif not photos:
+        console.print(f"no photos in {folder}: only texts were checked")
+    if failed:
+        raise fail(
+            f"ONNX vectors differ from torch's (cosine below {PARITY_MIN_COSINE}) for "
+            + ", ".join(failed)
+        )
+
+
+def _export_missing(encoder: OnnxExportable) -> list[ModelDir]:
+    """The encoder's model directories, exporting those that are missing."""
+    models = encoder.onnx_models()
+    if not all(model.exists() for model in models):
+        models = encoder.export_onnx(replace=False)
+    return models
+
+
+def builtin_encoder_ids() -> list[str]:
+    """fashion-lite with each heads file shipped in the repo, and the image-only baselines."""
+    from encoders.fashion_lite.encoder import ENCODER_ID
+    from encoders.fashion_lite.heads import WEIGHTS_DIR
+    from encoders.image_only import VARIANTS
+
+    heads = [f"{ENCODER_ID}:{path.stem}" for path in sorted(WEIGHTS_DIR.glob("*.npz"))]
+    return [ENCODER_ID, *heads, *VARIANTS]
 
 
 def _label_weights(text: str) -> dict[str, float]:
@@ -297,7 +420,7 @@ def encoder_cost(
     from encoders.cost import measure_cost
     from fashion_search.wiring import build_encoders
 
-    settings = Settings()
+    settings = Settings().model_copy(update={"torch_threads": threads})
     folder = images or settings.demo_catalog_path / "images"
     data = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))[:count]]
     chosen = build_encoders(settings).get(encoder)
@@ -329,5 +452,6 @@ def encoder_cost(
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
     app.command("encoders")(list_encoders)
+    app.command("export-encoder")(export_encoder)
     app.command("train-encoder")(train_encoder)
     app.command("encoder-cost")(encoder_cost)

@@ -11,6 +11,7 @@ import pytest
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
+from tests.conftest import MODELS_DIR
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def registry() -> EncoderRegistry:
     return EncoderRegistry(
         make_plugin_manager(load_entry_points=False),
         "fashion-lite",
-        EncoderOptions(torch_threads=2),
+        EncoderOptions(torch_threads=2, models_dir=str(MODELS_DIR)),
     )
 
 

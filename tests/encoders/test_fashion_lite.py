@@ -39,10 +39,10 @@ def test_version_names_the_heads_file_content(tmp_path: Path) -> None:
     same, changed = tmp_path / "same.npz", tmp_path / "changed.npz"
     same.write_bytes(DEFAULT_HEADS.read_bytes())
     changed.write_bytes(DEFAULT_HEADS.read_bytes() + b"retrained")
-    committed = FashionLiteEncoder(DEFAULT_HEADS).version
+    committed = FashionLiteEncoder(DEFAULT_HEADS, runtime="torch").version
     assert committed.startswith("heads-")
-    assert FashionLiteEncoder(same).version == committed
-    assert FashionLiteEncoder(changed).version != committed
+    assert FashionLiteEncoder(same, runtime="torch").version == committed
+    assert FashionLiteEncoder(changed, runtime="torch").version != committed
     with pytest.raises(EncoderUnavailable):
         _ = FashionLiteEncoder(tmp_path / "missing.npz").version
 

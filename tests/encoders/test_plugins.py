@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pluggy
@@ -11,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from domain.errors import BadInput, UnknownEncoder
+from domain.errors import BadInput, EncoderUnavailable, UnknownEncoder
 from domain.model import Modality
 from domain.ports import Encoder
-from encoders.hookspecs import hookimpl
+from encoders.hookspecs import EncoderOptions, hookimpl
 from encoders.image_only import EffNetImageEncoder
 from encoders.plugins import DEFAULT_PLUGINS, EncoderRegistry, make_plugin_manager
 from fashion_search.commands import encoder_commands
@@ -80,3 +81,34 @@ def test_encoders_command_prints_a_table() -> None:
     assert "fashion-lite (default)" in result.output
     assert "effnet-lite0" in result.output
     assert "image, text" in result.output
+    # every registered plugin, the unusable ones with what they need
+    assert "open_clip:ViT-B-32/laion2b_s34b_b79k" in result.output
+    assert "needs " in result.output
+    assert "open_clip:ARCH@/path/to/checkpoint.pt" in result.output
+    assert "ready (ONNX Runtime)" in result.output  # the default's export exists (conftest)
+
+
+def test_open_clip_without_its_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from encoders import open_clip_plugin
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip -> ImportError
+    assert open_clip_plugin.requirements().startswith("the [clip] extra")
+    with pytest.raises(EncoderUnavailable, match=r"\[clip\]"):
+        open_clip_plugin.build("ViT-B-32@/nowhere/checkpoint.pt", EncoderOptions())
+
+
+def test_export_encoder_command_exports_and_checks_against_torch(
+    tmp_path: Path, hm_demo: Path
+) -> None:
+    app = typer.Typer()
+    encoder_commands.register(app)
+    env = {"COLUMNS": "250", "FASHION_SEARCH_MODELS_DIR": str(tmp_path)}
+    args = ["export-encoder", "effnet-lite0", "--images", str(hm_demo / "images"), "--count", "3"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "efficientnet-lite0-224-f1" in result.output
+    assert "1.0000" in result.output  # the parity column: min cosine with torch
+    assert (tmp_path / "efficientnet-lite0-224-f1" / "image.onnx").is_file()
+    unknown = CliRunner().invoke(app, ["export-encoder", "no-such-encoder"], env=env)
+    assert unknown.exit_code == 1
+    assert "no encoder plugin provides" in unknown.output

@@ -85,7 +85,7 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
     assert tuning["views"] == 4  # the originals and 3 augmented views
     assert len(tuning["losses"]) == 3
     assert tuning["losses"][-1] < tuning["losses"][0]
-    encoder = FashionLiteEncoder(path, "fashion-lite:test")
+    encoder = FashionLiteEncoder(path, "fashion-lite:test", runtime="torch")
     image = (hm_demo / "images" / f"{ids[0]}.jpg").read_bytes()
     vector = encoder.encode_images([image])
     assert vector.shape == (1, 48)

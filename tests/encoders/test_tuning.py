@@ -174,12 +174,16 @@ def test_heads_carry_the_tuned_layers_to_the_encoder(
     assert Heads.load(frozen).backbone == {}
 
     image = demo_images[:1]
-    from_frozen = FashionLiteEncoder(frozen, "fashion-lite:frozen").encode_images(image)
-    from_tuned = FashionLiteEncoder(tuned, "fashion-lite:tuned").encode_images(image)
+    from_frozen = FashionLiteEncoder(frozen, "fashion-lite:frozen", runtime="torch").encode_images(
+        image
+    )
+    from_tuned = FashionLiteEncoder(tuned, "fashion-lite:tuned", runtime="torch").encode_images(
+        image
+    )
     text = ["black trousers"]
     np.testing.assert_allclose(
-        FashionLiteEncoder(frozen, "fashion-lite:frozen").encode_texts(text),
-        FashionLiteEncoder(tuned, "fashion-lite:tuned").encode_texts(text),
+        FashionLiteEncoder(frozen, "fashion-lite:frozen", runtime="torch").encode_texts(text),
+        FashionLiteEncoder(tuned, "fashion-lite:tuned", runtime="torch").encode_texts(text),
         atol=1e-6,
     )
     assert float(from_frozen[0] @ from_tuned[0]) < 0.999
