@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -86,7 +87,7 @@ def make_container(settings: Settings) -> Container:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]Error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]Error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

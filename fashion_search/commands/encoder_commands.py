@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -59,8 +60,8 @@ def list_encoders() -> None:
             example + marker,
             str(family.dim or "?"),
             ", ".join(sorted(m.value for m in family.modalities)),
-            status,
-            family.description,
+            escape(status),  # "[clip]" is text, not rich markup
+            escape(family.description),
         )
     console.print(table)
 
