@@ -43,7 +43,14 @@ from domain.ledger_check import (
     LedgerCheck,
     stale_ledger_reasons,
 )
-from domain.model import ImageQuery, ProductFilter, SearchPage, SearchQuery, TextQuery
+from domain.model import (
+    PRODUCT_TEXT_SPACE_SUFFIX,
+    ImageQuery,
+    ProductFilter,
+    SearchPage,
+    SearchQuery,
+    TextQuery,
+)
 from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build, check_index_fits, store_names
@@ -288,10 +295,28 @@ def print_check(found: CheckReport) -> None:
     console.print(table)
 
 
+async def encoders_to_verify(
+    container: Container, encoder_ids: Sequence[str] | None
+) -> list[Encoder]:
+    """The encoders asked for; by default every encoder with vectors here that this machine
+    can load (others are named and skipped), or the default one in an empty home."""
+    if encoder_ids:
+        return resolve_encoders(container, encoder_ids)
+    encoders: list[Encoder] = []
+    for encoder_id in await container.index.encoder_ids():
+        if encoder_id.endswith(PRODUCT_TEXT_SPACE_SUFFIX):  # follows its encoder's products
+            continue
+        try:
+            encoders.append(container.encoders.get(encoder_id))
+        except FashionSearchError:  # not an encoder here (another space, a missing plugin)
+            console.print(f"Not checking {encoder_id}: no such encoder here.", highlight=False)
+    return encoders or resolve_encoders(container, None)
+
+
 async def verify_only(settings: Settings, encoder_ids: Sequence[str] | None) -> None:
     container = make_container(settings)
     try:
-        await verify_and_repair(container, resolve_encoders(container, encoder_ids))
+        await verify_and_repair(container, await encoders_to_verify(container, encoder_ids))
     finally:
         await container.aclose()
 

@@ -29,6 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def make_container(settings: Settings) -> Container:
         encoders = build_encoders(settings, load_entry_points=False)
         encoders.register_instance(HashingEncoder())
+        encoders.register_instance(HashingEncoder("other", dim=32))
         return build(settings, encoders=encoders)
 
     monkeypatch.setattr(catalog_commands, "make_container", make_container)
@@ -122,3 +123,15 @@ def test_verify_then_ingest_of_the_source_repairs_a_lost_image(home: Path, catal
     assert "products whose image object is missing" in output
     assert (summary["indexed"], summary["skipped_unchanged"]) == (1, N - 1)
     assert lost.exists()
+
+
+def test_verify_checks_every_encoder_with_vectors_by_default(home: Path, catalog: Path) -> None:
+    ingest(home, str(catalog), "--encoder", "fake", "--encoder", "other")
+    result = CliRunner().invoke(app, ["ingest", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert f"All {N} products agree with the ledger." in flat(result.output)
+    assert "fake" in result.output
+    assert "other" in result.output  # a row per encoder in the check's table
+    only = CliRunner().invoke(app, ["ingest", "--verify", "--encoder", "other"])
+    assert "other" in only.output
+    assert "fake" not in only.output
