@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from stores.locks import FileWriteLock
 from tests.plugin_dist import write_plugin_distribution
+from tests.reliability.crash_plugin import CRASH_ENV
 from tests.reliability.embedded_home import (
     COUNT,
     ENCODER,
     PRODUCT,
+    RUN_BOUND_S,
     SIMILAR,
     Server,
     catalog_ids,
+    child_env,
     ingest,
     read_home,
     running,
@@ -157,3 +167,219 @@ def test_an_acknowledged_add_survives_sigkill_of_the_server(
             assert answer["data"]["similarProducts"]["hits"], answer
         restarted.stop()
     assert_exactly(home, expected)
+
+
+# -- randomized: concurrent ingests, mutations, reads and SIGKILLs ---------------------------
+
+STEPS = 10
+SEED = int(os.environ.get("FASHION_SEARCH_TEST_SEED", "20261206"))
+CATALOGS = 4
+CATALOG_SIZE = 8
+INGEST_CRASH_POINTS = (
+    "images.put",
+    "index.upsert",
+    "catalog.upsert_many",
+    "index.flush",
+    "catalog.mark_indexed",
+)
+
+
+@dataclass
+class Expectations:
+    """What the stores must hold in the end: ``present`` ids were acknowledged (an ingest
+    that exited 0, an answered addProduct) and not deleted since; ``absent`` ids were
+    acknowledged as deleted, or refused (WRITER_BUSY: nothing written). Other ids are
+    uncertain (a killed writer) and only need to agree across the stores."""
+
+    present: set[str] = field(default_factory=set)
+    absent: set[str] = field(default_factory=set)
+
+    def acknowledged(self, ids: set[str]) -> None:
+        self.present |= ids
+        self.absent -= ids
+
+    def deleted(self, pid: str) -> None:
+        self.present.discard(pid)
+        self.absent.add(pid)
+
+    def uncertain(self, ids: set[str]) -> None:
+        self.present -= ids
+        self.absent -= ids
+
+
+@dataclass
+class Run:
+    process: subprocess.Popen[str]
+    ids: set[str]
+    killed: bool
+
+
+def test_random_concurrent_writers_readers_and_sigkills_lose_nothing_acknowledged(
+    tmp_path: Path, plugin_path: Path, hm_demo: Path
+) -> None:
+    """A seeded random sequence of steps on one home served by 2 workers: ingests in the
+    background (some SIGKILLed by the crash plugin at a random store call), addProduct and
+    deleteProduct while they run, reads of every worker's count, SIGKILLs of the server's
+    process group (some with an addProduct in flight). Afterwards every acknowledged write
+    is there and no acknowledged delete came back; after ``ingest --verify`` and a rerun of
+    the catalogs, catalog, ledger, vectors and images agree exactly."""
+    rng = random.Random(SEED)
+    home = tmp_path / "home"
+    manifests = [
+        write_catalog(hm_demo, tmp_path / f"c{i}", slice(i * CATALOG_SIZE, (i + 1) * CATALOG_SIZE))
+        for i in range(CATALOGS)
+    ]
+    expect = Expectations()
+    code, output = ingest(home, plugin_path, manifests[0])
+    assert code == 0, output
+    expect.acknowledged(catalog_ids(manifests[0]))
+    server = Server(home, plugin_path, workers=2).start()
+    log: list[str] = [f"seed {SEED}"]
+    try:
+        for step in range(STEPS):
+            run = start_random_ingest(rng, home, plugin_path, manifests, log)
+            busy = run.ids if run is not None else set()
+            for _ in range(rng.randint(1, 3)):
+                random_mutation(rng, server, hm_demo, expect, busy, step, log)
+            if rng.random() < 0.25:
+                server = kill_server_maybe_mid_add(rng, server, hm_demo, expect, step, log)
+            if run is not None:
+                output, _ = run.process.communicate(timeout=RUN_BOUND_S)
+                if run.process.returncode == 0:  # it re-adds what was deleted before it
+                    expect.acknowledged(run.ids)
+                else:
+                    assert run.killed, output
+                    expect.uncertain(run.ids - expect.present)
+            answers = counts(server.ask_every_worker(COUNT))
+            assert len(set(answers.values())) == 1, (answers, log)
+            # Not stale: what a fresh process reads. (A SIGKILLed ingest batch may leave
+            # product rows without vectors until a rerun or --verify repairs them.)
+            assert set(answers.values()) == {read_home(home).vector_count}, log
+        assert server.stop() == 0, server.text()
+    finally:
+        print("\n".join(log))  # the steps, shown when the test fails
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+    check_expectations(home, expect, log)
+    code, output = verify(home, plugin_path)
+    assert code == 0, output
+    for manifest in manifests:  # finish what killed ingests left, as an operator would
+        code, output = ingest(home, plugin_path, manifest)
+        assert code == 0, output
+    state = read_home(home)
+    assert state.agreement_problems() == [], log
+    assert expect.present <= set(state.products), log
+
+
+def start_random_ingest(
+    rng: random.Random, home: Path, plugin_path: Path, manifests: list[Path], log: list[str]
+) -> Run | None:
+    if rng.random() < 0.3:
+        return None
+    manifest = rng.choice(manifests)
+    extra = {}
+    if rng.random() < 0.4:
+        extra[CRASH_ENV] = f"{rng.choice(INGEST_CRASH_POINTS)}:{rng.randint(1, 2)}"
+    log.append(f"ingest {manifest.parent.name} {extra}")
+    process = start_ingest(home, plugin_path, manifest, extra)
+    return Run(process, catalog_ids(manifest), bool(extra))
+
+
+def random_mutation(
+    rng: random.Random,
+    server: Server,
+    hm_demo: Path,
+    expect: Expectations,
+    busy: set[str],
+    step: int,
+    log: list[str],
+) -> None:
+    deletable = sorted(expect.present - busy)
+    if deletable and rng.random() < 0.4:
+        pid = rng.choice(deletable)
+        answer = server.delete_product(pid)
+        log.append(f"delete {pid}: {answer}")
+        if answer.get("errors"):
+            assert error_code(answer) == "WRITER_BUSY", answer
+        else:
+            expect.deleted(pid)
+        return
+    pid = f"r{step:02d}-{rng.randrange(10_000):04d}"
+    answer = server.add_product(pid, f"Random {pid}", photo(hm_demo, rng.randrange(40)))
+    log.append(f"add {pid}: {answer}")
+    if answer.get("errors"):
+        assert error_code(answer) == "WRITER_BUSY", answer
+        expect.deleted(pid)  # refused: nothing was written
+    else:
+        expect.acknowledged({pid})
+
+
+def kill_server_maybe_mid_add(
+    rng: random.Random,
+    server: Server,
+    hm_demo: Path,
+    expect: Expectations,
+    step: int,
+    log: list[str],
+) -> Server:
+    """SIGKILL the server's process group, with an addProduct in flight half of the time
+    (acknowledged only if its answer arrived), then start it again."""
+    in_flight: list[tuple[str, dict[str, Any] | None]] = []
+    sender = None
+    if rng.random() < 0.5:
+        pid = f"k{step:02d}-{rng.randrange(10_000):04d}"
+
+        def send() -> None:
+            try:
+                in_flight.append((pid, server.add_product(pid, "In flight", photo(hm_demo, 3))))
+            except (httpx.HTTPError, ValueError):
+                in_flight.append((pid, None))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+    server.kill()
+    if sender is not None:
+        sender.join(120)
+        pid, answer = in_flight[0]
+        log.append(f"kill with add {pid} in flight: {answer}")
+        if answer is not None and not answer.get("errors"):
+            expect.acknowledged({pid})
+        else:
+            expect.uncertain({pid})
+    else:
+        log.append("kill")
+    return Server(server.home, server.plugin_path, workers=2).start()
+
+
+def error_code(answer: dict[str, Any]) -> str:
+    return str(answer["errors"][0].get("extensions", {}).get("code"))
+
+
+def verify(home: Path, plugin_path: Path) -> tuple[int, str]:
+    argv = [sys.executable, "-m", "fashion_search.cli", "ingest", "--verify"]
+    argv += ["--encoder", ENCODER]
+    done = subprocess.run(
+        argv,
+        cwd=home.parent,
+        env=child_env(home, plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=RUN_BOUND_S,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def check_expectations(home: Path, expect: Expectations, log: list[str]) -> None:
+    """Before any repair: every acknowledged write is there (catalog, ledger, vectors, its
+    image), no acknowledged delete came back."""
+    state = read_home(home, probe_ids=sorted(expect.absent))
+    missing = {
+        pid
+        for pid in expect.present
+        if pid not in state.products or pid not in state.ledger or pid not in state.vector_ids
+    }
+    assert missing == set(), (sorted(missing), log)
+    back = expect.absent & (set(state.products) | set(state.ledger) | state.vector_ids)
+    assert back == set(), (sorted(back), log)
+    assert state.referenced_files <= state.image_files, log
