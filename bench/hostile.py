@@ -8,8 +8,9 @@ which are (still) accepted.
 The cases: an image of 1 x 40,000 pixels (a few hundred bytes that decode to a long strip), a
 lone surrogate in a search text, a filter with 50,000 values, cursors that overflow or nest
 deeply, a 10,000-character product id, 1,000 aliases, 50 multipart files that no variable
-maps to, a body that stalls half-way (the server's idle timeout answers it), and a client that
-disconnects in the middle of an upload."""
+maps to, a body that stalls half-way (the server's idle timeout answers it), headers that
+stall half-way (the header deadline closes the connection), and a client that disconnects in
+the middle of an upload."""
 
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ class HostileRequests:
             ("hostile: 1000 aliases", self.aliases),
             ("hostile: unmapped files", self.unmapped_files),
             ("hostile: stalled body", self.stalled_body),
+            ("hostile: stalled headers", self.stalled_headers),
             ("hostile: leaves mid-upload", self.leaves_mid_upload),
         ]
 
@@ -190,6 +192,26 @@ class HostileRequests:
         status = int(answer.split(b" ", 2)[1])
         error = f"HTTP {status} for a stalled body" if status >= 500 else None
         return Outcome(str(status), error, socket_status=status)
+
+    async def stalled_headers(self) -> Outcome:
+        """Half a request's headers, then silence: the server should close the connection."""
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(f"POST /graphql HTTP/1.1\r\nHost: {self.host}\r\nContent-Ty".encode())
+            await writer.drain()
+            async with asyncio.timeout(STALL_BOUND_S):
+                answer = await reader.read()
+        except TimeoutError:
+            return Outcome(
+                "still open", f"stalled headers kept their connection {STALL_BOUND_S:g} s"
+            )
+        finally:
+            writer.close()
+        if answer.startswith(b"HTTP/"):
+            status = int(answer.split(b" ", 2)[1])
+            error = f"HTTP {status} for stalled headers" if status >= 500 else None
+            return Outcome(str(status), error, socket_status=status)
+        return Outcome("closed")
 
     async def leaves_mid_upload(self) -> Outcome:
         """Half a multipart upload, then the client closes (the server should count a 499)."""

@@ -20,7 +20,8 @@ With ``--hostile`` (what ``python -m bench soak`` runs: 16 clients, 10 minutes, 
 ``bench/results/soak-hostile.json``), every fourth request of each client is one of the
 hostile cases of ``bench/hostile.py`` in turn (a 1x40000 PNG, a lone surrogate, a 50,000-value
 filter, bad cursors, a 10,000-character id, 1,000 aliases, 50 unmapped multipart files, a
-stalled body, a client leaving mid-upload); the server's body idle timeout is 2 s. A hostile
+stalled body, stalled headers, a client leaving mid-upload); the server's body idle timeout
+and header deadline are 2 s. A hostile
 request fails the soak only when the server fails it (a 5xx, a GraphQL INTERNAL_SERVER_ERROR,
 an error without a code, a stalled connection left open); each case's outcomes are reported,
 and so are the statuses the clients saw and those the server counted (/metrics: 408, 499).
@@ -140,6 +141,7 @@ def serve(home: Path, catalog: Path, encoder_id: str, limit: int | None) -> None
     import uvicorn
 
     from fashion_search.asgi import app_for
+    from fashion_search.serving import HeaderDeadlineProtocol
     from fashion_search.settings import Settings
     from fashion_search.wiring import build, build_encoders
     from ingest.pipeline import IngestOptions, ingest
@@ -171,7 +173,11 @@ def serve(home: Path, catalog: Path, encoder_id: str, limit: int | None) -> None
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app_for(container), log_level="warning", access_log=False, lifespan="on"
+        app_for(container),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        http=HeaderDeadlineProtocol,  # as `fashion-search serve` runs it
     )
     server = uvicorn.Server(config)
     print(f"{READY_LINE} {port}", flush=True)
@@ -765,7 +771,12 @@ def run_soak(config: SoakConfig) -> SoakResult:
         idle_timeout = HOSTILE_BODY_IDLE_TIMEOUT_S
         config = SoakConfig(**{**asdict(config), "body_idle_timeout_s": idle_timeout})
     settings_env = (
-        {} if idle_timeout is None else {"FASHION_SEARCH_BODY_IDLE_TIMEOUT_S": str(idle_timeout)}
+        {}
+        if idle_timeout is None
+        else {
+            "FASHION_SEARCH_BODY_IDLE_TIMEOUT_S": str(idle_timeout),
+            "FASHION_SEARCH_HEADER_TIMEOUT_S": str(idle_timeout),
+        }
     )
     server = start_server(work, catalog, config.encoder, config.limit, settings_env=settings_env)
     try:
