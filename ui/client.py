@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import (
@@ -75,26 +75,6 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class SearchPage:
-    hits: tuple[Hit, ...]
-    encoder: str
-    took_ms: float
-    next_cursor: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SearchPage:
-        return cls(
-            hits=tuple(
-                Hit(int(h["rank"]), float(h["score"]), Product.from_json(h["product"]))
-                for h in data["hits"]
-            ),
-            encoder=str(data["encoder"]),
-            took_ms=float(data["tookMs"]),
-            next_cursor=data.get("nextCursor"),
-        )
-
-
-@dataclass(frozen=True)
 class FacetValue:
     value: str
     count: int
@@ -104,6 +84,43 @@ class FacetValue:
 class Facet:
     key: str
     values: tuple[FacetValue, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Facet:
+        return cls(
+            key=str(data["key"]),
+            values=tuple(FacetValue(str(v["value"]), int(v["count"])) for v in data["values"]),
+        )
+
+
+MatchQuality = Literal["STRONG", "WEAK", "NONE"]
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: tuple[Hit, ...]
+    encoder: str
+    took_ms: float
+    next_cursor: str | None = None
+    match_quality: MatchQuality = "STRONG"
+    """How good the best match is: NONE means nothing matches well (say so to the shopper)."""
+    facets: tuple[Facet, ...] = ()
+    """Tag values with counts among the search's top results (asked for with facet_keys)."""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SearchPage:
+        quality = data.get("matchQuality")
+        return cls(
+            hits=tuple(
+                Hit(int(h["rank"]), float(h["score"]), Product.from_json(h["product"]))
+                for h in data["hits"]
+            ),
+            encoder=str(data["encoder"]),
+            took_ms=float(data["tookMs"]),
+            next_cursor=data.get("nextCursor"),
+            match_quality=quality if quality in ("STRONG", "WEAK", "NONE") else "STRONG",
+            facets=tuple(Facet.from_json(f) for f in data.get("facets") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -210,6 +227,12 @@ def filter_input(filters: Filters | None) -> dict[str, Any] | None:
     return {"tags": tags} if tags else None
 
 
+def facet_variables(keys: Sequence[str] | None) -> dict[str, Any]:
+    """Ask a search for its facets (counts among its top results) only when keys are given:
+    they cost the server a pass over the top results."""
+    return {"facetKeys": list(keys), "withFacets": True} if keys else {"withFacets": False}
+
+
 # --------------------------------------------------------------------------------------------
 # Client
 
@@ -250,13 +273,7 @@ class FashionSearchClient:
             "filter": filter_input(filters),
         }
         data = self._execute("facets", variables)
-        return [
-            Facet(
-                key=str(f["key"]),
-                values=tuple(FacetValue(str(v["value"]), int(v["count"])) for v in f["values"]),
-            )
-            for f in data["facets"]
-        ]
+        return [Facet.from_json(f) for f in data["facets"]]
 
     def product(self, product_id: str) -> Product | None:
         data = self._execute("product", {"id": product_id})
@@ -269,6 +286,7 @@ class FashionSearchClient:
         filters: Filters | None = None,
         encoder: str | None = None,
         after: str | None = None,
+        facet_keys: Sequence[str] | None = None,
     ) -> SearchPage:
         variables = {
             "text": text,
@@ -276,6 +294,7 @@ class FashionSearchClient:
             "filter": filter_input(filters),
             "encoder": encoder,
             "after": after,
+            **facet_variables(facet_keys),
         }
         return SearchPage.from_json(self._execute("search_by_text", variables)["searchByText"])
 
@@ -290,6 +309,7 @@ class FashionSearchClient:
         after: str | None = None,
         text: str | None = None,
         text_weight: float | None = None,
+        facet_keys: Sequence[str] | None = None,
     ) -> SearchPage:
         """Search with image bytes (sent base64) or an image URL the API fetches; `text`
         optionally steers the search ("like this, but in red")."""
@@ -308,6 +328,7 @@ class FashionSearchClient:
             "after": after,
             "text": text or None,
             "textWeight": text_weight if text else None,
+            **facet_variables(facet_keys),
         }
         return SearchPage.from_json(self._execute("search_by_image", variables)["searchByImage"])
 
@@ -317,12 +338,14 @@ class FashionSearchClient:
         top_k: int = 10,
         filters: Filters | None = None,
         encoder: str | None = None,
+        facet_keys: Sequence[str] | None = None,
     ) -> SearchPage:
         variables = {
             "productId": product_id,
             "topK": top_k,
             "filter": filter_input(filters),
             "encoder": encoder,
+            **facet_variables(facet_keys),
         }
         return SearchPage.from_json(self._execute("similar_products", variables)["similarProducts"])
 

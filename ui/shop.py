@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from typing import Literal, TypeVar
 from urllib.parse import urljoin
@@ -216,60 +216,73 @@ def load_product(url: str, product_id: str) -> Product | None:
 
 
 @st.cache_data(ttl=RESULTS_TTL_S, show_spinner=False, max_entries=512)
-def load_page(url: str, view: View, top_k: int, after: str | None) -> SearchPage:
-    """One page of the search `view` describes (its filters, engine; never its product)."""
+def load_page(
+    url: str, view: View, top_k: int, after: str | None, facet_keys: tuple[str, ...] = ()
+) -> SearchPage:
+    """One page of the search `view` describes (its filters, engine; never its product),
+    with the facets of `facet_keys` counted over the search's top results."""
     api = FashionSearchClient(url)
     filters = view.filter_map()
     engine = view.engine or None
     steer = view.q or None
     if view.mode == "text":
-        return api.search_by_text(view.q, top_k=top_k, filters=filters, encoder=engine, after=after)
+        return api.search_by_text(
+            view.q, top_k=top_k, filters=filters, encoder=engine, after=after,
+            facet_keys=facet_keys,
+        )  # fmt: skip
     if view.mode == "similar":
-        return api.similar_products(view.like, top_k=top_k, filters=filters, encoder=engine)
+        return api.similar_products(
+            view.like, top_k=top_k, filters=filters, encoder=engine, facet_keys=facet_keys
+        )
     if view.mode == "link":
         return api.search_by_image(
-            url=view.url, top_k=top_k, filters=filters, encoder=engine, after=after, text=steer
-        )
+            url=view.url, top_k=top_k, filters=filters, encoder=engine, after=after,
+            text=steer, facet_keys=facet_keys,
+        )  # fmt: skip
     photo = photos().get(view.img)
     if photo is None:
         raise PhotoGone(view.img)
     return api.search_by_image(
-        image=photo, top_k=top_k, filters=filters, encoder=engine, after=after, text=steer
-    )
+        image=photo, top_k=top_k, filters=filters, encoder=engine, after=after, text=steer,
+        facet_keys=facet_keys,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Results:
     hits: tuple[Hit, ...]
+    first: SearchPage
+    """Carries the facets (counted over the search's top results) and the match quality."""
     last: SearchPage
     more: bool
     """Whether "Show more" can load another page."""
 
 
-def search(view: View) -> Results:
-    """The view's pages (1..view.pages), as one list without repeats. "More like this"
-    has no cursor: its page n is the top n*PAGE_SIZE."""
-    search_view = View(
+def search_only(view: View) -> View:
+    """What identifies a search: the view without its pages, product and display settings."""
+    return View(
         mode=view.mode, q=view.q, url=view.url, img=view.img, like=view.like,
         filters=view.filters, engine=view.engine,
     )  # fmt: skip
+
+
+def search(view: View, facet_keys: tuple[str, ...]) -> Results:
+    """The view's pages (1..view.pages), as one list without repeats. "More like this"
+    has no cursor: its page n is the top n*PAGE_SIZE."""
     url = api_url()
     if view.mode == "similar":
         top_k = min(MAX_TOP_K, PAGE_SIZE * view.pages)
-        page = load_page(url, search_view, top_k, None)
+        page = load_page(url, search_only(view), top_k, None, facet_keys)
         more = len(page.hits) == top_k and top_k < MAX_TOP_K
-        return Results(page.hits, page, more)
-    pages: list[SearchPage] = []
-    after: str | None = None
-    for _ in range(view.pages):
-        pages.append(load_page(url, search_view, PAGE_SIZE, after))
-        after = pages[-1].next_cursor
-        if after is None:
-            break
+        return Results(page.hits, page, page, more)
+    pages = [load_page(url, search_only(view), PAGE_SIZE, None, facet_keys)]
+    while len(pages) < view.pages and pages[-1].next_cursor is not None:
+        pages.append(load_page(url, search_only(view), PAGE_SIZE, pages[-1].next_cursor))
     unique: dict[str, Hit] = {}
     for hit in (h for p in pages for h in p.hits):
         unique.setdefault(hit.product.id, hit)
-    return Results(tuple(unique.values()), pages[-1], pages[-1].next_cursor is not None)
+    more = pages[-1].next_cursor is not None
+    return Results(tuple(unique.values()), pages[0], pages[-1], more)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,12 +306,16 @@ def facet_keys(facets: Sequence[Facet]) -> list[str]:
     return list(unique.values())[:MAX_FILTERS]
 
 
-def facet_counts(url: str, key: str, view: View) -> dict[str, int]:
-    """Counts for `key` among products matching the other filters (so a shopper sees what
-    adding a value of this key would give)."""
-    others = tuple((k, v) for k, v in view.filters if k != key)
-    found = load_facets(url, (key,), others)
-    return {v.value: v.count for f in found if f.key == key for v in f.values}
+def facet_counts(key: str, view: View, results: Results) -> dict[str, int]:
+    """Counts for `key` among the search's top results with the other filters, so they
+    follow the query and show what choosing a value would give. Without a selection on `key`
+    that is the search itself; with one, the same search without it (one more request)."""
+    if key in dict(view.filters):
+        others = replace(search_only(view), filters=tuple(f for f in view.filters if f[0] != key))
+        facets = load_page(api_url(), others, 1, None, (key,)).facets
+    else:
+        facets = results.first.facets
+    return {v.value: v.count for f in facets if f.key == key for v in f.values}
 
 
 def with_count(counts: dict[str, int]) -> Callable[[str], str]:
@@ -497,13 +514,15 @@ def search_forms(view: View, engine: EncoderInfo | None) -> None:
     show_flash()
 
 
-def filters_panel(view: View) -> None:
-    """A labelled "Filters" control with counts that follow the other filters."""
-    url = api_url()
-    everything = call(lambda: load_facets(url, None, ()))
-    if isinstance(everything, ApiError):
-        return
-    keys = facet_keys(everything)
+def filter_keys() -> tuple[str, ...]:
+    """The catalog's keys worth filtering on (the same for every search: a stable panel)."""
+    everything = call(lambda: load_facets(api_url(), None, ()))
+    return () if isinstance(everything, ApiError) else tuple(facet_keys(everything))
+
+
+def filters_panel(view: View, keys: Sequence[str], results: Results) -> None:
+    """A labelled "Filters" control with counts that follow the query and the other
+    filters."""
     if not keys:
         return
     selected = view.filter_map()
@@ -511,8 +530,9 @@ def filters_panel(view: View) -> None:
     title = f"Filters · {count} selected" if count else "Filters"
     with st.expander(title, icon=":material/tune:", expanded=bool(count)):
         for key in keys:
-            counts = call(lambda key=key: facet_counts(url, key, view))  # type: ignore[misc]
-            if isinstance(counts, ApiError):
+            try:
+                counts = facet_counts(key, view, results)
+            except (ApiError, PhotoGone):
                 continue
             options = choices(counts, selected.get(key, []))
             if not options:
@@ -582,9 +602,10 @@ def no_results(view: View) -> None:
 
 def results_section(view: View) -> None:
     assert view.mode is not None
+    keys = filter_keys()
     with st.spinner("Searching the catalog…"):
         try:
-            results: Results | ApiError = search(view)
+            results: Results | ApiError = search(view, keys)
         except ApiError as error:
             results = error
         except PhotoGone:
@@ -600,10 +621,17 @@ def results_section(view: View) -> None:
         else:
             st.warning(explain(results, view.mode), icon=":material/error:")
         return
+    filters_panel(view, keys, results)
     results_heading(view, results)
     if not results.hits:
         no_results(view)
         return
+    if results.first.match_quality == "NONE" and view.mode != "similar":
+        st.info(
+            "No close matches. These are the nearest we have: try other words, "
+            "a photo, or fewer filters.",
+            icon=":material/search_off:",
+        )
     image_urls = {h.product.id: absolute(h.product.image_url) for h in results.hits}
     st.html(cards.grid(results.hits, view, image_urls, "Search results", view.details))
     if results.more:
@@ -735,6 +763,5 @@ def main() -> None:
                 icon=":material/styler:",
             )
         elif not isinstance(encoders, ApiError):
-            filters_panel(view)
             results_section(view)
     footer(view, encoders)

@@ -344,6 +344,10 @@ def test_axe_finds_no_serious_or_critical_violations(
 
 
 def test_no_match_and_api_down_states(page: Page, ui_url: str) -> None:
+    page.goto(f"{ui_url}/?q=purple+dinosaur+spaceship")
+    expect(page.get_by_text("No close matches.")).to_be_visible()
+    assert cards(page)  # the nearest products, said to be such
+
     page.goto(f"{ui_url}/?q=umbrella&product_type=Umbrella&colour_master=Black")
     expect(page.get_by_text("Nothing matches with these filters")).to_be_visible()
     page.get_by_role("button", name="Clear filters").first.click()

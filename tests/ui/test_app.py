@@ -419,3 +419,11 @@ def test_the_page_recovers_once_the_api_is_back(
         at.run()  # the status is asked again (errors are never cached)
         assert "Search is online" in html_text(at)
         assert names(at)[0] == "Mini Umbrella"
+
+
+def test_no_close_matches_is_said_when_the_api_says_so(app: AppTest) -> None:
+    follow(app, "?q=purple+dinosaur+spaceship")  # no product has these words or is near
+    assert app.info[0].value.startswith("No close matches.")
+    assert names(app)  # the nearest products are still shown
+    text_search(app, "Mini Umbrella")
+    assert not app.info
