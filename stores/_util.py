@@ -75,15 +75,6 @@ def atomic_write_bytes(
         handle.write(data)
 
 
-def remove_stale_tmp_files(directory: Path) -> None:
-    """Remove temporary files a crash left behind (they were never renamed into place)."""
-    if not directory.is_dir():
-        return
-    for stray in directory.glob(f".*{TMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            stray.unlink()
-
-
 def _writer_alive(tmp_name: str) -> bool:
     """Whether the process that wrote this temporary file may still be writing it. Names
     without a process id (older versions) count as alive: they are left alone."""
