@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from gql import Client, FileVar, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.requests import RequestsHTTPTransport
@@ -22,6 +19,7 @@ from gql.transport.requests import RequestsHTTPTransport
 from api import ApiConfig, create_app
 from stores.http_fetcher import SafeImageFetcher
 from tests.api.helpers import API_KEY, World, jpeg, png
+from tests.uvicorn_thread import uvicorn_in_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -44,24 +42,8 @@ def live() -> Iterator[LiveServer]:
     world = World(fetcher=SafeImageFetcher(allowed_networks=["127.0.0.1/32"]))
     asyncio.run(world.seed())
     app = create_app(world.services(), ApiConfig(api_keys=(API_KEY,), serve_images=True))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
+    with uvicorn_in_thread(app, log_level="warning") as port:
         yield LiveServer(base=f"http://127.0.0.1:{port}", world=world)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 SEARCH = """

@@ -16,18 +16,17 @@ import contextlib
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
 from api import ApiConfig, create_app
 from fashion_search.serving import HeaderDeadlineProtocol
 from tests.api.helpers import World, png
+from tests.uvicorn_thread import uvicorn_in_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -54,28 +53,9 @@ def serving(idle_timeout_s: float) -> Iterator[Served]:
     world = World()
     asyncio.run(world.seed())
     app = create_app(world.services(), ApiConfig(body_idle_timeout_s=idle_timeout_s))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     # log_config=None: uvicorn's loggers propagate to the root logger, where caplog sees them.
-    config = uvicorn.Config(
-        app, log_config=None, lifespan="on", backlog=256, http=ShortHeaderDeadline
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
+    with uvicorn_in_thread(app, log_config=None, backlog=256, http=ShortHeaderDeadline) as port:
         yield Served(port, f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
