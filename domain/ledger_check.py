@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import Indexer, IndexItem, iter_ledger
 from domain.model import Product
-from domain.ports import Catalog, Encoder, ImageStore, VectorIndex, indexed_by_current_version
+from domain.ports import (
+    Catalog,
+    Encoder,
+    ImageStore,
+    ListableImageStore,
+    VectorIndex,
+    indexed_by_current_version,
+)
 
 CATALOG_PAGE = 500
 """Products checked per round (one ledger read and one vector fetch per encoder each)."""
@@ -38,6 +45,8 @@ KINDS = {
 """Each kind of disagreement between the ledger of one encoder and the stores, as the report
 names it."""
 MISSING_IMAGE = "products whose image object is missing"
+UNREFERENCED_IMAGE = "image objects no product points at"
+EXAMPLES = 10
 
 
 @dataclass
@@ -59,11 +68,17 @@ class CheckReport:
     products: int = 0
     by_encoder: dict[str, EncoderFindings] = field(default_factory=dict)
     missing_images: list[str] = field(default_factory=list)
+    unreferenced_images: int = 0
+    """Image objects no product points at (None of them is deleted: one may belong to a
+    write in progress); counted when the image store can list its keys."""
+    unreferenced_examples: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.missing_images and all(
-            f.count(k) == 0 for f in self.by_encoder.values() for k in KINDS
+        return (
+            not self.missing_images
+            and not self.unreferenced_images
+            and all(f.count(k) == 0 for f in self.by_encoder.values() for k in KINDS)
         )
 
     def to_reencode(self) -> set[str]:
@@ -94,13 +109,22 @@ class LedgerCheck:
     async def run(self, encoders: Sequence[Encoder]) -> CheckReport:
         report = CheckReport(by_encoder={e.id: EncoderFindings() for e in encoders})
         with_vectors = {e.id: 0 for e in encoders}
+        referenced: set[int] = set()
+        """Hashes of the keys products point at (a small int each, whatever the key)."""
         cursor: str | None = None
         while True:
             page = await self._catalog.list(cursor=cursor, limit=CATALOG_PAGE)
             await self._check_products(list(page.items), encoders, report, with_vectors)
+            referenced.update(hash(k) for p in page.items for k in p.image_keys)
             cursor = page.next_cursor
             if cursor is None:
                 break
+        if isinstance(self._images, ListableImageStore):
+            async for keys in self._images.key_pages():
+                unreferenced = [k for k in keys if hash(k) not in referenced]
+                report.unreferenced_images += len(unreferenced)
+                room = EXAMPLES - len(report.unreferenced_examples)
+                report.unreferenced_examples += unreferenced[:room]
         for encoder in encoders:
             findings = report.by_encoder[encoder.id]
             async for entries in iter_ledger(self._catalog, encoder.id):

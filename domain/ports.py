@@ -7,7 +7,7 @@ worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -254,6 +254,16 @@ class ImageStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ListableImageStore(Protocol):
+    """An ImageStore that can list its keys (local files, an S3 bucket): ``ingest --verify``
+    then finds objects no product points at."""
+
+    def key_pages(self, page_size: int = 1000) -> AsyncIterator[list[str]]:
+        """Every key, a page (at most ``page_size`` keys) at a time, in no promised order."""
+        ...
 
 
 class ImageFetcher(Protocol):

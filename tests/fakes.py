@@ -4,7 +4,7 @@ tests as the real adapters (tests/stores/contracts.py), so they stay honest."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
@@ -258,6 +258,11 @@ class InMemoryImageStore:
 
     def url(self, key: str) -> str:
         return f"{self._base_url}/{key}"
+
+    async def key_pages(self, page_size: int = 1000) -> AsyncIterator[list[str]]:
+        keys = sorted(self.objects)
+        for start in range(0, len(keys), page_size):
+            yield keys[start : start + page_size]
 
     async def close(self) -> None:
         return None

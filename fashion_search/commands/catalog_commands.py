@@ -39,6 +39,7 @@ from domain.indexer import iter_ledger
 from domain.ledger_check import (
     KINDS,
     MISSING_IMAGE,
+    UNREFERENCED_IMAGE,
     CheckReport,
     LedgerCheck,
     stale_ledger_reasons,
@@ -276,6 +277,14 @@ async def verify_and_repair(container: Container, encoders: Sequence[Encoder]) -
     )
     for pid, why in list(repaired.failed.items())[:SHOWN_FAILURES]:
         console.print(f"  not repaired: {pid}: {why}", highlight=False)
+    if found.unreferenced_images:
+        console.print(
+            f"Left in place: {found.unreferenced_images:,} image objects no product points at "
+            f"(e.g. {', '.join(found.unreferenced_examples[:3])}); one may belong to a write "
+            "in progress, so none is deleted: remove them from the image store once no ingest "
+            "or server writes.",
+            highlight=False,
+        )
 
 
 def print_check(found: CheckReport) -> None:
@@ -291,6 +300,12 @@ def print_check(found: CheckReport) -> None:
             table.add_row(encoder_id, label, f"{n:,}", examples)
     table.add_row(
         "-", MISSING_IMAGE, f"{len(found.missing_images):,}", ", ".join(found.missing_images[:3])
+    )
+    table.add_row(
+        "-",
+        UNREFERENCED_IMAGE,
+        f"{found.unreferenced_images:,}",
+        ", ".join(found.unreferenced_examples[:3]),
     )
     console.print(table)
 

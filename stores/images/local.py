@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import mimetypes
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from domain.errors import BadInput, NotFound
@@ -94,6 +95,24 @@ class LocalImageStore:
     async def delete(self, key: str) -> None:
         validate_key(key)
         await asyncio.to_thread(self._delete, key)
+
+    async def key_pages(self, page_size: int = 1000) -> AsyncIterator[list[str]]:
+        """The keys of one shard folder at a time (at most ``page_size`` per page)."""
+        shards = await asyncio.to_thread(self._shards)
+        for shard in shards:
+            names = await asyncio.to_thread(self._keys_in, shard)
+            for start in range(0, len(names), page_size):
+                yield names[start : start + page_size]
+
+    def _shards(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name[0] != ".")
+
+    @staticmethod
+    def _keys_in(shard: Path) -> list[str]:
+        """Image files only: sidecar type files and temporary files start with a dot."""
+        return sorted(p.name for p in shard.iterdir() if p.name[0] != "." and p.is_file())
 
     def url(self, key: str) -> str:
         return f"{self.base_url}/{validate_key(key)}"

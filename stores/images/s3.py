@@ -19,7 +19,8 @@ import io
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -278,6 +279,25 @@ class S3ImageStore:
         await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=name))
         with self._urls_lock:
             self._urls.pop(key, None)
+
+    async def key_pages(self, page_size: int = 1000) -> AsyncIterator[list[str]]:
+        """The bucket's keys (under the prefix), one ListObjectsV2 page at a time."""
+        token: str | None = None
+        while True:
+            request: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": self._prefix,
+                "MaxKeys": min(page_size, 1000),
+            }
+            if token is not None:
+                request["ContinuationToken"] = token
+            response = await self._run(partial(self._client.list_objects_v2, **request))
+            keys = [o["Key"][len(self._prefix) :] for o in response.get("Contents", [])]
+            if keys:
+                yield keys
+            token = response.get("NextContinuationToken")
+            if not response.get("IsTruncated") or token is None:
+                return
 
     def url(self, key: str) -> str:
         name = self._key(key)

@@ -63,7 +63,10 @@ async def test_every_kind_of_disagreement_is_found_and_repaired(shop: Shop) -> N
     ghost = shop.encoder.encode_images([fake_image("ghost")])
     await shop.index.upsert("enc", ["ghost", "ghost2"], ghost.repeat(2, axis=0), [{}, {}])
 
+    shop.images.objects["stray-0000.jpg"] = (b"\xff\xd8\xff", "image/jpeg")
+
     report = await shop.check.run([shop.encoder])
+    assert (report.unreferenced_images, report.unreferenced_examples) == (1, ["stray-0000.jpg"])
     found = report.by_encoder["enc"]
     assert found.ids["ledger_without_vector"] == ["p1"]
     assert found.ids["product_not_in_ledger"] == ["p2"]
@@ -81,6 +84,7 @@ async def test_every_kind_of_disagreement_is_found_and_repaired(shop: Shop) -> N
     found = again.by_encoder["enc"]
     assert found.ids["product_not_in_ledger"] == ["p4"]  # waits for its image from the source
     assert again.missing_images == ["p4"]
+    assert again.unreferenced_images == 1  # reported, never deleted by the repair
     assert found.vectors_without_product == 1  # ghost2: the index cannot list its ids
     for kind in ("ledger_without_vector", "ledger_other_weights", "ledger_without_product"):
         assert found.ids[kind] == []

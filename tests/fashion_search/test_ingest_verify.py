@@ -87,6 +87,7 @@ def test_verify_reports_and_repairs_without_the_source(home: Path, catalog: Path
     ingest(home, str(catalog))
     images = sorted((home / "images").rglob("*.jpg"))
     images[0].unlink()  # one image object lost
+    (images[1].parent / "stray-0000.jpg").write_bytes(fake_image("stray"))  # one nobody uses
     runner = CliRunner()
     result = runner.invoke(app, ["ingest", "--verify"])
     assert result.exit_code == 0, result.output
@@ -94,6 +95,8 @@ def test_verify_reports_and_repairs_without_the_source(home: Path, catalog: Path
     assert "products whose image object is missing" in output
     assert "Repaired: 0 products encoded again" in output
     assert "1 ledger entries dropped" in output
+    assert "Left in place: 1 image objects no product points at (e.g. stray-0000.jpg)" in output
+    (images[1].parent / "stray-0000.jpg").unlink()
 
     # the source ingest puts the lost image back; then everything agrees
     _, summary = ingest(home, str(catalog))

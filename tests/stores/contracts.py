@@ -29,7 +29,14 @@ import pytest
 
 from domain.errors import BadInput, NotFound
 from domain.model import Cursor, LexicalHit, Product, ProductFilter
-from domain.ports import Catalog, ImageStore, LexicalIndex, VectorIndex, Vectors
+from domain.ports import (
+    Catalog,
+    ImageStore,
+    LexicalIndex,
+    ListableImageStore,
+    VectorIndex,
+    Vectors,
+)
 
 # Encoder ids as the plugins spell them: they contain ':', '/', '@' and '.'.
 ENC_A = "fashion-lite"
@@ -791,6 +798,19 @@ class ImageStoreContract:
     async def test_missing_key_raises_not_found(self, image_store: ImageStore) -> None:
         with pytest.raises(NotFound):
             await image_store.get("missing-0000.jpg")
+
+    async def test_keys_are_listed_in_pages(self, image_store: ImageStore) -> None:
+        assert isinstance(image_store, ListableImageStore)
+        assert [page async for page in image_store.key_pages()] == []
+        keys = {f"k{i:02d}-abcd.jpg" for i in range(7)}
+        for key in keys:
+            await image_store.put(key, b"\xff\xd8\xff" + key.encode(), "image/jpeg")
+        await image_store.put("typed-abcd.jpg", b"\x89PNG\r\n\x1a\n", "image/png")  # a sidecar
+        await image_store.delete("k00-abcd.jpg")
+        pages = [page async for page in image_store.key_pages(page_size=3)]
+        assert all(1 <= len(page) <= 3 for page in pages)
+        listed = [key for page in pages for key in page]
+        assert sorted(listed) == sorted(keys - {"k00-abcd.jpg"} | {"typed-abcd.jpg"})
 
     async def test_put_is_idempotent(self, image_store: ImageStore) -> None:
         data = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
