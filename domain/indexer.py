@@ -5,7 +5,11 @@ Writing a batch (``write``), under the ``WriteLock`` of the data home, in this o
 
 1. images into the ImageStore (keys derived from the full product id and the content, so a
    rerun rewrites the same key and two products never share an object),
-2. vectors into the VectorIndex (metadata: the product's tags),
+2. vectors into the VectorIndex (metadata: the product's tags): each encoder's image vectors,
+   and, for encoders with a text tower, the vectors of the products' words (name and
+   description) in their own space ``product_text_space(encoder id)``; the words' vectors
+   follow the product (re-encoded when its name or description changes, undone with it),
+   the ledger records the image vectors only,
 3. the products into the Catalog,
 4. ``VectorIndex.flush()``, then the versioned ledger (``Catalog.mark_indexed``),
 5. images no product points at any more (a replaced photo) are deleted.
@@ -36,7 +40,7 @@ import numpy as np
 
 from domain.errors import FashionSearchError, InvalidImage, UpstreamUnavailable
 from domain.images import image_key, legacy_image_key
-from domain.model import Product
+from domain.model import Modality, Product, product_text_space
 from domain.ports import (
     Catalog,
     Encoder,
@@ -117,6 +121,8 @@ class BatchPlan:
     """The stored vectors of the ``retag`` items, per encoder."""
     skipped: list[str]
     """Ids whose image, texts and tags are indexed already."""
+    reworded: list[PlannedItem] = field(default_factory=list)
+    """``retag`` items whose name or description changed (their words are encoded again)."""
 
 
 @dataclass
@@ -126,6 +132,8 @@ class EncodedBatch:
     """Encoder id -> product id -> vector."""
     broken: dict[str, str]
     """Ids whose image an encoder could not decode -> why (they are not written)."""
+    text_vectors: dict[str, dict[str, Vectors]] = field(default_factory=dict)
+    """Product-text space -> product id -> vector of the product's words."""
 
     @property
     def writable(self) -> list[PlannedItem]:
@@ -262,7 +270,8 @@ class Indexer:
         encode += lost
         retag = [p for p in changed if not p.needs]
         skipped = [p.item.id for p in unchanged if p not in changed]
-        return BatchPlan(encoders, encode, retag, stored, skipped)
+        reworded = [p for p in retag if _words_changed(p.item, existing.get(p.item.id))]
+        return BatchPlan(encoders, encode, retag, stored, skipped, reworded)
 
     async def _stored_vectors(
         self, encoders: Sequence[Encoder], changed: Sequence[PlannedItem]
@@ -281,7 +290,17 @@ class Indexer:
             group = [p for p in plan.encode if encoder.id in p.needs and p.item.id not in broken]
             if group:
                 vectors[encoder.id] = await _encode_group(encoder, group, broken)
-        return EncodedBatch(plan, vectors, broken)
+        text_vectors: dict[str, dict[str, Vectors]] = {}
+        for encoder in plan.encoders:
+            # the words go with the image vectors this encoder writes, and with new words
+            words = [
+                p
+                for p in [*plan.encode, *plan.reworded]
+                if p.item.id not in broken and (encoder.id in p.needs or p in plan.reworded)
+            ]
+            if Modality.TEXT in encoder.modalities and words:
+                text_vectors[product_text_space(encoder.id)] = await _encode_words(encoder, words)
+        return EncodedBatch(plan, vectors, broken, text_vectors)
 
     # -- under the lock: the writes ----------------------------------------------------------
 
@@ -324,6 +343,8 @@ class Indexer:
         if replaced:
             for encoder_id in encoded.vectors:
                 vectors[encoder_id] = await self._index.fetch(encoder_id, replaced)
+        for space, rows in encoded.text_vectors.items():
+            vectors[space] = await self._index.fetch(space, list(rows))
         for encoder_id, stored in plan.stored.items():
             vectors.setdefault(encoder_id, {}).update(stored)
         return _Before(products, ledger, vectors)
@@ -357,6 +378,11 @@ class Indexer:
                 "vectors", f"vectors of {encoder_id}", self._restorer(encoder_id, ids, before)
             )
             await self._upsert(encoder_id, ids, stored, [retagged[i] for i in ids])
+        tags_of = {p.item.id: p.item.tags for p in items + plan.retag}
+        for space, rows in encoded.text_vectors.items():
+            ids = list(rows)
+            journal.did("vectors", f"vectors of {space}", self._restorer(space, ids, before))
+            await self._upsert(space, ids, rows, [tags_of[i] for i in ids])
         # 3. products
         journal.step = "writing products"
         products = [p.product for p in items + plan.retag]
@@ -599,6 +625,28 @@ async def _encode_group(
         _check_shape(encoder, single, 1)
         rows[planned.item.id] = single[0]
     return rows
+
+
+def _words_changed(item: IndexItem, existing: Product | None) -> bool:
+    if existing is None:
+        return True
+    return (item.name, item.description) != (existing.name, existing.description)
+
+
+def product_words(product: IndexItem) -> str:
+    """What the text tower reads of a product: its name and description."""
+    return ". ".join(t.strip() for t in (product.name, product.description or "") if t.strip())
+
+
+async def _encode_words(encoder: Encoder, items: Sequence[PlannedItem]) -> dict[str, Vectors]:
+    """The vectors of the items' words (items without words have none)."""
+    worded = [(p.item.id, product_words(p.item)) for p in items]
+    worded = [(pid, text) for pid, text in worded if text]
+    if not worded:
+        return {}
+    matrix = await asyncio.to_thread(encoder.encode_texts, [text for _, text in worded])
+    _check_shape(encoder, matrix, len(worded))
+    return {pid: matrix[i] for i, (pid, _) in enumerate(worded)}
 
 
 def _check_shape(encoder: Encoder, matrix: Vectors, rows: int) -> None:

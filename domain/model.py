@@ -142,6 +142,10 @@ def product_text_space(encoder_id: str) -> str:
     return encoder_id + PRODUCT_TEXT_SPACE_SUFFIX
 
 
+def is_product_text_space(space: str) -> bool:
+    return space.endswith(PRODUCT_TEXT_SPACE_SUFFIX)
+
+
 def _frozen_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v) for k, v in tags.items()})
 

@@ -36,6 +36,7 @@ from domain.model import (
     SearchPage,
     SearchQuery,
     TextQuery,
+    is_product_text_space,
     product_text_space,
 )
 from domain.ports import (
@@ -506,7 +507,9 @@ class CatalogService:
             tags=dict(tags or {}),
         )
         if not encoder_ids:
-            encoder_ids = await self._index.encoder_ids() or [self._encoders.default_id]
+            spaces = await self._index.encoder_ids()
+            encoder_ids = [e for e in spaces if not is_product_text_space(e)]
+            encoder_ids = encoder_ids or [self._encoders.default_id]
         encoders = [self._encoders.get(e) for e in encoder_ids]
         # reindex: an explicit add always writes (a product with the same photo and texts is
         # written again, which repairs whatever a store lost)

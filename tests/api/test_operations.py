@@ -72,8 +72,8 @@ async def test_readyz_reports_an_encoder_that_cannot_load() -> None:
     def broken(texts: Any) -> Any:
         raise RuntimeError("no weights")
 
+    api = await make_api(world)  # (its products are written with a working encoder)
     world.encoder.encode_texts = broken  # type: ignore[method-assign]
-    api = await make_api(world)
     async with api.client:
         body = await ready(api)
     assert body["status_code"] == 503
