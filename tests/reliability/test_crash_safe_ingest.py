@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 
 from domain.images import content_hash, image_key, sniff_image_type
-from domain.model import Product
+from domain.model import Product, product_text_space
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 from ingest.readers import open_source
@@ -319,6 +319,8 @@ class State:
     vectors: dict[str, dict[str, np.ndarray]]
     encoder_ids: list[str]
     objects: dict[str, bytes]
+    text_counts: dict[str, int]
+    """Vectors of the products' words, per encoder (product_text_space)."""
 
 
 async def read_state(profile: Profile, source: dict[str, SourceProduct]) -> State:
@@ -332,6 +334,7 @@ async def read_state(profile: Profile, source: dict[str, SourceProduct]) -> Stat
             vectors={e: await container.index.fetch(e, ids) for e in ENCODERS},
             encoder_ids=await container.index.encoder_ids(),
             objects=image_objects(container),
+            text_counts={e: await container.index.count(product_text_space(e)) for e in ENCODERS},
         )
     finally:
         await container.aclose()
@@ -378,8 +381,10 @@ def check_exact(profile: Profile, state: State, source: dict[str, SourceProduct]
     assert sorted(p.id for p in state.products) == sorted(source)
     assert {p.id: p for p in state.products} == {pid: s.product for pid, s in source.items()}
     expected_ledger = {pid: content_hash(s.image) for pid, s in source.items()}
-    assert sorted(state.encoder_ids) == sorted(ENCODERS)
+    spaces = [*ENCODERS, *(product_text_space(e) for e in ENCODERS)]
+    assert sorted(state.encoder_ids) == sorted(spaces)
     for encoder in ENCODERS:
+        assert state.text_counts[encoder] == len(source), encoder
         assert state.ledgers[encoder] == expected_ledger, encoder
         assert state.counts[encoder] == len(source), encoder
         assert sorted(state.vectors[encoder]) == sorted(source), encoder
