@@ -81,8 +81,6 @@ def read_until_closed(conn: socket.socket) -> bytes:
 
 STALLS = r"fashion_search_body_read_timeouts_total"
 GRAPHQL_408 = r'fashion_search_http_requests_total\{method="POST",route="/graphql",status="408"\}'
-GRAPHQL_499 = r'fashion_search_http_requests_total\{method="POST",route="/graphql",status="499"\}'
-GRAPHQL_500 = r'fashion_search_http_requests_total\{method="POST",route="/graphql",status="500"\}'
 
 
 def test_stalled_bodies_are_cut_off_and_counted(served: Served) -> None:
@@ -147,38 +145,52 @@ def send_slowly(served: Served, body: bytes) -> bytes:
         conn.close()
 
 
-def test_a_client_leaving_mid_upload_is_a_quiet_499(
-    served: Served, caplog: pytest.LogCaptureFixture
-) -> None:
-    before_499 = metric(served, GRAPHQL_499)
-    before_500 = metric(served, GRAPHQL_500)
-    boundary = "leaving"
-    operations = (
-        '{"query": "query($i: ImageInput!) { searchByImage(image: $i) { encoder } }", '
-        '"variables": {"i": {"upload": null}}}'
+def requests_counted(served: Served, route: str, status: int) -> float:
+    pattern = (
+        rf'fashion_search_http_requests_total\{{method="POST",route="{route}",status="{status}"\}}'
     )
-    start = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="operations"\r\n\r\n'
-        f"{operations}\r\n"
-        f'--{boundary}\r\nContent-Disposition: form-data; name="map"\r\n\r\n'
-        '{"0": ["variables.i.upload"]}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="0"; filename="a.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + png()[:40]
+    return metric(served, pattern)
+
+
+GRAPHQL_UPLOAD_START = (
+    '--leaving\r\nContent-Disposition: form-data; name="operations"\r\n\r\n'
+    '{"query": "query($i: ImageInput!) { searchByImage(image: $i) { encoder } }", '
+    '"variables": {"i": {"upload": null}}}\r\n'
+    '--leaving\r\nContent-Disposition: form-data; name="map"\r\n\r\n'
+    '{"0": ["variables.i.upload"]}\r\n'
+    '--leaving\r\nContent-Disposition: form-data; name="0"; filename="a.png"\r\n'
+    "Content-Type: image/png\r\n\r\n"
+)
+REST_UPLOAD_START = (
+    '--leaving\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+    "Content-Type: image/png\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("route", "start"),
+    [("/graphql", GRAPHQL_UPLOAD_START), ("/get_similar_images", REST_UPLOAD_START)],
+    ids=["graphql", "rest"],
+)
+def test_a_client_leaving_mid_upload_is_a_quiet_499(
+    served: Served, caplog: pytest.LogCaptureFixture, route: str, start: str
+) -> None:
+    before_499 = requests_counted(served, route, 499)
+    before_500 = requests_counted(served, route, 500)
     head = (
-        "POST /graphql HTTP/1.1\r\nHost: x\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"POST {route} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: multipart/form-data; boundary=leaving\r\n"
         "Content-Length: 100000\r\n\r\n"
     ).encode()
     with caplog.at_level(logging.DEBUG):
         conn = socket.create_connection(("127.0.0.1", served.port), timeout=SOCKET_BOUND_S)
-        conn.sendall(head + start)
+        conn.sendall(head + start.encode() + png()[:40])
         conn.close()
         deadline = time.monotonic() + SOCKET_BOUND_S
-        while metric(served, GRAPHQL_499) == before_499 and time.monotonic() < deadline:
+        while requests_counted(served, route, 499) == before_499 and time.monotonic() < deadline:
             time.sleep(0.05)  # polling /metrics for the outcome; nothing is ordered by it
-    assert metric(served, GRAPHQL_499) == before_499 + 1
-    assert metric(served, GRAPHQL_500) == before_500
+    assert requests_counted(served, route, 499) == before_499 + 1
+    assert requests_counted(served, route, 500) == before_500
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert any("client disconnected" in r.getMessage() for r in caplog.records)
