@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shlex
 import sys
@@ -37,12 +38,16 @@ from pathlib import Path
 
 from domain.errors import WriterBusy
 
+logger = logging.getLogger(__name__)
+
 LOCK_FILE_NAME = "writer.lock"
 DEFAULT_WAIT_S = 5.0
 """How long a mutation waits for a running writer (an ingest batch) before WriterBusy."""
 DEFAULT_INGEST_WAIT_S = 300.0
 """How long an ingest batch waits for another writer (e.g. a second ingest's batch)."""
 DEFAULT_POLL_S = 0.02
+NOTICE_AFTER_S = 2.0
+"""A writer still waiting after this long says once (a log warning) whom it waits for."""
 INGEST_PURPOSE = "ingest"
 MAX_COMMAND_CHARS = 160
 
@@ -81,7 +86,10 @@ class Holder:
         try:
             fields = json.loads(data.decode("utf-8"))
             return cls(
-                int(fields["pid"]), str(fields["purpose"]), str(fields["command"]), fields["since"]
+                int(fields["pid"]),
+                str(fields["purpose"]),
+                str(fields["command"]),
+                float(fields["since"]),
             )
         except (ValueError, KeyError, TypeError):
             return None  # empty (released, or the holder has not written itself yet)
@@ -107,11 +115,13 @@ class FileWriteLock:
         wait_s: float = DEFAULT_WAIT_S,
         ingest_wait_s: float = DEFAULT_INGEST_WAIT_S,
         poll_s: float = DEFAULT_POLL_S,
+        notice_after_s: float = NOTICE_AFTER_S,
     ) -> None:
         self.path = Path(path)
         self.wait_s = wait_s
         self.ingest_wait_s = ingest_wait_s
         self.poll_s = poll_s
+        self.notice_after_s = notice_after_s
 
     def wait_for(self, purpose: str) -> float:
         """How long a writer with this purpose waits for the lock."""
@@ -136,11 +146,18 @@ class FileWriteLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         wait_s = self.wait_for(purpose)
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        noticed = False
         try:
             while not _try_flock(fd):
-                if time.monotonic() >= deadline:
+                waited = time.monotonic() - started
+                if waited >= wait_s:
                     raise WriterBusy(self._busy_message(purpose, wait_s))
+                if not noticed and waited >= self.notice_after_s:
+                    noticed = True
+                    holder = self.holder()
+                    who = holder.describe() if holder is not None else "another process"
+                    logger.warning("%s waits for %s (up to %g s)", purpose, who, wait_s)
                 await asyncio.sleep(self.poll_s)
             record = this_process(purpose).to_bytes()
             os.ftruncate(fd, 0)

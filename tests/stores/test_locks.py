@@ -77,6 +77,18 @@ async def test_a_busy_home_names_its_holder_in_one_line(tmp_path: Path, holder: 
     assert caught.value.code == "WRITER_BUSY"
 
 
+async def test_a_waiting_writer_says_once_whom_it_waits_for(
+    tmp_path: Path, holder: Holder, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock = FileWriteLock(tmp_path / "writer.lock", ingest_wait_s=0.2, notice_after_s=0)
+    with pytest.raises(WriterBusy):
+        async with lock.hold("ingest"):
+            pytest.fail("the lock was held by the other process")
+    notices = [r.getMessage() for r in caplog.records if r.name == "stores.locks"]
+    assert len(notices) == 1, notices
+    assert notices[0].startswith(f"ingest waits for pid {holder.process.pid} (ingest: ")
+
+
 async def test_a_waiter_gets_the_lock_when_the_holder_releases(
     tmp_path: Path, holder: Holder
 ) -> None:
