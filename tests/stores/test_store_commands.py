@@ -263,6 +263,20 @@ def test_create_index_takes_the_encoders_dimension(
     assert "nope" in output
 
 
+@pytest.mark.parametrize("name", ["Shop_Index", "shop.v2", "s" * 46])
+def test_create_index_refuses_names_pinecone_refuses(
+    pinecone_server: FakePinecone, name: str
+) -> None:
+    env = {
+        "PINECONE_API_KEY": pinecone_server.api_key,
+        "PINECONE_CONTROLLER_HOST": pinecone_server.base_url,
+    }
+    code, output = run(env, "pinecone", "create-index", "--name", name, "--dimension", "8")
+    assert code == 1
+    assert f"Pinecone refused to create {name!r}" in output
+    assert name not in pinecone_server.indexes
+
+
 def test_create_index_is_idempotent_and_checks_an_existing_index(
     pinecone_server: FakePinecone,
 ) -> None:
