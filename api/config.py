@@ -25,6 +25,12 @@ class ApiConfig:
     request's own base URL when unset)."""
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_images_per_request: int = 4
+    """Images one request may send or name (GraphQL aliases, uploads, URLs together)."""
+    max_request_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Decoded pixels of all the images of one request together (one full-size image)."""
+    max_url_fetches_per_request: int = 1
+    """Image URLs one request may have fetched (aliases included)."""
     max_body_bytes: int | None = None
     """Largest request body; default: room for one base64-encoded image of max_image_bytes."""
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
@@ -70,6 +76,14 @@ class ImageDecoder(Protocol):
     def __call__(self, data: bytes, max_pixels: int) -> object: ...
 
 
+class ImageProbe(Protocol):
+    """Reads an image's width and height from its header, within the decoder's limits
+    (raising InvalidImage), without decoding it: the API charges a request's pixel budget
+    with it before any pixel buffer exists."""
+
+    def __call__(self, data: bytes, max_pixels: int) -> tuple[int, int]: ...
+
+
 @dataclass(frozen=True)
 class ApiServices:
     search: SearchService
@@ -86,3 +100,6 @@ class ApiServices:
     """Checks that received images decode (within the pixel limit)."""
     fetcher: ImageFetcher | None = None
     """Downloads images given by URL; None disables searching by URL."""
+    image_probe: ImageProbe | None = None
+    """Sizes received images before they are decoded (None: the pixel budget is charged
+    after decoding, from the decoded image's ``size``)."""

@@ -10,11 +10,12 @@ import binascii
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import DEFAULT_BODY_IDLE_TIMEOUT_S, ImageDecoder
+from api.config import DEFAULT_BODY_IDLE_TIMEOUT_S, ApiConfig, ImageDecoder, ImageProbe
 from api.errors import code_for_status
 from domain.errors import BadInput, InvalidImage, PayloadTooLarge
 from domain.images import sniff_image_type
@@ -161,9 +162,55 @@ class AsyncReadable(Protocol):
     async def read(self, size: int = -1) -> bytes: ...
 
 
+@dataclass
+class ImageBudget:
+    """What one request may still send, name or fetch: images (GraphQL aliases, uploads and
+    URLs together), their decoded pixels, and URL fetches. Charged on the event loop before
+    any decoding or fetching starts, so aliases resolved concurrently cannot overdraw it."""
+
+    max_images: int
+    max_pixels: int
+    max_url_fetches: int
+    url_fetches_allowed: bool = True
+    """False for GET requests: a URL-fetching query in a link or an <img> must not run."""
+    images: int = 0
+    pixels: int = 0
+    url_fetches: int = 0
+
+    @classmethod
+    def for_request(cls, config: ApiConfig, method: str = "POST") -> ImageBudget:
+        return cls(
+            max_images=config.max_images_per_request,
+            max_pixels=config.max_request_pixels,
+            max_url_fetches=config.max_url_fetches_per_request,
+            url_fetches_allowed=method.upper() != "GET",
+        )
+
+    def take_image(self) -> None:
+        if self.images >= self.max_images:
+            raise BadInput(f"one request may send at most {self.max_images} images")
+        self.images += 1
+
+    def take_pixels(self, width: int, height: int) -> None:
+        if self.pixels + width * height > self.max_pixels:
+            raise PayloadTooLarge(
+                f"the images of this request would decode to more than {self.max_pixels:,}"
+                " pixels together"
+            )
+        self.pixels += width * height
+
+    def take_url_fetch(self) -> None:
+        if not self.url_fetches_allowed:
+            raise BadInput("image URLs are fetched for POST requests only")
+        if self.url_fetches >= self.max_url_fetches:
+            raise BadInput(f"one request may fetch at most {self.max_url_fetches} image URLs")
+        self.url_fetches += 1
+
+
 class ImageReader:
     """Turns an upload, a base64 string or a URL into checked image bytes: at most
-    ``max_bytes``, sniffed as JPEG, PNG or WebP, decodable, at most ``max_pixels``."""
+    ``max_bytes``, sniffed as JPEG, PNG or WebP, within the decoder's size limits (read from
+    the header first, when a probe is given), decodable, and within the request's budget."""
 
     def __init__(
         self,
@@ -171,17 +218,19 @@ class ImageReader:
         max_pixels: int,
         fetcher: ImageFetcher | None,
         decoder: ImageDecoder,
+        probe: ImageProbe | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._fetcher = fetcher
         self._decode = decoder
+        self._probe = probe
 
     def _too_large(self, size: int | None = None) -> PayloadTooLarge:
         what = f"the image is {size:,} bytes" if size is not None else "the image is too large"
         return PayloadTooLarge(f"{what}; the limit is {self.max_bytes:,} bytes")
 
-    async def from_upload(self, upload: object) -> bytes:
+    async def from_upload(self, upload: object, budget: ImageBudget) -> bytes:
         if not isinstance(upload, AsyncReadable):
             raise BadInput("the image upload must be a file sent as multipart form data")
         declared = getattr(upload, "size", None)
@@ -194,9 +243,9 @@ class ImageReader:
             if size > self.max_bytes:
                 raise self._too_large()
             chunks.append(chunk)
-        return await self.check(b"".join(chunks))
+        return await self.check(b"".join(chunks), budget)
 
-    async def from_base64(self, text: str) -> bytes:
+    async def from_base64(self, text: str, budget: ImageBudget) -> bytes:
         cleaned = _DATA_URL.sub("", text.strip(), count=1)
         cleaned = re.sub(r"\s+", "", cleaned)
         if not cleaned:
@@ -210,19 +259,28 @@ class ImageReader:
             data = base64.b64decode(cleaned, validate=True)
         except (binascii.Error, ValueError):
             raise BadInput("the image is not valid base64") from None
-        return await self.check(data)
+        return await self.check(data, budget)
 
-    async def from_url(self, url: str) -> bytes:
+    async def from_url(self, url: str, budget: ImageBudget) -> bytes:
         if self._fetcher is None:
             raise BadInput("searching by image URL is not enabled on this server")
-        return await self.check(await self._fetcher.fetch(url))
+        budget.take_url_fetch()
+        return await self.check(await self._fetcher.fetch(url), budget)
 
-    async def check(self, data: bytes) -> bytes:
+    async def check(self, data: bytes, budget: ImageBudget) -> bytes:
         if not data:
             raise BadInput("the image is empty")
         if len(data) > self.max_bytes:
             raise self._too_large(len(data))
         if sniff_image_type(data) is None:
             raise InvalidImage("the file is not a JPEG, PNG or WebP image")
-        await asyncio.to_thread(self._decode, data, self.max_pixels)
+        budget.take_image()
+        if self._probe is not None:
+            budget.take_pixels(*self._probe(data, self.max_pixels))
+            await asyncio.to_thread(self._decode, data, self.max_pixels)
+        else:
+            decoded = await asyncio.to_thread(self._decode, data, self.max_pixels)
+            size = getattr(decoded, "size", None)
+            if isinstance(size, tuple) and len(size) == 2:
+                budget.take_pixels(int(size[0]), int(size[1]))
         return data

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from api.limits import ImageBudget
 from api.services import ApiState
 from domain.errors import BadInput, NotFound
 from domain.model import ImageQuery, SearchHit, SearchQuery, TextQuery
@@ -204,13 +205,14 @@ async def get_similar_images(request: Request, state: State) -> SimilarImagesRes
 
 
 async def _query_image(request: Request, state: ApiState) -> bytes:
+    budget = ImageBudget.for_request(state.config, request.method)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise BadInput("the multipart body needs the image in a file field named 'file'")
-            return await state.reader.from_upload(upload)
+            return await state.reader.from_upload(upload, budget)
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             body = json.loads(await request.body())
@@ -224,10 +226,10 @@ async def _query_image(request: Request, state: ApiState) -> bytes:
         if url is not None:
             if not isinstance(url, str):
                 raise BadInput('"url" must be a string')
-            return await state.reader.from_url(url)
+            return await state.reader.from_url(url, budget)
         if not isinstance(encoded, str):
             raise BadInput('"image_base64" must be a string')
-        return await state.reader.from_base64(encoded)
+        return await state.reader.from_base64(encoded, budget)
     raise HTTPException(
         415, "send the image as multipart/form-data (field 'file') or as application/json"
     )

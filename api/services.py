@@ -209,6 +209,7 @@ class ApiState:
                 config.max_image_pixels,
                 services.fetcher,
                 services.image_decoder,
+                services.image_probe,
             ),
             search=MeteredSearch(services, metrics),
             status=StatusService(services, config),

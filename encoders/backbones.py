@@ -58,12 +58,23 @@ def configure_torch_threads(threads: int) -> None:
 # ---------------------------------------------------------------- image preprocessing
 
 
+MAX_CANVAS_SIDE = 2048
+"""Longer images are shrunk to this side before padding: every encoder resizes the square
+to a few hundred pixels anyway, and padding a 10000x1000 image first would allocate a
+10000x10000 canvas (300 MB). Images up to this side are padded exactly as before."""
+
+
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Centre the image on a square canvas of ``fill`` (catalog shots are portrait on white)."""
+    """Centre the image on a square canvas of ``fill`` (catalog shots are portrait on white),
+    shrunk first (by a whole factor, box-filtered) to at most MAX_CANVAS_SIDE a side."""
     width, height = image.size
-    side = max(width, height)
     if width == height:
         return image
+    longest = max(width, height)
+    if longest > MAX_CANVAS_SIDE:
+        image = image.reduce(-(-longest // MAX_CANVAS_SIDE))
+        width, height = image.size
+    side = max(width, height)
     canvas = Image.new("RGB", (side, side), fill)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas

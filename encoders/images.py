@@ -1,10 +1,13 @@
-"""Decoding untrusted image bytes safely: format sniffed from the bytes, pixel limit checked
-before the pixels are decoded, every supported mode converted to 8-bit RGB."""
+"""Decoding untrusted image bytes safely: format sniffed from the bytes; the size read from
+the header and checked (pixels, longest side, aspect ratio) before any pixel buffer is
+allocated; every supported mode converted to 8-bit RGB."""
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -12,34 +15,67 @@ from domain.errors import InvalidImage
 from domain.images import sniff_image_type
 
 DEFAULT_MAX_PIXELS = 40_000_000
+MAX_SIDE = 10_000
+"""Longest side accepted, whatever the pixel count: a 1x40000 PNG is 40,000 pixels but a
+strip no camera takes (and padding it to a square used to need 4.8 GB)."""
+MAX_ASPECT_RATIO = 10.0
+"""Longest side over shortest side: panoramas and banners pass, 16383x1 strips do not."""
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An RGB image from JPEG, PNG or WebP bytes. Raises InvalidImage for anything else,
-    for truncated files, for animations and for images above ``max_pixels``."""
+@contextmanager
+def _opened(data: bytes) -> Iterator[Image.Image]:
+    """The image with only its header read; InvalidImage for anything Pillow refuses."""
     content_type = sniff_image_type(data)
     if content_type is None:
         raise InvalidImage("not a JPEG, PNG or WebP image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[content_type]])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImage(
-                    f"image of {width}x{height} pixels is above the limit of {max_pixels:,} pixels"
-                )
-            if getattr(image, "n_frames", 1) > 1:
-                raise InvalidImage("animated images are not supported")
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
+            yield Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[content_type]])
     except InvalidImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage("image is too large to decode") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from exc
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> tuple[int, int]:
+    width, height = image.size
+    if max(width, height) > MAX_SIDE:
+        raise InvalidImage(
+            f"image of {width}x{height} pixels is above the limit of {MAX_SIDE:,} pixels a side"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
+        raise InvalidImage(
+            f"image of {width}x{height} pixels is narrower than the limit of {MAX_ASPECT_RATIO:g}:1"
+        )
+    if width * height > max_pixels:
+        raise InvalidImage(
+            f"image of {width}x{height} pixels is above the limit of {max_pixels:,} pixels"
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise InvalidImage("animated images are not supported")
+    return width, height
+
+
+def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Width and height from the header, within the limits decode_image applies; nothing is
+    decoded (cheap enough for the event loop: the API charges a request's pixel budget with
+    it before decoding)."""
+    with _opened(data) as image:
+        return _check_size(image, max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An RGB image from JPEG, PNG or WebP bytes. Raises InvalidImage for anything else,
+    for truncated files, for animations and for images above ``max_pixels``, MAX_SIDE or
+    MAX_ASPECT_RATIO (all checked from the header, before any pixel is decoded)."""
+    with _opened(data) as image:
+        _check_size(image, max_pixels)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
     return to_rgb(image)
 
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import ApiConfig, ApiServices
 from api import create_app as create_api
-from encoders.images import decode_image
+from encoders.images import decode_image, probe_image
 from fashion_search.settings import METRICS_DIR_ENV, Settings
 from fashion_search.wiring import Container, build, images_served_by_api
 
@@ -20,6 +20,9 @@ def api_config(settings: Settings) -> ApiConfig:
         public_url=settings.public_url,
         max_image_bytes=settings.max_image_bytes,
         max_image_pixels=settings.max_image_pixels,
+        max_images_per_request=settings.max_images_per_request,
+        max_request_pixels=settings.max_request_pixels,
+        max_url_fetches_per_request=settings.max_url_fetches_per_request,
         cors_origins=tuple(settings.cors_origins),
         body_idle_timeout_s=settings.body_idle_timeout_s,
         # Several workers share one socket: each answers only once its encoder is warm.
@@ -39,6 +42,7 @@ def api_services(container: Container) -> ApiServices:
         catalog_store=container.catalog,
         images=container.images,
         image_decoder=decode_image,
+        image_probe=probe_image,
         fetcher=container.fetcher,
     )
 

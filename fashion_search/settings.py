@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     )
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_images_per_request: int = Field(
+        default=4, ge=1, description="Images one request may send or name (aliases included)."
+    )
+    max_request_pixels: int = Field(
+        default=40_000_000, ge=1, description="Decoded pixels of one request's images together."
+    )
+    max_url_fetches_per_request: int = Field(
+        default=1, ge=0, description="Image URLs one request may have fetched (0: none)."
+    )
     allow_private_urls: bool = False
     url_connect_timeout_s: float = 3.0
     url_read_timeout_s: float = 10.0

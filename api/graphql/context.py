@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
+from api.limits import ImageBudget
 from api.services import ApiState
 from domain.model import Product
 
@@ -18,6 +19,7 @@ class GraphQLContext(BaseContext):
         super().__init__()
         self.state = state
         self.products: DataLoader[str, Product | None] = DataLoader(load_fn=self._load_products)
+        self._image_budget: ImageBudget | None = None
 
     async def _load_products(self, ids: Sequence[str]) -> Sequence[Product | None]:
         found = await self.state.services.catalog.get_many(list(ids))
@@ -30,6 +32,15 @@ class GraphQLContext(BaseContext):
     def forget(self, product_id: str) -> None:
         with contextlib.suppress(KeyError):  # DataLoader.clear raises for unknown keys
             self.products.clear(product_id)
+
+    @property
+    def image_budget(self) -> ImageBudget:
+        """The images this request may still send, name or fetch (made on first use, once
+        the request, and so its method, is known)."""
+        if self._image_budget is None:
+            method = getattr(self.request, "method", "POST")
+            self._image_budget = ImageBudget.for_request(self.state.config, method)
+        return self._image_budget
 
     @property
     def api_key(self) -> str | None:

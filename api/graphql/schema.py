@@ -66,12 +66,12 @@ async def _image_bytes(context: GraphQLContext, image: ImageInput) -> bytes:
     url, encoded, upload = opt(image.url), opt(image.base64), opt(image.upload)
     if sum(v is not None for v in (url, encoded, upload)) != 1:
         raise BadInput("give exactly one of image.url, image.base64 or image.upload")
-    reader = context.state.reader
+    reader, budget = context.state.reader, context.image_budget
     if url is not None:
-        return await reader.from_url(url)
+        return await reader.from_url(url, budget)
     if encoded is not None:
-        return await reader.from_base64(encoded)
-    return await reader.from_upload(upload)
+        return await reader.from_base64(encoded, budget)
+    return await reader.from_upload(upload, budget)
 
 
 @strawberry.type
@@ -222,7 +222,7 @@ class Mutation:
             raise BadInput("a product needs a name")
         tags = tags_of(input.tags)
         check_new_product(str(input.id), input.name, opt(input.description), tags)
-        data = await info.context.state.reader.from_upload(image)
+        data = await info.context.state.reader.from_upload(image, info.context.image_budget)
         product = await info.context.state.services.catalog.add(
             product_id=str(input.id),
             name=input.name,

@@ -19,7 +19,7 @@ from api import ApiConfig, ApiServices, create_app
 from domain.errors import UpstreamUnavailable
 from domain.ports import ImageFetcher
 from domain.services import CatalogService, SearchService
-from encoders.images import decode_image
+from encoders.images import decode_image, probe_image
 from tests.fakes import (
     FakeEncoderProvider,
     HashingEncoder,
@@ -131,6 +131,7 @@ class World:
             catalog_store=self.catalog,
             images=self.images,
             image_decoder=decode_image,
+            image_probe=probe_image,
             fetcher=self.fetcher,
         )
 
