@@ -324,15 +324,24 @@ class SearchService:
         words = query.mode is not SearchMode.VISUAL and query.text is not None
         depth = max(wanted, FUSION_DEPTH) if words else wanted
         flt = query.filter
-        visual = semantic = self._no_vectors()
-        lexical = self._no_lexical()
-        if query.mode is not SearchMode.TEXT:
-            visual = self._vectors(encoder.id, vectors.visual, depth, flt)
-        if words and vectors.text is not None and await self._has_text_space(encoder):
-            space = product_text_space(encoder.id)
-            semantic = self._vectors(space, vectors.text, depth, flt)
-        if words and self._lexical is not None and query.text is not None:
-            lexical = self._lexical.search_text(query.text.text, depth, flt)
+        asks_text_space = words and vectors.text is not None
+        if asks_text_space:
+            asks_text_space = await self._has_text_space(encoder)
+        visual = (
+            self._vectors(encoder.id, vectors.visual, depth, flt)
+            if query.mode is not SearchMode.TEXT
+            else self._no_vectors()
+        )
+        semantic = (
+            self._vectors(product_text_space(encoder.id), vectors.text, depth, flt)
+            if asks_text_space and vectors.text is not None
+            else self._no_vectors()
+        )
+        lexical = (
+            self._lexical.search_text(query.text.text, depth, flt)
+            if words and self._lexical is not None and query.text is not None
+            else self._no_lexical()
+        )
         visual_list, semantic_list, lexical_list = await asyncio.gather(visual, semantic, lexical)
         exact: list[str] = []
         if words and query.image is None and query.text is not None:

@@ -58,7 +58,7 @@ SCORE_TOLERANCE = 1e-4
 
 LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "product_type": ("product_type", "articleType"),
-    "colour": ("colour", "baseColour"),
+    "colour": ("baseColour", "colour"),  # Kaggle's own column before the canonical copy
     "pattern": ("pattern",),
     "section": ("section", "gender"),
 }

@@ -13,6 +13,15 @@ Three layouts are understood:
 
 Items carry a handle to their image, not its bytes, so a catalog of any size streams through
 in batches.
+
+Canonical facet keys: beside its own columns, each product of a Kaggle or manifest catalog
+gets the canonical keys its columns map to (``DEFAULT_COLUMN_MAP``: Kaggle ``baseColour`` and
+hm-dev ``colour`` are both ``colour``, ``articleType`` and ``product_type`` both ``type``,
+``gender`` and ``section`` both ``audience``, ...), with normalised values, and a coarse
+``colour_group`` ("Navy Blue" and "Dark Blue" stay values of ``colour``, grouped as "Blue"),
+so facets and filters read the same across sources. A catalog overrides the mapping with a
+JSON file beside it, ``<catalog file>.columns.json`` or ``columns.json`` in its folder:
+``{"my_colour_column": "colour", "gender": null}`` (null: do not map that column).
 """
 
 from __future__ import annotations
@@ -37,6 +46,88 @@ MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.js
 KAGGLE_STYLES = "styles.csv"
 KAGGLE_NAME_COLUMN = "productDisplayName"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+
+CANONICAL_KEYS = (
+    "colour",
+    "colour_group",
+    "type",
+    "category",
+    "audience",
+    "pattern",
+    "season",
+    "usage",
+)
+"""The facet keys every catalog speaks (README, Facets)."""
+DEFAULT_COLUMN_MAP: dict[str, str] = {
+    # Kaggle "Fashion Product Images" styles.csv
+    "baseColour": "colour",
+    "articleType": "type",
+    "subCategory": "category",
+    "gender": "audience",
+    # H&M-style manifests (hm-dev, hm-demo)
+    "colour_master": "colour_group",
+    "product_type": "type",
+    "product_group": "category",
+    "section": "audience",
+    "graphical_appearance": "pattern",
+    # common spellings
+    "color": "colour",
+    "product type": "type",
+}
+"""Source column -> canonical key. Columns already named by a canonical key (colour,
+pattern, season, usage) are canonical as they are."""
+COLUMN_MAP_FILE = "columns.json"
+BASE_COLOURS = (
+    "Beige",
+    "Black",
+    "Blue",
+    "Brown",
+    "Gold",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "Silver",
+    "White",
+    "Yellow",
+)
+COLOUR_GROUPS = {
+    "navy": "Blue",
+    "teal": "Blue",
+    "turquoise": "Blue",
+    "maroon": "Red",
+    "burgundy": "Red",
+    "wine": "Red",
+    "rust": "Orange",
+    "peach": "Orange",
+    "coral": "Orange",
+    "mustard": "Yellow",
+    "cream": "White",
+    "off white": "White",
+    "khaki": "Beige",
+    "nude": "Beige",
+    "skin": "Beige",
+    "tan": "Brown",
+    "taupe": "Brown",
+    "coffee": "Brown",
+    "bronze": "Brown",
+    "copper": "Brown",
+    "charcoal": "Grey",
+    "gray": "Grey",
+    "steel": "Grey",
+    "magenta": "Pink",
+    "rose": "Pink",
+    "fuchsia": "Pink",
+    "lavender": "Purple",
+    "mauve": "Purple",
+    "lilac": "Purple",
+    "olive": "Green",
+    "lime": "Green",
+}
+"""Colour words that name a shade of a base colour (the last word wins otherwise:
+"Light Pink" -> Pink)."""
 
 
 class UnknownLayout(BadInput):
@@ -245,6 +336,71 @@ def read_csv_rows(handle: IO[str], overflow_into_last: bool = False) -> Iterator
         yield row
 
 
+def normalised_value(value: str) -> str:
+    """Spacing collapsed; ALL-CAPS or all-lower-case words title-cased ("MEN" -> "Men")."""
+    text = " ".join(value.split())
+    return text.title() if text.isupper() or text.islower() else text
+
+
+def colour_group(colour: str) -> str | None:
+    """The base colour a colour value belongs to ("Navy Blue" -> "Blue"), None when unknown."""
+    folded = " ".join(colour.casefold().replace("-", " ").split())
+    if folded in COLOUR_GROUPS:
+        return COLOUR_GROUPS[folded]
+    words = folded.split()
+    for word in reversed(words):
+        for base in BASE_COLOURS:
+            if word == base.casefold():
+                return base
+        if word in COLOUR_GROUPS:
+            return COLOUR_GROUPS[word]
+    return None
+
+
+def canonical_tags(tags: Mapping[str, str], column_map: Mapping[str, str]) -> dict[str, str]:
+    """The source's tags, as they are, plus the canonical keys they map to (values
+    normalised; a source column already named like a canonical key is left alone) and the
+    colour's ``colour_group``."""
+    out = dict(tags)
+    for column, value in tags.items():
+        key = column_map.get(column)
+        if key and key not in tags:
+            out.setdefault(key, normalised_value(value))
+    if "colour" in out and "colour_group" not in out:
+        group = colour_group(out["colour"])
+        if group is not None:
+            out["colour_group"] = group
+    return out
+
+
+def column_map_for(path: Path) -> dict[str, str]:
+    """DEFAULT_COLUMN_MAP with the catalog's own overrides, if it has a columns file."""
+    folder = path if path.is_dir() else path.parent
+    candidates = [path.with_name(path.name + ".columns.json"), folder / COLUMN_MAP_FILE]
+    mapping = dict(DEFAULT_COLUMN_MAP)
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                overrides = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise BadInput(f"cannot read the column map {candidate}: {exc}") from None
+            if not isinstance(overrides, dict) or not all(
+                isinstance(k, str) and (v is None or v in CANONICAL_KEYS)
+                for k, v in overrides.items()
+            ):
+                raise BadInput(
+                    f"{candidate} must map column names to one of {', '.join(CANONICAL_KEYS)} "
+                    "or null"
+                )
+            for column, key in overrides.items():
+                if key is None:
+                    mapping.pop(column, None)
+                else:
+                    mapping[column] = key
+            break
+    return mapping
+
+
 def _clean_tags(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in pairs:
@@ -272,6 +428,7 @@ class KaggleSource(_SourceBase):
         self._styles = styles
         self._archive = archive
         self._prefix = member_prefix
+        self._column_map = column_map_for(styles if styles is not None else location)
 
     @classmethod
     def from_zip(cls, path: Path) -> KaggleSource | None:
@@ -318,8 +475,11 @@ class KaggleSource(_SourceBase):
             for line, row in enumerate(read_csv_rows(handle, overflow_into_last=True), start=2):
                 product_id = row.get("id", "")
                 name = row.get(KAGGLE_NAME_COLUMN, "")
-                tags = _clean_tags(
-                    (k, v) for k, v in row.items() if k not in ("id", KAGGLE_NAME_COLUMN)
+                tags = canonical_tags(
+                    _clean_tags(
+                        (k, v) for k, v in row.items() if k not in ("id", KAGGLE_NAME_COLUMN)
+                    ),
+                    self._column_map,
                 )
                 if not product_id:
                     yield SourceItem(
@@ -353,6 +513,7 @@ class ManifestSource(_SourceBase):
         self._manifest = manifest
         self._base = manifest.parent
         self._jsonl = manifest.suffix.lower() in JSONL_SUFFIXES
+        self._column_map = column_map_for(manifest)
 
     def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
         with self._manifest.open(encoding="utf-8-sig", newline="") as handle:
@@ -404,7 +565,10 @@ class ManifestSource(_SourceBase):
                 continue
             name = str(record.get("name") or "").strip() or product_id
             description = str(record.get("description") or "").strip() or None
-            tags = _clean_tags((k, v) for k, v in record.items() if k not in self.RESERVED)
+            tags = canonical_tags(
+                _clean_tags((k, v) for k, v in record.items() if k not in self.RESERVED),
+                self._column_map,
+            )
             yield SourceItem(
                 id=product_id,
                 name=name,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HELDOUT_IDS_FILE = Path(__file__).resolve().parent / "heldout_ids.txt"
+KAGGLE_HELDOUT_IDS_FILE = Path(__file__).resolve().parent / "kaggle_heldout_ids.txt"
+"""The held-out split of the Kaggle zip (25% of ids, fixed seed): shop-mode evaluation."""
 SPLIT_SEED = 20260601
 HELDOUT_FRACTION = 0.25
 # a validation split carved out of the training part (for choosing settings) uses its own seed

@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from domain.errors import FashionSearchError
-from encoders.fashion_lite.data import HELDOUT_IDS_FILE, read_ids
+from encoders.fashion_lite.data import HELDOUT_IDS_FILE, KAGGLE_HELDOUT_IDS_FILE, read_ids
 from fashion_search.commands.catalog_commands import console, errors, fail, run_async
 from fashion_search.evaluation import (
     MIN_PRODUCTS,
@@ -36,8 +36,14 @@ from fashion_search.evaluation import (
     run_eval,
 )
 from fashion_search.settings import REPO_ROOT, Settings
+from fashion_search.shop_evaluation import SHOP_MODES, ShopReport, run_shop_eval
 from ingest.pipeline import DEFAULT_BATCH_SIZE
 from ingest.report import write_report
+
+
+class EvalMode(StrEnum):
+    image = "image"
+    shop = "shop"
 
 
 class TextField(StrEnum):
@@ -78,11 +84,19 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
+def heldout_file(manifest: Path | None) -> Path:
+    """The committed held-out split of a catalog: the Kaggle zip's, or hm-dev's."""
+    if manifest is not None and manifest.suffix.lower() == ".zip":
+        return KAGGLE_HELDOUT_IDS_FILE
+    return HELDOUT_IDS_FILE
+
+
 def selection(
     manifest: Path | None, ids: Path | None, heldout: bool | None
 ) -> tuple[frozenset[str] | None, str]:
     """The ids to keep (None: all) and how they were chosen. Without MANIFEST, the default
-    hm-dev manifest is restricted to the committed held-out split."""
+    hm-dev manifest is restricted to the committed held-out split; with the Kaggle zip,
+    ``--heldout`` is the zip's own split."""
     if ids is not None and heldout is not None:
         raise fail("give either --ids FILE or --heldout/--all, not both", code=2)
     if ids is not None:
@@ -91,8 +105,9 @@ def selection(
         return frozenset(read_ids(ids)), f"ids from {ids}"
     use_heldout = heldout if heldout is not None else manifest is None
     if use_heldout:
-        split = _shown_path(HELDOUT_IDS_FILE)
-        return frozenset(read_ids(HELDOUT_IDS_FILE)), f"held-out split ({split})"
+        split_file = heldout_file(manifest)
+        split = _shown_path(split_file)
+        return frozenset(read_ids(split_file)), f"held-out split ({split})"
     return None, "all"
 
 
@@ -254,6 +269,15 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
+    mode: Annotated[
+        EvalMode,
+        typer.Option(
+            "--mode",
+            help="image: the encoders on the images alone (texts left out). shop: the search "
+            "a shop serves (names and descriptions indexed, labels left out), VISUAL / TEXT / "
+            "HYBRID side by side: attribute P@10, exact-name R@1, no-match flags.",
+        ),
+    ] = EvalMode.image,
 ) -> None:
     """Measure retrieval quality on a labelled catalog: text-to-image Recall@1/5/10 and MRR of
     each product's own text, "<attribute> <type>" precision@10, image-to-image same-type
@@ -289,6 +313,16 @@ def eval_command(
         f"({chosen}{f', first {limit:,}' if limit else ''})",
         highlight=False,
     )
+    if mode is EvalMode.shop:
+        with task_progress(out) as progress:
+            shop = run_async(run_shop_eval(options, settings, progress))
+        if output is not None:
+            write_report(output, shop.to_dict())
+        if as_json:
+            typer.echo(json.dumps(shop.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            console.print(shop_table(shop))
+        return
     with task_progress(out) as progress:
         report = run_async(run_eval(options, settings, progress))
     document = report.to_dict()
@@ -300,6 +334,32 @@ def eval_command(
         print_report(report, console)
     if output is not None:
         out.print(f"Report: {output}", highlight=False)
+
+
+SHOP_METRICS = {
+    "colour_type_p@10": '"<colour> <type>" P@10',
+    "pattern_type_p@10": '"<pattern> <type>" P@10',
+    "exact_name_r@1": "exact name R@1",
+    "random_none": "random letters flagged NONE",
+    "attribute_none": "attribute queries flagged NONE",
+}
+
+
+def shop_table(report: ShopReport) -> Table:
+    table = Table(
+        title=f"Shop search · {report.encoder} · {report.gallery:,} products ({report.selection})"
+    )
+    table.add_column("metric")
+    table.add_column("queries", justify="right")
+    for mode in SHOP_MODES:
+        table.add_column(mode.name, justify="right")
+    for metric, label in SHOP_METRICS.items():
+        if metric not in report.metrics:
+            continue
+        per_mode = report.metrics[metric]
+        shown = report.queries.get(metric, 0)
+        table.add_row(label, f"{shown:,}", *(_value(per_mode.get(m.value)) for m in SHOP_MODES))
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -408,7 +408,7 @@ async def test_manifest_with_urls_and_relative_paths(tmp_path: Path) -> None:
     assert summary.failures[0].id == "down"
     assert summary.failures[0].reason.value == "fetch_failed"
     assert sorted(stores.catalog.products) == ["local", "remote"]
-    assert stores.catalog.products["remote"].tags == {"colour": "blue"}
+    assert stores.catalog.products["remote"].tags == {"colour": "blue", "colour_group": "Blue"}
     assert set(fetcher.fetched) == {
         "https://cdn.example.com/r.jpg",
         "https://cdn.example.com/down.jpg",

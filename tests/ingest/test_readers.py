@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import PayloadTooLarge
+from domain.errors import BadInput, PayloadTooLarge
 from ingest.readers import (
+    DEFAULT_COLUMN_MAP,
     FileImage,
     ImageUnavailable,
     MissingImage,
@@ -18,6 +19,8 @@ from ingest.readers import (
     SourceNotFound,
     UnknownLayout,
     ZipImage,
+    canonical_tags,
+    colour_group,
     open_source,
 )
 from tests.fakes import fake_image
@@ -72,6 +75,12 @@ def check_kaggle_items(items: list[SourceItem]) -> None:
         "season": "Fall",
         "year": "2011",
         "usage": "Casual",
+        # the canonical keys these columns map to (DEFAULT_COLUMN_MAP)
+        "colour": "Navy Blue",
+        "colour_group": "Blue",
+        "type": "Shirts",
+        "category": "Topwear",
+        "audience": "Men",
     }
     assert skirt.name == "Puma Women Black, White & Grey Skirt, Pleated"
     assert skirt.tags["baseColour"] == "Black"
@@ -160,12 +169,12 @@ def test_csv_manifest_paths_urls_and_tags(tmp_path: Path) -> None:
     dress, blue, shoe, no_image, ftp, no_id = items
     assert dress.name == "Red dress"
     assert dress.description == "A red dress"
-    assert dress.tags == {"colour": "Red"}
+    assert dress.tags == {"colour": "Red", "colour_group": "Red"}
     assert dress.image == FileImage(tmp_path / "cat" / "pics" / "a.jpg")
     assert dress.image.read(100) == fake_image("a")
     assert blue.name == "8"
     assert blue.description is None
-    assert blue.tags == {"colour": "Blue", "fit": "Slim"}
+    assert blue.tags == {"colour": "Blue", "fit": "Slim", "colour_group": "Blue"}
     assert blue.image == FileImage(absolute)
     assert shoe.image == RemoteImage("https://cdn.example.com/9.jpg")
     assert isinstance(no_image.image, MissingImage)
@@ -269,3 +278,53 @@ def test_zip_without_styles(tmp_path: Path) -> None:
         zf.writestr("a.jpg", fake_image("a"))
     with pytest.raises(UnknownLayout, match=r"styles\.csv"):
         open_source(archive)
+
+
+# -- canonical facet keys -------------------------------------------------------------------
+
+
+def test_hm_manifest_columns_map_to_canonical_keys(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "products.csv").write_text(
+        "id,image,name,product_type,product_group,colour,colour_master,pattern,section\n"
+        "1,a.jpg,Bruce skinny,Trousers,Garment Lower body,Dark Blue,Blue,Denim,Menswear\n",
+        encoding="utf-8",
+    )
+    (item,) = items_of(tmp_path)
+    assert item.tags["colour"] == "Dark Blue"  # the shade stays the value
+    assert item.tags["colour_group"] == "Blue"  # colour_master groups it
+    assert item.tags["type"] == "Trousers"
+    assert item.tags["category"] == "Garment Lower body"
+    assert item.tags["audience"] == "Menswear"
+    assert item.tags["pattern"] == "Denim"
+    assert item.tags["product_type"] == "Trousers"  # the source's own columns stay
+
+
+def test_kaggle_and_hm_colours_share_a_colour_group() -> None:
+    assert colour_group("Navy Blue") == colour_group("Dark Blue") == "Blue"
+    assert colour_group("Off White") == "White"
+    assert colour_group("light pink") == "Pink"
+    assert colour_group("Maroon") == "Red"
+    assert colour_group("Multi") is None
+    assert canonical_tags({"gender": "MEN"}, DEFAULT_COLUMN_MAP) == {
+        "gender": "MEN",
+        "audience": "Men",
+    }
+
+
+def test_a_columns_file_overrides_the_mapping(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "products.csv").write_text(
+        "id,image,kind,section\n1,a.jpg,Dress,Ladieswear\n", encoding="utf-8"
+    )
+    (tmp_path / "columns.json").write_text('{"kind": "type", "section": null}', encoding="utf-8")
+    (item,) = items_of(tmp_path)
+    assert item.tags == {"kind": "Dress", "section": "Ladieswear", "type": "Dress"}
+
+
+def test_a_bad_columns_file_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "products.csv").write_text("id,image\n1,a.jpg\n", encoding="utf-8")
+    (tmp_path / "columns.json").write_text('{"kind": "flavour"}', encoding="utf-8")
+    with pytest.raises(BadInput, match="must map column names"):
+        items_of(tmp_path)
