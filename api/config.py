@@ -4,7 +4,7 @@ settings or chooses adapters itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSet, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,6 +100,9 @@ class ApiServices:
     """Checks that received images decode (within the pixel limit)."""
     fetcher: ImageFetcher | None = None
     """Downloads images given by URL; None disables searching by URL."""
+    own_endpoints: MutableSet[tuple[str, int]] | None = None
+    """Where the server listens, as requests show it (ASGI ``server``): recorded so the
+    image fetcher never fetches from the service itself."""
     image_probe: ImageProbe | None = None
     """Sizes received images before they are decoded (None: the pixel budget is charged
     after decoding, from the decoded image's ``size``)."""

@@ -178,11 +178,15 @@ class ImageBudget:
     url_fetches: int = 0
 
     @classmethod
-    def for_request(cls, config: ApiConfig, method: str = "POST") -> ImageBudget:
+    def for_request(
+        cls, config: ApiConfig, method: str = "POST", fetched_by_us: bool = False
+    ) -> ImageBudget:
+        """The budget of one request; a GET, or a request this service's own image fetcher
+        makes (SELF_FETCH_HEADER), may fetch no URL."""
         return cls(
             max_images=config.max_images_per_request,
             max_pixels=config.max_request_pixels,
-            max_url_fetches=config.max_url_fetches_per_request,
+            max_url_fetches=0 if fetched_by_us else config.max_url_fetches_per_request,
             url_fetches_allowed=method.upper() != "GET",
         )
 
@@ -202,6 +206,8 @@ class ImageBudget:
     def take_url_fetch(self) -> None:
         if not self.url_fetches_allowed:
             raise BadInput("image URLs are fetched for POST requests only")
+        if self.max_url_fetches == 0:
+            raise BadInput("this request may not have image URLs fetched")
         if self.url_fetches >= self.max_url_fetches:
             raise BadInput(f"one request may fetch at most {self.max_url_fetches} image URLs")
         self.url_fetches += 1

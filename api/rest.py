@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from api.limits import ImageBudget
 from api.services import ApiState
 from domain.errors import BadInput, NotFound
 from domain.model import ImageQuery, SearchHit, SearchQuery, TextQuery
@@ -205,7 +204,7 @@ async def get_similar_images(request: Request, state: State) -> SimilarImagesRes
 
 
 async def _query_image(request: Request, state: ApiState) -> bytes:
-    budget = ImageBudget.for_request(state.config, request.method)
+    budget = state.image_budget(request)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4) as form:

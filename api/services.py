@@ -12,9 +12,12 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from starlette.requests import HTTPConnection
+
 from api.config import ApiConfig, ApiServices
-from api.limits import ImageReader
+from api.limits import ImageBudget, ImageReader
 from api.metrics import Metrics
+from domain.images import SELF_FETCH_HEADER
 from domain.model import EncoderInfo, Modality, SearchPage, SearchQuery
 from domain.ports import FixedDimensionIndex
 
@@ -213,6 +216,21 @@ class ApiState:
             ),
             search=MeteredSearch(services, metrics),
             status=StatusService(services, config),
+        )
+
+    def image_budget(self, request: HTTPConnection | None) -> ImageBudget:
+        """The image budget of one request; records where the server was reached, so the
+        image fetcher never fetches from the service itself."""
+        if request is None:
+            return ImageBudget.for_request(self.config)
+        server = request.scope.get("server")
+        endpoints = self.services.own_endpoints
+        if endpoints is not None and server and server[0] and server[1]:
+            endpoints.add((str(server[0]), int(server[1])))
+        return ImageBudget.for_request(
+            self.config,
+            str(request.scope.get("method", "POST")),
+            fetched_by_us=SELF_FETCH_HEADER in request.headers,
         )
 
     def absolute_url(self, url: str | None, request_base: str | None) -> str:

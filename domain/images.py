@@ -53,3 +53,9 @@ def legacy_image_key(product_id: str, data: bytes, content_type: str) -> str:
     data homes and buckets keep working without a migration."""
     extension = SUPPORTED_IMAGE_TYPES.get(content_type, "bin")
     return f"{_readable(product_id, 64)}-{content_hash(data)[:CONTENT_HASH_CHARS]}.{extension}"
+
+
+SELF_FETCH_HEADER = "X-Fashion-Search-Image-Fetch"
+"""Sent with every image URL request this service makes; a request carrying it may fetch no
+URL itself, so a URL that leads back to the service (a redirect, a proxy, another instance)
+ends there instead of recursing."""

@@ -44,6 +44,7 @@ def api_services(container: Container) -> ApiServices:
         image_decoder=decode_image,
         image_probe=probe_image,
         fetcher=container.fetcher,
+        own_endpoints=container.own_endpoints,
     )
 
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         default=1, ge=0, description="Image URLs one request may have fetched (0: none)."
     )
     allow_private_urls: bool = False
+    max_concurrent_url_fetches: int = Field(
+        default=8, ge=1, description="Image URL fetches in flight per process; more get a 503."
+    )
     url_connect_timeout_s: float = 3.0
     url_read_timeout_s: float = 10.0
     cors_origins: list[str] = Field(default_factory=list)

@@ -4,7 +4,7 @@ values from here (tests/test_layers.py enforces both)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +44,9 @@ class Container:
     fetcher: ImageFetcher | None
     write_lock: WriteLock = field(default_factory=NullWriteLock)
     """Serialises the writers of the data home (the one write use case holds it per batch)."""
+    own_endpoints: set[tuple[str, int]] = field(default_factory=set)
+    """The server's own (address, port) as its requests show them: the API adds them, the
+    fetcher never fetches from them (no self-requests)."""
     search: SearchService = field(init=False)
     catalog_service: CatalogService = field(init=False)
     indexer: Indexer = field(init=False)
@@ -207,10 +210,12 @@ def build_write_lock(settings: Settings) -> WriteLock:
     )
 
 
-def build_fetcher(settings: Settings) -> ImageFetcher:
+def build_fetcher(
+    settings: Settings, own_endpoints: Collection[tuple[str, int]] = ()
+) -> ImageFetcher:
     from stores.http_fetcher import SafeImageFetcher
 
-    return SafeImageFetcher.from_settings(settings)
+    return SafeImageFetcher.from_settings(settings, own_endpoints)
 
 
 def redact_mongodb_uri(uri: str) -> str:
@@ -336,12 +341,14 @@ def build(
 ) -> Container:
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    own_endpoints: set[tuple[str, int]] = set()
     return Container(
         settings=settings,
         encoders=encoders or build_encoders(settings, load_entry_points),
         index=build_index(settings),
         catalog=build_catalog(settings),
         images=build_images(settings),
-        fetcher=build_fetcher(settings),
+        fetcher=build_fetcher(settings, own_endpoints),
         write_lock=build_write_lock(settings),
+        own_endpoints=own_endpoints,
     )

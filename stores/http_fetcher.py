@@ -14,22 +14,27 @@ settings are ignored (a proxy would connect to whatever the name resolves to at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import httpx
 
 from domain.errors import PayloadTooLarge, UpstreamUnavailable, UrlRejected
+from domain.images import SELF_FETCH_HEADER
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT = 8
+"""Fetches in flight in one process; more are refused (503) rather than queued, so a burst of
+URL searches cannot hold more than this many response bodies in memory."""
 MAX_URL_LENGTH = 4096
 _CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -76,6 +81,12 @@ class FetcherSettings(Protocol):
     @property
     def url_read_timeout_s(self) -> float: ...
 
+    @property
+    def public_url(self) -> str | None: ...
+
+    @property
+    def max_concurrent_url_fetches(self) -> int: ...
+
 
 async def resolve_host(host: str, port: int) -> list[IPAddress]:
     """Every address the system resolver gives for ``host`` (IP literals resolve to
@@ -94,6 +105,10 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
 def _tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every fetch (building one takes tens of milliseconds)."""
     return httpx.create_ssl_context()
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
 
 
 def _unmapped(address: IPAddress) -> IPAddress:
@@ -123,6 +138,9 @@ class SafeImageFetcher:
         resolver: Resolver | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         user_agent: str = "fashion-search-image-fetcher/1.0",
+        own_urls: Sequence[str] = (),
+        own_endpoints: Collection[tuple[str, int]] = (),
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
@@ -143,14 +161,29 @@ class SafeImageFetcher:
         self._resolve = resolver or resolve_host
         self._transport = transport
         self._user_agent = user_agent
+        self._own_hosts = {
+            (parsed.host.rstrip(".").lower(), parsed.port or _default_port(parsed.scheme))
+            for parsed in (httpx.URL(u) for u in own_urls)
+            if parsed.host
+        }
+        self.own_endpoints = own_endpoints
+        """(address, port) of the server's own listening sockets, as its requests show them
+        (a set the API fills in): never fetched, even when private addresses are allowed."""
+        self.max_concurrent = max_concurrent
+        self._in_flight = 0
 
     @classmethod
-    def from_settings(cls, settings: FetcherSettings) -> SafeImageFetcher:
+    def from_settings(
+        cls, settings: FetcherSettings, own_endpoints: Collection[tuple[str, int]] = ()
+    ) -> SafeImageFetcher:
         return cls(
             max_bytes=settings.max_image_bytes,
             connect_timeout_s=settings.url_connect_timeout_s,
             read_timeout_s=settings.url_read_timeout_s,
             allow_private=settings.allow_private_urls,
+            own_urls=[settings.public_url] if settings.public_url else [],
+            own_endpoints=own_endpoints,
+            max_concurrent=settings.max_concurrent_url_fetches,
         )
 
     # -- checks -------------------------------------------------------------------------
@@ -197,9 +230,46 @@ class SafeImageFetcher:
             raise UrlRejected("the image URL has no host")
         if url.userinfo:
             raise UrlRejected("image URLs with credentials are not fetched")
-        if url.host.rstrip(".").lower() in METADATA_HOSTNAMES:
+        host = url.host.rstrip(".").lower()
+        if host in METADATA_HOSTNAMES:
             raise UrlRejected("the image URL points at a cloud metadata service")
+        if any(host == own_host for own_host, _ in self._own_hosts):
+            raise UrlRejected("the image URL points at this service itself")
         return url
+
+    async def check_not_self(self, url: httpx.URL, addresses: list[IPAddress]) -> None:
+        """UrlRejected when the URL reaches one of this service's own sockets: its listening
+        addresses (loopback and unspecified ones match any local address) or the addresses
+        its public URL resolves to, on the same port."""
+        port = url.port or _default_port(url.scheme)
+        own = {(str(_unmapped(ipaddress.ip_address(h))), p) for h, p in self._listening()}
+        for own_host, own_port in self._own_hosts:
+            if own_port == port:
+                with contextlib.suppress(OSError, UnicodeError, ValueError):
+                    own.update((str(a), own_port) for a in await self._resolve_own(own_host))
+        local_ports = {
+            p for h, p in own if ipaddress.ip_address(h).is_loopback or h in ("0.0.0.0", "::")
+        }
+        for address in addresses:
+            plain = _unmapped(address)
+            if (str(plain), port) in own or (
+                port in local_ports and (plain.is_loopback or plain.is_unspecified)
+            ):
+                raise UrlRejected("the image URL points at this service itself")
+
+    def _listening(self) -> list[tuple[str, int]]:
+        found = []
+        for host, port in list(self.own_endpoints):
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(host)
+                found.append((host, port))
+        return found
+
+    async def _resolve_own(self, host: str) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            return await self._resolve(host, 0)
 
     async def resolve_checked(self, url: httpx.URL) -> list[IPAddress]:
         """The host's addresses, all of them allowed, or UrlRejected."""
@@ -221,26 +291,39 @@ class SafeImageFetcher:
     # -- fetching -----------------------------------------------------------------------
 
     async def fetch(self, url: str) -> bytes:
+        if self._in_flight >= self.max_concurrent:
+            raise UpstreamUnavailable(
+                f"{self._in_flight} image URLs are being fetched already; retry shortly"
+            )
+        self._in_flight += 1
         try:
             async with asyncio.timeout(self._total_timeout_s):
                 return await self._fetch(url)
         except TimeoutError as exc:
             raise UpstreamUnavailable("fetching the image URL timed out") from exc
+        finally:
+            self._in_flight -= 1
 
     async def _fetch(self, raw_url: str) -> bytes:
         url = self.parse_url(raw_url)
         addresses = await self.resolve_checked(url)
+        await self.check_not_self(url, addresses)
         async with httpx.AsyncClient(
             timeout=self._timeout,
             verify=_tls_context(),
             follow_redirects=False,
             trust_env=False,
             transport=self._transport,
-            headers={"User-Agent": self._user_agent, "Accept": "image/*"},
+            headers={
+                "User-Agent": self._user_agent,
+                "Accept": "image/*",
+                SELF_FETCH_HEADER: "1",
+            },
         ) as client:
             for hop in range(self.max_redirects + 1):
                 if hop:
                     addresses = await self.resolve_checked(url)
+                    await self.check_not_self(url, addresses)
                 result = await self._request(client, url, addresses)
                 if isinstance(result, bytes):
                     return result

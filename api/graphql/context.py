@@ -38,8 +38,7 @@ class GraphQLContext(BaseContext):
         """The images this request may still send, name or fetch (made on first use, once
         the request, and so its method, is known)."""
         if self._image_budget is None:
-            method = getattr(self.request, "method", "POST")
-            self._image_budget = ImageBudget.for_request(self.state.config, method)
+            self._image_budget = self.state.image_budget(self.request)
         return self._image_budget
 
     @property

@@ -227,7 +227,12 @@ def test_from_settings_reads_the_limits() -> None:
         allow_private_urls=True,
         url_connect_timeout_s=1.5,
         url_read_timeout_s=2.5,
+        public_url="https://shop.example/",
+        max_concurrent_url_fetches=3,
     )
     fetcher = SafeImageFetcher.from_settings(settings)
     assert fetcher.max_bytes == 1234
     assert fetcher.allow_private is True
+    assert fetcher.max_concurrent == 3
+    with pytest.raises(UrlRejected, match="this service itself"):
+        fetcher.parse_url("http://SHOP.example./a.png")
