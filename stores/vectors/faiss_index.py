@@ -71,8 +71,10 @@ Persistence: a snapshot plus an append-only log per space
 
 Several processes: readers pick up new generations, writers never write back stale copies
     Every flush ends by bumping a counter in ``generation`` (a tiny file replaced
-    atomically). Each call (query, count, upsert, ...) first reads it (a few microseconds);
-    when it changed, the index re-syncs with the files: for a space whose snapshot is the
+    atomically). Each call (query, count, upsert, ...) first reads it, with the folder's
+    mtime and the size of each loaded log (a few stat calls, microseconds; the sizes also
+    reveal records of a writer killed before its bump). When any of them changed, the
+    index re-syncs with the files: for a space whose snapshot is the
     one it has loaded it replays only the new log records, otherwise it loads the new
     snapshot. So serving workers see what an ingest or another worker wrote, without a
     restart, at the cost of the records written since. Changes are kept as records until
@@ -95,6 +97,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import os
@@ -144,6 +147,8 @@ BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 Identity = tuple[int, int, int]
 """(inode, mtime in ns, size) of a snapshot file: a replaced snapshot has another one."""
+Signature = tuple[str, int, tuple[int, ...]]
+"""(generation, folder mtime in ns, size of each loaded log): see ``_signature``."""
 
 
 @dataclass
@@ -406,6 +411,10 @@ class _Step:
     epoch: int = 0  # of the new snapshot (fold)
 
 
+_file_stem = functools.lru_cache(maxsize=1024)(safe_name)
+"""safe_name hashes the id: cached, as the per-call check names each space's log."""
+
+
 def _identity(stat: os.stat_result) -> Identity:
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
@@ -450,7 +459,7 @@ class FaissVectorIndex:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._spaces: dict[str, _Space] | None = None  # loaded lazily
-        self._generation: str | None = None  # of the files the spaces reflect
+        self._seen: Signature | None = None  # of the files the spaces reflect
         self._flushing = False  # this process is writing the files (no re-sync meanwhile)
 
     # -- the port (async) ----------------------------------------------------------------
@@ -562,7 +571,7 @@ class FaissVectorIndex:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if self._spaces is None or self._read_generation() != self._generation:
+            if self._spaces is None or self._signature() != self._seen:
                 return None
             return self._query(self._spaces, encoder_id, query, top_k, filter)
         finally:
@@ -671,7 +680,7 @@ class FaissVectorIndex:
                     self._flushing = True
                 try:
                     written = [self._write(step) for step in steps]
-                    generation = self._bump_generation()
+                    self._bump_generation()
                     for step in steps:
                         if step.action == "fold":  # the old log, once the new is announced
                             self._remove_files(step.obsolete)
@@ -680,13 +689,13 @@ class FaissVectorIndex:
                         for step in steps:
                             step.space.pending[:0] = step.changes
                             step.space.fold_wanted = step.space.fold_wanted or step.fold
-                        self._generation = None  # re-sync with whatever was written
+                        self._seen = None  # re-sync with whatever was written
                         self._flushing = False
                     raise
                 with self._lock:
                     for step, disk in zip(steps, written, strict=True):
                         step.space.disk = disk
-                    self._generation = generation
+                    self._seen = self._signature()  # the files hold exactly this state
                     self._flushing = False
 
     def close_sync(self) -> None:
@@ -694,7 +703,7 @@ class FaissVectorIndex:
         self.flush_sync()
         with self._lock:
             self._spaces = None
-            self._generation = None
+            self._seen = None
 
     # -- internals: changes (lock held) --------------------------------------------------
 
@@ -713,29 +722,64 @@ class FaissVectorIndex:
 
     def _read_generation(self) -> str:
         try:
-            return (self.directory / GENERATION_FILE).read_text(encoding="ascii")
+            fd = os.open(self.directory / GENERATION_FILE, os.O_RDONLY)
         except FileNotFoundError:
             return ""
+        try:
+            return os.read(fd, 64).decode("ascii", errors="replace")
+        finally:
+            os.close(fd)
+
+    def _signature(self) -> Signature:
+        """What changes whenever another process changes the files: the generation (bumped
+        by every flush), the folder's mtime (a snapshot written, replaced or removed) and the
+        size of each loaded log (records appended, even by a writer killed before it could
+        bump the generation). A few stat calls: cheap enough for every call."""
+        try:
+            folder = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            folder = 0
+        sizes: list[int] = []
+        for name, space in sorted((self._spaces or {}).items()):
+            if space.disk is not None:
+                log = self._log_path(self._path(name), space.disk.epoch)
+                try:
+                    sizes.append(os.stat(log).st_size)
+                except FileNotFoundError:
+                    sizes.append(0)  # a snapshot from before the logs
+        return self._read_generation(), folder, tuple(sizes)
+
+    def _as_read(self, before: Signature) -> Signature:
+        """The signature of what a sync that started at ``before`` has read: the log sizes
+        are the bytes applied, so anything past them (a record being appended right now,
+        one whose writer died before its bump) makes the next call look again."""
+        applied = tuple(
+            space.disk.log_offset
+            for _, space in sorted((self._spaces or {}).items())
+            if space.disk is not None
+        )
+        return before[0], before[1], applied
 
     def _refresh(self, *, force: bool = False) -> dict[str, _Space]:
         """The spaces, brought up to date with the files when another process changed them
         (or always, with ``force``)."""
         if self._spaces is None:
             self._spaces = {}
-            self._generation = None
+            self._seen = None
             remove_orphaned_tmp_files(self.directory)
         if self._flushing and not force:
             return self._spaces  # this process is writing: its own state is the newest
-        generation = self._read_generation()
-        if not force and generation == self._generation:
+        signature = self._signature()
+        if not force and signature == self._seen:
             return self._spaces
         for _ in range(MAX_SYNC_ATTEMPTS):
-            generation = self._read_generation()
+            # Taken before reading the files: a change made while they are read shows later.
+            signature = self._signature()
             try:
                 self._sync_with_files(self._spaces)
             except _Moved:
                 continue
-            self._generation = generation
+            self._seen = self._as_read(signature)
             return self._spaces
         raise RuntimeError(f"the vector index in {self.directory} kept changing while read")
 
@@ -812,7 +856,7 @@ class FaissVectorIndex:
         return changes, disk.log_offset + used
 
     def _path(self, encoder_id: str) -> Path:
-        return self.directory / f"{safe_name(encoder_id)}{FILE_SUFFIX}"
+        return self.directory / f"{_file_stem(encoder_id)}{FILE_SUFFIX}"
 
     @staticmethod
     def _log_path(snapshot: Path, epoch: int) -> Path:
@@ -882,13 +926,12 @@ class FaissVectorIndex:
         if self.durable and not existed:
             fsync_dir(self.directory)
 
-    def _bump_generation(self) -> str:
+    def _bump_generation(self) -> None:
         current = self._read_generation()
         generation = str(int(current) + 1 if current.isdigit() else 1)
         # Not fsynced: only live processes compare generations; after a restart (even of
         # the machine) every process reads the files afresh.
         atomic_write_bytes(self.directory / GENERATION_FILE, generation.encode(), durable=False)
-        return generation
 
     def _remove_files(self, paths: Sequence[Path]) -> None:
         for path in paths:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stores.vectors.delta_log import Change
 from stores.vectors.faiss_index import FaissVectorIndex
 from tests.stores.contracts import ENC_A, ENC_B, random_units
 
@@ -153,6 +154,24 @@ async def test_a_torn_log_tail_is_ignored_then_cut_off(tmp_path: Path) -> None:
         ids("a", 3) + ids("b", 2) + ids("c", 2)
     )
     assert await index.count(ENC_A) == 7  # and the first copy follows
+
+
+async def test_records_of_a_writer_killed_before_its_bump_are_seen(tmp_path: Path) -> None:
+    """A writer appended and fsynced a record, then died before bumping the generation:
+    readers that are running see it at their next call, as a fresh process does."""
+    writer = FaissVectorIndex(tmp_path)
+    reader = FaissVectorIndex(tmp_path)
+    await add(writer, ids("a", 3), seed=1)
+    await writer.flush()
+    assert await reader.count(ENC_A) == 3
+    log = tmp_path / names(tmp_path, "*.log")[0]
+    generation = (tmp_path / "generation").read_bytes()
+    record = Change.upsert(["late"], random_units(1, DIM, seed=2), [{}]).encode()
+    with log.open("ab") as handle:
+        handle.write(record)
+    assert (tmp_path / "generation").read_bytes() == generation
+    assert await reader.count(ENC_A) == 4
+    assert await FaissVectorIndex(tmp_path).count(ENC_A) == 4
 
 
 async def test_a_fold_interrupted_before_the_snapshot_changes_nothing(tmp_path: Path) -> None:
