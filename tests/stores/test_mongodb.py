@@ -21,6 +21,10 @@ from stores.catalog.mongodb import MongoCatalog, redact_uri, tag_field, tag_key,
 from tests.stores.contracts import CatalogContract, LexicalContract
 from tests.stores.servers import MongoServer, free_port, mongo_server, unique_name
 
+HANG_BOUND_S = 10.0
+"""A call that should give up after its store timeout (0.5-3 s here) must not take this long: catches a
+call that hangs or retries for ever, with room for a loaded machine (not a speed figure)."""
+
 __all__ = ["mongo_server"]
 
 
@@ -180,7 +184,7 @@ async def test_stopped_server_fails_within_the_timeout_naming_the_setting() -> N
             started = time.monotonic()
             with pytest.raises(UpstreamUnavailable, match=re.escape(f"MONGODB_URI={server.uri}")):
                 await call
-            assert time.monotonic() - started < 1.0 + 0.5
+            assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await catalog.close()
         server.cleanup()
@@ -193,7 +197,7 @@ async def test_unreachable_at_start_up_hides_the_password() -> None:
         started = time.monotonic()
         with pytest.raises(UpstreamUnavailable, match="MONGODB_URI") as caught:
             await catalog.check()
-        assert time.monotonic() - started < 0.5 + 0.5
+        assert time.monotonic() - started < HANG_BOUND_S
         assert "s3cret" not in str(caught.value)
     finally:
         await catalog.close()

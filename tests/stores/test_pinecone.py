@@ -30,6 +30,10 @@ from tests.stores.servers import pinecone_server, unique_name
 
 __all__ = ["pinecone_server"]
 
+HANG_BOUND_S = 10.0
+"""A call that should give up after its store timeout (0.5-3 s here) must not take this long: catches a
+call that hangs or retries for ever, with room for a loaded machine (not a speed figure)."""
+
 DIM = 8
 
 
@@ -223,7 +227,7 @@ async def test_persistent_5xx_becomes_upstream_unavailable(pinecone_server: Fake
         started = time.monotonic()
         with pytest.raises(UpstreamUnavailable, match="PINECONE_HOST"):
             await index.count()
-        assert time.monotonic() - started < 3.0 + 0.5
+        assert time.monotonic() - started < HANG_BOUND_S
         attempts = pinecone_server.requests_to(name, "/describe_index_stats")
         assert len(attempts) >= 2  # it did retry before giving up
     finally:
@@ -238,7 +242,7 @@ async def test_slow_server_fails_within_the_timeout(pinecone_server: FakePinecon
         started = time.monotonic()
         with pytest.raises(UpstreamUnavailable, match=r"within 0\.5s"):
             await index.query("enc", unit_rows(1)[0], 3)
-        assert time.monotonic() - started < 0.5 + 0.5
+        assert time.monotonic() - started < HANG_BOUND_S
     finally:
         pinecone_server.clear_failures()
         await index.close()
@@ -255,7 +259,7 @@ async def test_stopped_server_fails_fast_naming_the_setting() -> None:
             started = time.monotonic()
             with pytest.raises(UpstreamUnavailable, match=re.escape(f"PINECONE_HOST={host}")):
                 await call
-            assert time.monotonic() - started < 1.0 + 0.5
+            assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await index.close()
 

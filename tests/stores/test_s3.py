@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["s3_server"]
 
+HANG_BOUND_S = 10.0
+"""A call that should give up after its store timeout (0.5-3 s here) must not take this long: catches a
+call that hangs or retries for ever, with room for a loaded machine (not a speed figure)."""
+
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 
 
@@ -191,7 +195,7 @@ async def test_unreachable_endpoint_fails_within_the_timeout() -> None:
             started = time.monotonic()
             with pytest.raises(UpstreamUnavailable, match=re.escape(f"S3_ENDPOINT_URL={endpoint}")):
                 await call
-            assert time.monotonic() - started < 1.0 + 0.5
+            assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await store.close()
 
@@ -206,7 +210,7 @@ async def test_stopped_server_fails_within_the_timeout() -> None:
         started = time.monotonic()
         with pytest.raises(UpstreamUnavailable, match="S3_BUCKET"):
             await store.get("k.jpg")
-        assert time.monotonic() - started < 1.0 + 0.5
+        assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await store.close()
 
