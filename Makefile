@@ -2,23 +2,38 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+RUNTIME_VENV ?= .venv-runtime
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 UI_PORT ?= 8501
 EVAL_ARGS ?=
 
-.PHONY: setup demo test lint format bench train-encoder eval clean
+.PHONY: setup runtime models demo test lint format bench train-encoder eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
-	# torch/torchvision first, pinned to the builds that lie on this machine's disk.
+	# The dev environment has every extra ([train] and [clip]: torch), so that training,
+	# the ONNX export and its parity with torch stay tested. torch/torchvision first,
+	# pinned to the builds that lie on this machine's disk.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The default install alone (ONNX Runtime, no torch): what `serve`, `ingest`, `search` and
+# `ui` need. It runs the models `make models` exported (FASHION_SEARCH_MODELS_DIR).
+runtime:
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install --quiet --upgrade pip
+	$(RUNTIME_VENV)/bin/pip install --quiet .
+
+# Export every built-in encoder to ONNX (into FASHION_SEARCH_MODELS_DIR, default
+# .fashion-search/models) and check it against torch.
+models: setup
+	$(BIN)/fashion-search export-encoder --all
 
 demo: setup
 	$(BIN)/fashion-search demo --host $(HOST) --port $(PORT) --ui-port $(UI_PORT)
@@ -45,4 +60,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .fashion-search .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) .fashion-search .pytest_cache .mypy_cache .ruff_cache

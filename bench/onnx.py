@@ -1,0 +1,211 @@
+"""ONNX Runtime against torch for the default encoder (issue 19), in one run:
+
+- encoding at batch 1 on one thread: one image (bytes to vector) and one query text, each
+  runtime in a process of its own (``encoders.cost.measure_cost``);
+- ingest throughput: `fashion-search ingest` of the same hm-demo products into a new data
+  directory, images per second of wall time (exports made beforehand, not counted);
+- cold start: from spawning `fashion-search serve --workers 1` to the first answered
+  searchByText (the runtime venv's own `fashion-search` when one is given, so that the ONNX
+  figure is the one a torch-less install gets);
+- sizes: the runtime venv (`make runtime`: `pip install .`, no extras), the dev venv, the
+  exported models.
+
+Run: ``python -m bench.onnx [--runtime-venv .venv-runtime]``; results go to
+bench/results/onnx.json. The machine is shared: figures are medians of repeated runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import RESULTS_DIR, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNTIMES = ("torch", "onnx")
+TEXT_QUERY = "query Q($text: String!) { searchByText(text: $text, topK: 5) { hits { score } } }"
+POLL_S = 0.05
+
+_COST = """
+import json, sys
+from encoders.cost import measure_cost
+from fashion_search.settings import Settings
+from fashion_search.wiring import build_encoders
+from fashion_search.commands.encoder_commands import COST_QUERIES
+from pathlib import Path
+images = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob("*.jpg"))[: int(sys.argv[2])]]
+encoder = build_encoders(Settings(torch_threads=1)).get(None)
+cost = measure_cost(encoder, images, COST_QUERIES, repeats=int(sys.argv[3]), threads=1)
+print(json.dumps(cost.__dict__ | {"torch_imported": "torch" in sys.modules}))
+"""
+
+
+def _env(runtime: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FASHION_SEARCH_ENCODER_RUNTIME"] = runtime
+    env["FASHION_SEARCH_TORCH_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def encode_cost(runtime: str, images: Path, count: int, repeats: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _COST, str(images), str(count), str(repeats)],
+        env=_env(runtime),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _manifest(hm_demo: Path, count: int, folder: Path) -> Path:
+    with (hm_demo / "products.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:count]
+    path = folder / "products.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "image": str(hm_demo / row["image"])})
+    return path
+
+
+def ingest_rate(cli: str, runtime: str, manifest: Path, count: int, work: Path) -> float:
+    """Images per second of `fashion-search ingest` into a new data directory."""
+    home = work / f"ingest-{runtime}"
+    started = time.perf_counter()
+    subprocess.run(
+        [cli, "ingest", str(manifest)],
+        env=_env(runtime, FASHION_SEARCH_HOME=str(home)),
+        capture_output=True,
+        check=True,
+        cwd=work,
+    )
+    return count / (time.perf_counter() - started)
+
+
+def cold_start(cli: str, runtime: str, home: Path, timeout: float = 300) -> float:
+    """Seconds from spawning `serve` to the first searchByText answered with hits."""
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [cli, "serve", "--port", str(port), "--workers", "1", "--log-level", "warning"],
+        env=_env(runtime, FASHION_SEARCH_HOME=str(home)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=home.parent,
+    )
+    payload = {"query": TEXT_QUERY, "variables": {"text": "black dress"}}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
+            while time.perf_counter() - started < timeout:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve ({runtime}) exited with {process.returncode}")
+                try:
+                    body = client.post("/graphql", json=payload).json()
+                    if body.get("data") and body["data"]["searchByText"]["hits"]:
+                        return time.perf_counter() - started
+                except (httpx.TransportError, ValueError):
+                    pass
+                time.sleep(POLL_S)
+        raise RuntimeError(f"serve ({runtime}) did not answer within {timeout} s")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def du_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    hm_demo = args.datasets / "hm-demo"
+    dev_cli = str(Path(sys.executable).parent / "fashion-search")
+    runtime_cli = (
+        str(args.runtime_venv / "bin" / "fashion-search") if args.runtime_venv else dev_cli
+    )
+    result: dict[str, Any] = {"command": "python -m bench.onnx " + " ".join(args.argv)}
+    result["encode_batch1_1thread"] = {
+        runtime: encode_cost(runtime, hm_demo / "images", args.count, args.repeats)
+        for runtime in RUNTIMES
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
+        work = Path(scratch)
+        manifest = _manifest(hm_demo, args.ingest, work)
+        result["ingest_images_per_s"] = {
+            runtime: round(
+                ingest_rate(
+                    runtime_cli if runtime == "onnx" else dev_cli,
+                    runtime,
+                    manifest,
+                    args.ingest,
+                    work,
+                ),
+                2,
+            )
+            for runtime in RUNTIMES
+        }
+        result["cold_start_s"] = {}
+        for runtime in RUNTIMES:
+            cli = runtime_cli if runtime == "onnx" else dev_cli
+            runs = [cold_start(cli, runtime, work / f"ingest-{runtime}") for _ in range(args.runs)]
+            result["cold_start_s"][runtime] = {
+                "median": round(statistics.median(runs), 2),
+                "runs": [round(r, 2) for r in runs],
+                "cli": cli,
+            }
+    sizes: dict[str, Any] = {"dev_venv_mb": round(du_bytes(Path(sys.prefix)) / 1e6)}
+    if args.runtime_venv:
+        sizes["runtime_venv_mb"] = round(du_bytes(args.runtime_venv) / 1e6)
+    models = Path(os.environ.get("FASHION_SEARCH_MODELS_DIR", REPO_ROOT / ".fashion-search/models"))
+    if models.is_dir():
+        sizes["exported_models_mb"] = {
+            d.name: round(du_bytes(d) / 1e6, 1) for d in sorted(models.iterdir()) if d.is_dir()
+        }
+    result["sizes"] = sizes
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runtime-venv", type=Path, default=None)
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=Path(
+            os.environ.get("FASHION_SEARCH_DATASETS_DIR", REPO_ROOT.parent / "shared/datasets")
+        ),
+    )
+    parser.add_argument("--count", type=int, default=20, help="Photos timed per runtime.")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ingest", type=int, default=60, help="Products ingested per runtime.")
+    parser.add_argument("--runs", type=int, default=3, help="Cold starts per runtime.")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "onnx.json")
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    result = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
