@@ -59,6 +59,7 @@ def _clean_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 600)  # the venv is built inside the test's time
 def test_runtime_install_has_no_torch_and_searches_on_onnx(
     runtime_venv: Path, hm_demo: Path, tmp_path: Path
 ) -> None:
