@@ -77,7 +77,8 @@ def serve(
             min=1,
             help="Worker processes, each with its own encoders (about 1 GB). Default: one per "
             f"CPU core, at most {MAX_DEFAULT_WORKERS}. Unless FASHION_SEARCH_TORCH_THREADS is "
-            "set, each worker gets cores/workers torch threads (2 cores: 2 workers x 1 thread).",
+            "set, each worker gets cores/workers encoder threads (ONNX Runtime's or torch's "
+            "intra-op threads; 2 cores: 2 workers x 1 thread).",
             show_default=False,
         ),
     ] = None,
@@ -109,8 +110,9 @@ def serve(
     workers, torch_threads = serve_plan(workers, configured)
     if configured is None:  # the workers read it from the environment they inherit
         os.environ["FASHION_SEARCH_TORCH_THREADS"] = str(torch_threads)
-    threads = "torch's default" if torch_threads == 0 else str(torch_threads)
-    typer.echo(f"{workers} worker(s), {threads} torch thread(s) each", err=True)
+    threads = "the runtime's default" if torch_threads == 0 else str(torch_threads)
+    runtime = "torch" if settings.encoder_runtime == "torch" else "ONNX Runtime"
+    typer.echo(f"{workers} worker(s), {threads} encoder thread(s) each ({runtime})", err=True)
     with metrics_directory():
         uvicorn.run(
             "fashion_search.asgi:create_app",

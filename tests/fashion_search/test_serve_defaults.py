@@ -68,4 +68,4 @@ def test_serve_keeps_configured_torch_threads(
     assert result.exit_code == 0, result.output
     assert uvicorn_calls[0]["workers"] == 1
     assert "FASHION_SEARCH_TORCH_THREADS" not in os.environ  # the .env value stays in charge
-    assert "3 torch thread(s)" in result.output
+    assert "3 encoder thread(s) each (ONNX Runtime)" in result.output
