@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import random
 import socket
 import struct
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 from PIL import Image
 
 DESIGN_CODES = frozenset(
@@ -39,6 +41,15 @@ def error_codes(result: Mapping[str, Any]) -> list[str]:
         assert code in DESIGN_CODES, error
         found.append(code)
     return found
+
+
+@pytest.fixture(autouse=True)  # in the modules that import it
+def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Bad input is the client's business: nothing at ERROR (no traceback) in the log."""
+    with caplog.at_level(logging.WARNING):
+        yield
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 # -- images --------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,10 +26,10 @@ from domain.ports import Catalog
 from stores.catalog.mongodb import MongoCatalog
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from tests.api.helpers import API_KEY, PRODUCTS, World, png
-from tests.reliability.support import error_codes
+from tests.reliability.support import error_codes, no_error_logged
 from tests.stores.servers import MongoServer, mongo_server, unique_name
 
-__all__ = ["mongo_server"]
+__all__ = ["mongo_server", "no_error_logged"]
 
 SURROGATE = "\ud800"
 NUL = "\x00"
@@ -74,15 +73,6 @@ async def client(world: World) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
-
-
-@pytest.fixture(autouse=True)
-def no_error_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Bad input is the client's business: nothing at ERROR (no traceback) in the log."""
-    with caplog.at_level(logging.WARNING):
-        yield
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    assert not errors, [r.getMessage() for r in errors]
 
 
 def raw_json(body: object) -> bytes:

@@ -35,7 +35,10 @@ from tests.reliability.support import (
     every_channel,
     expected,
     hostile_server,
+    no_error_logged,
 )
+
+__all__ = ["no_error_logged"]
 
 MB = 1024
 """kB per MB (/proc reports kB)."""

@@ -28,8 +28,10 @@ from domain.images import SELF_FETCH_HEADER
 from stores.http_fetcher import IPAddress, SafeImageFetcher
 from tests.api.helpers import World, png
 from tests.api.httpserver import Server, serve
-from tests.reliability.support import error_codes
+from tests.reliability.support import error_codes, no_error_logged
 from tests.uvicorn_thread import uvicorn_in_thread
+
+__all__ = ["no_error_logged"]
 
 IMAGE = png((200, 30, 30))
 SEARCH = """query($url: String!) {
