@@ -60,6 +60,13 @@ class FusionConfig:
     semantic_weight: float = 1.0
     lexical_weight: float = 1.0
     coverage_exponent: float = 2.0
+    full_match_depth: int = 0
+    """When > 0, the text signals' weights are also scaled by the share of the top
+    ``full_match_depth`` lexical hits that have every word of the query: a catalog whose
+    words describe its products (many full matches) leans on them, one whose words only
+    brush the query (a few descriptions mention "black") leaves the ranking to the images."""
+    semantic_follows_words: bool = False
+    """Scale the semantic weight by the same text confidence as the lexical one."""
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
 
@@ -109,13 +116,23 @@ def coverage(lexical: Sequence[LexicalHit]) -> float:
     return max((h.matched for h in lexical), default=0.0)
 
 
+def text_confidence(lexical: Sequence[LexicalHit], config: FusionConfig) -> float:
+    """How far the catalog's words answer this query, 0..1 (see FusionConfig)."""
+    confidence: float = coverage(lexical) ** config.coverage_exponent
+    if config.full_match_depth > 0:
+        top = lexical[: config.full_match_depth]
+        confidence *= sum(h.matched >= 1.0 for h in top) / config.full_match_depth
+    return confidence
+
+
 def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
     """The query-adaptive weights (a signal without results weighs nothing)."""
-    lexical = config.lexical_weight * coverage(ranked.lexical) ** config.coverage_exponent
+    confidence = text_confidence(ranked.lexical, config)
+    semantic = config.semantic_weight * (confidence if config.semantic_follows_words else 1.0)
     return Weights(
         visual=config.visual_weight if ranked.visual else 0.0,
-        lexical=lexical * ranked.text_share if ranked.lexical else 0.0,
-        semantic=config.semantic_weight * ranked.text_share if ranked.semantic else 0.0,
+        lexical=config.lexical_weight * confidence * ranked.text_share if ranked.lexical else 0.0,
+        semantic=semantic * ranked.text_share if ranked.semantic else 0.0,
     )
 
 

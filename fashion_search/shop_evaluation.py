@@ -19,11 +19,12 @@ import random
 import string
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain import evaluation as ev
+from domain.fusion import FusionConfig
 from domain.model import MatchQuality, SearchMode, SearchQuery, TextQuery
 from domain.services import SearchService
 from fashion_search.evaluation import (
@@ -38,7 +39,7 @@ from fashion_search.evaluation import (
 from fashion_search.settings import Settings
 from fashion_search.wiring import build
 from ingest.pipeline import IngestOptions
-from ingest.readers import SourceItem, open_source
+from ingest.readers import Source, SourceItem, open_source
 
 SHOP_MODES = (SearchMode.VISUAL, SearchMode.TEXT, SearchMode.HYBRID)
 RANDOM_STRINGS = 50
@@ -106,10 +107,28 @@ async def _ask(
     return [h.product.id for h in page.hits], page.match_quality
 
 
-async def run_shop_eval(options: EvalOptions, settings: Settings, progress: Progress) -> ShopReport:
+async def run_shop_eval(
+    options: EvalOptions,
+    settings: Settings,
+    progress: Progress,
+    fusions: Mapping[str, FusionConfig] | None = None,
+) -> ShopReport:
+    """Ingest the gallery once and measure each mode; ``fusions`` (name -> configuration)
+    adds a HYBRID column per configuration, for choosing the default on training parts."""
     started = time.perf_counter()
-    with open_source(options.manifest) as source:
-        items = select_items(source, options)
+    with open_source(options.manifest) as source:  # open while ingesting (zip members)
+        return await _run(source, options, settings, progress, dict(fusions or {}), started)
+
+
+async def _run(
+    source: Source,
+    options: EvalOptions,
+    settings: Settings,
+    progress: Progress,
+    fusions: Mapping[str, FusionConfig],
+    started: float,
+) -> ShopReport:
+    items = select_items(source, options)
     encoder_id = options.encoder_ids[0]
     labels = {i.item.id: i.labels for i in items}
     plans = {
@@ -144,10 +163,17 @@ async def run_shop_eval(options: EvalOptions, settings: Settings, progress: Prog
             )
             gallery = [shop_gallery_item(i) for i in items]
             await pipeline.run(gallery, total=len(gallery))
+            search = container.search
             for mode in SHOP_MODES:
                 progress(f"queries · {mode.value}", 0, None)
-                found = await _measure(container.search, mode, plans, labels, names, nonsense)
+                found = await _measure(search, mode, plans, labels, names, nonsense)
                 report.metrics = _merge(report.metrics, found)
+            for name, fusion in fusions.items():
+                progress(f"queries · {name}", 0, None)
+                search.fusion = fusion
+                found = await _measure(search, SearchMode.HYBRID, plans, labels, names, nonsense)
+                renamed = {m: {name: v["hybrid"]} for m, v in found.items()}
+                report.metrics = _merge(report.metrics, renamed)
         finally:
             await container.aclose()
     report.seconds = time.perf_counter() - started

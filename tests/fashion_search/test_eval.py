@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from domain.errors import BadInput
-from encoders.fashion_lite.data import read_ids
+from encoders.fashion_lite.data import KAGGLE_HELDOUT_IDS_FILE, read_ids
 from fashion_search.cli import app
+from fashion_search.commands.eval_commands import heldout_file
 from fashion_search.evaluation import EvalOptions, index_agreement
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from tests.fakes import InMemoryVectorIndex
@@ -448,3 +449,33 @@ def test_real_encoders_on_the_heldout_split(env: dict[str, str]) -> None:
     for run in report["encoders"].values():
         assert run["index_check"]["agreeing"] == run["index_check"]["queries"] > 0
         assert run["gallery_images"]["ms_per_input"] > 0
+
+
+def test_shop_mode_reports_each_mode_side_by_side(
+    toy_plugin: None, toy_manifest: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Names and descriptions are indexed, labels are not: a name typed as it is finds its
+    product first when words rank (TEXT, HYBRID); every metric has the three modes."""
+    output = tmp_path / "shop.json"
+    result = invoke(
+        [str(toy_manifest), "-e", TOY, "--mode", "shop", "--min-products", "2", "-o", str(output)],
+        env,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["mode"] == "shop"
+    assert report["gallery"] == len(ITEMS)
+    metrics = report["metrics"]
+    for metric in ("exact_name_r@1", "random_none", "colour_type_p@10"):
+        assert set(metrics[metric]) == {"visual", "text", "hybrid"}, metric
+    assert metrics["exact_name_r@1"]["text"] == 1.0
+    assert metrics["exact_name_r@1"]["hybrid"] == 1.0
+    assert report["queries"]["random_none"] == 50
+    assert "HYBRID" in result.output
+
+
+def test_the_kaggle_zip_has_its_own_committed_heldout_split() -> None:
+    ids = read_ids(KAGGLE_HELDOUT_IDS_FILE)
+    assert len(ids) == 3722  # 25% of the zip's 14,888 ids
+    assert heldout_file(Path("kaggle-fashion-small.zip")) == KAGGLE_HELDOUT_IDS_FILE
+    assert heldout_file(None) != KAGGLE_HELDOUT_IDS_FILE
