@@ -19,6 +19,7 @@ from domain.fusion import (
     min_max,
     normalised_name,
     relative_bm25,
+    text_confidence,
     weights,
 )
 from domain.model import (
@@ -295,3 +296,14 @@ async def test_facet_counts_follow_the_ranking() -> None:
     page = SearchPage(hits=(), encoder_id="fake", took_ms=0.0, ranked_ids=("a", "b"))
     assert await search.facet_counts(page) == {"colour": {"Black": 2}, "type": {"Dress": 1}}
     assert await search.facet_counts(page, ["type"]) == {"type": {"Dress": 1}}
+
+
+def test_full_match_share_scales_the_text_signals() -> None:
+    config = FusionConfig(full_match_depth=4, semantic_follows_words=True)
+    descriptive = [hit(f"d{i}", 5.0 - i, matched=1.0) for i in range(4)]
+    terse = [hit("t0", 5.0, matched=1.0), *(hit(f"t{i}", 1.0, matched=0.5) for i in (1, 2, 3))]
+    assert text_confidence(descriptive, config) == 1.0
+    assert text_confidence(terse, config) == pytest.approx(0.25)
+    ranked = Ranked(visual=[("t0", 0.3)], semantic=[("t0", 0.7)], lexical=terse)
+    w = weights(ranked, config)
+    assert (w.lexical, w.semantic, w.visual) == pytest.approx((0.25, 0.25, 1.0))
