@@ -60,12 +60,12 @@ class FusionConfig:
     semantic_weight: float = 1.0
     lexical_weight: float = 1.0
     coverage_exponent: float = 2.0
-    full_match_depth: int = 0
+    full_match_depth: int = 10
     """When > 0, the text signals' weights are also scaled by the share of the top
     ``full_match_depth`` lexical hits that have every word of the query: a catalog whose
     words describe its products (many full matches) leans on them, one whose words only
     brush the query (a few descriptions mention "black") leaves the ranking to the images."""
-    semantic_follows_words: bool = False
+    semantic_follows_words: bool = True
     """Scale the semantic weight by the same text confidence as the lexical one."""
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 

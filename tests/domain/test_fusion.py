@@ -55,6 +55,10 @@ def ids(ranked: Sequence[FusedHit]) -> list[str]:
 
 # -- pure fusion ----------------------------------------------------------------------------
 
+COVERAGE_ONLY = FusionConfig(full_match_depth=0, semantic_follows_words=False)
+"""Text confidence from the query's coverage alone (the default also asks how many of the
+top lexical hits match fully, tested below)."""
+
 
 def test_min_max_spreads_a_list_onto_0_1() -> None:
     assert min_max([("a", 0.4), ("b", 0.3), ("c", 0.2)]) == pytest.approx(
@@ -69,7 +73,7 @@ def test_bm25_is_relative_to_the_best_of_its_list() -> None:
 
 
 def test_lexical_weight_follows_query_coverage() -> None:
-    config = FusionConfig(coverage_exponent=2.0)
+    config = COVERAGE_ONLY
     full = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=1.0)])
     half = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=0.5)])
     assert weights(full, config).lexical == pytest.approx(1.0)
@@ -84,7 +88,7 @@ def test_words_lead_when_the_whole_query_matches() -> None:
         visual=[("sunglasses", 0.31), ("wallet", 0.30), ("b", 0.22), ("c", 0.21)],
         lexical=[hit("b", 9.0), hit("c", 4.0, matched=0.5)],
     )
-    fused = fuse(ranked)
+    fused = fuse(ranked, COVERAGE_ONLY)
     assert ids(fused.hits)[0] == "b"
     assert fused.hits[0].signals.visual == pytest.approx(0.22)
     assert fused.hits[0].signals.lexical == 1.0
@@ -97,6 +101,7 @@ def test_images_lead_when_the_words_cover_little_of_the_query() -> None:
         visual=[("a", 0.40), ("b", 0.35), ("c", 0.20)],
         lexical=[hit("c", 9.0, matched=0.5)],
     )
+    assert ids(fuse(ranked, COVERAGE_ONLY).hits)[:2] == ["a", "b"]
     assert ids(fuse(ranked).hits)[:2] == ["a", "b"]
 
 
@@ -105,7 +110,7 @@ def test_semantic_signal_adds_its_ranking() -> None:
         visual=[("a", 0.30), ("b", 0.29), ("c", 0.10)],
         semantic=[("b", 0.80), ("a", 0.50), ("c", 0.40)],
     )
-    fused = fuse(ranked)
+    fused = fuse(ranked, COVERAGE_ONLY)
     assert ids(fused.hits)[0] == "b"
     assert all(0.0 <= h.score <= 1.0 for h in fused.hits)
 
@@ -296,6 +301,16 @@ async def test_facet_counts_follow_the_ranking() -> None:
     page = SearchPage(hits=(), encoder_id="fake", took_ms=0.0, ranked_ids=("a", "b"))
     assert await search.facet_counts(page) == {"colour": {"Black": 2}, "type": {"Dress": 1}}
     assert await search.facet_counts(page, ["type"]) == {"type": {"Dress": 1}}
+
+
+def test_default_leans_on_words_only_when_many_products_match_fully() -> None:
+    visual = [("sunglasses", 0.31), ("wallet", 0.30), ("t0", 0.25), ("t9", 0.25), ("x", 0.2)]
+    described = Ranked(visual=visual, lexical=[hit(f"t{i}", 9.0 - i) for i in range(10)])
+    brushed = Ranked(
+        visual=visual, lexical=[hit("t9", 9.0), *(hit(f"t{i}", 1.0, 0.5) for i in range(9))]
+    )
+    assert ids(fuse(described).hits)[0] == "t0"
+    assert ids(fuse(brushed).hits)[0] == "sunglasses"
 
 
 def test_full_match_share_scales_the_text_signals() -> None:
