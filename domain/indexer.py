@@ -282,25 +282,8 @@ class Indexer:
         return {e.id: await self._index.fetch(e.id, ids) for e in encoders}
 
     async def encode(self, plan: BatchPlan) -> EncodedBatch:
-        """Compute the vectors the plan needs, in a worker thread. One bad image does not sink
-        its batch: when a batch call rejects an image, the batch is encoded one by one."""
-        vectors: dict[str, dict[str, Vectors]] = {}
-        broken: dict[str, str] = {}
-        for encoder in plan.encoders:
-            group = [p for p in plan.encode if encoder.id in p.needs and p.item.id not in broken]
-            if group:
-                vectors[encoder.id] = await _encode_group(encoder, group, broken)
-        text_vectors: dict[str, dict[str, Vectors]] = {}
-        for encoder in plan.encoders:
-            # the words go with the image vectors this encoder writes, and with new words
-            words = [
-                p
-                for p in [*plan.encode, *plan.reworded]
-                if p.item.id not in broken and (encoder.id in p.needs or p in plan.reworded)
-            ]
-            if Modality.TEXT in encoder.modalities and words:
-                text_vectors[product_text_space(encoder.id)] = await _encode_words(encoder, words)
-        return EncodedBatch(plan, vectors, broken, text_vectors)
+        """Compute the vectors the plan needs (``encode_plan``)."""
+        return await encode_plan(plan)
 
     # -- under the lock: the writes ----------------------------------------------------------
 
@@ -570,6 +553,29 @@ class Indexer:
                 kept.append(product.id)
                 error = error or exc
         return kept, error
+
+
+async def encode_plan(plan: BatchPlan) -> EncodedBatch:
+    """Compute the vectors the plan needs, in a worker thread. One bad image does not sink
+    its batch: when a batch call rejects an image, the batch is encoded one by one. Needs no
+    store, so an ingest engine can run it next to its encoders (the Ray engine's actors)."""
+    vectors: dict[str, dict[str, Vectors]] = {}
+    broken: dict[str, str] = {}
+    for encoder in plan.encoders:
+        group = [p for p in plan.encode if encoder.id in p.needs and p.item.id not in broken]
+        if group:
+            vectors[encoder.id] = await _encode_group(encoder, group, broken)
+    text_vectors: dict[str, dict[str, Vectors]] = {}
+    for encoder in plan.encoders:
+        # the words go with the image vectors this encoder writes, and with new words
+        words = [
+            p
+            for p in [*plan.encode, *plan.reworded]
+            if p.item.id not in broken and (encoder.id in p.needs or p in plan.reworded)
+        ]
+        if Modality.TEXT in encoder.modalities and words:
+            text_vectors[product_text_space(encoder.id)] = await _encode_words(encoder, words)
+    return EncodedBatch(plan, vectors, broken, text_vectors)
 
 
 async def iter_ledger(

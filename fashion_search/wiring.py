@@ -4,6 +4,7 @@ values from here (tests/test_layers.py enforces both)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -26,12 +27,16 @@ from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
+from ingest.ray_engine import EncoderFactory, RayEngine, RayIngestPipeline
 from stores.locks import FileWriteLock, NullWriteLock
 
 if TYPE_CHECKING:
     from stores.catalog.mongodb import MongoCatalog
     from stores.images.s3 import S3ImageStore
     from stores.vectors.pinecone_index import PineconeVectorIndex
+
+RAY_ACTOR_THREADS = 1
+"""ONNX/torch threads per Ray encoder actor: one actor per core scales better than threads."""
 
 
 @dataclass
@@ -79,6 +84,35 @@ class Container:
             lock=self.write_lock,
         )
 
+    def ray_ingest_pipeline(
+        self,
+        engine: RayEngine,
+        encoders: Sequence[Encoder],
+        options: IngestOptions | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> RayIngestPipeline:
+        """An ingest on Ray (``ingest --engine ray``) writing to this container's stores."""
+        return RayIngestPipeline(
+            encoders,
+            self.index,
+            self.catalog,
+            self.images,
+            fetcher=self.fetcher,
+            options=options,
+            on_progress=on_progress,
+            lock=self.write_lock,
+            engine=engine,
+        )
+
+    def ray_encoder_factory(
+        self, encoders: Sequence[Encoder], threads: int = RAY_ACTOR_THREADS
+    ) -> EncoderFactory:
+        """What each Ray encoder actor runs to build the run's encoders (from these
+        settings, ``threads`` ONNX/torch threads each)."""
+        return functools.partial(
+            actor_encoders, self.settings, tuple(e.id for e in encoders), threads
+        )
+
     async def aclose(self) -> None:
         await self.index.close()
         await self.catalog.close()
@@ -111,6 +145,12 @@ def build_encoders(settings: Settings, load_entry_points: bool = True) -> Encode
     return EncoderRegistry(
         make_plugin_manager(load_entry_points=load_entry_points), settings.encoder, options
     )
+
+
+def actor_encoders(settings: Settings, encoder_ids: Sequence[str], threads: int) -> list[Encoder]:
+    """The encoders of a Ray encoder actor (runs in the actor's process)."""
+    registry = build_encoders(settings.model_copy(update={"torch_threads": threads}))
+    return [registry.get(encoder_id) for encoder_id in encoder_ids]
 
 
 def pinecone_index(settings: Settings) -> PineconeVectorIndex:

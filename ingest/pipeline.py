@@ -255,12 +255,17 @@ class IngestPipeline:
         plan: BatchPlan = await self._indexer.plan(
             batch.ready, self._encoders, reindex=self._options.reindex
         )
-        encoded = await self._indexer.encode(plan)
+        encoded = await self._vectors(plan)
         failures = list(batch.failures) + [
             _failed(batch.sources[pid], FailureReason.INVALID_IMAGE, why)
             for pid, why in encoded.broken.items()
         ]
         return _Encoded(batch, encoded, failures)
+
+    async def _vectors(self, plan: BatchPlan) -> EncodedBatch:
+        """Compute the plan's vectors (here, in a worker thread; the Ray engine spreads them
+        over its encoder actors)."""
+        return await self._indexer.encode(plan)
 
     async def _write(
         self, encoded: _Encoded, summary: IngestSummary, started: float, total: int | None

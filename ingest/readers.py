@@ -27,6 +27,7 @@ JSON file beside it, ``<catalog file>.columns.json`` or ``columns.json`` in its 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -315,6 +316,16 @@ class _ZipArchive:
 
     def close(self) -> None:
         self._zip.close()
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        """Pickled as its path (the Ray engine ships items to other processes), and opened
+        once per process there."""
+        return (_open_archive, (self.path,))
+
+
+@functools.lru_cache(maxsize=8)
+def _open_archive(path: Path) -> _ZipArchive:
+    return _ZipArchive(path)
 
 
 def read_csv_rows(handle: IO[str], overflow_into_last: bool = False) -> Iterator[dict[str, str]]:

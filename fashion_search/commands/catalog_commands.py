@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -56,6 +57,7 @@ from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build, check_index_fits, store_names
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
+from ingest.ray_engine import RayOptions, ray_engine
 from ingest.readers import Source, open_source
 from ingest.report import (
     IngestProgress,
@@ -70,6 +72,14 @@ console = Console()
 errors = Console(stderr=True)
 
 T = TypeVar("T")
+
+
+class Engine(StrEnum):
+    """Where ``ingest`` runs its reading and encoding (the writes are the same)."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
 
 KEY_TAGS = (
     "product_type",
@@ -150,11 +160,20 @@ async def run_ingest(
     source: Source,
     encoders: Sequence[Encoder],
     options: IngestOptions,
+    on_ray: RayOptions | None = None,
 ) -> IngestSummary:
+    """Ingest with the local engine, or on Ray when ``on_ray`` is given (same writes and
+    report)."""
     total = await asyncio.to_thread(source.count)
-    with ingest_progress("Ingesting") as on_progress:
-        pipeline = container.ingest_pipeline(encoders, options, on_progress)
-        return await pipeline.run(source, total)
+    if on_ray is None:
+        with ingest_progress("Ingesting") as on_progress:
+            pipeline = container.ingest_pipeline(encoders, options, on_progress)
+            return await pipeline.run(source, total)
+    with ray_engine(on_ray, container.ray_encoder_factory(encoders)) as engine:
+        console.print(f"Ray: {on_ray.workers} encoder actor(s)", highlight=False)
+        with ingest_progress("Ingesting on Ray") as on_progress:
+            ray_pipeline = container.ray_ingest_pipeline(engine, encoders, options, on_progress)
+            return await ray_pipeline.run(source, total)
 
 
 def resolve_encoders(container: Container, encoder_ids: Sequence[str] | None) -> list[Encoder]:
@@ -205,6 +224,7 @@ async def ingest_path(
     options: IngestOptions,
     report: Path | None,
     verify: bool = False,
+    on_ray: RayOptions | None = None,
 ) -> tuple[IngestSummary, Path]:
     started = datetime.now(UTC)
     with open_source(path) as source:
@@ -221,7 +241,7 @@ async def ingest_path(
                 f"[bold]{store_names(settings)}[/] with {', '.join(e.id for e in encoders)}",
                 highlight=False,
             )
-            summary = await run_ingest(container, source, encoders, options)
+            summary = await run_ingest(container, source, encoders, options, on_ray)
         finally:
             await container.aclose()
         document = report_document(
@@ -234,6 +254,8 @@ async def ingest_path(
                 "limit": options.limit,
                 "max_image_bytes": options.max_image_bytes,
                 "reindex": options.reindex,
+                "engine": "local" if on_ray is None else "ray",
+                "workers": None if on_ray is None else on_ray.workers,
             },
         )
     written = write_report(report or default_report_path(settings.home, started), document)
@@ -382,6 +404,27 @@ def ingest_command(
         bool,
         typer.Option("--reindex", help="Ignore the ledger: encode and write every item again."),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="local: this process. ray: a Ray cluster (RAY_ADDRESS or --ray-address; a "
+            "local Ray on this machine's cores when neither is set); needs "
+            "pip install 'fashion-search[ray]'.",
+        ),
+    ] = Engine.LOCAL,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="The Ray cluster for --engine ray (default: RAY_ADDRESS).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="Encoder actors for --engine ray (1 CPU each)."),
+    ] = 1,
 ) -> None:
     """Ingest a catalog: images are encoded, stored and indexed; unchanged items are skipped,
     bad images are listed and written to the report, never fatal."""
@@ -397,7 +440,10 @@ def ingest_command(
         max_image_bytes=settings.max_image_bytes,
         reindex=reindex,
     )
-    summary, written = run_async(ingest_path(settings, path, encoder, options, report, verify))
+    on_ray = RayOptions(ray_address, workers) if engine is Engine.RAY else None
+    summary, written = run_async(
+        ingest_path(settings, path, encoder, options, report, verify, on_ray)
+    )
     print_summary(summary, written)
 
 

@@ -1,0 +1,340 @@
+"""``ingest --engine ray`` on a local Ray (``ray.init(num_cpus=2)``, one runtime for the
+module): the Kaggle zip's first products give exactly what the local engine gives; a killed
+encoder actor and a SIGKILLed driver are recovered; the production profile (MongoDB, S3,
+Pinecone fake) is filled the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+from pydantic import SecretStr
+
+from domain.ports import Vectors
+from fashion_search.settings import Settings
+from fashion_search.wiring import Container, build
+from ingest.pipeline import IngestOptions
+from ingest.ray_engine import (
+    ACTOR_NAME_PREFIX,
+    RayOptions,
+    RayUnavailable,
+    ray_engine,
+    ray_runtime,
+)
+from ingest.readers import open_source
+from ingest.report import IngestProgress, IngestSummary
+from stores.catalog.mongodb import MongoCatalog
+from stores.images.s3 import S3ImageStore
+from tests.stores.pinecone_fake import FakePinecone
+from tests.stores.servers import (
+    AWS_TEST_CREDENTIALS,
+    AWS_TEST_REGION,
+    MongoServer,
+    S3Server,
+    mongo_server,
+    pinecone_server,
+    s3_server,
+    unique_name,
+)
+
+__all__ = ["mongo_server", "pinecone_server", "s3_server"]
+
+REFERENCE_PRODUCTS = 200
+"""The first products of the Kaggle zip ingested by both engines (500 took over four minutes
+per engine on the shared, loaded 2-core machine)."""
+RECOVERY_PRODUCTS = 96
+"""The products of the crash tests (a prefix of the reference)."""
+SMALL_BATCH = 16
+"""Batches of the crash tests: several are acknowledged before the end."""
+VECTOR_TOLERANCE = 1e-4
+"""Batch composition changes the float sums a little (unit vectors)."""
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a home holds for some products: the products, vectors and image bytes."""
+
+    products: dict[str, Any]
+    vectors: dict[str, Vectors]
+    images: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[str]:
+    """One local Ray runtime for the module; its address (for a driver in a subprocess)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="fs-ray-test-") as temp:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def home_settings(home: Path) -> Settings:
+    return Settings(home=home)
+
+
+async def ingest_on(
+    settings: Settings,
+    zip_path: Path,
+    limit: int,
+    *,
+    engine: RayOptions | None,
+    batch_size: int = 32,
+    container: Container | None = None,
+    on_progress: Any = None,
+) -> IngestSummary:
+    container = container or build(settings)
+    encoders = [container.encoders.get(None)]
+    options = IngestOptions(batch_size=batch_size, limit=limit)
+    try:
+        with open_source(zip_path) as source:
+            if engine is None:
+                pipeline = container.ingest_pipeline(encoders, options, on_progress)
+                return await pipeline.run(source, limit)
+            with ray_engine(engine, container.ray_encoder_factory(encoders)) as running:
+                ray_pipeline = container.ray_ingest_pipeline(
+                    running, encoders, options, on_progress
+                )
+                return await ray_pipeline.run(source, limit)
+    finally:
+        await container.aclose()
+
+
+async def snapshot(container: Container, ids: list[str] | None = None) -> Snapshot:
+    """The products (all of them, or ``ids``), their vectors and image bytes."""
+    try:
+        products: dict[str, Any] = {}
+        cursor: str | None = None
+        while True:
+            page = await container.catalog.list(cursor=cursor, limit=500)
+            products.update({p.id: p for p in page.items})
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        if ids is not None:
+            products = {i: products[i] for i in ids if i in products}
+        encoder_id = container.encoders.get(None).id
+        vectors = await container.index.fetch(encoder_id, list(products))
+        images = {
+            key: await container.images.get(key) for p in products.values() for key in p.image_keys
+        }
+        return Snapshot(products, vectors, images)
+    finally:
+        await container.aclose()
+
+
+def assert_same(got: Snapshot, want: Snapshot) -> None:
+    assert got.products == want.products
+    assert got.images == want.images
+    assert sorted(got.vectors) == sorted(want.vectors) == sorted(want.products)
+    for product_id, vector in want.vectors.items():
+        np.testing.assert_allclose(got.vectors[product_id], vector, atol=VECTOR_TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    kaggle_zip: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Snapshot, IngestSummary]:
+    """The local engine's result for the first REFERENCE_PRODUCTS products."""
+    settings = home_settings(tmp_path_factory.mktemp("local") / "home")
+    summary = asyncio.run(ingest_on(settings, kaggle_zip, REFERENCE_PRODUCTS, engine=None))
+    return asyncio.run(snapshot(build(settings))), summary
+
+
+def first_ids(kaggle_zip: Path, n: int) -> list[str]:
+    with open_source(kaggle_zip) as source:
+        return [item.id for item in itertools.islice(source, n)]
+
+
+def encoder_actors() -> list[Any]:
+    """The live encoder actors (found by name, as an operator would)."""
+    actors = []
+    for name in ray.util.list_named_actors():
+        if name.startswith(ACTOR_NAME_PREFIX):
+            try:
+                actors.append(ray.get_actor(name))
+            except ValueError:  # killed at the end of an earlier run
+                continue
+    return actors
+
+
+async def test_ray_gives_the_local_engines_catalog_and_a_rerun_changes_nothing(
+    local_ray: str, reference: tuple[Snapshot, IngestSummary], kaggle_zip: Path, tmp_path: Path
+) -> None:
+    want, local_summary = reference
+    settings = home_settings(tmp_path / "home")
+    summary = await ingest_on(
+        settings, kaggle_zip, REFERENCE_PRODUCTS, engine=RayOptions(workers=2)
+    )
+    assert (summary.seen, summary.indexed, summary.failed) == (
+        local_summary.seen,
+        local_summary.indexed,
+        local_summary.failed,
+    )
+    assert summary.failures == local_summary.failures
+    assert_same(await snapshot(build(settings)), want)
+
+    again = await ingest_on(settings, kaggle_zip, REFERENCE_PRODUCTS, engine=RayOptions(workers=2))
+    assert (again.indexed, again.updated) == (0, 0)
+    assert again.skipped_unchanged == local_summary.indexed
+
+
+async def test_a_killed_encoder_actor_is_replaced_and_the_run_completes(
+    local_ray: str, reference: tuple[Snapshot, IngestSummary], kaggle_zip: Path, tmp_path: Path
+) -> None:
+    settings = home_settings(tmp_path / "home")
+    first_batch_written = asyncio.Event()
+
+    def on_progress(progress: IngestProgress) -> None:
+        first_batch_written.set()
+
+    run = asyncio.create_task(
+        ingest_on(
+            settings,
+            kaggle_zip,
+            RECOVERY_PRODUCTS,
+            engine=RayOptions(workers=2),
+            batch_size=SMALL_BATCH,
+            on_progress=on_progress,
+        )
+    )
+    await first_batch_written.wait()
+    actor = encoder_actors()[0]
+    pid = await actor.pid.remote()
+    os.kill(pid, signal.SIGKILL)
+    summary = await run
+    assert summary.indexed == RECOVERY_PRODUCTS
+    assert summary.failed == 0
+    ids = first_ids(kaggle_zip, RECOVERY_PRODUCTS)
+    assert_same(await snapshot(build(settings)), subset(reference[0], ids))
+
+
+def subset(snapshot_: Snapshot, ids: list[str]) -> Snapshot:
+    products = {i: snapshot_.products[i] for i in ids}
+    keys = {k for p in products.values() for k in p.image_keys}
+    return Snapshot(
+        products,
+        {i: snapshot_.vectors[i] for i in ids},
+        {k: v for k, v in snapshot_.images.items() if k in keys},
+    )
+
+
+async def acknowledged(settings: Settings) -> int:
+    """Products the ledger records as indexed (what an ingest has acknowledged)."""
+    container = build(settings)
+    try:
+        encoder_id = container.encoders.get(None).id
+        return len(await container.catalog.ledger_page(encoder_id, None, RECOVERY_PRODUCTS + 1))
+    finally:
+        await container.aclose()
+
+
+async def test_a_killed_driver_is_resumed_by_rerunning(
+    local_ray: str, reference: tuple[Snapshot, IngestSummary], kaggle_zip: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    settings = home_settings(home)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": local_ray,
+        "FASHION_SEARCH_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+    }
+    argv = [sys.executable, "-m", "fashion_search.cli", "ingest", str(kaggle_zip)]
+    argv += ["--engine", "ray", "--workers", "1", "--limit", str(RECOVERY_PRODUCTS)]
+    argv += ["--batch-size", str(SMALL_BATCH)]
+    log = tmp_path / "driver.log"
+    with log.open("wb") as output:
+        driver = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        while (done := await acknowledged(settings)) < SMALL_BATCH:
+            assert driver.returncode is None, log.read_text(errors="replace")
+            await asyncio.sleep(0.2)  # polling the ledger, not ordering by time
+        driver.send_signal(signal.SIGKILL)
+        await driver.wait()
+    finally:
+        if driver.returncode is None:
+            driver.kill()
+            await driver.wait()
+    assert done < RECOVERY_PRODUCTS, "the driver was killed mid-run"
+
+    summary = await ingest_on(settings, kaggle_zip, RECOVERY_PRODUCTS, engine=RayOptions(workers=2))
+    assert summary.skipped_unchanged >= done
+    assert summary.indexed + summary.skipped_unchanged == RECOVERY_PRODUCTS
+    ids = first_ids(kaggle_zip, RECOVERY_PRODUCTS)
+    assert_same(await snapshot(build(settings)), subset(reference[0], ids))
+
+
+@pytest.fixture
+async def production(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pinecone_server: FakePinecone,
+    mongo_server: MongoServer,
+    s3_server: S3Server,
+) -> AsyncIterator[Settings]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_TEST_CREDENTIALS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_TEST_CREDENTIALS["aws_secret_access_key"])
+    dim = build(home_settings(tmp_path / "probe")).encoders.get(None).dim
+    settings = Settings(
+        home=tmp_path / "home",
+        pinecone_api_key=SecretStr(pinecone_server.api_key),
+        pinecone_host=pinecone_server.create_index(unique_name("idx"), dim),
+        mongodb_uri=SecretStr(mongo_server.uri),
+        mongodb_db=unique_name("shop").replace("-", "_"),
+        s3_bucket=unique_name("images"),
+        s3_endpoint_url=s3_server.endpoint_url,
+        aws_region=AWS_TEST_REGION,
+    )
+    container = build(settings)
+    assert isinstance(container.images, S3ImageStore)
+    await container.images.create_bucket()
+    yield settings
+    if isinstance(container.catalog, MongoCatalog):
+        await container.catalog.drop()
+    await container.aclose()
+
+
+@pytest.mark.e2e
+async def test_the_production_profile_is_filled_the_same_way(
+    local_ray: str,
+    reference: tuple[Snapshot, IngestSummary],
+    production: Settings,
+    kaggle_zip: Path,
+) -> None:
+    summary = await ingest_on(
+        production, kaggle_zip, RECOVERY_PRODUCTS, engine=RayOptions(workers=2)
+    )
+    assert summary.indexed == RECOVERY_PRODUCTS
+    ids = first_ids(kaggle_zip, RECOVERY_PRODUCTS)
+    assert_same(await snapshot(build(production), ids), subset(reference[0], ids))
+    again = await ingest_on(production, kaggle_zip, RECOVERY_PRODUCTS, engine=RayOptions(workers=2))
+    assert (again.indexed, again.skipped_unchanged) == (0, RECOVERY_PRODUCTS)
+
+
+def test_without_ray_the_engine_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    with (
+        pytest.raises(RayUnavailable, match=r"pip install 'fashion-search\[ray\]'"),
+        ray_runtime(RayOptions()),
+    ):
+        pass
