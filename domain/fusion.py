@@ -108,6 +108,8 @@ class Fused:
     hits: list[FusedHit]
     quality: MatchQuality
     weights: Weights
+    total: int = 0
+    """Candidates ranked (``hits`` may hold only the first of them)."""
 
 
 def coverage(lexical: Sequence[LexicalHit]) -> float:
@@ -152,42 +154,53 @@ def relative_bm25(hits: Sequence[LexicalHit]) -> dict[str, float]:
     return {h.product_id: (h.score / best if best > 0 else 1.0) for h in hits}
 
 
-def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Fused:
-    """One ranking from the signals' lists, exact matches first."""
+def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | None = None) -> Fused:
+    """One ranking from the signals' lists, exact matches first; hits only for the first
+    ``limit`` (all when None; ``Fused.total`` counts every candidate)."""
     w = weights(ranked, config)
     visual, semantic = dict(ranked.visual), dict(ranked.semantic)
     lexical = relative_bm25(ranked.lexical)
-    normalised = {
-        "visual": min_max(ranked.visual),
-        "semantic": min_max(ranked.semantic),
-        "lexical": lexical,
-    }
-    weight_of = {"visual": w.visual, "semantic": w.semantic, "lexical": w.lexical}
-    used = [name for name, weight in weight_of.items() if weight > 0]
-    raw = {"visual": visual, "semantic": semantic, "lexical": lexical}
+    weighted = [
+        (weight, normalised)
+        for weight, normalised in (
+            (w.visual, min_max(ranked.visual)),
+            (w.semantic, min_max(ranked.semantic)),
+            (w.lexical, lexical),
+        )
+        if weight > 0
+    ]
     candidates = dict.fromkeys([*ranked.exact, *visual, *lexical, *semantic])
-
-    def score(pid: str) -> float:
-        if len(used) == 1:  # one signal: its own score (cosine or relative BM25)
-            return raw[used[0]].get(pid, 0.0)
-        total = sum(weight_of[name] * normalised[name].get(pid, 0.0) for name in used)
-        return total / sum(weight_of[name] for name in used) if used else 0.0
-
-    exact = dict.fromkeys(ranked.exact)
+    if len(weighted) == 1:  # one signal: its own score (cosine or relative BM25)
+        only = next(
+            raw
+            for raw, weight in ((visual, w.visual), (semantic, w.semantic), (lexical, w.lexical))
+            if weight > 0
+        )
+        scores = {pid: only.get(pid, 0.0) for pid in candidates}
+    else:
+        total_weight = sum(weight for weight, _ in weighted) or 1.0
+        scores = {
+            pid: sum(weight * normalised.get(pid, 0.0) for weight, normalised in weighted)
+            / total_weight
+            for pid in candidates
+        }
+    position = {pid: i for i, pid in enumerate(dict.fromkeys(ranked.exact))}
+    order = sorted(
+        candidates, key=lambda pid: (pid not in position, position.get(pid, 0), -scores[pid])
+    )
     hits = [
         FusedHit(
             product_id=pid,
-            score=score(pid),
+            score=scores[pid],
             signals=Signals(
                 visual=visual.get(pid), lexical=lexical.get(pid), semantic=semantic.get(pid)
             ),
-            exact=pid in exact,
+            exact=pid in position,
         )
-        for pid in candidates
+        for pid in (order if limit is None else order[:limit])
     ]
-    position = {pid: i for i, pid in enumerate(exact)}
-    hits.sort(key=lambda h: (not h.exact, position.get(h.product_id, 0), -h.score))
-    return Fused(hits=hits, quality=match_quality(ranked, config.quality), weights=w)
+    quality = match_quality(ranked, config.quality)
+    return Fused(hits=hits, quality=quality, weights=w, total=len(order))
 
 
 def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality:

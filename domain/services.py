@@ -282,8 +282,9 @@ class SearchService:
         # One extra to know whether a next page exists, one more for the excluded query item.
         wanted = depth + 1 + (1 if vectors.exclude_id else 0)
         ranked = await self._rank(encoder, query, vectors, wanted)
-        fused = fuse(ranked, self.fusion)
+        fused = fuse(ranked, self.fusion, limit=max(FACET_DEPTH, wanted) + 1)
         ordered = [h for h in fused.hits if h.product_id != vectors.exclude_id]
+        excluded = len(fused.hits) - len(ordered)
         queried = time.perf_counter()
 
         window = ordered[position.offset : depth]
@@ -300,7 +301,8 @@ class SearchService:
             for i, h in enumerate(h for h in window if h.product_id in products)
         )
         finished = time.perf_counter()
-        next_cursor = Cursor(offset=depth).encode() if len(ordered) > depth else None
+        more = fused.total - excluded > depth
+        next_cursor = Cursor(offset=depth).encode() if more else None
         self.last_timings = SearchTimings(
             encode_ms=(encoded - started) * 1000,
             index_ms=(queried - encoded) * 1000,

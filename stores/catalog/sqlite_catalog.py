@@ -390,13 +390,23 @@ class SqliteCatalog:
             return []
         where, params = _filter_sql(filter, "l.product_id")
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
-                "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
-                "JOIN products p ON p.id = l.product_id "
-                f"WHERE products_fts MATCH ? AND {where} ORDER BY {_BM25} LIMIT ?",
-                [fts5_query(query), *params, top_k],
-            ).fetchall()
+            if params:  # filtered: the filter joins every match, then the top is taken
+                sql = (
+                    f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
+                    "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
+                    "JOIN products p ON p.id = l.product_id "
+                    f"WHERE products_fts MATCH ? AND {where} ORDER BY {_BM25} LIMIT ?"
+                )
+            else:  # the top rows first (FTS5 ranks in C), then the joins for those rows only
+                sql = (
+                    f"WITH top AS (SELECT rowid, {_BM25} AS s FROM products_fts "
+                    "WHERE products_fts MATCH ? ORDER BY s LIMIT ?) "
+                    "SELECT l.product_id, -top.s, f.name, f.description, f.tags, p.name "
+                    "FROM top JOIN lexical_ids l ON l.rowid = top.rowid "
+                    "JOIN products_fts f ON f.rowid = top.rowid "
+                    "JOIN products p ON p.id = l.product_id ORDER BY top.s"
+                )
+            rows = conn.execute(sql, [fts5_query(query), *params, top_k]).fetchall()
         return [
             LexicalHit(
                 product_id=pid,

@@ -1,0 +1,101 @@
+"""What the lexical signal and the fusion add to a text search: ``search_text`` (SQLite FTS5,
+top 200) on the whole Kaggle catalog's words (14,888 products, no images needed) and
+``fuse`` of three top-200 lists (hits made for the first 212, as a search does), medians over a set of shopper queries.
+
+    PYTHONPATH=. .venv/bin/python -m bench.lexical_cost
+
+Writes bench/results/lexical_cost.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from domain.fusion import FACET_DEPTH, FUSION_DEPTH, Ranked, fuse
+from domain.model import Product
+from fashion_search.settings import Settings
+from ingest.readers import open_source
+from stores.catalog.sqlite_catalog import SqliteCatalog
+
+RESULTS = Path(__file__).resolve().parent / "results" / "lexical_cost.json"
+QUERIES = [
+    "black trousers",
+    "lace dress",
+    "t-shirt",
+    "navy blue tshirts",
+    "basics men black trousers",
+    "white sneakers",
+    "asdfgh",
+    "summer dress",
+    "red kurta",
+    "running shoes",
+]
+ROUNDS = 20
+
+
+def _ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 3)
+
+
+async def main() -> None:
+    zip_path = Settings().datasets_dir / "kaggle-fashion-small.zip"
+    with open_source(zip_path) as source:
+        products = [
+            Product(id=i.id, name=i.name, description=i.description, tags=i.tags)
+            for i in source
+            if i.id
+        ]
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = SqliteCatalog(Path(tmp) / "catalog.sqlite3")
+        started = time.perf_counter()
+        catalog.upsert_many_sync(products)
+        upsert_s = time.perf_counter() - started
+        lexical_times: list[float] = []
+        fuse_times: list[float] = []
+        rng = np.random.default_rng(0)
+        ids = [p.id for p in products]
+        for _ in range(ROUNDS):
+            for query in QUERIES:
+                started = time.perf_counter()
+                hits = catalog.search_text_sync(query, FUSION_DEPTH)
+                lexical_times.append(time.perf_counter() - started)
+                picked = rng.choice(len(ids), size=2 * FUSION_DEPTH, replace=False)
+                visual = [
+                    (ids[i], float(s))
+                    for i, s in zip(
+                        picked[:FUSION_DEPTH], np.sort(rng.random(FUSION_DEPTH))[::-1], strict=True
+                    )
+                ]
+                semantic = [
+                    (ids[i], float(s))
+                    for i, s in zip(
+                        picked[FUSION_DEPTH:], np.sort(rng.random(FUSION_DEPTH))[::-1], strict=True
+                    )
+                ]
+                started = time.perf_counter()
+                fuse(Ranked(visual=visual, semantic=semantic, lexical=hits), limit=FACET_DEPTH + 12)
+                fuse_times.append(time.perf_counter() - started)
+        catalog.close_sync()
+    result = {
+        "catalog": str(zip_path.name),
+        "products": len(products),
+        "queries": QUERIES,
+        "rounds": ROUNDS,
+        "search_text_top200_p50_ms": _ms(lexical_times),
+        "fuse_3x200_p50_ms": _ms(fuse_times),
+        "upsert_all_words_s": round(upsert_s, 2),
+        "note": "2-core machine shared with other work while measured",
+    }
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
