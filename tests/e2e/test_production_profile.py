@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
-from domain.model import ImageQuery, Modality, ProductFilter
+from domain.model import ImageQuery, Modality, ProductFilter, product_text_space
 from domain.ports import Vectors
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build, build_encoders
@@ -147,7 +147,8 @@ async def test_ingest_and_search_across_pinecone_mongodb_and_s3(
 ) -> None:
     await add_products(container)
     assert await container.index.count(ColourEncoder.id) == len(PRODUCTS)
-    assert await container.index.encoder_ids() == [ColourEncoder.id]
+    spaces = [ColourEncoder.id, product_text_space(ColourEncoder.id)]  # images, then words
+    assert sorted(await container.index.encoder_ids()) == sorted(spaces)
     assert await container.catalog.count() == len(PRODUCTS)
     assert set(await container.catalog.indexed_hashes(ColourEncoder.id)) == {p[0] for p in PRODUCTS}
 
