@@ -109,6 +109,16 @@ def parser() -> argparse.ArgumentParser:
         "--sample", type=int, default=1024, help="Images for the raw encoder throughput."
     )
     ingest.add_argument("--torch-threads", type=int, default=0)
+    ingest.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: the local engine against `ingest --engine ray` with --workers actors "
+        "(results to ingest-ray.json; --limit defaults to 480 products).",
+    )
+    ingest.add_argument(
+        "--workers", type=_sizes, default=[1, 2], help="Ray encoder actors to measure (1,2)."
+    )
 
     index = sub.add_parser("index", parents=[common], help="FAISS adapter at scale.")
     index.add_argument("--sizes", type=_sizes, default=[100_000, 1_000_000])
@@ -163,6 +173,16 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             requests_8=args.concurrent_requests,
             concurrency=args.concurrency,
             stage_repeats=args.stage_repeats,
+        )
+    if command == "ingest" and args.engine == "ray":
+        from bench import ingest_ray
+
+        return ingest_ray.run(
+            work_dir=args.work_dir,
+            datasets=datasets,
+            encoder=encoder,
+            workers=args.workers,
+            limit=args.limit,
         )
     if command == "ingest":
         from bench import ingest

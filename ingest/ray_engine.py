@@ -2,8 +2,8 @@
 stages, spread over a Ray cluster, writing through the same one write use case.
 
 * Reading: the driver iterates the source (the same readers); each batch's images are read,
-  size-checked and hashed by a Ray task (``read_ahead`` + workers batches in flight), so
-  reading scales with the cluster (and with remote storage) instead of one driver thread.
+  size-checked and hashed by reader actors (one per four encoders; ``read_ahead`` + workers
+  batches in flight), so reading scales with the cluster instead of one driver thread.
 * Encoding: a pool of encoder actors (one encoder per actor, one ONNX/torch thread each by
   default) takes each batch's items split evenly among them. The actors restart when their
   process dies and their call is retried, so a lost worker costs the retry, not the run.
@@ -15,8 +15,8 @@ stages, spread over a Ray cluster, writing through the same one write use case.
 
 A single Ray Data pipeline (read -> encode -> write) was not used on purpose: the ledger
 check has to sit between reading (which yields the content hash) and encoding, and only the
-driver talks to the stores, so the stages are joined in the driver and Ray's tasks and actor
-pool do the heavy parts.
+driver talks to the stores, so the stages are joined in the driver and Ray actors do the
+heavy parts.
 
 Ray is an optional dependency, imported only when this engine is used.
 """
@@ -44,10 +44,10 @@ from ingest.readers import SourceItem
 RAY_MISSING = "the Ray engine needs Ray, which is not installed: pip install 'fashion-search[ray]'"
 ACTOR_NAME_PREFIX = "fashion-search-encoder"
 """Encoder actors are named ``<prefix>-<run>-<n>`` (operators and tests find them by it)."""
-READ_TASK_CPUS = 0
-"""A read task mostly waits on storage, and must not wait for a CPU the actors hold (with
-one actor per core, a task asking for any CPU would never be scheduled). At most
-``read_ahead`` + workers of them are in flight."""
+READER_CPUS = 0
+"""A reader mostly waits on storage, and must not wait for a CPU the encoder actors hold
+(with one encoder per core, a reader asking for any CPU would never be scheduled)."""
+ENCODERS_PER_READER = 4
 RAY_TEMP_DIR_PREFIX = "fs-ray-"
 
 EncoderFactory = Callable[[], Sequence[Encoder]]
@@ -142,9 +142,34 @@ class EncoderActor:
         return EncodedPart(encoded.vectors, encoded.broken, encoded.text_vectors)
 
 
-def read_images(items: list[SourceItem], max_bytes: int) -> list[_Raw]:
-    """A read task: the local pipeline's reading of one batch (bytes, size limit, hash)."""
-    return _read_batch(iter(items), len(items), max_bytes)
+class ReaderActor:
+    """Reads batches of images: the local pipeline's reading (bytes, size limit, hash).
+
+    An actor rather than a task: Ray keeps about one idle worker per CPU, so with the CPUs
+    held by encoder actors every read task started (and imported) a fresh worker process."""
+
+    def read(self, items: list[SourceItem], max_bytes: int) -> list[_Raw]:
+        return _read_batch(iter(items), len(items), max_bytes)
+
+
+class ReaderPool:
+    """A reader actor per ENCODERS_PER_READER encoder actors, used in turn."""
+
+    def __init__(self, ray: ModuleType, workers: int) -> None:
+        actor = ray.remote(ReaderActor).options(
+            num_cpus=READER_CPUS, max_restarts=-1, max_task_retries=-1
+        )
+        self._ray = ray
+        self._actors = [actor.remote() for _ in range(-(-workers // ENCODERS_PER_READER))]
+        self._next = itertools.cycle(self._actors)
+
+    def read(self, items: list[SourceItem], max_bytes: int) -> Any:
+        """An object ref to the batch's ``_Raw`` items (await it)."""
+        return next(self._next).read.remote(items, max_bytes)
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor, no_restart=True)
 
 
 class EncoderPool:
@@ -204,6 +229,7 @@ class RayEngine:
 
     ray: ModuleType
     pool: EncoderPool
+    readers: ReaderPool
 
 
 @contextmanager
@@ -212,9 +238,11 @@ def ray_engine(options: RayOptions, factory: EncoderFactory) -> Iterator[RayEngi
     the run."""
     with ray_runtime(options) as ray:
         pool = EncoderPool(ray, factory, options.workers, uuid.uuid4().hex[:8])
+        readers = ReaderPool(ray, options.workers)
         try:
-            yield RayEngine(ray, pool)
+            yield RayEngine(ray, pool, readers)
         finally:
+            readers.close()
             pool.close()
 
 
@@ -227,13 +255,13 @@ def _split(items: Sequence[PlannedItem], parts: int) -> list[list[PlannedItem]]:
 
 
 class RayIngestPipeline(IngestPipeline):
-    """The local pipeline with its reading on Ray tasks and its encoding on the actor pool;
-    plan, validation, writes, report and progress are inherited unchanged."""
+    """The local pipeline with its reading and encoding on Ray actors; plan, validation,
+    writes, report and progress are inherited unchanged."""
 
     def __init__(self, *args: Any, engine: RayEngine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pool = engine.pool
-        self._read = engine.ray.remote(read_images).options(num_cpus=READ_TASK_CPUS)
+        self._readers = engine.readers
 
     async def _produce(
         self,
@@ -252,7 +280,7 @@ class RayIngestPipeline(IngestPipeline):
                     )
                     exhausted = not items
                     if items:
-                        in_flight.append(self._read.remote(items, options.max_image_bytes))
+                        in_flight.append(self._readers.read(items, options.max_image_bytes))
                 if not in_flight:
                     break
                 raws: list[_Raw] = await in_flight.popleft()

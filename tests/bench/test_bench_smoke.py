@@ -164,6 +164,8 @@ def test_command_line_options() -> None:
     args = cli.parser().parse_args(["latency", "--kaggle-limit", "all", "--hm-limit", "5"])
     assert args.kaggle_limit is None
     assert args.hm_limit == 5
+    args = cli.parser().parse_args(["ingest", "--engine", "ray", "--workers", "1,2"])
+    assert (args.engine, args.workers) == ("ray", [1, 2])
 
 
 def test_memory_reads_from_proc() -> None:
