@@ -440,6 +440,8 @@ def ingest_command(
         max_image_bytes=settings.max_image_bytes,
         reindex=reindex,
     )
+    if engine is Engine.LOCAL and (ray_address is not None or workers != 1):
+        raise fail("--workers and --ray-address are options of --engine ray", 2)
     on_ray = RayOptions(ray_address, workers) if engine is Engine.RAY else None
     summary, written = run_async(
         ingest_path(settings, path, encoder, options, report, verify, on_ray)

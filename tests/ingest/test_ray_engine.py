@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import ray
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from domain.ports import Vectors
+from fashion_search.cli import app
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 from ingest.pipeline import IngestOptions
@@ -339,3 +341,14 @@ def test_without_ray_the_engine_names_the_extra_to_install(
         ray_runtime(RayOptions()),
     ):
         pass
+
+
+def test_ray_options_without_the_ray_engine_are_refused(kaggle_zip: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["ingest", str(kaggle_zip), "--workers", "2"],
+        env={"FASHION_SEARCH_HOME": str(tmp_path / "home")},
+    )
+    assert result.exit_code == 2
+    assert "--engine ray" in result.output
+    assert not (tmp_path / "home").exists()
