@@ -71,28 +71,17 @@ class Container:
         encoders: Sequence[Encoder],
         options: IngestOptions | None = None,
         on_progress: ProgressCallback | None = None,
+        engine: RayEngine | None = None,
     ) -> IngestPipeline:
-        """An ingest pipeline writing to this container's stores."""
-        return IngestPipeline(
-            encoders,
-            self.index,
-            self.catalog,
-            self.images,
-            fetcher=self.fetcher,
-            options=options,
-            on_progress=on_progress,
-            lock=self.write_lock,
+        """An ingest writing to this container's stores: on this machine, or on Ray
+        (``ingest --engine ray``) when ``engine`` is given. Both write through the same
+        Indexer, lock and ledger."""
+        make: Callable[..., IngestPipeline] = (
+            IngestPipeline
+            if engine is None
+            else functools.partial(RayIngestPipeline, engine=engine)
         )
-
-    def ray_ingest_pipeline(
-        self,
-        engine: RayEngine,
-        encoders: Sequence[Encoder],
-        options: IngestOptions | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> RayIngestPipeline:
-        """An ingest on Ray (``ingest --engine ray``) writing to this container's stores."""
-        return RayIngestPipeline(
+        return make(
             encoders,
             self.index,
             self.catalog,
@@ -101,7 +90,6 @@ class Container:
             options=options,
             on_progress=on_progress,
             lock=self.write_lock,
-            engine=engine,
         )
 
     def ray_encoder_factory(

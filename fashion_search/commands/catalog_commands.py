@@ -172,7 +172,7 @@ async def run_ingest(
     with ray_engine(on_ray, container.ray_encoder_factory(encoders)) as engine:
         console.print(f"Ray: {on_ray.workers} encoder actor(s)", highlight=False)
         with ingest_progress("Ingesting on Ray") as on_progress:
-            ray_pipeline = container.ray_ingest_pipeline(engine, encoders, options, on_progress)
+            ray_pipeline = container.ingest_pipeline(encoders, options, on_progress, engine)
             return await ray_pipeline.run(source, total)
 
 

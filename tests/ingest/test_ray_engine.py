@@ -110,9 +110,7 @@ async def ingest_on(
                 pipeline = container.ingest_pipeline(encoders, options, on_progress)
                 return await pipeline.run(source, limit)
             with ray_engine(engine, container.ray_encoder_factory(encoders)) as running:
-                ray_pipeline = container.ray_ingest_pipeline(
-                    running, encoders, options, on_progress
-                )
+                ray_pipeline = container.ingest_pipeline(encoders, options, on_progress, running)
                 return await ray_pipeline.run(source, limit)
     finally:
         await container.aclose()
