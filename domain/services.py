@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -329,22 +330,23 @@ class SearchService:
         asks_text_space = words and vectors.text is not None
         if asks_text_space:
             asks_text_space = await self._has_text_space(encoder)
-        visual = (
-            self._vectors(encoder.id, vectors.visual, depth, flt)
-            if query.mode is not SearchMode.TEXT
-            else self._no_vectors()
-        )
-        semantic = (
-            self._vectors(product_text_space(encoder.id), vectors.text, depth, flt)
-            if asks_text_space and vectors.text is not None
-            else self._no_vectors()
-        )
-        lexical = (
-            self._lexical.search_text(query.text.text, depth, flt)
-            if words and self._lexical is not None and query.text is not None
-            else self._no_lexical()
-        )
-        visual_list, semantic_list, lexical_list = await asyncio.gather(visual, semantic, lexical)
+        # Only the signals this search uses become coroutines, each handed straight to
+        # gather (no coroutine left un-awaited when a list is not needed). The lexical one
+        # goes first: it hands its query to a thread (SQLite) or the network (MongoDB), so
+        # the vector queries run meanwhile, inline when this is the only search.
+        asks: dict[str, Awaitable[Sequence[Any]]] = {}
+        if words and self._lexical is not None and query.text is not None:
+            asks["lexical"] = self._lexical.search_text(query.text.text, depth, flt)
+        if query.mode is not SearchMode.TEXT:
+            asks["visual"] = self._vectors(encoder.id, vectors.visual, depth, flt)
+        if asks_text_space and vectors.text is not None:
+            asks["semantic"] = self._vectors(
+                product_text_space(encoder.id), vectors.text, depth, flt
+            )
+        lists = dict(zip(asks, await asyncio.gather(*asks.values()), strict=True))
+        visual_list: Sequence[tuple[str, float]] = lists.get("visual", [])
+        semantic_list: Sequence[tuple[str, float]] = lists.get("semantic", [])
+        lexical_list: Sequence[LexicalHit] = lists.get("lexical", [])
         exact: list[str] = []
         if words and query.image is None and query.text is not None:
             exact = self._exact(query.text.text, lexical_list)
@@ -377,14 +379,6 @@ class SearchService:
             self._spaces = frozenset(await self._index.encoder_ids())
             self._spaces_checked = now
         return product_text_space(encoder.id) in self._spaces
-
-    @staticmethod
-    async def _no_vectors() -> list[tuple[str, float]]:
-        return []
-
-    @staticmethod
-    async def _no_lexical() -> list[LexicalHit]:
-        return []
 
     @staticmethod
     def _exact(text: str, lexical: Sequence[LexicalHit]) -> list[str]:
