@@ -28,6 +28,7 @@ from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
 from ingest.ray_engine import EncoderFactory, RayEngine, RayIngestPipeline
+from ingest.s3 import S3Access
 from stores.locks import FileWriteLock, NullWriteLock
 
 if TYPE_CHECKING:
@@ -166,6 +167,13 @@ def mongo_catalog(settings: Settings) -> MongoCatalog:
         settings.mongodb_db,
         timeout_s=settings.store_timeout_s,
     )
+
+
+def s3_access(settings: Settings) -> S3Access:
+    """How ingest reads ``s3://`` manifests and images: the S3 settings the image store uses
+    (endpoint, region, store timeout) and boto3's credential chain. Checked on first use:
+    a local ingest does not depend on the S3 settings."""
+    return S3Access(settings.s3_endpoint_url, settings.aws_region, settings.store_timeout_s)
 
 
 def s3_images(settings: Settings) -> S3ImageStore:

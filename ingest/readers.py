@@ -6,8 +6,10 @@ Three layouts are understood:
   folder or as the downloaded zip (read in place, never unpacked), possibly nested one
   folder deep (``myntradataset/styles.csv``);
 * a manifest, CSV or JSONL, with ``id,image[,name,description,<tag columns>]`` where
-  ``image`` is a path relative to the manifest or an http(s) URL; a folder holding
-  ``products.csv``, ``manifest.csv`` or ``manifest.jsonl`` is read as that manifest;
+  ``image`` is a path relative to the manifest, an http(s) URL or an ``s3://bucket/key``; a
+  folder holding ``products.csv``, ``manifest.csv`` or ``manifest.jsonl`` is read as that
+  manifest; the manifest itself may be an ``s3://`` URI (its relative image paths are then
+  keys beside it in the bucket; see ``ingest.s3``);
 * a plain folder of images: the id and the name are the file stem (files in sub-folders get a
   ``folder`` tag).
 
@@ -31,6 +33,8 @@ import functools
 import io
 import json
 import os
+import shutil
+import tempfile
 import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -41,6 +45,7 @@ from typing import IO, Protocol, Self
 from urllib.parse import urlparse
 
 from domain.errors import BadInput, NotFound, PayloadTooLarge
+from ingest.s3 import S3Access, S3ReadError, is_s3_uri, split_s3_uri
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.jsonl")
@@ -199,6 +204,25 @@ class RemoteImage:
 
 
 @dataclass(frozen=True)
+class S3Image:
+    """An object in S3 (``s3://bucket/key``), read with the run's S3 settings."""
+
+    access: S3Access
+    bucket: str
+    key: str
+
+    @property
+    def ref(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def read(self, max_bytes: int) -> bytes:
+        try:
+            return self.access.get(self.bucket, self.key, max_bytes)
+        except S3ReadError as exc:
+            raise ImageUnavailable(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class MissingImage:
     """A reference that cannot be loaded at all (empty cell, unsupported URL scheme)."""
 
@@ -209,7 +233,7 @@ class MissingImage:
         raise ImageUnavailable(self.reason)
 
 
-ImageHandle = FileImage | ZipImage | RemoteImage | MissingImage
+ImageHandle = FileImage | ZipImage | S3Image | RemoteImage | MissingImage
 
 
 @dataclass(frozen=True)
@@ -519,12 +543,18 @@ class ManifestSource(_SourceBase):
     layout = "manifest"
     RESERVED = frozenset({"id", "image", "name", "description"})
 
-    def __init__(self, manifest: Path) -> None:
+    def __init__(
+        self, manifest: Path, s3: S3Access | None = None, s3_base: str | None = None
+    ) -> None:
+        """``s3``: how ``s3://`` images are read; ``s3_base``: the ``s3://bucket/folder/``
+        relative image paths are keys under (a manifest read from S3)."""
         super().__init__(manifest)
         self._manifest = manifest
         self._base = manifest.parent
         self._jsonl = manifest.suffix.lower() in JSONL_SUFFIXES
         self._column_map = column_map_for(manifest)
+        self._s3 = s3 or S3Access()
+        self._s3_base = s3_base
 
     def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
         with self._manifest.open(encoding="utf-8-sig", newline="") as handle:
@@ -556,10 +586,21 @@ class ManifestSource(_SourceBase):
         parsed = urlparse(text)
         if parsed.scheme in ("http", "https"):
             return RemoteImage(text)
+        if is_s3_uri(text):
+            return self._s3_image(text)
         if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
             return MissingImage(text, f"unsupported image URL scheme {parsed.scheme!r}")
+        if self._s3_base is not None:
+            return self._s3_image(self._s3_base + text.lstrip("/"))
         path = Path(text)
         return FileImage(path if path.is_absolute() else self._base / path)
+
+    def _s3_image(self, uri: str) -> ImageHandle:
+        try:
+            bucket, key = split_s3_uri(uri)
+        except BadInput as exc:
+            return MissingImage(uri, str(exc))
+        return S3Image(self._s3, bucket, key)
 
     def __iter__(self) -> Iterator[SourceItem]:
         for where, record in self._rows():
@@ -605,6 +646,48 @@ class ManifestSource(_SourceBase):
         return {"id", "image"} <= columns
 
 
+class S3ManifestSource(ManifestSource):
+    """A manifest at ``s3://bucket/key``: copied to a temporary file (streamed, then read
+    like a local one, with its ``.columns.json`` if the bucket has one beside it); relative
+    image paths are keys in the manifest's folder of the bucket."""
+
+    def __init__(self, uri: str, s3: S3Access | None = None) -> None:
+        s3 = s3 or S3Access()
+        bucket, key = split_s3_uri(uri)
+        name = PurePosixPath(key).name
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        self._temp = Path(tempfile.mkdtemp(prefix="fs-s3-manifest-"))
+        local = self._temp / name
+        try:
+            if not s3.download(bucket, key, local):
+                raise SourceNotFound(f"no such manifest: {uri}")
+            for beside in (key + ".columns.json", folder + COLUMN_MAP_FILE):
+                s3.download(bucket, beside, self._temp / PurePosixPath(beside).name)
+        except S3ReadError as exc:
+            self.close()
+            raise SourceNotFound(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+        if local.suffix.lower() not in (".csv", *JSONL_SUFFIXES) or not self.looks_like_manifest(
+            local
+        ):
+            self.close()
+            raise UnknownLayout(
+                f"{uri} is not a CSV/JSONL manifest with 'id' and 'image' columns (only "
+                "manifests are read from S3)"
+            )
+        super().__init__(local, s3=s3, s3_base=f"s3://{bucket}/{folder}")
+        self._uri = uri
+
+    @property
+    def location(self) -> str:
+        return self._uri
+
+    def close(self) -> None:
+        shutil.rmtree(self._temp, ignore_errors=True)
+
+
 class ImageFolderSource(_SourceBase):
     """Every JPEG/PNG/WebP file under a folder; id and name are the file stem."""
 
@@ -643,13 +726,17 @@ LAYOUT_HELP = (
 )
 
 
-def open_source(path: Path | str) -> Source:
-    """The source a path holds. Raises SourceNotFound or UnknownLayout."""
+def open_source(path: Path | str, s3: S3Access | None = None) -> Source:
+    """The source a path (or an ``s3://`` manifest URI) holds; ``s3`` reads ``s3://``
+    manifests and images (default: AWS with boto3's credential chain). Raises SourceNotFound
+    or UnknownLayout."""
+    if isinstance(path, str) and is_s3_uri(path):
+        return S3ManifestSource(path, s3)
     path = Path(path).expanduser()
     if not path.exists():
         raise SourceNotFound(f"no such file or folder: {path}")
     if path.is_dir():
-        return _open_folder(path)
+        return _open_folder(path, s3)
     suffix = path.suffix.lower()
     if suffix == ".zip":
         source = KaggleSource.from_zip(path)
@@ -658,21 +745,21 @@ def open_source(path: Path | str) -> Source:
         return source
     if suffix == ".csv" or suffix in JSONL_SUFFIXES:
         if ManifestSource.looks_like_manifest(path):
-            return ManifestSource(path)
+            return ManifestSource(path, s3)
         if path.name == KAGGLE_STYLES:
             return KaggleSource(path.parent, styles=path)
         raise UnknownLayout(f"{path} has no 'id' and 'image' columns; {LAYOUT_HELP}")
     raise UnknownLayout(f"cannot read {path}; {LAYOUT_HELP}")
 
 
-def _open_folder(folder: Path) -> Source:
+def _open_folder(folder: Path, s3: S3Access | None = None) -> Source:
     styles = KaggleSource.find_styles(folder)
     if styles is not None:
         return KaggleSource(folder, styles=styles)
     for name in MANIFEST_NAMES:
         candidate = folder / name
         if candidate.is_file() and ManifestSource.looks_like_manifest(candidate):
-            return ManifestSource(candidate)
+            return ManifestSource(candidate, s3)
     images = ImageFolderSource(folder)
     if images.has_images():
         return images

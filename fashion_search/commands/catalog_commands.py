@@ -55,7 +55,7 @@ from domain.model import (
 )
 from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
-from fashion_search.wiring import Container, build, check_index_fits, store_names
+from fashion_search.wiring import Container, build, check_index_fits, s3_access, store_names
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
 from ingest.ray_engine import RayOptions, ray_engine
 from ingest.readers import Source, open_source
@@ -219,7 +219,7 @@ def print_summary(summary: IngestSummary, report: Path) -> None:
 
 async def ingest_path(
     settings: Settings,
-    path: Path,
+    path: Path | str,
     encoder_ids: Sequence[str] | None,
     options: IngestOptions,
     report: Path | None,
@@ -227,7 +227,7 @@ async def ingest_path(
     on_ray: RayOptions | None = None,
 ) -> tuple[IngestSummary, Path]:
     started = datetime.now(UTC)
-    with open_source(path) as source:
+    with open_source(path, s3_access(settings)) as source:
         container = make_container(settings)
         try:
             encoders = resolve_encoders(container, encoder_ids)
@@ -360,11 +360,12 @@ async def verify_only(settings: Settings, encoder_ids: Sequence[str] | None) -> 
 
 def ingest_command(
     path: Annotated[
-        Path | None,
+        str | None,
         typer.Argument(
             help="A Kaggle styles.csv + images/ folder or zip, a CSV/JSONL manifest (or a folder "
-            "with products.csv / manifest.jsonl), or a folder of images. Optional with "
-            "--verify.",
+            "with products.csv / manifest.jsonl; local or s3://bucket/key, its images local, "
+            "http(s) or s3://, read with S3_ENDPOINT_URL and the AWS settings), or a folder "
+            "of images. Optional with --verify.",
             show_default=False,
         ),
     ] = None,
