@@ -44,7 +44,8 @@ class S3Access:
     def client(self) -> S3Client:
         """This process's client for these settings (built once; boto3 clients are
         thread-safe)."""
-        return _client(self)
+        client: S3Client = _client(self)
+        return client
 
     def get(self, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes. Raises S3ReadError, or PayloadTooLarge above ``max_bytes``

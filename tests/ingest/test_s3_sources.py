@@ -7,9 +7,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 
 from domain.errors import PayloadTooLarge
@@ -49,12 +47,10 @@ def access(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Access:
 
 
 @pytest.fixture
-def catalog_in_s3(access: S3Access, s3: S3Server) -> tuple[str, str]:
+def catalog_in_s3(access: S3Access) -> tuple[str, str]:
     """A shop bucket with ``shop/manifest.csv`` and ``shop/images/red.jpg``, and another
     bucket with ``photos/blue.jpg``; (manifest URI, other bucket)."""
-    client: Any = boto3.client(
-        "s3", endpoint_url=s3.endpoint_url, region_name=AWS_TEST_REGION, **AWS_TEST_CREDENTIALS
-    )
+    client = access.client()
     shop, other = unique_name("shop"), unique_name("photos")
     for bucket in (shop, other):
         client.create_bucket(Bucket=bucket)
