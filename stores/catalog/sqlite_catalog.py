@@ -16,6 +16,13 @@ Lexical search
     ``search_text`` ORs the query's terms in one FTS5 MATCH and ranks by ``bm25()`` with the
     name weighted above description and tags (``stores.lexical.NAME_WEIGHT``); the filter is
     the same ``IN`` clause as listings. Scores are returned positive (FTS5's are negative).
+    FTS5 scores every row matching any term before taking the top (20-30 ms when a term is
+    a tag value most products have), so searches are answered from a ``Bm25Snapshot``
+    (``stores.catalog.bm25_snapshot``: the same scores from numpy arrays, under a
+    millisecond) while it is of the current ``lexical_generation``, a counter every lexical
+    write bumps in its transaction. A stale or missing snapshot sends the search to FTS5
+    and starts a rebuild in a thread, on a connection of its own (at most every
+    ``BM25_REBUILD_INTERVAL_S``; not above ``BM25_SNAPSHOT_MAX_PRODUCTS``).
 
 Filters
     ``equals`` and ``any_of`` become ``id IN (SELECT product_id FROM tags WHERE key = ? AND
@@ -57,12 +64,14 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from domain.errors import BadInput
 from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
+from stores.catalog.bm25_snapshot import Bm25Snapshot
 from stores.lexical import (
     DESCRIPTION_WEIGHT,
     NAME_WEIGHT,
@@ -107,6 +116,11 @@ CREATE TABLE IF NOT EXISTS lexical_ids (
 CREATE VIRTUAL TABLE IF NOT EXISTS products_fts USING fts5(
     name, description, tags, tokenize = 'unicode61 remove_diacritics 2'
 );
+CREATE TABLE IF NOT EXISTS lexical_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL
+);
+INSERT INTO lexical_generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 """
 _BM25 = f"bm25(products_fts, {NAME_WEIGHT}, {DESCRIPTION_WEIGHT}, {TAGS_WEIGHT})"
 
@@ -114,6 +128,10 @@ _COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys"
 
 INLINE_GET_MANY = 100
 """get_many of at most this many ids runs on the event loop when the connection is free."""
+BM25_SNAPSHOT_MAX_PRODUCTS = 200_000
+"""Larger catalogs keep ranking in FTS5 (the snapshot holds every term of every product)."""
+BM25_REBUILD_INTERVAL_S = 5.0
+"""A stale snapshot is rebuilt at most this often (an ingest commits every few seconds)."""
 
 
 def _filter_sql(flt: ProductFilter | None, id_column: str) -> tuple[str, list[Any]]:
@@ -152,6 +170,9 @@ class SqliteCatalog:
         self.path = path if str(path) == ":memory:" else Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._bm25: Bm25Snapshot | None = None
+        self._bm25_builder: threading.Thread | None = None
+        self._bm25_started = -BM25_REBUILD_INTERVAL_S
 
     # -- connection ----------------------------------------------------------------------
 
@@ -385,11 +406,23 @@ class SqliteCatalog:
     def search_text_sync(
         self, text: str, top_k: int, filter: ProductFilter | None = None
     ) -> LexicalHits:
+        """From the BM25 snapshot when it is of the current lexical generation (the same
+        ranking and scores as FTS5, see ``bm25_snapshot``), from FTS5 otherwise (and a new
+        snapshot is built in the background)."""
         query = QueryTerms.of(text)
         if query.is_empty or top_k < 1:
             return []
         where, params = _filter_sql(filter, "l.product_id")
         with self._read() as conn:
+            snapshot = self._bm25
+            generation = _lexical_generation(conn)
+            if snapshot is not None and snapshot.generation == generation:
+                allowed = None
+                if params:
+                    sql = f"SELECT l.rowid FROM lexical_ids l WHERE {where}"
+                    allowed = snapshot.positions([r[0] for r in conn.execute(sql, params)])
+                return snapshot.search(query, top_k, allowed)
+            self._build_bm25_soon()
             if params:  # filtered: the filter joins every match, then the top is taken
                 sql = (
                     f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
@@ -416,6 +449,45 @@ class SqliteCatalog:
             )
             for pid, score, name, description, tags, product_name in rows
         ]
+
+    def _build_bm25_soon(self) -> None:
+        """Start building a snapshot in a thread, unless one is being built or the last
+        started less than BM25_REBUILD_INTERVAL_S ago. Lock held."""
+        now = time.monotonic()
+        building = self._bm25_builder is not None and self._bm25_builder.is_alive()
+        if building or now - self._bm25_started < BM25_REBUILD_INTERVAL_S:
+            return
+        self._bm25_started = now
+        self._bm25_builder = threading.Thread(
+            target=self._build_bm25_quietly, name="bm25-snapshot", daemon=True
+        )
+        self._bm25_builder.start()
+
+    def _build_bm25_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # searches keep using FTS5
+            self.build_bm25_snapshot_sync()
+
+    def build_bm25_snapshot_sync(self) -> bool:
+        """Read the lexical index into a new BM25 snapshot (one read transaction, on a
+        connection of its own so searches are not held up; under the lock for an in-memory
+        catalog, which has no other connection). False when the catalog is too large."""
+        with self._read() as conn:
+            if self.path == ":memory:":
+                snapshot = _read_bm25_snapshot(conn)
+                self._bm25 = snapshot
+                return snapshot is not None
+        side = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            side.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            side.execute("BEGIN")
+            try:
+                snapshot = _read_bm25_snapshot(side)
+            finally:
+                side.execute("COMMIT")
+        finally:
+            side.close()
+        self._bm25 = snapshot
+        return snapshot is not None
 
     def indexed_hashes_sync(self, encoder_id: str) -> dict[str, str]:
         with self._read() as conn:
@@ -475,14 +547,34 @@ class SqliteCatalog:
             )
 
     def close_sync(self) -> None:
+        builder = self._bm25_builder
+        if builder is not None:
+            builder.join()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
 
+def _lexical_generation(conn: sqlite3.Connection) -> int:
+    generation: int = conn.execute("SELECT n FROM lexical_generation").fetchone()[0]
+    return generation
+
+
+def _read_bm25_snapshot(conn: sqlite3.Connection) -> Bm25Snapshot | None:
+    """The lexical index as a BM25 snapshot (None when the catalog is too large); in a
+    read transaction."""
+    count = conn.execute("SELECT count(*) FROM lexical_ids").fetchone()[0]
+    if count > BM25_SNAPSHOT_MAX_PRODUCTS:
+        return None
+    return Bm25Snapshot.read(conn, _lexical_generation(conn))
+
+
 def _forget_lexical(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
-    """Remove the products' rows of the lexical index. Write transaction held."""
+    """Remove the products' rows of the lexical index, and bump the lexical generation
+    (every lexical write comes through here), so BM25 snapshots of the previous state are
+    no longer used, in this process and in any other. Write transaction held."""
+    conn.execute("UPDATE lexical_generation SET n = n + 1")
     conn.execute(
         "DELETE FROM products_fts WHERE rowid IN (SELECT rowid FROM lexical_ids "
         "WHERE product_id IN (SELECT value FROM json_each(?)))",

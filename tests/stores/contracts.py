@@ -769,6 +769,36 @@ class LexicalContract:
         for text in ("qwxzjv", "the", "!!! ---", ""):
             assert await index.search_text(text, 10) == [], text
 
+    async def test_hostile_queries_are_words_or_nothing(self, catalog: Catalog) -> None:
+        """Query syntax of the index (FTS5's quotes, NEAR, *, -, AND/OR, column filters;
+        MongoDB's quoted phrases and negation) is never read as syntax: what is left is
+        words, or nothing, and nothing raises."""
+        index = await self.lexical(catalog)
+        nothing = ['"', "NEAR(", "*", "-", "AND OR", "NOT", "^", "(", ")", '""', "😀😀", "\x00"]
+        for text in nothing:
+            assert await index.search_text(text, 10) == [], repr(text)
+        for text in ('"trousers', "trousers*", "-trousers", "trousers 😀", "(black) trousers"):
+            assert _ids(await index.search_text(text, 10))[0] == "w1", repr(text)
+        assert await index.search_text("x" * 10_000, 10) == []
+        long_query = " ".join(f"w{i}x" for i in range(500)) + " trousers"
+        for text in ("NEAR(trousers black, 2)", "{name}: trousers", long_query):
+            hits = await index.search_text(text, 10)  # never raises
+            if self.any_word_matches:
+                assert "w1" in _ids(hits), text[:40]
+
+    async def test_other_scripts_are_words(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        await catalog.upsert_many(
+            [
+                _product("s1", "Платье чёрное", colour="Black"),
+                _product("s2", "黑色 连衣裙", colour="Black"),
+            ]
+        )
+        assert _ids(await index.search_text("платье", 10)) == ["s1"]
+        assert _ids(await index.search_text("ЧЕРНОЕ", 10)) == ["s1"]  # case and ё/е folded
+        assert _ids(await index.search_text("连衣裙", 10)) == ["s2"]
+        assert await index.search_text("日本", 10) == []
+
     async def test_writes_and_deletes_follow(self, catalog: Catalog) -> None:
         index = await self.lexical(catalog)
         await catalog.upsert_many([_product("w6", "Denim Jacket", colour="Blue")])
