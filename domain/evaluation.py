@@ -319,6 +319,9 @@ ATTRIBUTE_PAIRS: dict[str, tuple[str, str]] = {
 """The generated "<attribute> <type>" queries, by metric name."""
 
 IMAGE_TYPE_METRIC = "image-image type P@10"
+PHOTO_TYPE_METRIC = "photo-style image-image type P@10"
+"""Same-type precision@10 of shopper-photo versions of the gallery's photos (the queries are
+transformed, the gallery is clean)."""
 AUGMENTED_METRIC = "augmented R@1"
 
 
@@ -418,6 +421,22 @@ def image_to_image_chance(gallery: LabelledGallery) -> dict[str, Baseline]:
         IMAGE_TYPE_METRIC: Baseline(same_type.precision[10], same_type.n_queries),
         AUGMENTED_METRIC: Baseline(1.0 / max(len(gallery), 1), len(gallery)),
     }
+
+
+def photo_style_type_precision(
+    photo_vectors: FloatArray, gallery_vectors: FloatArray, gallery: LabelledGallery, k: int = 10
+) -> float:
+    """Same-type precision@k of a shopper-style photo of each item of a known type (row j of
+    ``photo_vectors`` shows item ``gallery.type_rows[j]``) against the clean gallery, the item
+    itself excluded as in the clean image-to-image metric."""
+    rows = gallery.type_rows
+    if len(photo_vectors) != len(rows):
+        raise ValueError("one photo vector per item of a known type")
+    types = gallery.types
+    result = retrieval_metrics(
+        photo_vectors, gallery_vectors, [types[i] for i in rows], types, ks=(k,), exclude_index=rows
+    )
+    return result.precision[k]
 
 
 def attribute_chance(

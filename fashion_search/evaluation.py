@@ -6,7 +6,9 @@ Names, descriptions and any other free text are left out of that catalog: produc
 id and their label tags (type, colour, pattern, section) only, so only the images can answer.
 
 Each encoder then encodes the queries: the products' own texts, generated "<attribute> <type>"
-phrases and augmented copies of the product photos. The ranking is the index's own: the
+phrases, augmented copies of the product photos and shopper-style photos of them
+(``encoders.shopper_photos``: the garment on a procedural background, tilted, cut, in coloured
+light, blurred, JPEG-compressed), ranked against the clean gallery. The ranking is the index's own: the
 vectors the pipeline stored are read back from the index and every query is ranked against the
 whole gallery by cosine similarity with ``domain.evaluation`` (exact, so MRR is computed over
 the full ranking, never truncated). A sample of queries is also sent to the index itself and
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,10 +40,12 @@ from PIL import Image
 
 from domain import evaluation as ev
 from domain.errors import BadInput
+from domain.images import sniff_image_type
 from domain.model import Modality
 from domain.ports import Encoder, ImageStore, VectorIndex, Vectors
 from encoders.augment import augment_image
 from encoders.images import decode_image
+from encoders.shopper_photos import EVAL_RANGES, PhotoChain
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
@@ -48,7 +53,9 @@ from ingest.readers import Source, SourceItem, open_source
 from ingest.report import FailedItem, IngestProgress
 
 SEED = 1234
-"""Seed of the augmented queries (the training command never uses it)."""
+"""Seed of the augmented and photo-style queries (the training command never uses it)."""
+PHOTO_EXAMPLES = 16
+"""Photo-style queries written by ``--photo-examples`` (the first ones, in gallery order)."""
 MIN_PRODUCTS = 10
 """An "<attribute> <type>" query is asked when at least this many gallery products match it."""
 INDEX_CHECK_QUERIES = 20
@@ -100,6 +107,11 @@ class EvalOptions:
     """Ingest here and keep it (a new or empty directory); None: a temporary directory."""
     batch_size: int = DEFAULT_BATCH_SIZE
     index_check: int = INDEX_CHECK_QUERIES
+    photo_style: bool = True
+    """Measure the photo-style metric (a shopper-style photo of each product of a known type,
+    encoded by every encoder)."""
+    photo_examples: Path | None = None
+    """Write the first PHOTO_EXAMPLES photo-style queries here, beside their originals."""
 
     def __post_init__(self) -> None:
         if self.text_field not in TEXT_FIELDS:
@@ -283,6 +295,7 @@ class EncoderRun:
     gallery_images: EncodeTime = field(default_factory=EncodeTime)
     text_queries: EncodeTime = field(default_factory=EncodeTime)
     augmented_queries: EncodeTime = field(default_factory=EncodeTime)
+    photo_queries: EncodeTime = field(default_factory=EncodeTime)
     index_check_queries: int = 0
     index_check_agreeing: int = 0
 
@@ -294,6 +307,7 @@ class EncoderRun:
             "gallery_images": self.gallery_images.to_dict(),
             "text_queries": self.text_queries.to_dict(),
             "augmented_queries": self.augmented_queries.to_dict(),
+            "photo_queries": self.photo_queries.to_dict(),
             "index_check": {
                 "queries": self.index_check_queries,
                 "agreeing": self.index_check_agreeing,
@@ -364,6 +378,7 @@ class EvalReport:
                 "seed": self.options.seed,
                 "text_field": self.options.text_field,
                 "batch_size": self.options.batch_size,
+                "photo_style": self.options.photo_style,
             },
             "seconds": round(self.seconds, 1),
         }
@@ -416,26 +431,56 @@ def augmented_copy(data: bytes, product_id: str, seed: int = SEED) -> bytes:
     return augment_image(decode_image(data), random.Random(f"{seed}:{product_id}"))
 
 
-async def _augmented_vectors(
+def photo_style_chain(product_id: str, seed: int = SEED) -> PhotoChain:
+    """The shopper-photo changes of a product's photo-style query: drawn from EVAL_RANGES with
+    a seed derived from its id, so the same in every run."""
+    return PhotoChain.draw(random.Random(f"{seed}:photo:{product_id}"), EVAL_RANGES)
+
+
+def photo_style_copy(data: bytes, product_id: str, seed: int = SEED) -> bytes:
+    """The photo-style query of a product photo (JPEG bytes, the photo's size)."""
+    return photo_style_chain(product_id, seed).apply(decode_image(data))
+
+
+QueryCopy = Callable[[bytes, str, int], bytes]
+
+
+async def _copied_vectors(
     container: Container,
     ids: Sequence[str],
     encoders: Sequence[TimedEncoder],
     options: EvalOptions,
     progress: Progress,
+    make_copy: QueryCopy,
+    what: str,
 ) -> dict[str, Vectors]:
-    """One augmented copy of each stored product photo, encoded by every encoder."""
-    parts: dict[str, list[Vectors]] = {e.id: [] for e in encoders}
+    """A copy (``make_copy``) of each product's stored photo, encoded by every encoder."""
+    parts: dict[str, list[Vectors]] = {e.id: [np.zeros((0, e.dim), np.float32)] for e in encoders}
     for rows in _batches(len(ids), options.batch_size):
         chunk = [ids[i] for i in rows]
         products = await container.catalog.get_many(chunk)
         copies = []
         for pid in chunk:
             data = await _stored_image(container.images, products[pid].primary_image_key, pid)
-            copies.append(await asyncio.to_thread(augmented_copy, data, pid, options.seed))
+            copies.append(await asyncio.to_thread(make_copy, data, pid, options.seed))
         for encoder in encoders:
             parts[encoder.id].append(await asyncio.to_thread(encoder.encode_images, copies))
-        progress("augmented queries", rows.stop, len(ids))
+        progress(what, rows.stop, len(ids))
     return {key: np.concatenate(value).astype(np.float32) for key, value in parts.items()}
+
+
+def save_photo_examples(photos: Mapping[str, bytes], folder: Path, seed: int = SEED) -> None:
+    """``<id>.jpg`` (the product photo; ``.png``, ``.webp`` for those), ``<id>-photo.jpg``
+    (its photo-style query) and ``chains.json`` (the changes drawn for each) in ``folder``, for
+    a look at what the metric asks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chains: dict[str, Any] = {}
+    for pid, data in photos.items():
+        suffix = (sniff_image_type(data) or "image/jpeg").removeprefix("image/")
+        (folder / f"{pid}.{suffix.replace('jpeg', 'jpg')}").write_bytes(data)
+        (folder / f"{pid}-photo.jpg").write_bytes(photo_style_copy(data, pid, seed))
+        chains[pid] = asdict(photo_style_chain(pid, seed))
+    (folder / "chains.json").write_text(json.dumps(chains, indent=2) + "\n", encoding="utf-8")
 
 
 async def _stored_image(images: ImageStore, key: str | None, product_id: str) -> bytes:
@@ -582,6 +627,49 @@ async def _text_metrics(
     return values, queries
 
 
+def _after(baselines: dict[str, ev.Baseline], metric: str, new: str) -> dict[str, ev.Baseline]:
+    """``baselines`` with ``new`` right after ``metric``, at the same chance level."""
+    out: dict[str, ev.Baseline] = {}
+    for name, baseline in baselines.items():
+        out[name] = baseline
+        if name == metric:
+            out[new] = baseline
+    return out
+
+
+async def _photo_style_metric(
+    container: Container,
+    gallery: ev.LabelledGallery,
+    gallery_vectors: Mapping[str, Vectors],
+    encoders: Sequence[TimedEncoder],
+    runs: Mapping[str, EncoderRun],
+    metrics: dict[str, dict[str, float | None]],
+    options: EvalOptions,
+    progress: Progress,
+) -> None:
+    """Photo-style queries of the products of a known type against the clean gallery."""
+    query_ids = [gallery.ids[i] for i in gallery.type_rows]
+    if options.photo_examples is not None:
+        shown = query_ids[:PHOTO_EXAMPLES]
+        products = await container.catalog.get_many(shown)
+        originals = {
+            pid: await _stored_image(container.images, products[pid].primary_image_key, pid)
+            for pid in shown
+        }
+        await asyncio.to_thread(
+            save_photo_examples, originals, options.photo_examples, options.seed
+        )
+    before = {e.id: replace(e.images) for e in encoders}
+    photos = await _copied_vectors(
+        container, query_ids, encoders, options, progress, photo_style_copy, "photo-style queries"
+    )
+    for encoder in encoders:
+        metrics[encoder.id][ev.PHOTO_TYPE_METRIC] = ev.photo_style_type_precision(
+            photos[encoder.id], gallery_vectors[encoder.id], gallery
+        )
+        runs[encoder.id].photo_queries = encoder.images.since(before[encoder.id])
+
+
 async def _evaluate(
     container: Container,
     source: Source,
@@ -622,7 +710,10 @@ async def _evaluate(
         baselines.update(ev.text_to_image_chance(gallery, prefix))
     for metric, phrases in attribute_plan.items():
         baselines[metric] = ev.attribute_chance(phrases, gallery)
-    baselines.update(ev.image_to_image_chance(gallery))
+    image_chance = ev.image_to_image_chance(gallery)
+    if options.photo_style:  # the same queries' labels and exclusions, beside the clean figure
+        image_chance = _after(image_chance, ev.IMAGE_TYPE_METRIC, ev.PHOTO_TYPE_METRIC)
+    baselines.update(image_chance)
 
     metrics: dict[str, dict[str, float | None]] = {}
     for encoder in encoders:
@@ -643,12 +734,18 @@ async def _evaluate(
         )
 
     before_images = {e.id: replace(e.images) for e in encoders}
-    augmented = await _augmented_vectors(container, ids, encoders, options, progress)
+    augmented = await _copied_vectors(
+        container, ids, encoders, options, progress, augmented_copy, "augmented queries"
+    )
     for encoder in encoders:
         metrics[encoder.id].update(
             ev.image_to_image_metrics(gallery_vectors[encoder.id], augmented[encoder.id], gallery)
         )
         runs[encoder.id].augmented_queries = encoder.images.since(before_images[encoder.id])
+    if options.photo_style:
+        await _photo_style_metric(
+            container, gallery, gallery_vectors, encoders, runs, metrics, options, progress
+        )
 
     # A metric none of whose queries has a relevant product (e.g. no two products of one
     # type) would read 0.0: leave it out and say why.

@@ -30,6 +30,7 @@ from encoders.fashion_lite.data import HELDOUT_IDS_FILE, KAGGLE_HELDOUT_IDS_FILE
 from fashion_search.commands.catalog_commands import console, errors, fail, run_async
 from fashion_search.evaluation import (
     MIN_PRODUCTS,
+    PHOTO_EXAMPLES,
     SEED,
     EvalOptions,
     EvalReport,
@@ -249,7 +250,9 @@ def eval_command(
             help='Ask an "<attribute> <type>" query when this many products match it.',
         ),
     ] = MIN_PRODUCTS,
-    seed: Annotated[int, typer.Option(help="Seed of the augmented image queries.")] = SEED,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the augmented and photo-style image queries.")
+    ] = SEED,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")
     ] = DEFAULT_BATCH_SIZE,
@@ -269,6 +272,24 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
+    photo_style: Annotated[
+        bool,
+        typer.Option(
+            "--photo-style/--no-photo-style",
+            help="Also measure photo-style image-image type P@10: a shopper-style photo of "
+            "each product (its garment on a generated background, tilted, cut, in coloured "
+            "light, blurred, JPEG) queries the clean gallery.",
+        ),
+    ] = True,
+    photo_examples: Annotated[
+        Path | None,
+        typer.Option(
+            "--photo-examples",
+            help=f"Write the first {PHOTO_EXAMPLES} photo-style queries to this folder "
+            "(<id>-photo.jpg beside <id>.jpg, and chains.json with the changes drawn).",
+            show_default=False,
+        ),
+    ] = None,
     mode: Annotated[
         EvalMode,
         typer.Option(
@@ -281,7 +302,8 @@ def eval_command(
 ) -> None:
     """Measure retrieval quality on a labelled catalog: text-to-image Recall@1/5/10 and MRR of
     each product's own text, "<attribute> <type>" precision@10, image-to-image same-type
-    precision@10 and augmented-photo Recall@1, per encoder, beside the chance level. The
+    precision@10 (clean photos and shopper-style photos as queries) and augmented-photo
+    Recall@1, per encoder, beside the chance level. The
     gallery is ingested into a throwaway home with its texts left out, so only the images can
     answer."""
     settings = Settings()
@@ -304,6 +326,8 @@ def eval_command(
             seed=seed,
             home=keep_home,
             batch_size=batch_size,
+            photo_style=photo_style or photo_examples is not None,
+            photo_examples=photo_examples,
         )
     except FashionSearchError as exc:
         raise fail(str(exc), code=2) from None
@@ -334,6 +358,8 @@ def eval_command(
         print_report(report, console)
     if output is not None:
         out.print(f"Report: {output}", highlight=False)
+    if photo_examples is not None:
+        out.print(f"Photo-style examples: {photo_examples}", highlight=False)
 
 
 SHOP_METRICS = {

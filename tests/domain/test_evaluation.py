@@ -198,3 +198,24 @@ def test_labelled_gallery_suite() -> None:
     assert image_chance[ev.AUGMENTED_METRIC] == ev.Baseline(1 / 4, 4)
     with pytest.raises(ValueError, match="one id"):
         ev.LabelledGallery(ids=["a"], texts=[], attributes=[])
+
+
+def test_photo_style_precision_queries_the_clean_gallery_without_the_item_itself() -> None:
+    gallery = ev.LabelledGallery(
+        ids=["a", "b", "c", "d"],
+        texts=["", "", "", ""],
+        attributes=[
+            {"product_type": "Jumper"},
+            {"product_type": "Jumper"},
+            {"product_type": "Dress"},
+            {"product_type": "Unknown"},
+        ],
+    )
+    # one photo per item of a known type (rows 0, 1, 2); each photo looks most like its own
+    # item, which is excluded, then: photo of a -> b (a jumper: hit), photo of b -> c (a
+    # dress: miss), photo of c -> no other dress (not counted)
+    photos = unit([1, 0.5, 0.1, 0], [0, 1, 0.6, 0.1], [0, 0.2, 1, 0.1])
+    value = ev.photo_style_type_precision(photos, GALLERY, gallery, k=1)
+    assert value == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="one photo vector"):
+        ev.photo_style_type_precision(GALLERY, GALLERY, gallery)

@@ -22,7 +22,12 @@ from domain.errors import BadInput
 from encoders.fashion_lite.data import KAGGLE_HELDOUT_IDS_FILE, read_ids
 from fashion_search.cli import app
 from fashion_search.commands.eval_commands import heldout_file
-from fashion_search.evaluation import EvalOptions, index_agreement
+from fashion_search.evaluation import (
+    EvalOptions,
+    index_agreement,
+    photo_style_chain,
+    photo_style_copy,
+)
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from tests.fakes import InMemoryVectorIndex
 from tests.fashion_search.eval_toy_plugin import ITEMS, photo
@@ -30,6 +35,8 @@ from tests.plugin_dist import write_plugin_distribution
 
 TOY = "toy"
 TOY_IMAGE = "toy-image"
+IMAGE_TYPE = "image-image type P@10"
+PHOTO_TYPE = "photo-style image-image type P@10"
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +120,8 @@ def toy_run(
             str(output),
             "--keep-home",
             str(home),
+            "--photo-examples",
+            str(scratch / "photos"),
         ],
         env,
     )
@@ -201,6 +210,48 @@ def test_image_to_image_metrics_by_hand(toy_run: tuple[dict[str, Any], Path, Pat
             assert report["metrics"][encoder][name] == pytest.approx(expected), (encoder, name)
     assert report["queries"]["image-image type P@10"] == 11
     assert report["queries"]["augmented R@1"] == 12
+
+
+def test_photo_style_metric_beside_the_clean_one(
+    toy_run: tuple[dict[str, Any], Path, Path],
+) -> None:
+    """The photo-style queries are the 11 products of a known type, each excluded from its own
+    ranking: the same queries and chance as the clean image-to-image metric, listed after it."""
+    report, _, _ = toy_run
+    names = list(report["metrics"][TOY])
+    clean = names.index(IMAGE_TYPE)
+    assert names[clean + 1] == PHOTO_TYPE
+    assert report["queries"][PHOTO_TYPE] == report["queries"][IMAGE_TYPE] == 11
+    assert report["chance"][PHOTO_TYPE] == report["chance"][IMAGE_TYPE]
+    for encoder in (TOY, TOY_IMAGE):
+        assert 0.0 <= report["metrics"][encoder][PHOTO_TYPE] <= 1.0
+        assert report["encoders"][encoder]["photo_queries"]["inputs"] == 11
+    assert report["options"]["photo_style"] is True
+
+
+def test_photo_examples_are_the_queries(toy_run: tuple[dict[str, Any], Path, Path]) -> None:
+    """--photo-examples writes each product's stored photo beside the photo-style query the
+    metric encoded for it, and the changes drawn."""
+    _, output, _ = toy_run
+    folder = output.parent / "photos"
+    chains = json.loads((folder / "chains.json").read_text("utf-8"))
+    known = [item.id for item in ITEMS if item.product_type != "Unknown"]
+    assert list(chains) == known
+    for pid in known:
+        original = (folder / f"{pid}.png").read_bytes()  # the toy photos are PNG
+        query = (folder / f"{pid}-photo.jpg").read_bytes()
+        assert query == photo_style_copy(original, pid)
+        assert query != original
+        assert chains[pid]["jpeg_quality"] == photo_style_chain(pid).jpeg_quality
+
+
+def test_without_photo_style(toy_plugin: None, toy_manifest: Path, env: dict[str, str]) -> None:
+    result = invoke([str(toy_manifest), "-e", TOY_IMAGE, "--no-photo-style", "--json"], env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert PHOTO_TYPE not in report["metrics"][TOY_IMAGE]
+    assert IMAGE_TYPE in report["metrics"][TOY_IMAGE]
+    assert report["encoders"][TOY_IMAGE]["photo_queries"]["inputs"] == 0
 
 
 def test_image_only_encoder_has_no_text_metrics(toy_run: tuple[dict[str, Any], Path, Path]) -> None:
