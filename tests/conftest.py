@@ -50,10 +50,9 @@ def exported_default_encoder() -> None:
     """Export the default encoder's ONNX models before any test (or server a test starts)
     uses them, so that no request waits for an export; a no-op once they exist."""
     from encoders.fashion_lite.encoder import FashionLiteEncoder
-    from encoders.onnx_models import torch_installed
 
     encoder = FashionLiteEncoder(models_dir=str(MODELS_DIR))
-    if torch_installed() and not all(model.exists() for model in encoder.onnx_models()):
+    if not all(model.exists() for model in encoder.onnx_models()):
         encoder.export_onnx()
 
 

@@ -120,8 +120,8 @@ vector does not depend on its batch beyond float rounding (1e-6)."""
 
 class OnnxTowers:
     """The ONNX Runtime path: the exported image tower (backbone, pooling and heads in one
-    graph), MiniLM and the text head; exported on first use when missing and torch is
-    installed (``encoders.onnx_models``)."""
+    graph), MiniLM and the text head; built from the packaged weights on first use when
+    missing (``encoders.onnx_models``, ``encoders.onnx_build``)."""
 
     def __init__(
         self, heads_path: Path, heads_digest: str, spec: ImageBackboneSpec, root: Path, threads: int
@@ -136,15 +136,15 @@ class OnnxTowers:
         self._text: tuple[SentenceTokenizer, Any, Any] | None = None
 
     def _towers_exporter(self) -> Exporter:
-        from encoders.onnx_export import export_fashion_lite
+        from encoders.onnx_build import build_fashion_lite
 
-        return functools.partial(export_fashion_lite, self._heads_path, self._spec)
+        return functools.partial(build_fashion_lite, self._heads_path, self._spec)
 
     @staticmethod
     def _minilm_exporter() -> Exporter:
-        from encoders.onnx_export import export_minilm
+        from encoders.onnx_build import build_minilm
 
-        return export_minilm
+        return build_minilm
 
     def models(self) -> list[ModelDir]:
         return [self._towers, self._minilm]

