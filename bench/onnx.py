@@ -5,13 +5,16 @@
 - ingest throughput: `fashion-search ingest` of the same hm-demo products into a new data
   directory, images per second of wall time (exports made beforehand, not counted);
 - cold start: from spawning `fashion-search serve --workers 1` to the first answered
-  searchByText (the runtime venv's own `fashion-search` when one is given, so that the ONNX
-  figure is the one a torch-less install gets);
+  searchByText, then to the first answered searchByImage (an upload sent right after the text
+  answer: the image tower warms up in the background meanwhile), with the runtime venv's own
+  `fashion-search` when one is given, so that the ONNX figure is the one a torch-less
+  install gets; the runtimes' runs alternate, so both see the same load;
 - sizes: the runtime venv (`make runtime`: `pip install .`, no extras), the dev venv, the
   exported models.
 
 Run: ``python -m bench.onnx [--runtime-venv .venv-runtime]``; results go to
-bench/results/onnx.json. The machine is shared: figures are medians of repeated runs.
+bench/results/onnx.json. The machine is shared: figures are medians of repeated runs, and
+the encoding runs alternate between the runtimes (``--rounds``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ from bench.common import RESULTS_DIR, free_port
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("torch", "onnx")
 TEXT_QUERY = "query Q($text: String!) { searchByText(text: $text, topK: 5) { hits { score } } }"
+IMAGE_QUERY = (
+    "query Q($image: Upload!) { searchByImage(image: {upload: $image}, topK: 5) "
+    "{ hits { score } } }"
+)
 POLL_S = 0.05
+MODELS_DIR = REPO_ROOT / ".fashion-search" / "models"
 
 _COST = """
 import json, sys
@@ -57,6 +65,8 @@ def _env(runtime: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["FASHION_SEARCH_ENCODER_RUNTIME"] = runtime
     env["FASHION_SEARCH_TORCH_THREADS"] = "1"
+    # the models are built beforehand (by the first run), not timed in ingest or cold start
+    env.setdefault("FASHION_SEARCH_MODELS_DIR", str(MODELS_DIR))
     env.update(extra)
     return env
 
@@ -100,8 +110,28 @@ def ingest_rate(cli: str, runtime: str, manifest: Path, count: int, work: Path) 
     return count / (time.perf_counter() - started)
 
 
-def cold_start(cli: str, runtime: str, home: Path, timeout: float = 300) -> float:
-    """Seconds from spawning `serve` to the first searchByText answered with hits."""
+def _answered(response: httpx.Response, field: str) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return bool(body.get("data") and body["data"][field]["hits"])
+
+
+def _image_upload(client: httpx.Client, image: bytes) -> httpx.Response:
+    operations = {"query": IMAGE_QUERY, "variables": {"image": None}}
+    return client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": '{"0": ["variables.image"]}'},
+        files={"0": ("query.jpg", image, "image/jpeg")},
+    )
+
+
+def cold_start(
+    cli: str, runtime: str, home: Path, image: bytes, timeout: float = 300
+) -> dict[str, float]:
+    """Seconds from spawning `serve` to the first searchByText answered with hits, then to
+    the first searchByImage (sent right after) answered with hits."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -113,22 +143,39 @@ def cold_start(cli: str, runtime: str, home: Path, timeout: float = 300) -> floa
         cwd=home.parent,
     )
     payload = {"query": TEXT_QUERY, "variables": {"text": "black dress"}}
+    times: dict[str, float] = {}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
             while time.perf_counter() - started < timeout:
                 if process.poll() is not None:
                     raise RuntimeError(f"serve ({runtime}) exited with {process.returncode}")
                 try:
-                    body = client.post("/graphql", json=payload).json()
-                    if body.get("data") and body["data"]["searchByText"]["hits"]:
-                        return time.perf_counter() - started
-                except (httpx.TransportError, ValueError):
+                    if "first_text_s" not in times:
+                        if _answered(client.post("/graphql", json=payload), "searchByText"):
+                            times["first_text_s"] = time.perf_counter() - started
+                            continue
+                    elif _answered(_image_upload(client, image), "searchByImage"):
+                        times["first_image_s"] = time.perf_counter() - started
+                        return times
+                except httpx.TransportError:
                     pass
                 time.sleep(POLL_S)
         raise RuntimeError(f"serve ({runtime}) did not answer within {timeout} s")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def _median_cost(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per field, the median over rounds (numbers) or the first round's value."""
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        numbers = [r[key] for r in runs if isinstance(r[key], int | float)]
+        if isinstance(value, float) and len(numbers) == len(runs):
+            out[key] = round(statistics.median(numbers), 2)
+        else:
+            out[key] = value
+    return out
 
 
 def du_bytes(path: Path) -> int:
@@ -142,10 +189,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         str(args.runtime_venv / "bin" / "fashion-search") if args.runtime_venv else dev_cli
     )
     result: dict[str, Any] = {"command": "python -m bench.onnx " + " ".join(args.argv)}
+    costs: dict[str, list[dict[str, Any]]] = {runtime: [] for runtime in RUNTIMES}
+    for _ in range(args.rounds):  # alternating, so that both runtimes see the same load
+        for runtime in RUNTIMES:
+            costs[runtime].append(
+                encode_cost(runtime, hm_demo / "images", args.count, args.repeats)
+            )
     result["encode_batch1_1thread"] = {
-        runtime: encode_cost(runtime, hm_demo / "images", args.count, args.repeats)
-        for runtime in RUNTIMES
+        runtime: _median_cost(rounds) | {"rounds": len(rounds)} for runtime, rounds in costs.items()
     }
+    image = sorted((hm_demo / "images").glob("*.jpg"))[0].read_bytes()
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
         work = Path(scratch)
         manifest = _manifest(hm_demo, args.ingest, work)
@@ -162,19 +215,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for runtime in RUNTIMES
         }
-        result["cold_start_s"] = {}
-        for runtime in RUNTIMES:
-            cli = runtime_cli if runtime == "onnx" else dev_cli
-            runs = [cold_start(cli, runtime, work / f"ingest-{runtime}") for _ in range(args.runs)]
-            result["cold_start_s"][runtime] = {
-                "median": round(statistics.median(runs), 2),
-                "runs": [round(r, 2) for r in runs],
-                "cli": cli,
+        starts: dict[str, list[dict[str, float]]] = {runtime: [] for runtime in RUNTIMES}
+        for _ in range(args.runs):  # alternating
+            for runtime in RUNTIMES:
+                cli = runtime_cli if runtime == "onnx" else dev_cli
+                home = work / f"ingest-{runtime}"
+                starts[runtime].append(cold_start(cli, runtime, home, image))
+        result["cold_start_s"] = {
+            runtime: {
+                "first_text_median": round(statistics.median(r["first_text_s"] for r in runs), 2),
+                "first_image_median": round(statistics.median(r["first_image_s"] for r in runs), 2),
+                "runs": [{k: round(v, 2) for k, v in r.items()} for r in runs],
+                "cli": runtime_cli if runtime == "onnx" else dev_cli,
             }
+            for runtime, runs in starts.items()
+        }
     sizes: dict[str, Any] = {"dev_venv_mb": round(du_bytes(Path(sys.prefix)) / 1e6)}
     if args.runtime_venv:
         sizes["runtime_venv_mb"] = round(du_bytes(args.runtime_venv) / 1e6)
-    models = Path(os.environ.get("FASHION_SEARCH_MODELS_DIR", REPO_ROOT / ".fashion-search/models"))
+    models = Path(os.environ.get("FASHION_SEARCH_MODELS_DIR", MODELS_DIR))
     if models.is_dir():
         sizes["exported_models_mb"] = {
             d.name: round(du_bytes(d) / 1e6, 1) for d in sorted(models.iterdir()) if d.is_dir()
@@ -195,8 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--count", type=int, default=20, help="Photos timed per runtime.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Encoding runs per runtime, alternating."
+    )
     parser.add_argument("--ingest", type=int, default=60, help="Products ingested per runtime.")
-    parser.add_argument("--runs", type=int, default=3, help="Cold starts per runtime.")
+    parser.add_argument("--runs", type=int, default=5, help="Cold starts per runtime.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "onnx.json")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])

@@ -29,6 +29,7 @@ from encoders.fashion_lite.heads import Heads
 from encoders.onnx_models import (
     IMAGE_FILE,
     TEXT_HEAD_FILE,
+    TEXT_OPTIMIZATION,
     Exporter,
     ModelDir,
     ensure_exported,
@@ -132,6 +133,8 @@ class OnnxTowers:
         self._towers = fashion_lite_model(root, heads_digest, heads_path.name)
         self._minilm = minilm_model(root)
         self._lock = threading.Lock()
+        # one lock per tower: a text search never waits for the image session being loaded
+        self._image_lock = threading.Lock()
         self._image: Any = None
         self._text: tuple[SentenceTokenizer, Any, Any] | None = None
 
@@ -151,7 +154,7 @@ class OnnxTowers:
 
     def export(self, replace: bool) -> list[ModelDir]:
         """Export both model directories now (again, when ``replace``)."""
-        with self._lock:
+        with self._lock, self._image_lock:
             self._image = self._text = None
             export_into(self._towers, self._towers_exporter(), replace=replace)
             export_into(self._minilm, self._minilm_exporter(), replace=replace)
@@ -171,7 +174,7 @@ class OnnxTowers:
         return "onnx-" + hashlib.sha256(joined.encode()).hexdigest()[:12]
 
     def _image_session(self) -> Any:
-        with self._lock:
+        with self._image_lock:
             if self._image is None:
                 towers = ensure_exported(self._towers, self._towers_exporter)
                 self._image = inference_session(towers.file(IMAGE_FILE), self._threads)
@@ -183,8 +186,10 @@ class OnnxTowers:
                 towers, minilm = self.exported()
                 self._text = (
                     SentenceTokenizer(minilm.file("tokenizer.json"), TEXT_MAX_TOKENS),
-                    inference_session(minilm.file("model.onnx"), self._threads),
-                    inference_session(towers.file(TEXT_HEAD_FILE), self._threads),
+                    inference_session(minilm.file("model.onnx"), self._threads, TEXT_OPTIMIZATION),
+                    inference_session(
+                        towers.file(TEXT_HEAD_FILE), self._threads, TEXT_OPTIMIZATION
+                    ),
                 )
             return self._text
 

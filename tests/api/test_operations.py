@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -79,6 +80,52 @@ async def test_readyz_reports_an_encoder_that_cannot_load() -> None:
     assert body["status_code"] == 503
     assert body["down"] == ["encoder"]
     assert "no weights" in body["checks"]["encoder"]["detail"]
+
+
+async def test_a_starting_server_answers_text_while_the_image_tower_warms_up() -> None:
+    """The lifespan waits for the text tower only: text searches are answered (and /readyz
+    is 200) while the image tower's warm-up is still running in the background."""
+    world = World()
+    api = await make_api(world, serve_when_warm=True)
+    image_warming = threading.Event()
+    release_image = threading.Event()
+    encode_images = world.encoder.encode_images
+
+    def slow_images(images: Any) -> Any:
+        image_warming.set()
+        assert release_image.wait(timeout=60)
+        return encode_images(images)
+
+    world.encoder.encode_images = slow_images  # type: ignore[method-assign]
+    try:
+        async with api.app.router.lifespan_context(api.app):  # returns once text is warm
+            assert await asyncio.to_thread(image_warming.wait, 60)
+            body = await ready(api)
+            assert body["status_code"] == 200
+            answer = await api.gql('{ searchByText(text: "dress", topK: 2) { hits { score } } }')
+            assert answer["data"]["searchByText"]["hits"]
+            release_image.set()
+    finally:
+        release_image.set()
+
+
+async def test_an_image_tower_that_fails_to_warm_up_makes_readyz_503() -> None:
+    world = World()
+
+    def broken(images: Any) -> Any:
+        raise RuntimeError("no image weights")
+
+    api = await make_api(world)
+    world.encoder.encode_images = broken  # type: ignore[method-assign]
+    async with api.app.router.lifespan_context(api.app):
+        for _ in range(3000):  # until the background warm-up has failed (polls its state)
+            body = (await api.client.get("/readyz")).json()
+            if "failed" in body["checks"]["encoder"]["detail"]:
+                break
+            await asyncio.sleep(0.01)
+    assert body["down"] == ["encoder"]
+    assert "image tower" in body["checks"]["encoder"]["detail"]
+    assert "no image weights" in body["checks"]["encoder"]["detail"]
 
 
 async def test_metrics_count_routes_operations_and_search_stages(api: Api) -> None:
