@@ -34,11 +34,11 @@ from bench.common import (
     run_cli,
     standin_note,
 )
+from ingest.ray_engine import ENCODER_PROCESS_TITLE
 
 DEFAULT_LIMIT = 480
 """Kaggle products per run: several batches per actor, and a few minutes in all on a loaded
 machine (the whole zip is 14,888)."""
-ACTOR_PROCESS_TITLE = b"ray::EncoderActor"
 SAMPLE_INTERVAL_S = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TWO_ACTOR_SCALING = 1.7
@@ -74,7 +74,7 @@ def actor_use() -> Iterator[ActorUse]:
                 if not proc.name.isdigit():
                     continue
                 try:
-                    if (proc / "cmdline").read_bytes().startswith(ACTOR_PROCESS_TITLE):
+                    if (proc / "cmdline").read_bytes().startswith(ENCODER_PROCESS_TITLE):
                         use.peak_rss = max(use.peak_rss, rss_bytes(proc.name))
                         use.cpu_s[int(proc.name)] = cpu_seconds(proc.name)
                 except (OSError, IndexError, ValueError):

@@ -65,7 +65,16 @@ class VersionedEncoder(Encoder, Protocol):
 def ledger_entry(encoder: Encoder, content_hash: str) -> str:
     """What the ingest ledger records for a product indexed by ``encoder``: the image's
     content hash, tagged with the encoder's version when it has one."""
-    version = encoder.version if isinstance(encoder, VersionedEncoder) else ""
+    return versioned_entry(content_hash, encoder_version(encoder))
+
+
+def encoder_version(encoder: Encoder) -> str:
+    """The version its ledger entries carry ("" for an unversioned encoder): a plain value
+    for processes that check the ledger without loading the encoder (the Ray engine)."""
+    return encoder.version if isinstance(encoder, VersionedEncoder) else ""
+
+
+def versioned_entry(content_hash: str, version: str) -> str:
     return f"{content_hash}@{version}" if version else content_hash
 
 

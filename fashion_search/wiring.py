@@ -27,7 +27,7 @@ from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
-from ingest.ray_engine import EncoderFactory, RayEngine, RayIngestPipeline
+from ingest.ray_engine import CatalogFactory, EncoderFactory, RayEngine, RayIngestPipeline
 from ingest.s3 import S3Access
 from stores.locks import FileWriteLock, NullWriteLock
 
@@ -99,8 +99,12 @@ class Container:
         """What each Ray encoder actor runs to build the run's encoders (from these
         settings, ``threads`` ONNX/torch threads each)."""
         return functools.partial(
-            actor_encoders, self.settings, tuple(e.id for e in encoders), threads
+            actor_encoders, worker_settings(self.settings), tuple(e.id for e in encoders), threads
         )
+
+    def ray_catalog_factory(self) -> CatalogFactory:
+        """What the Ray engine's ledger check runs to open this catalog (read only)."""
+        return functools.partial(build_catalog, worker_settings(self.settings))
 
     async def aclose(self) -> None:
         await self.index.close()
@@ -133,6 +137,18 @@ def build_encoders(settings: Settings, load_entry_points: bool = True) -> Encode
     )
     return EncoderRegistry(
         make_plugin_manager(load_entry_points=load_entry_points), settings.encoder, options
+    )
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The settings as another process sees them: its working directory may differ, so the
+    home (and the models under it) is absolute."""
+    models = settings.exported_models_dir
+    return settings.model_copy(
+        update={
+            "home": settings.home.resolve(),
+            "exported_models_dir": models.resolve() if models is not None else None,
+        }
     )
 
 

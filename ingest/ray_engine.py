@@ -1,57 +1,72 @@
-"""The Ray engine of ingest (``fashion-search ingest --engine ray``): the local pipeline's
-stages, spread over a Ray cluster, writing through the same one write use case.
+"""The Ray engine of ingest (``fashion-search ingest --engine ray``): a Ray Data pipeline,
+writing through the same one write use case as the local engine.
 
-* Reading: the driver iterates the source (the same readers); each batch's images are read,
-  size-checked and hashed by reader actors (one per four encoders; ``read_ahead`` + workers
-  batches in flight), so reading scales with the cluster instead of one driver thread.
-* Encoding: a pool of encoder actors (one encoder per actor, one ONNX/torch thread each by
-  default) takes each batch's items split evenly among them. The actors restart when their
-  process dies and their call is retried, so a lost worker costs the retry, not the run.
-* Planning and writing stay in the driver, through the ``Indexer``: the ledger decides what
-  needs encoding *before* anything is sent to an actor (a rerun over an unchanged catalog
-  encodes nothing), and each batch is written under the home's write lock, flushed and then
-  recorded in the ledger, in order. Validation, the duplicate-id check, the failure report
-  and progress are the local pipeline's own code: both engines report alike.
+The source's rows become a Ray Dataset (blocks of one batch of pickled items, put in the
+object store as the driver reads the manifest, so the driver holds one batch of rows and
+every stage gets one input per batch to spread over its workers), then:
 
-A single Ray Data pipeline (read -> encode -> write) was not used on purpose: the ledger
-check has to sit between reading (which yields the content hash) and encoding, and only the
-driver talks to the stores, so the stages are joined in the driver and Ray actors do the
-heavy parts.
+1. **read** (``map_batches`` tasks): each image is read (local file, zip member or ``s3://``
+   object), size-checked and hashed; a missing or oversized image becomes the item's failure;
+2. **ledger check** (``map_batches`` on one small actor, on the driver's node): which
+   encoders each image still needs, from the ledger (one round trip per batch), so a rerun
+   over an unchanged catalog encodes nothing;
+3. **encode** (``map_batches`` on an actor pool, ``concurrency=workers``, one CPU each): one
+   encoder set per actor (one ONNX/torch thread each), the items that need it encoded in
+   batches (``encode_plan``, as the local engine), an image the encoder rejects marked broken;
+4. **write**, on the driver, from ``iter_batches`` (order preserved): the local pipeline's own
+   validation (duplicate ids, image type), then the Indexer's plan (authoritative: it reads the
+   ledger and products again), the actors' vectors taken for what the plan encodes (anything
+   they did not compute, e.g. an http(s) image fetched by the driver or new words of an
+   unchanged image, is encoded on the driver), and the batch written under the home's write
+   lock, flushed and recorded in the ledger, in order.
 
-Ray is an optional dependency, imported only when this engine is used.
+So the guarantees are the local engine's: idempotent by content hash, a crash of the driver
+or of a worker costs at most the unacknowledged batches (Ray Data restarts a dead actor and
+retries its batch; a rerun skips what the ledger records), bad images in the same report,
+progress per written batch. Ray is an optional dependency, imported only by this engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
+import pickle
 import tempfile
-import uuid
-from collections import deque
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain.errors import FashionSearchError
-from domain.indexer import BatchPlan, EncodedBatch, PlannedItem, encode_plan
-from domain.ports import Encoder, Vectors
-from ingest.pipeline import IngestPipeline, _Batch, _Raw, _read_batch
+from domain.images import sniff_image_type
+from domain.indexer import BatchPlan, EncodedBatch, IndexItem, PlannedItem, encode_plan
+from domain.model import Modality, product_text_space
+from domain.ports import Catalog, Encoder, Vectors, encoder_version, versioned_entry
+from ingest.pipeline import IngestOptions, IngestPipeline, _Batch, _Raw, _read_batch
 from ingest.readers import SourceItem
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 RAY_MISSING = "the Ray engine needs Ray, which is not installed: pip install 'fashion-search[ray]'"
-ACTOR_NAME_PREFIX = "fashion-search-encoder"
-"""Encoder actors are named ``<prefix>-<run>-<n>`` (operators and tests find them by it)."""
-READER_CPUS = 0
-"""A reader mostly waits on storage, and must not wait for a CPU the encoder actors hold
-(with one encoder per core, a reader asking for any CPU would never be scheduled)."""
-ENCODERS_PER_READER = 4
+ENCODER_PROCESS_TITLE = b"ray::MapWorker(MapBatches(EncodeImages))"
+"""How Ray titles the encoder actors' processes (``ps``; benches and tests find them by it)."""
+READ_CPUS = 0
+"""Reading mostly waits on storage, and must not wait for a CPU the encoder actors hold
+(with one encoder per core, a task asking for any CPU would never be scheduled)."""
+ENCODERS_PER_READER = 2
+"""Read tasks running at once per encoder actor, rounded up."""
 RAY_TEMP_DIR_PREFIX = "fs-ray-"
+ITEM, RAW, NEEDS, ENCODED = "item", "raw", "needs", "encoded"
 
 EncoderFactory = Callable[[], Sequence[Encoder]]
 """Builds the run's encoders inside an actor (picklable: the composition root's)."""
+CatalogFactory = Callable[[], Catalog]
+"""Opens the catalog (read for the ledger) inside an actor (picklable)."""
 
 
 class RayUnavailable(FashionSearchError):
@@ -74,6 +89,7 @@ class RayOptions:
 def import_ray() -> ModuleType:
     try:
         import ray
+        import ray.data
     except ImportError:
         raise RayUnavailable(RAY_MISSING) from None
     return ray
@@ -85,6 +101,7 @@ def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
     otherwise the given address, ``RAY_ADDRESS``, or a local Ray started for this run (no
     dashboard, no usage stats, its logs in a temporary directory) and shut down after it."""
     ray = import_ray()
+    _quiet_ray_data(ray)
     if ray.is_initialized():
         yield ray
         return
@@ -108,160 +125,227 @@ def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
         ray.shutdown()
 
 
+def _quiet_ray_data(ray: ModuleType) -> None:
+    """Our progress bar is the progress (Ray Data's bars and plan logs would interleave with
+    it), and the write stage needs the source's order (the first of two equal ids is kept)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = True
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # a catalog of fewer batches than actors is fine: say nothing
+    warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
+
+
 @dataclass(frozen=True)
-class EncodePart:
-    """An actor's share of a batch plan: the items to encode, and the items whose words
-    alone are encoded again."""
+class Precomputed:
+    """What the encoder actors computed for one image (by content hash)."""
 
-    encoder_ids: list[str]
-    encode: list[PlannedItem]
-    reworded: list[PlannedItem]
+    digest: str
+    vectors: dict[str, Vectors]
+    """Encoder id -> the image vector."""
+    text: dict[str, Vectors]
+    """Product text space -> the vector of the words."""
+    broken: str | None = None
+    """Why the encoder rejected the image."""
+
+    def covers(self, planned: PlannedItem, text_spaces: dict[str, str]) -> bool:
+        """Whether it holds every vector the plan wants for the item."""
+        return all(
+            e in self.vectors and (e not in text_spaces or text_spaces[e] in self.text)
+            for e in planned.needs
+        )
 
 
-@dataclass(frozen=True)
-class EncodedPart:
-    vectors: dict[str, dict[str, Vectors]]
-    broken: dict[str, str]
-    text_vectors: dict[str, dict[str, Vectors]]
+# -- the stages (run in Ray workers) -----------------------------------------------------------
 
 
-class EncoderActor:
-    """One encoder set per actor process, built once by the run's factory."""
+def _objects(table: pa.Table, column: str) -> list[Any]:
+    return [pickle.loads(b) if b is not None else None for b in table.column(column).to_pylist()]
+
+
+def _binary(values: Sequence[object]) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array([None if v is None else pickle.dumps(v) for v in values], pa.large_binary())
+
+
+def read_images(batch: pa.Table, max_bytes: int) -> pa.Table:
+    """Stage 1 (tasks): the images read, size-checked and hashed (the local pipeline's
+    reading)."""
+    import pyarrow as pa
+
+    items: list[SourceItem] = _objects(batch, ITEM)
+    raws = _read_batch(iter(items), len(items), max_bytes)
+    return pa.table({RAW: _binary(raws)})
+
+
+class LedgerCheck:
+    """Stage 2 (one actor): which encoders each readable image still needs."""
+
+    def __init__(self, catalog: CatalogFactory, versions: dict[str, str], reindex: bool) -> None:
+        self._loop = asyncio.new_event_loop()  # the catalog's client stays on one loop
+        self._catalog = catalog()
+        self._versions = versions
+        self._reindex = reindex
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        raws: list[_Raw] = _objects(batch, RAW)
+        readable = [r for r in raws if r.failure is None and r.digest is not None]
+        ledger: dict[str, dict[str, str]] = {}
+        if readable and not self._reindex:
+            ids = [r.item.id for r in readable]
+            lookup = self._catalog.ledger_entries(list(self._versions), ids)
+            ledger = self._loop.run_until_complete(lookup)
+        needs = [
+            [
+                encoder_id
+                for encoder_id, version in self._versions.items()
+                if ledger.get(encoder_id, {}).get(r.item.id) != versioned_entry(r.digest, version)
+            ]
+            if r.failure is None and r.digest is not None
+            else []
+            for r in raws
+        ]
+        return batch.append_column(NEEDS, pa.array(needs, pa.list_(pa.string())))
+
+
+class EncodeImages:
+    """Stage 3 (the actor pool): one encoder set per actor, built once by the run's
+    factory; each batch's images that need it encoded as the local engine does."""
 
     def __init__(self, factory: EncoderFactory) -> None:
-        self._encoders = {e.id: e for e in factory()}
+        self._loop = asyncio.new_event_loop()
+        self._encoders = list(factory())
 
-    def pid(self) -> int:
-        return os.getpid()
-
-    def encode(self, part: EncodePart) -> EncodedPart:
-        plan = BatchPlan(
-            [self._encoders[i] for i in part.encoder_ids], part.encode, [], {}, [], part.reworded
-        )
-        encoded = asyncio.run(encode_plan(plan))
-        return EncodedPart(encoded.vectors, encoded.broken, encoded.text_vectors)
-
-
-class ReaderActor:
-    """Reads batches of images: the local pipeline's reading (bytes, size limit, hash).
-
-    An actor rather than a task: Ray keeps about one idle worker per CPU, so with the CPUs
-    held by encoder actors every read task started (and imported) a fresh worker process."""
-
-    def read(self, items: list[SourceItem], max_bytes: int) -> list[_Raw]:
-        return _read_batch(iter(items), len(items), max_bytes)
-
-
-class ReaderPool:
-    """A reader actor per ENCODERS_PER_READER encoder actors, used in turn."""
-
-    def __init__(self, ray: ModuleType, workers: int) -> None:
-        actor = ray.remote(ReaderActor).options(
-            num_cpus=READER_CPUS, max_restarts=-1, max_task_retries=-1
-        )
-        self._ray = ray
-        self._actors = [actor.remote() for _ in range(-(-workers // ENCODERS_PER_READER))]
-        self._next = itertools.cycle(self._actors)
-
-    def read(self, items: list[SourceItem], max_bytes: int) -> Any:
-        """An object ref to the batch's ``_Raw`` items (await it)."""
-        return next(self._next).read.remote(items, max_bytes)
-
-    def close(self) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor, no_restart=True)
-
-
-class EncoderPool:
-    """``workers`` encoder actors; each batch is split evenly among them."""
-
-    def __init__(self, ray: ModuleType, factory: EncoderFactory, workers: int, run: str) -> None:
-        actor = ray.remote(EncoderActor)
-        self._ray = ray
-        self._actors = [
-            actor.options(
-                name=f"{ACTOR_NAME_PREFIX}-{run}-{n}",
-                num_cpus=1,
-                max_restarts=-1,
-                max_task_retries=-1,
-            ).remote(factory)
-            for n in range(workers)
-        ]
-
-    async def encode(self, plan: BatchPlan) -> EncodedBatch:
-        """The plan's vectors, its items split evenly among the actors (one call each)."""
-        encoded = EncodedBatch(plan, {}, {}, {})
-        if not plan.encode and not plan.reworded:
-            return encoded
-        encoder_ids = [e.id for e in plan.encoders]
-        parts = [
-            EncodePart(encoder_ids, encode, reworded)
-            for encode, reworded in zip(
-                _split(plan.encode, self.workers), _split(plan.reworded, self.workers), strict=True
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        raws: list[_Raw] = _objects(batch, RAW)
+        needs: list[list[str]] = batch.column(NEEDS).to_pylist()
+        planned: dict[str, PlannedItem] = {}
+        for raw, need in zip(raws, needs, strict=True):
+            content_type = sniff_image_type(raw.data) if raw.data else None
+            if not need or raw.digest is None or content_type is None:
+                continue
+            item = raw.item
+            # the first of two equal ids only: the driver keeps the first one
+            planned.setdefault(
+                item.id,
+                PlannedItem(
+                    IndexItem(
+                        id=item.id,
+                        name=item.name,
+                        image=raw.data or b"",
+                        content_type=content_type,
+                        digest=raw.digest,
+                        description=item.description,
+                        tags=item.tags,
+                    ),
+                    key="",
+                    needs=list(need),
+                ),
             )
-        ]
-        calls = [
-            actor.encode.remote(part)
-            for actor, part in zip(self._actors, parts, strict=True)
-            if part.encode or part.reworded
-        ]
-        done: list[EncodedPart] = await asyncio.gather(*calls)
-        for part in done:
-            for encoder_id, rows in part.vectors.items():
-                encoded.vectors.setdefault(encoder_id, {}).update(rows)
-            for space, rows in part.text_vectors.items():
-                encoded.text_vectors.setdefault(space, {}).update(rows)
-            encoded.broken.update(part.broken)
-        return encoded
+        plan = BatchPlan(self._encoders, list(planned.values()), [], {}, [], [])
+        encoded = self._loop.run_until_complete(encode_plan(plan)) if planned else None
+        results: list[Precomputed | None] = []
+        for raw in raws:
+            item_plan = planned.get(raw.item.id)
+            if encoded is None or item_plan is None or item_plan.item.digest != raw.digest:
+                results.append(None)
+                continue
+            pid = raw.item.id
+            results.append(
+                Precomputed(
+                    digest=item_plan.item.digest,
+                    vectors={e: v[pid] for e, v in encoded.vectors.items() if pid in v},
+                    text={s: v[pid] for s, v in encoded.text_vectors.items() if pid in v},
+                    broken=encoded.broken.get(pid),
+                )
+            )
+            planned.pop(pid)  # a later equal id is not this item
+        return batch.append_column(ENCODED, _binary(results))
 
-    @property
-    def workers(self) -> int:
-        return len(self._actors)
 
-    def close(self) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor, no_restart=True)
+# -- the engine (driver side) ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RayEngine:
-    """A connected Ray and the run's encoder pool."""
+    """A connected Ray and what its stages need from the composition root."""
 
     ray: ModuleType
-    pool: EncoderPool
-    readers: ReaderPool
+    workers: int
+    encoders: EncoderFactory
+    catalog: CatalogFactory
+
+    def dataset(
+        self, source: Iterator[SourceItem], encoders: Sequence[Encoder], options: IngestOptions
+    ) -> Any | None:
+        """The pipeline over the source (None when it is empty). Reads the source's rows
+        into the object store a batch at a time."""
+        import pyarrow as pa
+
+        ray = self.ray
+        size = options.batch_size
+        blocks = []
+        while chunk := list(itertools.islice(source, size)):
+            blocks.append(ray.put(pa.table({ITEM: _binary(chunk)})))
+        if not blocks:
+            return None
+        node = ray.get_runtime_context().get_node_id()
+        versions = {e.id: encoder_version(e) for e in encoders}
+        return (
+            ray.data.from_arrow_refs(blocks)
+            .map_batches(
+                read_images,
+                fn_kwargs={"max_bytes": options.max_image_bytes},
+                batch_size=size,
+                batch_format="pyarrow",
+                num_cpus=READ_CPUS,
+                concurrency=-(-self.workers // ENCODERS_PER_READER),
+            )
+            .map_batches(
+                LedgerCheck,
+                fn_constructor_args=(self.catalog, versions, options.reindex),
+                batch_size=size,
+                batch_format="pyarrow",
+                num_cpus=0,
+                concurrency=1,
+                # an embedded home's catalog is a file on the driver's machine (pinned as Ray
+                # Data pins its local:// reads)
+                label_selector={ray._raylet.RAY_NODE_ID_KEY: node},
+            )
+            .map_batches(
+                EncodeImages,
+                fn_constructor_args=(self.encoders,),
+                batch_size=size,
+                batch_format="pyarrow",
+                num_cpus=1,
+                concurrency=self.workers,
+            )
+        )
 
 
 @contextmanager
-def ray_engine(options: RayOptions, factory: EncoderFactory) -> Iterator[RayEngine]:
-    """Ray connected (``ray_runtime``) and ``options.workers`` encoder actors, killed after
-    the run."""
+def ray_engine(
+    options: RayOptions, encoders: EncoderFactory, catalog: CatalogFactory
+) -> Iterator[RayEngine]:
+    """Ray connected (``ray_runtime``); each run's dataset starts ``options.workers``
+    encoder actors and stops them when it is done."""
     with ray_runtime(options) as ray:
-        pool = EncoderPool(ray, factory, options.workers, uuid.uuid4().hex[:8])
-        readers = ReaderPool(ray, options.workers)
-        try:
-            yield RayEngine(ray, pool, readers)
-        finally:
-            readers.close()
-            pool.close()
-
-
-def _split(items: Sequence[PlannedItem], parts: int) -> list[list[PlannedItem]]:
-    """Contiguous, nearly equal parts (the first ones one longer)."""
-    size, extra = divmod(len(items), parts)
-    bounds = itertools.accumulate([size + (n < extra) for n in range(parts)], initial=0)
-    edges = list(bounds)
-    return [list(items[a:b]) for a, b in itertools.pairwise(edges)]
+        yield RayEngine(ray, options.workers, encoders, catalog)
 
 
 class RayIngestPipeline(IngestPipeline):
-    """The local pipeline with its reading and encoding on Ray actors; plan, validation,
-    writes, report and progress are inherited unchanged."""
+    """The local pipeline fed by the Ray Data pipeline: validation, plan, writes, report and
+    progress are inherited unchanged; vectors come from the encoder actors."""
 
     def __init__(self, *args: Any, engine: RayEngine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pool = engine.pool
-        self._readers = engine.readers
+        self._engine = engine
+        self._precomputed: dict[str, Precomputed] = {}
+        """By product id, until its batch is planned (a later equal id never overwrites)."""
 
     async def _produce(
         self,
@@ -269,21 +353,24 @@ class RayIngestPipeline(IngestPipeline):
         queue: asyncio.Queue[_Batch | BaseException | None],
     ) -> None:
         options = self._options
-        in_flight: deque[Any] = deque()
-        window = options.read_ahead + self._pool.workers
-        exhausted = False
         try:
-            while True:
-                while not exhausted and len(in_flight) < window:
-                    items = await asyncio.to_thread(
-                        lambda: list(itertools.islice(source, options.batch_size))
+            dataset = await asyncio.to_thread(self._engine.dataset, source, self._encoders, options)
+            batches = (
+                iter(())
+                if dataset is None
+                else iter(
+                    dataset.iter_batches(
+                        batch_size=options.batch_size,
+                        batch_format="pyarrow",
+                        prefetch_batches=options.read_ahead,
                     )
-                    exhausted = not items
-                    if items:
-                        in_flight.append(self._readers.read(items, options.max_image_bytes))
-                if not in_flight:
-                    break
-                raws: list[_Raw] = await in_flight.popleft()
+                )
+            )
+            while (table := await asyncio.to_thread(next, batches, None)) is not None:
+                raws: list[_Raw] = _objects(table, RAW)
+                for raw, done in zip(raws, _objects(table, ENCODED), strict=True):
+                    if done is not None:
+                        self._precomputed.setdefault(raw.item.id, done)
                 await self._fetch_remote(raws)
                 await queue.put(self._validate(raws))
         except Exception as exc:
@@ -292,4 +379,44 @@ class RayIngestPipeline(IngestPipeline):
         await queue.put(None)
 
     async def _vectors(self, plan: BatchPlan) -> EncodedBatch:
-        return await self._pool.encode(plan)
+        """The actors' vectors for what the plan encodes; the rest (none, usually) encoded
+        here."""
+        encoded = EncodedBatch(plan, {}, {}, {})
+        text_spaces = {
+            e.id: product_text_space(e.id) for e in plan.encoders if Modality.TEXT in e.modalities
+        }
+        rest: list[PlannedItem] = []
+        for planned in plan.encode:
+            done = self._take(planned.item)
+            if done is not None and done.broken is not None:
+                encoded.broken[planned.item.id] = done.broken
+            elif done is None or not done.covers(planned, text_spaces):
+                rest.append(planned)
+            else:
+                for encoder_id in planned.needs:
+                    encoded.vectors.setdefault(encoder_id, {})[planned.item.id] = done.vectors[
+                        encoder_id
+                    ]
+                    if encoder_id in text_spaces:
+                        space = text_spaces[encoder_id]
+                        encoded.text_vectors.setdefault(space, {})[planned.item.id] = done.text[
+                            space
+                        ]
+        for planned in plan.retag:
+            self._take(planned.item)
+        for product_id in plan.skipped:
+            self._precomputed.pop(product_id, None)
+        if rest or plan.reworded:
+            here = await self._indexer.encode(
+                BatchPlan(plan.encoders, rest, [], {}, [], plan.reworded)
+            )
+            for encoder_id, rows in here.vectors.items():
+                encoded.vectors.setdefault(encoder_id, {}).update(rows)
+            for space, rows in here.text_vectors.items():
+                encoded.text_vectors.setdefault(space, {}).update(rows)
+            encoded.broken.update(here.broken)
+        return encoded
+
+    def _take(self, item: IndexItem) -> Precomputed | None:
+        done = self._precomputed.pop(item.id, None)
+        return done if done is not None and done.digest == item.digest else None
