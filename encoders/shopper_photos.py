@@ -79,9 +79,6 @@ MAX_FOREGROUND_SHARE = 0.97
 """A mask outside these shares of the image is not a garment on a backdrop (a blank image, a
 full-bleed photo): the whole image is then used as the foreground."""
 
-FILL_STEPS_PER_CHECK = 8
-"""Growth steps of the hole filling between two checks for its end (a check costs a step)."""
-
 BoolImage = npt.NDArray[np.bool_]
 
 
@@ -167,18 +164,32 @@ def _erode(mask: BoolImage, steps: int) -> BoolImage:
 def _fill_holes(mask: BoolImage) -> BoolImage:
     """The mask with every backdrop region that does not touch the border made garment (the
     inside of a white garment's outline, a white print or collar): the backdrop is grown from
-    the border through backdrop pixels until it stops."""
+    the border through backdrop pixels (8-connected) until it stops. Each round spreads along
+    whole rows and columns of backdrop, then one step diagonally, so a few rounds suffice."""
     backdrop = ~mask
     reached = np.zeros_like(mask)
     reached[0, :], reached[-1, :] = backdrop[0, :], backdrop[-1, :]
     reached[:, 0], reached[:, -1] = backdrop[:, 0], backdrop[:, -1]
     while True:
-        grown = reached
-        for _ in range(FILL_STEPS_PER_CHECK):
-            grown = _dilate(grown, 1) & backdrop
+        grown = _along_runs(reached, backdrop)
+        grown = _along_runs(grown.T, backdrop.T).T
+        grown = _dilate(grown, 1) & backdrop
         if np.array_equal(grown, reached):
             return ~reached
         reached = grown
+
+
+def _along_runs(reached: BoolImage, backdrop: BoolImage) -> BoolImage:
+    """``reached`` spread along each row's runs of backdrop: a run with a reached pixel is
+    reached whole."""
+    starts = backdrop.copy()
+    starts[:, 1:] &= ~backdrop[:, :-1]
+    run = np.where(backdrop, np.cumsum(starts.ravel()).reshape(backdrop.shape), 0)
+    touched = np.zeros(int(run.max()) + 1, dtype=bool)
+    touched[run[reached]] = True
+    touched[0] = False
+    spread: BoolImage = touched[run]
+    return spread
 
 
 # -- the ranges ---------------------------------------------------------------------------------

@@ -171,3 +171,20 @@ def test_backgrounds_are_seeded_textures(kind: str) -> None:
     assert not np.array_equal(first, other)
     assert np.isfinite(first).all()
     assert first.std() > 1  # a texture or gradient, not a flat fill
+
+
+def test_the_gap_between_trouser_legs_stays_backdrop() -> None:
+    """Backdrop open to the border (between the legs, reached through a winding path) is not a
+    hole: only enclosed backdrop is filled."""
+    image = Image.new("RGB", SIZE, BACKDROP)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((60, 40, 180, 110), fill=GARMENT)  # waist
+    draw.rectangle((60, 110, 110, 320), fill=GARMENT)  # left leg
+    draw.rectangle((130, 110, 180, 320), fill=GARMENT)  # right leg
+    draw.rectangle((110, 250, 118, 320), fill=GARMENT)  # a flap narrowing the gap's mouth
+    mask = np.asarray(foreground_mask(image)) > 127
+    assert not mask[200, 124]  # between the legs, above the flap
+    assert not mask[300, 124]
+    assert mask[200, 85]  # the legs
+    assert mask[200, 155]
+    assert mask[70, 120]  # the waist
