@@ -36,9 +36,10 @@ from domain.errors import EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Encoder
 
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 """Bumped when the export code changes what it writes (part of every model directory name).
-1: torch's exporter; 2: the torch-free builder (``encoders.onnx_build``)."""
+1: torch's exporter; 2: the torch-free builder (``encoders.onnx_build``); 3: its weights in
+a file beside each graph."""
 
 MANIFEST_NAME = "manifest.json"
 FALLBACK_MODELS_DIR = Path.home() / ".cache" / "fashion-search" / "models"

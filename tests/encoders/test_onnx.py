@@ -20,6 +20,7 @@ from encoders import onnx_models
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.fashion_lite.heads import DEFAULT_HEADS, WEIGHTS_DIR
 from encoders.image_only import VARIANTS, EffNetImageEncoder
+from encoders.onnx_build import WEIGHTS_SUFFIX
 from encoders.onnx_models import (
     IMAGE_FILE,
     MANIFEST_NAME,
@@ -187,7 +188,7 @@ def test_processes_exporting_at_once_agree_on_one_whole_model(tmp_path: Path) ->
     model = effnet_model(tmp_path, "efficientnet-lite0", 224)
     manifest = json.loads(model.manifest_path.read_text())
     assert versions == {"onnx-" + model.digest()}  # both use the one directory that won
-    assert sorted(manifest["files"]) == [IMAGE_FILE]
+    assert sorted(manifest["files"]) == [IMAGE_FILE, IMAGE_FILE + WEIGHTS_SUFFIX]
     assert [p.name for p in tmp_path.iterdir()] == [model.path.name]
     # the message says what happens, on stderr (stdout is the command's output)
     assert any("building the efficientnet-lite0 image tower" in err for _, err in outputs)

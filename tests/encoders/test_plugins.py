@@ -17,6 +17,7 @@ from domain.model import Modality
 from domain.ports import Encoder
 from encoders.hookspecs import EncoderOptions, hookimpl
 from encoders.image_only import EffNetImageEncoder
+from encoders.onnx_models import EXPORT_FORMAT
 from encoders.plugins import DEFAULT_PLUGINS, EncoderRegistry, make_plugin_manager
 from fashion_search.commands import encoder_commands
 
@@ -106,9 +107,10 @@ def test_export_encoder_command_exports_and_checks_against_torch(
     args = ["export-encoder", "effnet-lite0", "--images", str(hm_demo / "images"), "--count", "3"]
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
-    assert "efficientnet-lite0-224-f2" in result.output
+    directory = f"efficientnet-lite0-224-f{EXPORT_FORMAT}"
+    assert directory in result.output
     assert "1.0000" in result.output  # the parity column: min cosine with torch
-    assert (tmp_path / "efficientnet-lite0-224-f2" / "image.onnx").is_file()
+    assert (tmp_path / directory / "image.onnx").is_file()
     unknown = CliRunner().invoke(app, ["export-encoder", "no-such-encoder"], env=env)
     assert unknown.exit_code == 1
     assert "no encoder plugin provides" in unknown.output
