@@ -8,18 +8,27 @@ Three signals come in as ranked lists, each the top ``FUSION_DEPTH`` of one port
 * **lexical**: BM25 over names, descriptions and tag values, with the share of the query's
   words each product has.
 
-Each list is normalised over itself (relative score fusion: min-max for cosines, share of
-the best score for BM25, whose scale depends on the adapter), and the fused score is the
-weighted mean of the normalised signals, a product missing from a list counting 0 there.
+Each list is normalised over itself (distribution-based score fusion: a cosine list is
+spread over its mean plus or minus three standard deviations; BM25, whose scale depends on
+the adapter, as a share of the best score, times the square of the share of the query's
+words the product has, so a product with every word outranks one with half of them), and the
+fused score is the weighted mean of the normalised signals, a product missing from a list
+counting 0 there.
 
-The weights adapt to the query, not to a hand-tuned catalog setting: the lexical weight
-grows with how much of the query the catalog's words cover (``coverage``, the largest share
-of the query's words one product has, raised to ``coverage_exponent``). A query whose every
-word some product has ("basics men black trousers" on a catalog with descriptive names)
-leans on the words; one whose words the catalog hardly uses leaves the ranking to the
-vectors. Products whose name or id is the query come first whatever the signals say
-(``exact``). A search with a single signal (a photo without words) keeps that signal's raw
-score, so image searches score as they always have.
+The weights adapt to the query, not to a hand-tuned catalog setting. The *text confidence*
+(0..1) says how far the catalog's words answer the query: the square of its ``coverage``
+(the largest share of the query's words one product has) times the larger of two pieces of
+evidence that the catalog's words describe what is asked: the share of the top lexical hits
+that have every word, and how close the best product-text vector comes to the query
+(``semantic_confident_from`` .. ``semantic_confident_at``). With confidence 1 ("black
+trousers" on a catalog whose names say colour and type) the words lead and the images only
+break ties (``visual_floor``); with confidence 0 (terse names that never say the colour) the
+images lead and the words nudge (``lexical_floor``, ``semantic_floor``): a description that
+says "striped" still helps "striped sweater". Products whose name or id is the query come
+first whatever the signals say (``exact``). A search with a single signal (a photo without
+words) keeps that signal's raw score, so image searches score as they always have. The
+defaults were chosen on training galleries of both catalog styles (``bench.fusion_tuning``,
+docs/relevance.md), never on the held-out splits.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ FUSION_DEPTH = 200
 """How many results each signal contributes to the fusion."""
 FACET_DEPTH = 200
 """How deep into the fused ranking a search page's facet counts look."""
+SPREAD_DEVIATIONS = 3.0
+"""A cosine list is normalised over its mean plus or minus this many standard deviations."""
 
 
 @dataclass(frozen=True)
@@ -56,18 +67,38 @@ class QualityThresholds:
 
 @dataclass(frozen=True)
 class FusionConfig:
+    """How the signals are weighed (see the module docstring). At text confidence ``c`` the
+    weights are: visual ``visual_weight * (1 - c * (1 - visual_floor))``, lexical
+    ``lexical_weight * (lexical_floor + c * (1 - lexical_floor))``, semantic
+    ``semantic_floor + c * (semantic_weight - semantic_floor)``."""
+
     visual_weight: float = 1.0
-    semantic_weight: float = 1.0
     lexical_weight: float = 1.0
+    semantic_weight: float = 0.25
+    """The semantic weight when the words answer the query fully."""
+    visual_floor: float = 0.1
+    """The share of its weight the visual signal keeps when the words answer the query."""
+    lexical_floor: float = 0.15
+    semantic_floor: float = 0.1
+    """The text signals' weights when the words hardly answer the query."""
     coverage_exponent: float = 2.0
+    matched_exponent: float = 2.0
+    """A lexical hit's normalised score is its relative BM25 times its share of the query's
+    words to this power."""
     full_match_depth: int = 10
-    """When > 0, the text signals' weights are also scaled by the share of the top
-    ``full_match_depth`` lexical hits that have every word of the query: a catalog whose
-    words describe its products (many full matches) leans on them, one whose words only
-    brush the query (a few descriptions mention "black") leaves the ranking to the images."""
-    semantic_follows_words: bool = True
-    """Scale the semantic weight by the same text confidence as the lexical one."""
+    """When > 0, the share of the top ``full_match_depth`` lexical hits that have every word
+    of the query is evidence that the catalog's words describe its products (many full
+    matches) rather than brush the query (a few descriptions mention "black"); 0: the words
+    are trusted as far as they cover the query."""
+    semantic_confident_from: float = 0.5
+    semantic_confident_at: float = 0.7
+    """The best product-text cosine is the other evidence: none below ``*_from``, full at
+    ``*_at`` (cosines of the default encoder, fashion-lite)."""
     quality: QualityThresholds = field(default_factory=QualityThresholds)
+
+    def __post_init__(self) -> None:
+        if not self.semantic_confident_from < self.semantic_confident_at:
+            raise ValueError("semantic_confident_from must be below semantic_confident_at")
 
 
 DEFAULT_FUSION = FusionConfig()
@@ -118,34 +149,59 @@ def coverage(lexical: Sequence[LexicalHit]) -> float:
     return max((h.matched for h in lexical), default=0.0)
 
 
-def text_confidence(lexical: Sequence[LexicalHit], config: FusionConfig) -> float:
-    """How far the catalog's words answer this query, 0..1 (see FusionConfig)."""
-    confidence: float = coverage(lexical) ** config.coverage_exponent
+def text_confidence(ranked: Ranked, config: FusionConfig) -> float:
+    """How far the catalog's words answer this query, 0..1 (see the module docstring)."""
+    described = 1.0
     if config.full_match_depth > 0:
-        top = lexical[: config.full_match_depth]
-        confidence *= sum(h.matched >= 1.0 for h in top) / config.full_match_depth
+        top = ranked.lexical[: config.full_match_depth]
+        full = sum(h.matched >= 1.0 for h in top) / config.full_match_depth
+        described = max(full, semantic_confidence(ranked.semantic, config))
+    confidence: float = coverage(ranked.lexical) ** config.coverage_exponent * described
     return confidence
+
+
+def semantic_confidence(semantic: Sequence[tuple[str, float]], config: FusionConfig) -> float:
+    """How close the best product-text vector comes to the query, 0..1."""
+    best = max((s for _, s in semantic), default=None)
+    if best is None:
+        return 0.0
+    low, high = config.semantic_confident_from, config.semantic_confident_at
+    return min(1.0, max(0.0, (best - low) / (high - low)))
 
 
 def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
     """The query-adaptive weights (a signal without results weighs nothing)."""
-    confidence = text_confidence(ranked.lexical, config)
-    semantic = config.semantic_weight * (confidence if config.semantic_follows_words else 1.0)
+    c = text_confidence(ranked, config)
+    visual = config.visual_weight * (1.0 - c * (1.0 - config.visual_floor))
+    lexical = config.lexical_weight * (config.lexical_floor + c * (1.0 - config.lexical_floor))
+    semantic = config.semantic_floor + c * (config.semantic_weight - config.semantic_floor)
     return Weights(
-        visual=config.visual_weight if ranked.visual else 0.0,
-        lexical=config.lexical_weight * confidence * ranked.text_share if ranked.lexical else 0.0,
+        visual=visual if ranked.visual else 0.0,
+        lexical=lexical * ranked.text_share if ranked.lexical else 0.0,
         semantic=semantic * ranked.text_share if ranked.semantic else 0.0,
     )
 
 
-def min_max(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """Scores mapped onto 0..1 over the list (all 1 when they are equal)."""
+def spread(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Scores mapped from their mean minus SPREAD_DEVIATIONS standard deviations (0) to the
+    mean plus as many (1). Unlike min-max, the last of a list still scores above a product
+    missing from it (0), and a list's best reaches 1 only when it stands out from the rest."""
     if not scores:
         return {}
     values = [s for _, s in scores]
-    low, high = min(values), max(values)
-    span = high - low
-    return {pid: (s - low) / span if span > 0 else 1.0 for pid, s in scores}
+    mean = sum(values) / len(values)
+    deviation = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    if deviation == 0:
+        return {pid: 1.0 for pid, _ in scores}
+    low, width = mean - SPREAD_DEVIATIONS * deviation, 2 * SPREAD_DEVIATIONS * deviation
+    return {pid: (s - low) / width for pid, s in scores}
+
+
+def words_score(hits: Sequence[LexicalHit], matched_exponent: float) -> dict[str, float]:
+    """The lexical signal, 0..1: relative BM25 times the share of the query's words the
+    product has, to ``matched_exponent``."""
+    relative = relative_bm25(hits)
+    return {h.product_id: relative[h.product_id] * h.matched**matched_exponent for h in hits}
 
 
 def relative_bm25(hits: Sequence[LexicalHit]) -> dict[str, float]:
@@ -163,9 +219,9 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     weighted = [
         (weight, normalised)
         for weight, normalised in (
-            (w.visual, min_max(ranked.visual)),
-            (w.semantic, min_max(ranked.semantic)),
-            (w.lexical, lexical),
+            (w.visual, spread(ranked.visual)),
+            (w.semantic, spread(ranked.semantic)),
+            (w.lexical, words_score(ranked.lexical, config.matched_exponent)),
         )
         if weight > 0
     ]

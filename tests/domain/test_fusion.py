@@ -16,11 +16,13 @@ from domain.fusion import (
     coverage,
     exact_matches,
     fuse,
-    min_max,
     normalised_name,
     relative_bm25,
+    semantic_confidence,
+    spread,
     text_confidence,
     weights,
+    words_score,
 )
 from domain.model import (
     ImageQuery,
@@ -55,17 +57,37 @@ def ids(ranked: Sequence[FusedHit]) -> list[str]:
 
 # -- pure fusion ----------------------------------------------------------------------------
 
-COVERAGE_ONLY = FusionConfig(full_match_depth=0, semantic_follows_words=False)
-"""Text confidence from the query's coverage alone (the default also asks how many of the
-top lexical hits match fully, tested below)."""
+COVERAGE_ONLY = FusionConfig(full_match_depth=0)
+"""Text confidence from the query's coverage alone (the default also asks whether the words
+describe the products: full matches among the top lexical hits or a close product-text
+vector, tested below)."""
 
 
-def test_min_max_spreads_a_list_onto_0_1() -> None:
-    assert min_max([("a", 0.4), ("b", 0.3), ("c", 0.2)]) == pytest.approx(
-        {"a": 1.0, "b": 0.5, "c": 0.0}
-    )
-    assert min_max([("a", 0.3), ("b", 0.3)]) == {"a": 1.0, "b": 1.0}
-    assert min_max([]) == {}
+def test_spread_maps_mean_plus_minus_three_deviations_onto_0_1() -> None:
+    # mean 0.3, standard deviation 0.1: 0.0 .. 0.6 maps onto 0 .. 1
+    spread_ = spread([("a", 0.4), ("c", 0.2)])
+    assert spread_ == pytest.approx({"a": 0.4 / 0.6, "c": 0.2 / 0.6})
+    assert spread([("a", 0.3), ("b", 0.3)]) == {"a": 1.0, "b": 1.0}
+    assert spread([]) == {}
+
+
+def test_spread_lets_the_last_of_a_list_count_more_than_missing_it() -> None:
+    # min-max gives the last of the list 0, as if the product were missing from it
+    even = [(f"t{i}", 0.40 - i * 0.01) for i in range(10)]
+    spread_ = spread(even)
+    assert 0.0 < spread_["t9"] < spread_["t0"] < 1.0
+    assert list(spread_) == [pid for pid, _ in even]
+    # a list with a standout puts it near the top of the range, the rest well below
+    standout = spread([("top", 0.95), *even])
+    assert standout["top"] > 0.8 > 0.5 > standout["t0"]
+
+
+def test_words_score_ranks_every_word_above_half_of_them() -> None:
+    # BM25 can prefer a product repeating one word; having every word of the query wins
+    hits = [hit("repeats", 10.0, matched=0.5), hit("both", 8.0, matched=1.0)]
+    scores = words_score(hits, matched_exponent=2.0)
+    assert scores == pytest.approx({"repeats": 0.25, "both": 0.8})
+    assert words_score(hits, matched_exponent=0.0) == relative_bm25(hits)
 
 
 def test_bm25_is_relative_to_the_best_of_its_list() -> None:
@@ -76,8 +98,9 @@ def test_lexical_weight_follows_query_coverage() -> None:
     config = COVERAGE_ONLY
     full = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=1.0)])
     half = Ranked(visual=[("a", 0.3)], lexical=[hit("a", 1.0, matched=0.5)])
+    floor = config.lexical_floor
     assert weights(full, config).lexical == pytest.approx(1.0)
-    assert weights(half, config).lexical == pytest.approx(0.25)
+    assert weights(half, config).lexical == pytest.approx(floor + 0.25 * (1 - floor))
     assert weights(Ranked(visual=[("a", 0.3)]), config).lexical == 0.0
     assert coverage([hit("a", 1, 0.5), hit("b", 1, 1.0)]) == 1.0
 
@@ -307,18 +330,66 @@ def test_default_leans_on_words_only_when_many_products_match_fully() -> None:
     visual = [("sunglasses", 0.31), ("wallet", 0.30), ("t0", 0.25), ("t9", 0.25), ("x", 0.2)]
     described = Ranked(visual=visual, lexical=[hit(f"t{i}", 9.0 - i) for i in range(10)])
     brushed = Ranked(
-        visual=visual, lexical=[hit("t9", 9.0), *(hit(f"t{i}", 1.0, 0.5) for i in range(9))]
+        visual=visual, lexical=[hit("x", 9.0), *(hit(f"t{i}", 1.0, 0.5) for i in range(9))]
     )
     assert ids(fuse(described).hits)[0] == "t0"
     assert ids(fuse(brushed).hits)[0] == "sunglasses"
 
 
 def test_full_match_share_scales_the_text_signals() -> None:
-    config = FusionConfig(full_match_depth=4, semantic_follows_words=True)
+    config = FusionConfig(full_match_depth=4)
     descriptive = [hit(f"d{i}", 5.0 - i, matched=1.0) for i in range(4)]
     terse = [hit("t0", 5.0, matched=1.0), *(hit(f"t{i}", 1.0, matched=0.5) for i in (1, 2, 3))]
-    assert text_confidence(descriptive, config) == 1.0
-    assert text_confidence(terse, config) == pytest.approx(0.25)
-    ranked = Ranked(visual=[("t0", 0.3)], semantic=[("t0", 0.7)], lexical=terse)
+    assert text_confidence(Ranked(lexical=descriptive), config) == 1.0
+    assert text_confidence(Ranked(lexical=terse), config) == pytest.approx(0.25)
+    ranked = Ranked(visual=[("t0", 0.3)], semantic=[("t0", 0.4)], lexical=terse)
     w = weights(ranked, config)
-    assert (w.lexical, w.semantic, w.visual) == pytest.approx((0.25, 0.25, 1.0))
+    expected_lexical = config.lexical_floor + 0.25 * (1 - config.lexical_floor)
+    expected_semantic = config.semantic_floor + 0.25 * (
+        config.semantic_weight - config.semantic_floor
+    )
+    assert (w.lexical, w.semantic, w.visual) == pytest.approx(
+        (expected_lexical, expected_semantic, 1 - 0.25 * (1 - config.visual_floor))
+    )
+
+
+def test_a_close_product_text_vector_is_evidence_the_words_describe_the_products() -> None:
+    # few full matches (two products say "blue heels"), but the products' words are close
+    # to the query: the words still lead, as on a catalog whose names say colour and type
+    config = FusionConfig(full_match_depth=10, semantic_confident_from=0.5)
+    lexical = [hit("h0", 9.0), hit("h1", 9.0), *(hit(f"p{i}", 3.0, 0.5) for i in range(8))]
+    far = Ranked(lexical=lexical, semantic=[("h0", 0.45)])
+    close = Ranked(lexical=lexical, semantic=[("h0", config.semantic_confident_at + 0.05)])
+    assert text_confidence(far, config) == pytest.approx(0.2)
+    assert text_confidence(close, config) == 1.0
+    halfway = (config.semantic_confident_from + config.semantic_confident_at) / 2
+    assert semantic_confidence([("a", halfway)], config) == pytest.approx(0.5)
+    assert semantic_confidence([], config) == 0.0
+    # coverage still caps it: half of the query's words is a quarter of the confidence
+    partial = Ranked(lexical=[hit("p", 3.0, 0.5)], semantic=[("p", 0.9)])
+    assert text_confidence(partial, config) == pytest.approx(0.25)
+
+
+def test_the_weights_move_between_the_floors_with_the_confidence() -> None:
+    config = FusionConfig()
+    answered = Ranked(visual=[("a", 0.3)], semantic=[("a", 0.9)], lexical=[hit("a", 1.0)])
+    brushed = Ranked(visual=[("a", 0.3)], semantic=[("a", 0.3)], lexical=[hit("a", 1.0, 0.5)])
+    words_lead, images_lead = weights(answered, config), weights(brushed, config)
+    assert (words_lead.visual, words_lead.lexical, words_lead.semantic) == pytest.approx(
+        (config.visual_floor, config.lexical_weight, config.semantic_weight)
+    )
+    assert images_lead.visual > 0.9
+    assert images_lead.lexical < 0.5
+    assert images_lead.semantic < config.semantic_weight
+
+
+def test_words_nudge_the_images_on_a_catalog_of_terse_names() -> None:
+    # No product has both words; "striped" in a description lifts a product the images rank
+    # close to the top over one they rank just above it, not over the clear visual best.
+    visual = [("best", 0.60), ("plain", 0.45), ("striped", 0.44), *(
+        (f"v{i}", 0.30 - 0.01 * i) for i in range(10)
+    )]
+    lexical = [hit("striped", 4.0, matched=0.5), hit("v9", 4.0, matched=0.5)]
+    fused = fuse(Ranked(visual=visual, lexical=lexical, semantic=[("striped", 0.4)]))
+    assert ids(fused.hits)[:3] == ["best", "striped", "plain"]
+    assert ids(fused.hits).index("v9") > 3
