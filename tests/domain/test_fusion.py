@@ -386,9 +386,12 @@ def test_the_weights_move_between_the_floors_with_the_confidence() -> None:
 def test_words_nudge_the_images_on_a_catalog_of_terse_names() -> None:
     # No product has both words; "striped" in a description lifts a product the images rank
     # close to the top over one they rank just above it, not over the clear visual best.
-    visual = [("best", 0.60), ("plain", 0.45), ("striped", 0.44), *(
-        (f"v{i}", 0.30 - 0.01 * i) for i in range(10)
-    )]
+    visual = [
+        ("best", 0.60),
+        ("plain", 0.45),
+        ("striped", 0.44),
+        *((f"v{i}", 0.30 - 0.01 * i) for i in range(10)),
+    ]
     lexical = [hit("striped", 4.0, matched=0.5), hit("v9", 4.0, matched=0.5)]
     fused = fuse(Ranked(visual=visual, lexical=lexical, semantic=[("striped", 0.4)]))
     assert ids(fused.hits)[:3] == ["best", "striped", "plain"]
