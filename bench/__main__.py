@@ -119,6 +119,13 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--workers", type=_sizes, default=[1, 2], help="Ray encoder actors to measure (1,2)."
     )
+    ingest.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="--engine ray: rounds of (local, each --workers), interleaved so that a change in "
+        "the machine's load hits every configuration alike; the median rate is compared.",
+    )
 
     index = sub.add_parser("index", parents=[common], help="FAISS adapter at scale.")
     index.add_argument("--sizes", type=_sizes, default=[100_000, 1_000_000])
@@ -183,6 +190,7 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             encoder=encoder,
             workers=args.workers,
             limit=args.limit,
+            rounds=args.rounds,
         )
     if command == "ingest":
         from bench import ingest

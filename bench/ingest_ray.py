@@ -132,6 +132,12 @@ def one_run(
     }
 
 
+def median_run(runs: list[Json]) -> Json:
+    """The run whose rate is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: float(r["images_per_s"]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def run(
     *,
     work_dir: Path,
@@ -139,6 +145,7 @@ def run(
     encoder: EncoderChoice,
     workers: list[int],
     limit: int | None = None,
+    rounds: int = 2,
 ) -> Result:
     zip_path = kaggle_zip(datasets)
     limit = limit or DEFAULT_LIMIT
@@ -149,19 +156,34 @@ def run(
             "source": str(zip_path),
             "limit": limit,
             "workers": workers,
+            "rounds": rounds,
             "threads_per_actor": 1,
             "cpus": os.cpu_count(),
+            "engine": "Ray Data (map_batches: read tasks, ledger actor, encoder actor pool)",
         },
         notes=[
             *standin_note(encoder),
             "Measured on a shared 2-core machine busy with other work (see the load average): "
-            "absolute rates are low and noisy, ratios less so.",
+            "absolute rates are low and noisy, ratios less so. Runs are interleaved (rounds of "
+            "local, then each actor count) and each configuration's median run is compared.",
         ],
     )
-    console.print(f"[bold]ingest-ray[/]: {limit} Kaggle products, local engine vs Ray actors")
-    local = one_run(work_dir, zip_path, encoder, limit, None)
-    runs = {n: one_run(work_dir, zip_path, encoder, limit, n) for n in workers}
-    result.data = {"local": local, "ray": {str(n): r for n, r in runs.items()}}
+    console.print(
+        f"[bold]ingest-ray[/]: {limit} Kaggle products, local engine vs Ray Data actors, "
+        f"{rounds} interleaved round(s)"
+    )
+    all_runs: dict[str, list[Json]] = {"local": [], **{str(n): [] for n in workers}}
+    for _ in range(rounds):
+        all_runs["local"].append(one_run(work_dir, zip_path, encoder, limit, None))
+        for n in workers:
+            all_runs[str(n)].append(one_run(work_dir, zip_path, encoder, limit, n))
+    local = median_run(all_runs["local"])
+    runs = {n: median_run(all_runs[str(n)]) for n in workers}
+    result.data = {
+        "local": local,
+        "ray": {str(n): r for n, r in runs.items()},
+        "all_runs": {label: [r["images_per_s"] for r in done] for label, done in all_runs.items()},
+    }
     local_rate = float(local["images_per_s"])
     result.checks = [
         info("local engine", local_rate, "img/s", "default ONNX threads"),
