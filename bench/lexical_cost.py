@@ -1,8 +1,8 @@
 """What the lexical signal and the fusion add to a text search: ``search_text`` (top 200) on
 the whole Kaggle catalog's words (14,888 products, no images needed), ranked by FTS5 and by
 the in-memory BM25 snapshot (the default once built; the two interleaved per query, so both
-see the same load), and ``fuse`` of three top-200 lists (hits made for the first 212, as a
-search does), medians over a set of shopper queries.
+see the same load), and ``fuse`` of three top-200 lists (hits made for a page of 10 and
+the next one's first, ids for all, as a search does), medians over a set of shopper queries.
 
     PYTHONPATH=. .venv/bin/python -m bench.lexical_cost
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domain.fusion import FACET_DEPTH, FUSION_DEPTH, Ranked, fuse
+from domain.fusion import FUSION_DEPTH, Ranked, fuse
 from domain.model import Product
 from fashion_search.settings import Settings
 from ingest.readers import open_source
@@ -41,6 +41,7 @@ QUERIES = [
     "running shoes",
 ]
 ROUNDS = 20
+PAGE = 10
 
 
 def _ms(samples: list[float]) -> float:
@@ -100,7 +101,7 @@ async def main() -> None:
                     )
                 ]
                 started = time.perf_counter()
-                fuse(Ranked(visual=visual, semantic=semantic, lexical=hits), limit=FACET_DEPTH + 12)
+                fuse(Ranked(visual=visual, semantic=semantic, lexical=hits), limit=PAGE + 1)
                 fuse_times.append(time.perf_counter() - started)
         catalog.close_sync()
     result = {

@@ -141,6 +141,9 @@ class Fused:
     weights: Weights
     total: int = 0
     """Candidates ranked (``hits`` may hold only the first of them)."""
+    order: tuple[str, ...] = ()
+    """Every candidate's id in the fused order (what facet counts read: a search makes hits
+    for its page only)."""
 
 
 def coverage(lexical: Sequence[LexicalHit]) -> float:
@@ -256,7 +259,7 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
         for pid in (order if limit is None else order[:limit])
     ]
     quality = match_quality(ranked, config.quality)
-    return Fused(hits=hits, quality=quality, weights=w, total=len(order))
+    return Fused(hits=hits, quality=quality, weights=w, total=len(order), order=tuple(order))
 
 
 def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality:

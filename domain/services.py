@@ -283,9 +283,9 @@ class SearchService:
         # One extra to know whether a next page exists, one more for the excluded query item.
         wanted = depth + 1 + (1 if vectors.exclude_id else 0)
         ranked = await self._rank(encoder, query, vectors, wanted)
-        fused = fuse(ranked, self.fusion, limit=max(FACET_DEPTH, wanted) + 1)
+        fused = fuse(ranked, self.fusion, limit=wanted)  # hits for the page, ids for facets
         ordered = [h for h in fused.hits if h.product_id != vectors.exclude_id]
-        excluded = len(fused.hits) - len(ordered)
+        excluded = int(vectors.exclude_id in fused.order)
         queried = time.perf_counter()
 
         window = ordered[position.offset : depth]
@@ -316,7 +316,9 @@ class SearchService:
             next_cursor=next_cursor,
             match_quality=fused.quality,
             mode=query.mode,
-            ranked_ids=tuple(h.product_id for h in ordered[:FACET_DEPTH]),
+            ranked_ids=tuple(
+                pid for pid in fused.order[: FACET_DEPTH + 1] if pid != vectors.exclude_id
+            )[:FACET_DEPTH],
         )
 
     async def _rank(
