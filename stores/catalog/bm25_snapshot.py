@@ -156,14 +156,11 @@ class Bm25Snapshot:
             kth = np.partition(scores[matching], len(matching) - top_k)[len(matching) - top_k]
             matching = matching[scores[matching] >= kth]
         top = matching[np.lexsort((matching, -scores[matching]))][:top_k]
+        ids, names = self.product_ids, self.names
+        shares = self._matched_share(query, top).tolist()
         return [
-            LexicalHit(
-                product_id=self.product_ids[i],
-                score=float(scores[i]),
-                matched=float(share),
-                name=self.names[i],
-            )
-            for i, share in zip(top.tolist(), self._matched_share(query, top), strict=True)
+            LexicalHit(ids[i], score, share, names[i])  # plain floats: no numpy scalars
+            for i, score, share in zip(top.tolist(), scores[top].tolist(), shares, strict=True)
         ]
 
     def _matched_share(self, query: QueryTerms, rows: Rows) -> npt.NDArray[np.float64]:
