@@ -4,6 +4,8 @@ FASHION_SEARCH_DATASETS_DIR."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if where.startswith(UNAWAITED_COROUTINES_FAIL_UNDER):
             for spec in _UNAWAITED_FILTERS:
                 item.add_marker(pytest.mark.filterwarnings(spec))
+
+
+MIXED_KAGGLE_PRODUCTS = 400
+"""Kaggle products (the first, in the zip's order) beside hm-demo in the mixed catalog."""
+
+
+@pytest.fixture(scope="session")
+def mixed_catalog_home(
+    tmp_path_factory: pytest.TempPathFactory, hm_demo: Path, kaggle_zip: Path
+) -> Path:
+    """A shop's first catalog, two styles in one: hm-demo (300 H&M products, terse names)
+    and the first MIXED_KAGGLE_PRODUCTS of the Kaggle zip (descriptive names), ingested by
+    `fashion-search ingest` with the default encoder into one data directory. Shared by the
+    tests that judge real rankings by their labels; they only read it."""
+    home = tmp_path_factory.mktemp("mixed-home")
+    env = {**os.environ, "FASHION_SEARCH_HOME": str(home)}
+    env.pop("FASHION_SEARCH_ENCODER", None)
+    for source in ([str(hm_demo)], [str(kaggle_zip), "--limit", str(MIXED_KAGGLE_PRODUCTS)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "fashion_search.cli", "ingest", *source],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            timeout=1800,
+        )
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    return home
