@@ -16,9 +16,9 @@ from PIL import Image
 from domain.errors import BadInput, EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Vectors
-from encoders.backbones import colour_histogram, image_array
+from encoders.backbones import ImageBackboneSpec, colour_histogram, image_array
 from encoders.fashion_lite.data import query_text
-from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
+from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads, HeadsSummary
 from encoders.fashion_lite.towers import (
     OnnxTowers,
     Runtime,
@@ -33,12 +33,25 @@ ENCODER_ID = "fashion-lite"
 BATCH_SIZE = 32
 
 
+def _missing_heads(path: Path) -> EncoderUnavailable:
+    return EncoderUnavailable(
+        f"fashion-lite heads not found at {path}: run `fashion-search train-encoder`"
+    )
+
+
 def read_heads(path: Path) -> Heads:
     if not path.is_file():
-        raise EncoderUnavailable(
-            f"fashion-lite heads not found at {path}: run `fashion-search train-encoder`"
-        )
+        raise _missing_heads(path)
     return Heads.load(path)
+
+
+def read_summary(path: Path) -> HeadsSummary:
+    if not path.is_file():
+        raise _missing_heads(path)
+    try:
+        return HeadsSummary.read(path)
+    except ValueError as exc:
+        raise EncoderUnavailable(str(exc)) from exc
 
 
 class FashionLiteEncoder:
@@ -66,6 +79,7 @@ class FashionLiteEncoder:
         self._float32 = float32
         self._lock = threading.Lock()
         self._heads: Heads | None = None
+        self._summary: HeadsSummary | None = None
         self._towers: Towers | None = None
         self._heads_digest: str | None = None
         self._version: str | None = None
@@ -107,21 +121,33 @@ class FashionLiteEncoder:
             return self._heads
 
     @property
-    def towers(self) -> Towers:
-        heads, digest = self.heads, self._digest()
+    def summary(self) -> HeadsSummary:
+        """The heads file's facts and vector width, read without its weights (all the ONNX
+        Runtime path needs: the weights are in the built models)."""
         with self._lock:
-            if self._towers is None:
-                if self._runtime == "torch":
+            if self._summary is None:
+                self._summary = read_summary(self._heads_path)
+            return self._summary
+
+    def _spec(self) -> ImageBackboneSpec:
+        summary = self.summary
+        return backbone_spec(summary.meta, summary.tunes_backbone, self._heads_path)
+
+    @property
+    def towers(self) -> Towers:
+        if self._runtime == "torch":
+            heads = self.heads
+            with self._lock:
+                if self._towers is None:
                     weights = heads.float32() if self._float32 else heads
                     self._towers = TorchTowers(weights, self._heads_path, self._threads)
-                else:
-                    self._towers = OnnxTowers(
-                        self._heads_path,
-                        digest,
-                        backbone_spec(heads, self._heads_path),
-                        models_root(self._models_dir),
-                        self._threads,
-                    )
+                return self._towers
+        spec, digest = self._spec(), self._digest()
+        with self._lock:
+            if self._towers is None:
+                self._towers = OnnxTowers(
+                    self._heads_path, digest, spec, models_root(self._models_dir), self._threads
+                )
             return self._towers
 
     def torch_reference(self) -> FashionLiteEncoder:
@@ -143,7 +169,7 @@ class FashionLiteEncoder:
 
     @property
     def dim(self) -> int:
-        return self.heads.dim
+        return self.summary.dim
 
     @property
     def modalities(self) -> frozenset[Modality]:
@@ -153,9 +179,8 @@ class FashionLiteEncoder:
         prompts = [query_text(t) if isinstance(t, str) else "" for t in texts]
         if any(not p for p in prompts):
             raise BadInput("texts to encode must not be empty")
-        heads = self.heads
         if not prompts:
-            return np.zeros((0, heads.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         towers = self.towers
         parts = [
             towers.text_vectors(prompts[i : i + BATCH_SIZE])
@@ -164,17 +189,15 @@ class FashionLiteEncoder:
         return np.concatenate(parts).astype(np.float32)
 
     def encode_images(self, images: Sequence[bytes]) -> Vectors:
-        heads = self.heads
         if not images:
-            return np.zeros((0, heads.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         decoded = [decode_image(data) for data in images]  # InvalidImage before any work
         return self.encode_decoded(decoded)
 
     def encode_decoded(self, images: Sequence[Image.Image]) -> Vectors:
-        heads = self.heads
         towers = self.towers
-        spec = backbone_spec(heads, self._heads_path)
-        crop = bool(heads.meta.get("crop", False))
+        spec = self._spec()
+        crop = bool(self.summary.meta.get("crop", False))
         parts = []
         for start in range(0, len(images), BATCH_SIZE):
             chunk = images[start : start + BATCH_SIZE]

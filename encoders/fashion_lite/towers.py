@@ -46,13 +46,15 @@ RUNTIMES: tuple[Runtime, ...] = ("onnx", "torch")
 TEXT_MAX_TOKENS = TextBackbone.max_length
 
 
-def backbone_spec(heads: Heads, heads_path: Path) -> ImageBackboneSpec:
+def backbone_spec(
+    meta: dict[str, Any], tunes_backbone: bool, heads_path: Path
+) -> ImageBackboneSpec:
     """The image backbone a heads file was trained on (with its tuned layers, if any)."""
     return ImageBackboneSpec(
-        str(heads.meta.get("image_backbone", "efficientnet-lite0")),
-        int(heads.meta.get("image_size", 224)),
-        tuple(heads.meta.get("image_parts", ("avg",))),
-        tuned=str(heads_path) if heads.backbone else "",
+        str(meta.get("image_backbone", "efficientnet-lite0")),
+        int(meta.get("image_size", 224)),
+        tuple(meta.get("image_parts", ("avg",))),
+        tuned=str(heads_path) if tunes_backbone else "",
     )
 
 
@@ -79,7 +81,7 @@ class TorchTowers:
 
     def __init__(self, heads: Heads, heads_path: Path, threads: int) -> None:
         self._heads = heads
-        self._spec = backbone_spec(heads, heads_path)
+        self._spec = backbone_spec(heads.meta, bool(heads.backbone), heads_path)
         self._threads = threads
         self._lock = threading.Lock()
         self._image: ImageBackbone | None = None

@@ -18,7 +18,7 @@ from domain.errors import EncoderUnavailable
 from domain.ports import VersionedEncoder, indexed_by_current_version, ledger_entry
 from encoders import onnx_models
 from encoders.fashion_lite.encoder import FashionLiteEncoder
-from encoders.fashion_lite.heads import DEFAULT_HEADS, WEIGHTS_DIR
+from encoders.fashion_lite.heads import DEFAULT_HEADS, WEIGHTS_DIR, Heads, HeadsSummary
 from encoders.image_only import VARIANTS, EffNetImageEncoder
 from encoders.onnx_build import WEIGHTS_SUFFIX
 from encoders.onnx_models import (
@@ -72,6 +72,30 @@ def test_onnx_gives_torch_vectors_for_the_image_only_baselines(
     result = parity(exported, exported.torch_reference(), images[:8], [])
     assert result.min_image is not None
     assert result.min_image >= PARITY_MIN_COSINE
+
+
+@pytest.mark.parametrize("heads", SHIPPED_HEADS, ids=[p.stem for p in SHIPPED_HEADS])
+def test_the_summary_of_every_shipped_heads_file_is_what_its_weights_say(heads: Path) -> None:
+    summary, full = HeadsSummary.read(heads), Heads.load(heads)
+    assert (summary.dim, summary.meta, summary.tunes_backbone) == (
+        full.dim,
+        full.meta,
+        bool(full.backbone),
+    )
+
+
+def test_onnx_runtime_never_reads_the_heads_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built models hold the weights: decompressing the heads file would only slow a
+    server's start (its summary is enough)."""
+
+    def unexpected(path: Path) -> Heads:
+        raise AssertionError(f"read the weights of {path}")
+
+    monkeypatch.setattr(Heads, "load", unexpected)
+    encoder = FashionLiteEncoder(DEFAULT_HEADS, models_dir=str(MODELS_DIR))
+    assert encoder.encode_texts(["red dress"]).shape == (1, encoder.dim)
+    assert encoder.encode_images([_white_jpeg()]).shape == (1, encoder.dim)
+    assert encoder.version.startswith("heads-")
 
 
 def _copy_export(source: Path, target: Path) -> None:
