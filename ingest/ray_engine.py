@@ -10,7 +10,7 @@ every stage gets one input per batch to spread over its workers), then:
 2. **ledger check** (``map_batches`` on one small actor, on the driver's node): which
    encoders each image still needs, from the ledger (one round trip per batch), so a rerun
    over an unchanged catalog encodes nothing;
-3. **encode** (``map_batches`` on an actor pool, ``concurrency=workers``, one CPU each): one
+3. **encode** (``map_batches`` on an ``ActorPoolStrategy(size=workers)``, one CPU each): one
    encoder set per actor (one ONNX/torch thread each), the items that need it encoded in
    batches (``encode_plan``, as the local engine), an image the encoder rejects marked broken;
 4. **write**, on the driver, from ``iter_batches`` (order preserved): the local pipeline's own
@@ -132,7 +132,7 @@ def _quiet_ray_data(ray: ModuleType) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     # a catalog of fewer batches than actors is fine: say nothing
     warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
 
@@ -303,7 +303,7 @@ class RayEngine:
                 batch_size=size,
                 batch_format="pyarrow",
                 num_cpus=READ_CPUS,
-                concurrency=-(-self.workers // ENCODERS_PER_READER),
+                compute=ray.data.TaskPoolStrategy(size=-(-self.workers // ENCODERS_PER_READER)),
             )
             .map_batches(
                 LedgerCheck,
@@ -311,7 +311,7 @@ class RayEngine:
                 batch_size=size,
                 batch_format="pyarrow",
                 num_cpus=0,
-                concurrency=1,
+                compute=ray.data.ActorPoolStrategy(size=1),
                 # an embedded home's catalog is a file on the driver's machine (pinned as Ray
                 # Data pins its local:// reads)
                 label_selector={ray._raylet.RAY_NODE_ID_KEY: node},
@@ -322,7 +322,7 @@ class RayEngine:
                 batch_size=size,
                 batch_format="pyarrow",
                 num_cpus=1,
-                concurrency=self.workers,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
             )
         )
 
