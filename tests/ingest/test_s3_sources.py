@@ -4,13 +4,17 @@ in the report, never fatal."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from domain.errors import PayloadTooLarge
+from fashion_search.cli import app
 from ingest.pipeline import IngestPipeline
 from ingest.readers import ImageUnavailable, S3Image, SourceNotFound, UnknownLayout, open_source
 from ingest.report import FailureReason
@@ -24,6 +28,7 @@ from tests.fakes import (
 )
 from tests.stores.servers import AWS_TEST_CREDENTIALS, AWS_TEST_REGION, S3Server, unique_name
 
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MANIFEST = (
     "id,image,name,colour\n"
     "p1,images/red.jpg,Red dress,Red\n"
@@ -128,3 +133,37 @@ def test_a_missing_or_unreadable_s3_catalog_is_a_one_line_error(
         open_source(f"s3://{other}/photos/blue.jpg", access)
     with pytest.raises(SourceNotFound, match="cannot read"):
         open_source(uri, S3Access("127.0.0.1:1", AWS_TEST_REGION))  # no scheme
+
+
+def test_the_cli_ingests_an_s3_manifest_with_the_apps_s3_settings(
+    access: S3Access, s3: S3Server, kaggle_zip: Path, tmp_path: Path
+) -> None:
+    client = access.client()
+    bucket = unique_name("cli")
+    client.create_bucket(Bucket=bucket)
+    lines = ["id,image,name"]
+    with open_source(kaggle_zip) as source:
+        for item in itertools.islice(source, 2):
+            data = item.image.read(MAX_IMAGE_BYTES)  # type: ignore[union-attr]
+            client.put_object(Bucket=bucket, Key=f"images/{item.id}.jpg", Body=data)
+            lines.append(f"{item.id},images/{item.id}.jpg,{item.name.replace(',', ' ')}")
+    lines.append("gone,images/gone.jpg,Gone")
+    client.put_object(Bucket=bucket, Key="manifest.csv", Body="\n".join(lines).encode())
+    report = tmp_path / "report.json"
+
+    result = CliRunner().invoke(
+        app,
+        ["ingest", f"s3://{bucket}/manifest.csv", "--report", str(report)],
+        env={
+            "FASHION_SEARCH_HOME": str(tmp_path / "home"),
+            "S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_REGION": AWS_TEST_REGION,
+        },
+    )
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(report.read_text())
+    assert document["summary"]["indexed"] == 2
+    [failure] = document["failures"]
+    assert (failure["id"], failure["reason"]) == ("gone", "missing")
+    assert failure["image"] == f"s3://{bucket}/images/gone.jpg"
