@@ -1,9 +1,10 @@
 """The Ray engine of ingest (``fashion-search ingest --engine ray``): a Ray Data pipeline,
 writing through the same one write use case as the local engine.
 
-The source's rows become a Ray Dataset (blocks of one batch of pickled items, put in the
-object store as the driver reads the manifest, so the driver holds one batch of rows and
-every stage gets one input per batch to spread over its workers), then:
+The source's rows become Ray Datasets of WINDOW_ROWS rows each, run one after the other
+(blocks of one batch of pickled items, put in the object store as the driver reads the
+manifest, so the driver holds one batch of rows and every stage gets one input per batch to
+spread over its workers), then:
 
 1. **read** (``map_batches`` tasks): each image is read (local file, zip member or ``s3://``
    object), size-checked and hashed; a missing or oversized image becomes the item's failure;
@@ -60,6 +61,11 @@ READ_CPUS = 0
 (with one encoder per core, a task asking for any CPU would never be scheduled)."""
 ENCODERS_PER_READER = 2
 """Read tasks running at once per encoder actor, rounded up."""
+WINDOW_ROWS = 50_000
+"""Source rows per Dataset: a catalog of millions is run as a sequence of datasets, so the
+first batch is encoded after reading 50,000 rows, not the whole manifest, and the object
+store holds one window's rows; each window starts its actors again (a model load, a few
+seconds against the minutes its encoding takes)."""
 RAY_TEMP_DIR_PREFIX = "fs-ray-"
 ITEM, RAW, NEEDS, ENCODED = "item", "raw", "needs", "encoded"
 
@@ -278,18 +284,20 @@ class RayEngine:
     workers: int
     encoders: EncoderFactory
     catalog: CatalogFactory
+    window_rows: int = WINDOW_ROWS
 
     def dataset(
         self, source: Iterator[SourceItem], encoders: Sequence[Encoder], options: IngestOptions
     ) -> Any | None:
-        """The pipeline over the source (None when it is empty). Reads the source's rows
-        into the object store a batch at a time."""
+        """The pipeline over the source's next ``window_rows`` rows (None when none are
+        left). Reads them into the object store a batch at a time."""
         import pyarrow as pa
 
         ray = self.ray
         size = options.batch_size
         blocks = []
-        while chunk := list(itertools.islice(source, size)):
+        window = itertools.islice(source, self.window_rows)
+        while chunk := list(itertools.islice(window, size)):
             blocks.append(ray.put(pa.table({ITEM: _binary(chunk)})))
         if not blocks:
             return None
@@ -353,26 +361,25 @@ class RayIngestPipeline(IngestPipeline):
         queue: asyncio.Queue[_Batch | BaseException | None],
     ) -> None:
         options = self._options
+        engine, encoders = self._engine, self._encoders
         try:
-            dataset = await asyncio.to_thread(self._engine.dataset, source, self._encoders, options)
-            batches = (
-                iter(())
-                if dataset is None
-                else iter(
+            while (
+                dataset := await asyncio.to_thread(engine.dataset, source, encoders, options)
+            ) is not None:
+                batches = iter(
                     dataset.iter_batches(
                         batch_size=options.batch_size,
                         batch_format="pyarrow",
                         prefetch_batches=options.read_ahead,
                     )
                 )
-            )
-            while (table := await asyncio.to_thread(next, batches, None)) is not None:
-                raws: list[_Raw] = _objects(table, RAW)
-                for raw, done in zip(raws, _objects(table, ENCODED), strict=True):
-                    if done is not None:
-                        self._precomputed.setdefault(raw.item.id, done)
-                await self._fetch_remote(raws)
-                await queue.put(self._validate(raws))
+                while (table := await asyncio.to_thread(next, batches, None)) is not None:
+                    raws: list[_Raw] = _objects(table, RAW)
+                    for raw, done in zip(raws, _objects(table, ENCODED), strict=True):
+                        if done is not None:
+                            self._precomputed.setdefault(raw.item.id, done)
+                    await self._fetch_remote(raws)
+                    await queue.put(self._validate(raws))
         except Exception as exc:
             await queue.put(exc)
             return

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ RECOVERY_PRODUCTS = 96
 """The products of the crash tests (a prefix of the reference)."""
 SMALL_BATCH = 16
 """Batches of the crash tests: several are acknowledged before the end."""
+RECOVERY_WINDOW = 40
+"""Source rows per Ray Dataset in the killed-actor test (three windows, the last one short)."""
 VECTOR_TOLERANCE = 1e-4
 """Batch composition changes the float sums a little (unit vectors)."""
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +112,7 @@ async def ingest_on(
     batch_size: int = 32,
     container: Container | None = None,
     on_progress: Any = None,
+    window_rows: int | None = None,
 ) -> IngestSummary:
     container = container or build(settings)
     encoders = [container.encoders.get(None)]
@@ -122,6 +125,8 @@ async def ingest_on(
             with ray_engine(
                 engine, container.ray_encoder_factory(encoders), container.ray_catalog_factory()
             ) as running:
+                if window_rows is not None:
+                    running = replace(running, window_rows=window_rows)
                 ray_pipeline = container.ingest_pipeline(encoders, options, on_progress, running)
                 return await ray_pipeline.run(source, limit)
     finally:
@@ -220,6 +225,7 @@ async def test_a_killed_encoder_actor_is_replaced_and_the_run_completes(
             RECOVERY_PRODUCTS,
             engine=RayOptions(workers=2),
             batch_size=SMALL_BATCH,
+            window_rows=RECOVERY_WINDOW,  # several datasets, one after the other
         )
     )
     while not (pids := encoder_actor_pids()):  # polling for the actors, not ordering by time
