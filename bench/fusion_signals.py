@@ -9,6 +9,7 @@ pickle.
 
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals kaggle-train /tmp/signals
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals
+    PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals 16  # another draw
 
 Galleries (``GALLERIES``): training parts only (never a held-out split) unless the name
 ends in ``-heldout``.
@@ -65,14 +66,15 @@ def _all_ids(manifest: Path) -> list[str]:
         return [item.id for item in source]
 
 
-def _sample(ids: list[str], excluded: frozenset[str], n: int) -> frozenset[str]:
-    kept = sorted(set(ids) - excluded)
-    return frozenset(random.Random(GALLERY_SEED).sample(kept, min(n, len(kept))))
-
-
-def gallery(name: str, settings: Settings) -> tuple[Path, frozenset[str]]:
-    """(manifest, selected ids) of a named gallery."""
+def gallery(name: str, settings: Settings, seed: int = GALLERY_SEED) -> tuple[Path, frozenset[str]]:
+    """(manifest, selected ids) of a named gallery (training parts: a sample drawn with
+    ``seed``)."""
     data = settings.datasets_dir
+
+    def _sample(ids: list[str], excluded: frozenset[str], n: int) -> frozenset[str]:
+        kept = sorted(set(ids) - excluded)
+        return frozenset(random.Random(seed).sample(kept, min(n, len(kept))))
+
     choices: dict[str, Callable[[], tuple[Path, frozenset[str]]]] = {
         # hm-extra: H&M style, never seen by the fashion-lite heads (trained on hm-dev only)
         "hm-extra": lambda: (
@@ -101,10 +103,12 @@ def gallery(name: str, settings: Settings) -> tuple[Path, frozenset[str]]:
     return choices[name]()
 
 
-async def record(name: str, out: Path) -> None:
+async def record(name: str, out: Path, seed: int = GALLERY_SEED) -> None:
     settings = Settings()
-    manifest, ids = gallery(name, settings)
+    manifest, ids = gallery(name, settings, seed)
     options = EvalOptions(manifest=manifest, encoder_ids=(settings.encoder,), ids=ids)
+    if seed != GALLERY_SEED:
+        name = f"{name}-{seed}"
     home = out / f"{name}-home"
     captured: list[Ranked] = []
 
@@ -155,4 +159,5 @@ def _queries(items: list[LabelledItem]) -> dict[str, list[tuple[str, Any]]]:
 
 
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], Path(sys.argv[2])))
+    seed = int(sys.argv[3]) if len(sys.argv) > 3 else GALLERY_SEED
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), seed))

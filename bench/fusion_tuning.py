@@ -5,6 +5,9 @@ signals ``bench.fusion_signals`` recorded (so a configuration costs no search).
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals kaggle-train /tmp/signals
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals
     PYTHONPATH=. .venv/bin/python -m bench.fusion_tuning /tmp/signals kaggle-train hm-extra
+    # with a second draw (bench.fusion_signals GALLERY /tmp/signals 16) as validation:
+    PYTHONPATH=. .venv/bin/python -m bench.fusion_tuning /tmp/signals \
+        kaggle-train hm-extra kaggle-train-16 hm-extra-16
 
 kaggle-train: 3,722 Kaggle products outside the committed held-out split (the held-out
 split's size); hm-extra: 1,518 hm-extra products, an H&M catalog the fashion-lite heads never
@@ -49,6 +52,16 @@ CONFIGS: dict[str, FusionConfig] = {
     "bm25 alone (matched^0)": replace(DEFAULT_FUSION, matched_exponent=0.0),
     "visual floor 0.3": replace(DEFAULT_FUSION, visual_floor=0.3),
     "semantic weight 0.5": replace(DEFAULT_FUSION, semantic_weight=0.5),
+    "visual floor 0.05": replace(DEFAULT_FUSION, visual_floor=0.05),
+    "lexical floor 0.25": replace(DEFAULT_FUSION, lexical_floor=0.25),
+    "semantic floor 0.2": replace(DEFAULT_FUSION, semantic_floor=0.2),
+    "matched^1": replace(DEFAULT_FUSION, matched_exponent=1.0),
+    "semantic evidence 0.45-0.65": replace(
+        DEFAULT_FUSION, semantic_confident_from=0.45, semantic_confident_at=0.65
+    ),
+    "semantic evidence 0.55-0.75": replace(
+        DEFAULT_FUSION, semantic_confident_from=0.55, semantic_confident_at=0.75
+    ),
 }
 SIGNALS_ALONE = {
     "visual": {"semantic": (), "lexical": ()},
