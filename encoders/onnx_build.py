@@ -392,6 +392,86 @@ def build_fashion_lite(heads_path: Path, spec: ImageBackboneSpec, out: Path) -> 
     text.save(out / "text-head.onnx", [features], vectors, heads.dim)
 
 
+@dataclass
+class _Bert:
+    """BERT's encoder (as all-MiniLM-L6-v2 is configured) written into a graph."""
+
+    graph: _Graph
+    weights: dict[str, F32]
+    dim: int
+    heads: int
+    eps: float
+
+    def dense(self, x: str, name: str) -> str:
+        weight = self.weights[f"{name}.weight"].T.copy()  # stored [out, in]
+        return self.graph.linear(x, weight, self.weights[f"{name}.bias"])
+
+    def norm(self, x: str, name: str) -> str:
+        scale, shift = self.weights[f"{name}.weight"], self.weights[f"{name}.bias"]
+        return self.graph.op(
+            "LayerNormalization",
+            [x, self.graph.const(scale), self.graph.const(shift)],
+            axis=-1,
+            epsilon=self.eps,
+        )
+
+    def embeddings(self) -> str:
+        """Word, position and (type 0) token-type embeddings of ``input_ids``, normalised."""
+        graph, table = self.graph, self.weights
+
+        def ints(*values: int) -> str:
+            return graph.const(np.array(values, dtype=np.int64))
+
+        words = graph.op(
+            "Gather", [graph.const(table["embeddings.word_embeddings.weight"]), "input_ids"]
+        )
+        length = graph.op("Slice", [graph.op("Shape", ["input_ids"]), ints(1), ints(2)])
+        positions = graph.op(
+            "Slice",
+            [graph.const(table["embeddings.position_embeddings.weight"]), ints(0), length, ints(0)],
+        )
+        token_type = graph.const(table["embeddings.token_type_embeddings.weight"][0])
+        x = graph.op("Add", [graph.op("Add", [words, token_type]), positions])
+        return self.norm(x, "embeddings.LayerNorm")
+
+    def head_shapes(self) -> tuple[str, str]:
+        """The shapes that split the hidden states into the attention heads and merge them."""
+        split = np.array([0, 0, self.heads, self.dim // self.heads], dtype=np.int64)
+        merge = np.array([0, 0, self.dim], dtype=np.int64)
+        return self.graph.const(split), self.graph.const(merge)
+
+    def layer(self, x: str, bias: str, index: int, shapes: tuple[str, str]) -> str:
+        """One encoder layer: self-attention (``bias``: 0 for real keys, MASKED_SCORE for
+        padding), then the feed-forward block, each with its residual and LayerNorm."""
+        graph, name, width = self.graph, f"encoder.layer.{index}", self.dim // self.heads
+        split, merge = shapes
+        q, k, v = (
+            graph.op("Reshape", [self.dense(x, f"{name}.attention.self.{part}"), split])
+            for part in ("query", "key", "value")
+        )
+        q = graph.op("Transpose", [q], perm=[0, 2, 1, 3])
+        k = graph.op("Transpose", [k], perm=[0, 2, 3, 1])
+        v = graph.op("Transpose", [v], perm=[0, 2, 1, 3])
+        scores = graph.scale(graph.op("MatMul", [q, k]), 1.0 / math.sqrt(width))
+        attention = graph.op("Softmax", [graph.op("Add", [scores, bias])], axis=-1)
+        context = graph.op("Transpose", [graph.op("MatMul", [attention, v])], perm=[0, 2, 1, 3])
+        context = graph.op("Reshape", [context, merge])
+        attended = graph.op("Add", [self.dense(context, f"{name}.attention.output.dense"), x])
+        x = self.norm(attended, f"{name}.attention.output.LayerNorm")
+        up = graph.gelu_erf(self.dense(x, f"{name}.intermediate.dense"))
+        out = graph.op("Add", [self.dense(up, f"{name}.output.dense"), x])
+        return self.norm(out, f"{name}.output.LayerNorm")
+
+
+def _mean_pooled(graph: _Graph, x: str, mask: str) -> str:
+    """The mean of the real tokens' states, L2-normalised (sentence-transformers' pooling)."""
+    tokens = graph.op("Unsqueeze", [mask, graph.const(np.array([2], dtype=np.int64))])
+    axis = graph.const(np.array([1], dtype=np.int64))
+    summed = graph.op("ReduceSum", [graph.op("Mul", [x, tokens]), axis], keepdims=0)
+    count = graph.op("Max", [graph.op("ReduceSum", [tokens, axis], keepdims=0), graph.scalar(1e-9)])
+    return graph.unit(graph.op("Div", [summed, count]))
+
+
 def build_minilm(out: Path) -> None:
     """``model.onnx`` (input_ids, attention_mask -> mean-pooled, L2-normalised features)
     and ``tokenizer.json``, from the packaged all-MiniLM-L6-v2."""
@@ -401,85 +481,24 @@ def build_minilm(out: Path) -> None:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     if config.get("model_type") != "bert" or config.get("hidden_act") != "gelu":
         raise EncoderUnavailable(f"{path} is not a BERT model this builder supports")
-    dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    eps = float(config["layer_norm_eps"])
-    weights = read_safetensors(path / "model.safetensors")
     graph = _Graph()
-
-    def tensor(name: str) -> F32:
-        return weights[name]
-
-    def dense(x: str, name: str) -> str:
-        return graph.linear(x, tensor(f"{name}.weight").T.copy(), tensor(f"{name}.bias"))
-
-    def norm(x: str, name: str) -> str:
-        return graph.op(
-            "LayerNormalization",
-            [x, graph.const(tensor(f"{name}.weight")), graph.const(tensor(f"{name}.bias"))],
-            axis=-1,
-            epsilon=eps,
-        )
-
-    words = graph.op(
-        "Gather", [graph.const(tensor("embeddings.word_embeddings.weight")), "input_ids"]
+    bert = _Bert(
+        graph,
+        read_safetensors(path / "model.safetensors"),
+        dim=int(config["hidden_size"]),
+        heads=int(config["num_attention_heads"]),
+        eps=float(config["layer_norm_eps"]),
     )
-    length = graph.op(
-        "Slice",
-        [
-            graph.op("Shape", ["input_ids"]),
-            graph.const(np.array([1], dtype=np.int64)),
-            graph.const(np.array([2], dtype=np.int64)),
-        ],
-    )
-    positions = graph.op(
-        "Slice",
-        [
-            graph.const(tensor("embeddings.position_embeddings.weight")),
-            graph.const(np.array([0], dtype=np.int64)),
-            length,
-            graph.const(np.array([0], dtype=np.int64)),
-        ],
-    )
-    token_type = tensor("embeddings.token_type_embeddings.weight")[0]
-    x = graph.op("Add", [graph.op("Add", [words, graph.const(token_type)]), positions])
-    x = norm(x, "embeddings.LayerNorm")
-
+    x = bert.embeddings()
     mask = graph.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
-    # [n, 1, 1, L]: 0 for real tokens, MASKED_SCORE for padding
     keys = graph.op("Unsqueeze", [mask, graph.const(np.array([1, 2], dtype=np.int64))])
-    bias = graph.scale(graph.op("Sub", [graph.scalar(1.0), keys]), MASKED_SCORE)
-    split = graph.const(np.array([0, 0, heads, dim // heads], dtype=np.int64))
-    merge = graph.const(np.array([0, 0, dim], dtype=np.int64))
-    for i in range(int(config["num_hidden_layers"])):
-        layer = f"encoder.layer.{i}"
-        q, k, v = (
-            graph.op("Reshape", [dense(x, f"{layer}.attention.self.{part}"), split])
-            for part in ("query", "key", "value")
-        )
-        q = graph.op("Transpose", [q], perm=[0, 2, 1, 3])
-        k = graph.op("Transpose", [k], perm=[0, 2, 3, 1])
-        v = graph.op("Transpose", [v], perm=[0, 2, 1, 3])
-        scores = graph.scale(graph.op("MatMul", [q, k]), 1.0 / math.sqrt(dim // heads))
-        attention = graph.op("Softmax", [graph.op("Add", [scores, bias])], axis=-1)
-        context = graph.op("Transpose", [graph.op("MatMul", [attention, v])], perm=[0, 2, 1, 3])
-        context = graph.op("Reshape", [context, merge])
-        x = norm(
-            graph.op("Add", [dense(context, f"{layer}.attention.output.dense"), x]),
-            f"{layer}.attention.output.LayerNorm",
-        )
-        up = graph.gelu_erf(dense(x, f"{layer}.intermediate.dense"))
-        x = norm(
-            graph.op("Add", [dense(up, f"{layer}.output.dense"), x]), f"{layer}.output.LayerNorm"
-        )
-
-    tokens = graph.op("Unsqueeze", [mask, graph.const(np.array([2], dtype=np.int64))])
-    axis = graph.const(np.array([1], dtype=np.int64))
-    summed = graph.op("ReduceSum", [graph.op("Mul", [x, tokens]), axis], keepdims=0)
-    count = graph.op("Max", [graph.op("ReduceSum", [tokens, axis], keepdims=0), graph.scalar(1e-9)])
-    pooled = graph.unit(graph.op("Div", [summed, count]))
+    bias = graph.scale(graph.op("Sub", [graph.scalar(1.0), keys]), MASKED_SCORE)  # [n, 1, 1, L]
+    shapes = bert.head_shapes()
+    for index in range(int(config["num_hidden_layers"])):
+        x = bert.layer(x, bias, index, shapes)
     inputs = [
         _input(name, TensorProto.INT64, [BATCH, "tokens"])
         for name in ("input_ids", "attention_mask")
     ]
-    graph.save(out / "model.onnx", inputs, pooled, dim)
+    graph.save(out / "model.onnx", inputs, _mean_pooled(graph, x, mask), bert.dim)
     shutil.copyfile(path / "tokenizer.json", out / "tokenizer.json")
