@@ -56,6 +56,11 @@ logger = logging.getLogger(__name__)
 LEDGER_PAGE = 1000
 """Ledger entries read per call when the whole ledger is walked (bounded memory, and each
 call well within the store timeout)."""
+WORDS_PER_CALL = 8
+"""Product texts per text-tower call, of similar lengths: a call pads its texts to the
+longest, so one long description in a batch of 64 short names made all 64 cost as much as
+it (sorted calls of 8: H&M texts 33 -> 18 ms CPU each, Kaggle names 5.0 -> 4.3, measured with
+fashion-lite on ONNX Runtime)."""
 
 
 class IncompleteWrite(UpstreamUnavailable):
@@ -645,14 +650,17 @@ def product_words(product: IndexItem) -> str:
 
 
 async def _encode_words(encoder: Encoder, items: Sequence[PlannedItem]) -> dict[str, Vectors]:
-    """The vectors of the items' words (items without words have none)."""
+    """The vectors of the items' words (items without words have none), shortest texts
+    first in calls of WORDS_PER_CALL (see there)."""
     worded = [(p.item.id, product_words(p.item)) for p in items]
-    worded = [(pid, text) for pid, text in worded if text]
-    if not worded:
-        return {}
-    matrix = await asyncio.to_thread(encoder.encode_texts, [text for _, text in worded])
-    _check_shape(encoder, matrix, len(worded))
-    return {pid: matrix[i] for i, (pid, _) in enumerate(worded)}
+    worded = sorted(((pid, text) for pid, text in worded if text), key=lambda w: len(w[1]))
+    vectors: dict[str, Vectors] = {}
+    for start in range(0, len(worded), WORDS_PER_CALL):
+        chunk = worded[start : start + WORDS_PER_CALL]
+        matrix = await asyncio.to_thread(encoder.encode_texts, [text for _, text in chunk])
+        _check_shape(encoder, matrix, len(chunk))
+        vectors.update((pid, matrix[i]) for i, (pid, _) in enumerate(chunk))
+    return vectors
 
 
 def _check_shape(encoder: Encoder, matrix: Vectors, rows: int) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from domain.errors import UpstreamUnavailable, WriterBusy
 from domain.images import content_hash, image_key, legacy_image_key
-from domain.indexer import IncompleteWrite, Indexer, IndexItem, iter_ledger
-from domain.model import Product
+from domain.indexer import WORDS_PER_CALL, IncompleteWrite, Indexer, IndexItem, iter_ledger
+from domain.model import Product, product_text_space
 from domain.ports import Vectors
 from domain.services import CatalogService
 from tests.fakes import (
@@ -445,3 +445,29 @@ async def test_the_ledger_is_walked_in_pages() -> None:
     pages = [page async for page in iter_ledger(catalog, "e", page_size=10)]
     assert [len(p) for p in pages] == [10, 10, 3]
     assert [pid for p in pages for pid in p] == [f"p{i:02d}" for i in range(23)]
+
+
+class CallRecordingEncoder(HashingEncoder):
+    """Remembers the texts of each encode_texts call."""
+
+    def __init__(self) -> None:
+        super().__init__("words")
+        self.text_calls: list[list[str]] = []
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        self.text_calls.append(list(texts))
+        return super().encode_texts(texts)
+
+
+async def test_words_are_encoded_in_short_calls_of_similar_lengths() -> None:
+    encoder = CallRecordingEncoder()
+    index = InMemoryVectorIndex()
+    indexer = Indexer(index, InMemoryCatalog(), InMemoryImageStore())
+    names = [("long " * (i % 7 + 1)) + f"dress {i}" for i in range(3 * WORDS_PER_CALL + 1)]
+    await indexer.index_batch([item(f"p{i}", name) for i, name in enumerate(names)], [encoder])
+    calls = encoder.text_calls
+    assert [len(c) for c in calls] == [WORDS_PER_CALL] * 3 + [1]
+    assert [t for c in calls for t in c] == sorted(names, key=len)  # shortest first
+    words = index.vectors[product_text_space("words")]
+    for i, name in enumerate(names):  # each product has its own words' vector
+        assert words[f"p{i}"].tobytes() == encoder.encode_texts([name])[0].tobytes()
