@@ -36,6 +36,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from domain.model import LexicalHit, MatchQuality, Signals
 
 FUSION_DEPTH = 200
@@ -228,25 +231,28 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
         )
         if weight > 0
     ]
-    candidates = dict.fromkeys([*ranked.exact, *visual, *lexical, *semantic])
+    candidates = list(dict.fromkeys([*ranked.exact, *visual, *lexical, *semantic]))
+    at = {pid: i for i, pid in enumerate(candidates)}
+    summed = np.zeros(len(candidates), np.float64)
     if len(weighted) == 1:  # one signal: its own score (cosine or relative BM25)
         only = next(
             raw
             for raw, weight in ((visual, w.visual), (semantic, w.semantic), (lexical, w.lexical))
             if weight > 0
         )
-        scores = {pid: only.get(pid, 0.0) for pid in candidates}
-    else:
-        total_weight = sum(weight for weight, _ in weighted) or 1.0
-        scores = {
-            pid: sum(weight * normalised.get(pid, 0.0) for weight, normalised in weighted)
-            / total_weight
-            for pid in candidates
-        }
+        _add(summed, at, only, 1.0)
+    elif weighted:
+        for weight, normalised in weighted:
+            _add(summed, at, normalised, weight)
+        summed /= sum(weight for weight, _ in weighted) or 1.0
     position = {pid: i for i, pid in enumerate(dict.fromkeys(ranked.exact))}
-    order = sorted(
-        candidates, key=lambda pid: (pid not in position, position.get(pid, 0), -scores[pid])
-    )
+    first = np.full(len(candidates), len(position), np.int64)
+    for pid, i in position.items():
+        first[at[pid]] = i
+    # exact matches in their order, then by score; ties keep the candidates' order
+    ranks = np.lexsort((np.arange(len(candidates)), -summed, first)).tolist()
+    order = [candidates[i] for i in ranks]
+    scores = dict(zip(candidates, summed.tolist(), strict=True))
     hits = [
         FusedHit(
             product_id=pid,
@@ -260,6 +266,17 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     ]
     quality = match_quality(ranked, config.quality)
     return Fused(hits=hits, quality=quality, weights=w, total=len(order), order=tuple(order))
+
+
+def _add(
+    scores: npt.NDArray[np.float64],
+    at: Mapping[str, int],
+    values: Mapping[str, float],
+    weight: float,
+) -> None:
+    """Add ``weight`` times each candidate's value to its score."""
+    rows = np.fromiter((at[pid] for pid in values), np.int64, len(values))
+    scores[rows] += weight * np.fromiter(values.values(), np.float64, len(values))
 
 
 def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality:
