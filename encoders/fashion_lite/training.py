@@ -3,19 +3,17 @@ of image features (EfficientNet-Lite + colour histogram) and frozen text feature
 (all-MiniLM-L6-v2) on catalog image-text pairs, plus a supervised contrastive term on the
 product type between images. Validation on the fixed held-out split of hm-dev.
 
-First, unless ``tune_blocks`` is 0, the backbone's last blocks are fine-tuned on the training
-items' labels (``tuning``); the heads are then trained on the tuned backbone's features, and
-the heads file carries the tuned layers.
-
-Backbone features are cached under ``cache_dir`` so that reruns only train the heads.
+``train`` runs named steps: ``split_step`` (which items train, which validate),
+``backbone_step`` (fine-tune the backbone's last blocks on the labels, or reuse tuned ones),
+``feature_step`` (cached backbone features of the images, their augmented views and the
+texts), ``train_loop`` (the heads, with the losses of ``losses``) and ``evaluation_step``.
+The heads file carries the tuned backbone layers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,16 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from domain import evaluation as ev
-from encoders.augment import augment_image
 from encoders.backbones import (
     COLOUR_DIM,
     TUNED_PREFIX,
     ImageBackboneSpec,
     configure_torch_threads,
-    image_backbone,
-    image_inputs,
     read_tuned_state,
-    text_backbone,
 )
 from encoders.fashion_lite.data import (
     VALIDATION_SEED,
@@ -48,65 +42,40 @@ from encoders.fashion_lite.data import (
     read_ids,
     read_kaggle_zip,
 )
-from encoders.fashion_lite.heads import Heads, Tower
-from encoders.fashion_lite.tuning import (
-    DEFAULT_LABELS,
-    TuneConfig,
-    block_inputs,
-    optimiser_step,
-    tune_backbone,
+from encoders.fashion_lite.feature_cache import (
+    EVAL_PHOTO_VIEW,
+    PACKSHOT_VIEW,
+    SHOPPER_VIEW,
+    TEXT_DIM,
+    fingerprint,
+    image_features,
+    text_features,
+    view_transform,
 )
-from encoders.images import decode_image
+from encoders.fashion_lite.heads import Heads, Tower
+from encoders.fashion_lite.losses import (
+    INITIAL_TEMPERATURE,
+    instance_loss,
+    supcon_loss,
+    text_image_loss,
+)
+from encoders.fashion_lite.train_config import TrainConfig
+from encoders.fashion_lite.tuning import TuneConfig, block_inputs, optimiser_step, tune_backbone
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingSetupError", "train", "write_report"]
 
 F32 = npt.NDArray[np.float32]
 Progress = Callable[[str, int, int], None]
+Loader = Callable[[Item], bytes]
 FEATURES_VERSION = "v1"
 
-
-@dataclass
-class TrainConfig:
-    hm_dev: Path
-    kaggle_zip: Path | None = None
-    cache_dir: Path = Path(".fashion-search/cache/fashion-lite")
-    heldout_ids: Path | None = None
-    image_backbone: str = "efficientnet-lite0"
-    image_size: int = 192
-    # pooled backbone features (see POOLED_PARTS)
-    image_parts: tuple[str, ...] = ("avg", "max", "bands3", "mid")
-    colour: bool = True
-    dim: int = 256
-    hidden: int = 768
-    layers: int = 2
-    epochs: int = 80
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    supcon_weight: float = 0.5
-    input_dropout: float = 0.1
-    raw_weight: float = 0.0
-    extra_dim: int = 128  # an image-only tower for image-to-image search (0: none)
-    extra_weight: float = 0.5
-    extra_hidden: int = 512
-    extra_supcon: float = 1.0
-    aug_instance_weight: float = 0.5  # extra tower: augmented view <-> its original
-    aug_input_prob: float = 0.3  # shared head: train on the augmented view this often
-    train_augmented: bool = True  # extract augmented views of the hm training images
-    aug_views: int = 3  # augmented views per training image (seeds 99, 100, ...); one per step
-    hard_batches: float = 0.0  # this share of epochs batches items of few product types together
-    crop: bool = True  # crop images to their content before padding to square
-    tune_blocks: int = 5  # fine-tune the backbone's last this many blocks first (0: frozen)
-    tune_epochs: int = 10
-    tune_lr: float = 6e-4
-    # label -> weight of its classifier's loss while tuning (see tuning.DEFAULT_LABELS)
-    tune_labels: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LABELS))
-    colour_scale: float = 1.0  # colour stats count this much more than a backbone feature
-    seed: int = 7
-    limit: int | None = None  # at most this many training items (smoke tests)
-    eval_limit: int | None = None  # at most this many held-out items in validation
-    # > 0: validate on this share of the training part's product codes (carved out, not
-    # trained on) instead of on the held-out split, which then is not read at all
-    validation: float = 0.0
-    threads: int = 1
+PACKSHOT_VIEW_SEED = 99  # packshot view k of a training image uses seed 99 + k
+SHOPPER_VIEW_SEED = 199  # shopper-photo view k uses seed 199 + k
+EVAL_AUGMENT_SEED = 1234  # the augmented copies of the validation metric (as `eval`'s)
+STD_FLOOR = 1e-3  # added to each input feature's standard deviation before dividing
+WARMUP_SHARE = 0.1  # of the one-cycle schedule's steps
+ATTRIBUTE_QUERY_MIN_ITEMS = 10  # "<attr> <type>" queries need this many matching items
+SCALING_SEED = 20261207  # which product codes a run with train_share < 1 keeps
 
 
 class TrainingSetupError(ValueError):
@@ -126,253 +95,35 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- feature caches
+# ---------------------------------------------------------------- step 1: split
 
 
-def _fingerprint(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Source:
+    """Items of one dataset that train, with how to read their images and the cache tag."""
 
-
-def image_features(
-    items: Sequence[Item],
-    load: Callable[[Item], bytes],
-    spec: ImageBackboneSpec,
-    cache_file: Path,
-    progress: Progress | None = None,
-    transform: Callable[[Item, bytes], bytes] | None = None,
-    batch_size: int = 32,
-    crop: bool = False,
-) -> tuple[F32, F32]:
-    """Backbone features [n, 1280] and colour stats [n, COLOUR_DIM] of the items' images,
-    read from / added to ``cache_file`` (keyed by item id)."""
-    cached: dict[str, tuple[F32, F32]] = {}
-    if cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as data:
-            for key, cnn, colour in zip(data["ids"], data["cnn"], data["colour"], strict=True):
-                cached[str(key)] = (cnn, colour)
-    missing = [item for item in items if item.id not in cached]
-    if missing:
-        backbone = image_backbone(spec)
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            arrays, colours = [], []
-            for item in chunk:
-                data = load(item)
-                if transform is not None:
-                    data = transform(item, data)
-                array, colour = image_inputs(decode_image(data), spec.size, crop)
-                arrays.append(array)
-                colours.append(colour)
-            cnn = backbone.features(arrays)
-            for item, row, colour in zip(chunk, cnn, colours, strict=True):
-                cached[item.id] = (row, colour)
-            if progress is not None:
-                progress(f"image features ({cache_file.stem})", start + len(chunk), len(missing))
-            if (start // batch_size) % 64 == 63:  # keep work done so far if interrupted
-                _save_image_cache(cached, cache_file)
-        _save_image_cache(cached, cache_file)
-    cnn_out = np.stack([cached[item.id][0] for item in items]).astype(np.float32)
-    colour_out = np.stack([cached[item.id][1] for item in items]).astype(np.float32)
-    return cnn_out, colour_out
-
-
-def _save_image_cache(cached: dict[str, tuple[F32, F32]], cache_file: Path) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    ids = sorted(cached)
-    tmp = cache_file.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        ids=np.array(ids),
-        cnn=np.stack([cached[i][0] for i in ids]).astype(np.float32),
-        colour=np.stack([cached[i][1] for i in ids]).astype(np.float32),
-    )
-    tmp.replace(cache_file)
-
-
-def text_features(texts: Sequence[str], cache_file: Path, progress: Progress | None = None) -> F32:
-    """MiniLM features [n, 384] of the texts, read from / added to ``cache_file``."""
-    cached: dict[str, F32] = {}
-    if cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as data:
-            for text, row in zip(data["texts"], data["features"], strict=True):
-                cached[str(text)] = row
-    missing = sorted({t for t in texts if t not in cached}, key=len)
-    if missing:
-        backbone = text_backbone()
-        batch = 64
-        for start in range(0, len(missing), batch):
-            chunk = missing[start : start + batch]
-            for text, row in zip(chunk, backbone.features(chunk), strict=True):
-                cached[text] = row
-            if progress is not None:
-                progress("text features", start + len(chunk), len(missing))
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        if cache_file.is_file():  # keep what another run added meanwhile
-            with np.load(cache_file, allow_pickle=False) as data:
-                for text, row in zip(data["texts"], data["features"], strict=True):
-                    cached.setdefault(str(text), row)
-        keys = sorted(cached)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            texts=np.array(keys),
-            features=np.stack([cached[k] for k in keys]).astype(np.float32),
-        )
-        tmp.replace(cache_file)
-    return np.stack([cached[t] for t in texts]).astype(np.float32)
-
-
-def _augment_transform(seed: int) -> Callable[[Item, bytes], bytes]:
-    def transform(item: Item, data: bytes) -> bytes:
-        rng = random.Random(f"{seed}:{item.id}")
-        return augment_image(decode_image(data), rng)
-
-    return transform
-
-
-# ---------------------------------------------------------------- the model being trained
-
-
-def _torch_towers(image_in: int, text_in: int, config: TrainConfig) -> tuple[Any, Any, Any]:
-    import torch
-    from torch import nn
-
-    def tower(n_in: int) -> nn.Sequential:
-        layers: list[nn.Module] = [nn.Dropout(config.input_dropout)]
-        width = n_in
-        for _ in range(config.layers - 1):
-            layers += [nn.Linear(width, config.hidden), nn.GELU(approximate="tanh")]
-            width = config.hidden
-        layers.append(nn.Linear(width, config.dim))
-        return nn.Sequential(*layers)
-
-    logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
-    return tower(image_in), tower(text_in), logit_scale
-
-
-def _as_stored(array: F32) -> F32:
-    """The values as the heads file keeps them (float16), so validation sees what ships."""
-    stored: F32 = array.astype(np.float16).astype(np.float32)
-    return stored
-
-
-def _export_tower(module: Any, mean: F32, std: F32) -> Tower:
-    from torch import nn
-
-    linears = [m for m in module if isinstance(m, nn.Linear)]
-    return Tower(
-        mean=mean.astype(np.float32),
-        std=std.astype(np.float32),
-        weights=[_as_stored(m.weight.detach().numpy().T) for m in linears],
-        biases=[_as_stored(m.bias.detach().numpy()) for m in linears],
-    )
-
-
-def _multi_positive_nce(logits: Any, positives: Any) -> Any:
-    """-log(sum over positives / sum over all) per row, averaged over rows with a positive."""
-    import torch
-
-    valid = positives.any(dim=1)
-    if not bool(valid.any()):
-        return torch.zeros((), dtype=logits.dtype)
-    logits = logits[valid]
-    positives = positives[valid]
-    all_terms = torch.logsumexp(logits, dim=1)
-    pos_terms = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
-    return (all_terms - pos_terms).mean()
-
-
-# ---------------------------------------------------------------- evaluation
+    items: list[Item]
+    load: Loader
+    tag: str
+    views: bool  # its images get augmented views (hm photos; not the Kaggle zip's)
 
 
 @dataclass
-class EvalData:
-    gallery: ev.LabelledGallery
-    cnn: F32
-    colour: F32
-    aug_cnn: F32
-    aug_colour: F32
-    description_features: F32  # one row per gallery.text_rows item
-    attribute_queries: dict[str, list[ev.AttributeQuery]]
-    attribute_features: dict[str, F32]
+class DataSplit:
+    sources: list[Source]  # hm-dev's training part first, then hm-extra, then Kaggle
+    evaluation: list[Item]  # the held-out split, or the validation split
+    evaluation_source: Source  # where the evaluation items' images and features live
+    split_tag: str
+    validated_on: str
+
+    @property
+    def train_items(self) -> list[Item]:
+        return [item for source in self.sources for item in source.items]
 
 
-def evaluate(heads: Heads, data: EvalData) -> dict[str, float]:
-    """The validation metrics of the issue (the suite of ``fashion-search eval``, from
-    ``domain.evaluation``), computed through the run-time heads code on cached features."""
-    gallery = heads.embed_images(data.cnn, data.colour)
-    metrics = ev.text_to_image_metrics(
-        heads.embed_texts(data.description_features), gallery, data.gallery
-    )
-    for name, queries in data.attribute_queries.items():
-        vectors = heads.embed_texts(data.attribute_features[name])
-        metrics[f"{name} P@10"] = ev.attribute_precision(
-            vectors, gallery, queries, data.gallery.attributes
-        )
-    augmented = heads.embed_images(data.aug_cnn, data.aug_colour)
-    return metrics | ev.image_to_image_metrics(gallery, augmented, data.gallery)
-
-
-def chance_metrics(data: EvalData) -> dict[str, float]:
-    baselines = ev.text_to_image_chance(data.gallery) | ev.image_to_image_chance(data.gallery)
-    baselines |= {
-        f"{name} P@10": ev.attribute_chance(queries, data.gallery)
-        for name, queries in data.attribute_queries.items()
-    }
-    return {name: baseline.chance for name, baseline in baselines.items()}
-
-
-def prepare_eval(
-    items: Sequence[Item],
-    load: Callable[[Item], bytes],
-    spec: ImageBackboneSpec,
-    cache_dir: Path,
-    tag: str,
-    progress: Progress | None = None,
-    crop: bool = False,
-) -> EvalData:
-    items = list(items)
-    cnn, colour = image_features(
-        items, load, spec, cache_dir / f"images-{tag}.npz", progress, crop=crop
-    )
-    aug_cnn, aug_colour = image_features(
-        items,
-        load,
-        spec,
-        cache_dir / f"images-{tag}-augmented.npz",
-        progress,
-        transform=_augment_transform(seed=1234),
-        crop=crop,
-    )
-    gallery = ev.LabelledGallery(
-        ids=[item.id for item in items],
-        texts=[item.description for item in items],
-        attributes=[item.attributes for item in items],
-    )
-    text_cache = cache_dir / "texts-minilm.npz"
-    description_features = text_features(
-        [query_text(gallery.texts[i]) for i in gallery.text_rows], text_cache, progress
-    )
-    attribute_queries = gallery.attribute_queries(min_count=10)
-    attribute_features = {
-        name: text_features([query_text(q.text) for q in queries], text_cache, progress)
-        if queries
-        else np.zeros((0, 384), dtype=np.float32)
-        for name, queries in attribute_queries.items()
-    }
-    return EvalData(
-        gallery=gallery,
-        cnn=cnn,
-        colour=colour,
-        aug_cnn=aug_cnn,
-        aug_colour=aug_colour,
-        description_features=description_features,
-        attribute_queries=attribute_queries,
-        attribute_features=attribute_features,
-    )
-
-
-# ---------------------------------------------------------------- training
+def hm_tag(folder: Path) -> str:
+    """The cache name of an H&M folder's images."""
+    return "hm-" + fingerprint(str(folder.resolve()))
 
 
 def split_items(config: TrainConfig) -> tuple[list[Item], list[Item]]:
@@ -397,265 +148,121 @@ def validation_split(train_items: Sequence[Item], fraction: float) -> tuple[list
     return kept, validation
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
-    import torch
+def extra_sources(config: TrainConfig, hm_dev_items: Sequence[Item]) -> list[Source]:
+    """The folders of ``config.hm_extra`` as training sources; refused if any shares a
+    product code (or an id) with hm-dev, whose held-out and validation splits must stay
+    unseen (a colour variant in training would make them seen)."""
+    dev_codes = {item.group for item in hm_dev_items}
+    dev_ids = {item.id for item in hm_dev_items}
+    sources = []
+    for folder in config.hm_extra:
+        items = read_hm_manifest(folder)
+        if shared := sorted({i.group for i in items} & dev_codes):
+            raise TrainingSetupError(
+                f"{folder} has {len(shared)} product codes of hm-dev (e.g. {shared[0]}): "
+                "training on them would show colour variants of evaluated products"
+            )
+        if shared_ids := sorted({i.id for i in items} & dev_ids):
+            raise TrainingSetupError(f"{folder} repeats hm-dev articles (e.g. {shared_ids[0]})")
+        items = keep_share(items, config.train_share)
+        sources.append(Source(items, image_loader(items, None), hm_tag(folder), views=True))
+    return sources
 
-    started = time.perf_counter()
-    configure_torch_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    spec = ImageBackboneSpec(config.image_backbone, config.image_size, config.image_parts)
-    crop_tag = "-crop" if config.crop else ""
 
-    train_items, heldout = split_items(config)
+def keep_share(items: Sequence[Item], share: float) -> list[Item]:
+    """About ``share`` of the items, whole product codes stratified by product group."""
+    if share >= 1.0:
+        return list(items)
+    if share <= 0.0:
+        raise TrainingSetupError(f"the training share must be above 0, not {share}")
+    kept = set(make_heldout_split(items, share, seed=SCALING_SEED))
+    return [item for item in items if item.id in kept]
+
+
+def split_step(config: TrainConfig) -> DataSplit:
+    """Which items train and which evaluate: hm-dev's training part (less the validation
+    codes when ``config.validation``), hm-extra, the Kaggle zip; the evaluation items are
+    the held-out split or the validation split."""
+    hm_train, heldout = split_items(config)
     split_tag, validated_on = "heldout", "the held-out split"
     if config.validation > 0:
-        train_items, heldout = validation_split(train_items, config.validation)
+        hm_train, heldout = validation_split(hm_train, config.validation)
         split_tag = "validation"
         validated_on = f"the validation split ({config.validation:g} of the training codes)"
-    if config.tune_blocks > 0:
+    hm_train = keep_share(hm_train, config.train_share)
+    dev = Source(hm_train, image_loader(hm_train, None), hm_tag(config.hm_dev), views=True)
+    sources = [dev, *extra_sources(config, read_hm_manifest(config.hm_dev))]
+    if config.kaggle_zip is not None:
+        kaggle_items = read_kaggle_zip(config.kaggle_zip)
+        kaggle_tag = "kaggle-" + fingerprint(str(config.kaggle_zip.resolve()))
+        sources.append(
+            Source(
+                kaggle_items,
+                image_loader(kaggle_items, config.kaggle_zip),
+                kaggle_tag,
+                views=False,
+            )
+        )
+    sources = _limited(sources, config.limit)
+    _check_tune_labels(config, hm_train)
+    if config.eval_limit is not None:
+        heldout = heldout[: config.eval_limit]
+    evaluation_source = Source(heldout, dev.load, dev.tag, views=False)
+    return DataSplit(sources, heldout, evaluation_source, split_tag, validated_on)
+
+
+def _limited(sources: list[Source], limit: int | None) -> list[Source]:
+    """The sources cut to ``limit`` items in all (in order), empty ones dropped."""
+    kept, total = [], 0
+    for source in sources:
+        items = source.items if limit is None else source.items[: max(limit - total, 0)]
+        if items:
+            kept.append(replace(source, items=items))
+            total += len(items)
+    return kept
+
+
+def _check_tune_labels(config: TrainConfig, train_items: Sequence[Item]) -> None:
+    if config.tune_blocks > 0 and config.tuned_backbone is None:
         known = {key for item in train_items for key in item.attributes}
         if unknown := sorted(set(config.tune_labels) - known):
             raise TrainingSetupError(
                 f"no training item has the labels {unknown} to tune on; "
                 f"known: {', '.join(sorted(known))}"
             )
-    hm_tag = "hm-" + _fingerprint(str(config.hm_dev.resolve()))
-    load_hm = image_loader(train_items, None)
-    if config.eval_limit is not None:
-        heldout = heldout[: config.eval_limit]
-    tuning: dict[str, Any] = {}
-    tuned_tag = ""
-    if config.tune_blocks > 0:
-        spec, tuning = _tune_backbone(
-            config, spec, train_items[: config.limit], heldout, load_hm, hm_tag, progress
-        )
-        tuned_tag = "-tuned-" + Path(spec.tuned).stem.removeprefix("backbone-")
-    cache_dir = config.cache_dir / f"{spec.tag}{crop_tag}{tuned_tag}-{FEATURES_VERSION}"
-    sources: list[tuple[list[Item], Callable[[Item], bytes], str]] = [
-        (train_items, load_hm, hm_tag)
-    ]
-    if config.kaggle_zip is not None:
-        kaggle_items = read_kaggle_zip(config.kaggle_zip)
-        kaggle_tag = "kaggle-" + _fingerprint(str(config.kaggle_zip.resolve()))
-        sources.append((kaggle_items, image_loader(kaggle_items, config.kaggle_zip), kaggle_tag))
 
-    all_items: list[Item] = []
-    cnn_parts, colour_parts = [], []
-    for items, load, tag in sources:
-        if config.limit is not None:
-            items = items[: max(config.limit - len(all_items), 0)]
-        if not items:
-            continue
-        cnn, colour = image_features(
-            items, load, spec, cache_dir / f"images-{tag}.npz", progress, crop=config.crop
-        )
-        all_items.extend(items)
-        cnn_parts.append(cnn)
-        colour_parts.append(colour)
-    cnn_all = np.concatenate(cnn_parts)
-    colour_all = np.concatenate(colour_parts)
-    image_x = np.concatenate([cnn_all, colour_all], axis=1) if config.colour else cnn_all
-    has_aug = np.zeros(len(all_items), dtype=bool)
-    views = max(config.aug_views, 1)
-    aug_x = np.zeros((views, *image_x.shape), dtype=np.float32)
-    if config.train_augmented:
-        hm_rows = [i for i, item in enumerate(all_items) if item.source == "hm"]
-        for view in range(views):
-            seed = 99 + view
-            suffix = "" if view == 0 else f"-{seed}"
-            aug_cnn, aug_colour = image_features(
-                [all_items[i] for i in hm_rows],
-                load_hm,
-                spec,
-                cache_dir / f"images-{hm_tag}-augmented-train{suffix}.npz",
-                progress,
-                transform=_augment_transform(seed=seed),
-                crop=config.crop,
-            )
-            aug_x[view, hm_rows] = (
-                np.concatenate([aug_cnn, aug_colour], axis=1) if config.colour else aug_cnn
-            )
-        has_aug[hm_rows] = True
 
-    # Texts: every item's variants, indexed in one table.
-    text_table: dict[str, int] = {}
-    variants: list[list[int]] = []
-    for item in all_items:
-        variants.append([text_table.setdefault(t, len(text_table)) for t in item_texts(item)])
-    texts = sorted(text_table, key=lambda t: text_table[t])
-    text_x = text_features(texts, cache_dir / "texts-minilm.npz", progress)
-    max_variants = max(len(v) for v in variants)
-    variant_array = np.full((len(variants), max_variants), -1, dtype=np.int64)
-    for row, ids in enumerate(variants):
-        variant_array[row, : len(ids)] = ids
-    type_table: dict[str, int] = {}
-    type_codes = np.array(
-        [type_table.setdefault(item.product_type.lower(), len(type_table)) for item in all_items]
-    )
+# ---------------------------------------------------------------- step 2: the backbone
 
-    image_mean = image_x.mean(axis=0)
-    image_std = image_x.std(axis=0) + 1e-3
-    if config.colour:
-        image_std[-COLOUR_DIM:] /= config.colour_scale
-    text_mean = text_x.mean(axis=0)
-    text_std = text_x.std(axis=0) + 1e-3
-    image_t = torch.from_numpy(((image_x - image_mean) / image_std).astype(np.float32))
-    aug_t = torch.from_numpy(((aug_x - image_mean) / image_std).astype(np.float32))
-    has_aug_t = torch.from_numpy(has_aug)
-    text_t = torch.from_numpy(((text_x - text_mean) / text_std).astype(np.float32))
-    variants_t = torch.from_numpy(variant_array)
-    counts_t = torch.from_numpy((variant_array >= 0).sum(axis=1))
-    types_t = torch.from_numpy(type_codes)
 
-    torch.manual_seed(config.seed)  # here: loading the backbones above draws from torch's RNG
-    image_tower, text_tower, logit_scale = _torch_towers(image_x.shape[1], text_x.shape[1], config)
-    extra_tower = (
-        _torch_towers(
-            image_x.shape[1], 1, replace(config, dim=config.extra_dim, hidden=config.extra_hidden)
-        )[0]
-        if config.extra_dim > 0
-        else None
-    )
-    random_heads = _make_heads(
-        extra_tower,
-        image_tower,
-        text_tower,
-        image_mean,
-        image_std,
-        text_mean,
-        text_std,
-        config,
-        logit_scale,
-        random=True,
-    )
-    parameters = [*image_tower.parameters(), *text_tower.parameters(), logit_scale]
-    if extra_tower is not None:
-        parameters += list(extra_tower.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    n = len(all_items)
-    batch = min(config.batch_size, n)
-    steps_per_epoch = max(n // batch, 1)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.1
-    )
-    supcon_scale = 1 / 0.1
-    losses: list[float] = []
-    towers = [t for t in (image_tower, text_tower, extra_tower) if t is not None]
-    for tower in towers:
-        tower.train()
-    step = 0
-    for _epoch in range(config.epochs):
-        if config.hard_batches > 0 and rng.random() < config.hard_batches:
-            order = torch.from_numpy(_type_grouped_order(type_codes, rng))
-        else:
-            order = torch.from_numpy(rng.permutation(n))
-        epoch_loss = 0.0
-        for b in range(steps_per_epoch):
-            index = order[b * batch : (b + 1) * batch]
-            pick = (torch.from_numpy(rng.random(len(index))) * counts_t[index]).long()
-            chosen = variants_t[index, pick]
-            image_in = image_t[index]
-            batch_has_aug = has_aug_t[index]
-            if views > 1:
-                aug_in = aug_t[torch.from_numpy(rng.integers(0, views, len(index))), index]
-            else:
-                aug_in = aug_t[0, index]
-            if config.aug_input_prob > 0 and bool(batch_has_aug.any()):
-                use_aug = batch_has_aug & (torch.rand(len(index)) < config.aug_input_prob)
-                image_in = torch.where(use_aug[:, None], aug_in, image_in)
-            image_z = torch.nn.functional.normalize(image_tower(image_in), dim=-1)
-            text_z = torch.nn.functional.normalize(text_tower(text_t[chosen]), dim=-1)
-            # positives[i, j]: text i describes image j (it is one of item j's texts)
-            positives = (chosen[:, None, None] == variants_t[index][None, :, :]).any(dim=-1)
-            scale = logit_scale.exp().clamp(max=100)
-            logits = scale * text_z @ image_z.T
-            loss = 0.5 * (
-                _multi_positive_nce(logits, positives) + _multi_positive_nce(logits.T, positives.T)
-            )
-            types = types_t[index]
-            same = types[:, None] == types[None, :]
-            eye = torch.eye(len(index), dtype=torch.bool)
-            if config.supcon_weight > 0:
-                sim = (image_z @ image_z.T) * supcon_scale
-                sim = sim.masked_fill(eye, float("-inf"))
-                loss = loss + config.supcon_weight * _multi_positive_nce(sim, same & ~eye)
-            if extra_tower is not None:
-                extra_z = torch.nn.functional.normalize(extra_tower(image_t[index]), dim=-1)
-                sim = (extra_z @ extra_z.T) * supcon_scale
-                sim = sim.masked_fill(eye, float("-inf"))
-                loss = loss + config.extra_supcon * _multi_positive_nce(sim, same & ~eye)
-                if config.aug_instance_weight > 0 and bool(batch_has_aug.any()):
-                    aug_z = torch.nn.functional.normalize(
-                        extra_tower(aug_in[batch_has_aug]), dim=-1
-                    )
-                    logits_aug = (aug_z @ extra_z.T) * 20.0
-                    targets = torch.nonzero(batch_has_aug).squeeze(1)
-                    loss = loss + config.aug_instance_weight * torch.nn.functional.cross_entropy(
-                        logits_aug, targets
-                    )
-            epoch_loss += optimiser_step(optimiser, scheduler, loss)
-            step += 1
-        losses.append(epoch_loss / steps_per_epoch)
-        if progress is not None:
-            progress("training heads", step, total_steps)
+def view_seeds(config: TrainConfig) -> list[tuple[str, int]]:
+    """The augmented views of each training image: (kind, seed), one drawn per step."""
+    if not config.train_augmented:
+        return []
+    packshots = [(PACKSHOT_VIEW, PACKSHOT_VIEW_SEED + k) for k in range(config.aug_views)]
+    photos = [(SHOPPER_VIEW, SHOPPER_VIEW_SEED + k) for k in range(config.photo_views)]
+    return packshots + photos
 
-    for tower in towers:
-        tower.eval()
-    heads = _make_heads(
-        extra_tower,
-        image_tower,
-        text_tower,
-        image_mean,
-        image_std,
-        text_mean,
-        text_std,
-        config,
-        logit_scale,
-        random=False,
-    )
-    if tuning:
-        heads.backbone = read_tuned_state(Path(spec.tuned))
-        heads.meta["backbone_tuning"] = tuning
-    heads.meta.update(
-        {
-            "n_train_items": n,
-            "n_train_texts": len(texts),
-            "final_loss": losses[-1] if losses else None,
-            "train_seconds": round(time.perf_counter() - started, 1),
-        }
-    )
 
-    metrics: dict[str, float] = {}
-    random_metrics: dict[str, float] = {}
-    chance: dict[str, float] = {}
-    if heldout:
-        data = prepare_eval(
-            heldout,
-            load_hm,
-            spec,
-            cache_dir,
-            f"hm-{split_tag}-" + _fingerprint(str(config.hm_dev.resolve())),
-            progress,
-            crop=config.crop,
-        )
-        metrics = evaluate(heads, data)
-        random_metrics = evaluate(random_heads, data)
-        chance = chance_metrics(data)
-        heads.meta["validation"] = {k: round(v, 4) for k, v in metrics.items()}
-        heads.meta["n_heldout"] = len(heldout)
-        heads.meta["validated_on"] = validated_on
-    return TrainResult(
-        heads=heads,
-        losses=losses,
-        metrics=metrics,
-        random_metrics=random_metrics,
-        chance=chance,
-        n_train=n,
-        n_heldout=len(heldout),
-        seconds=time.perf_counter() - started,
+def backbone_step(
+    config: TrainConfig, split: DataSplit, progress: Progress | None
+) -> tuple[ImageBackboneSpec, dict[str, Any], str]:
+    """The image backbone the heads train on: (its spec, facts of its tuning for the heads'
+    meta, a tag naming it in the feature caches)."""
+    spec = ImageBackboneSpec(config.image_backbone, config.image_size, config.image_parts)
+    if config.tuned_backbone is not None:
+        path = config.tuned_backbone
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        facts = dict(Heads.read_meta(path).get("backbone_tuning", {}))
+        facts["reused_from"] = f"{path.stem} (sha256 {digest})"
+        return replace(spec, tuned=str(path)), facts, f"-tuned-{path.stem}-{digest}"
+    if config.tune_blocks <= 0:
+        return spec, {}, ""
+    dev = split.sources[0]
+    spec, facts = _tune_backbone(
+        config, spec, dev.items, split.evaluation, dev.load, dev.tag, progress
     )
+    return spec, facts, "-tuned-" + Path(spec.tuned).stem.removeprefix("backbone-")
 
 
 def _tune_backbone(
@@ -663,8 +270,8 @@ def _tune_backbone(
     spec: ImageBackboneSpec,
     items: Sequence[Item],
     heldout: Sequence[Item],
-    load: Callable[[Item], bytes],
-    hm_tag: str,
+    load: Loader,
+    tag: str,
     progress: Progress | None,
 ) -> tuple[ImageBackboneSpec, dict[str, Any]]:
     """Fine-tune the backbone's last blocks on the training items (see ``tuning``); returns
@@ -677,7 +284,9 @@ def _tune_backbone(
     maps_dir = (
         config.cache_dir / f"{spec.name}-{spec.size}{crop_tag}-maps{blocks}-{FEATURES_VERSION}"
     )
-    seeds = [99 + view for view in range(config.aug_views if config.train_augmented else 0)]
+    seeds = [
+        PACKSHOT_VIEW_SEED + k for k in range(config.aug_views if config.train_augmented else 0)
+    ]
     tune = TuneConfig(
         blocks=blocks,
         epochs=config.tune_epochs,
@@ -685,9 +294,9 @@ def _tune_backbone(
         labels=dict(config.tune_labels),
         seed=config.seed,
     )
-    key = _fingerprint(
+    key = fingerprint(
         maps_dir.name,
-        hm_tag,
+        tag,
         json.dumps(asdict(tune), sort_keys=True),
         ",".join(map(str, seeds)),
         ",".join(item.id for item in items),
@@ -698,17 +307,15 @@ def _tune_backbone(
             facts: dict[str, Any] = json.loads(bytes(stored_file["facts"].tobytes()).decode())
         return replace(spec, tuned=str(path)), facts
 
-    def maps(
-        subset: Sequence[Item], name: str, transform: Callable[[Item, bytes], bytes] | None = None
-    ) -> Any:
+    def maps(subset: Sequence[Item], name: str, transform: Any = None) -> Any:
         return block_inputs(
             subset, load, spec, blocks, maps_dir / f"{name}.npz", config.crop, transform, progress
         )
 
-    views = [maps(items, hm_tag)]
-    views += [maps(items, f"{hm_tag}-augmented-{s}", _augment_transform(s)) for s in seeds]
+    views = [maps(items, tag)]
+    views += [maps(items, f"{tag}-augmented-{s}", view_transform(PACKSHOT_VIEW, s)) for s in seeds]
     # validation items are training items: their maps are in the training cache
-    heldout_name = hm_tag if config.validation > 0 else hm_tag + "-heldout"
+    heldout_name = tag if config.validation > 0 else tag + "-heldout"
     heldout_maps = maps(heldout, heldout_name) if heldout else None
     result = tune_backbone(
         spec,
@@ -739,6 +346,317 @@ def _tune_backbone(
     return replace(spec, tuned=str(path)), facts
 
 
+# ---------------------------------------------------------------- step 3: cached features
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop needs, as arrays: image inputs (backbone features + colour
+    stats), their augmented views, and the texts each item may be paired with."""
+
+    image_x: F32  # [n, d]
+    aug_x: F32  # [views, n, d] (zeros where an item has no view)
+    has_aug: npt.NDArray[np.bool_]  # [n]: the item has augmented views
+    text_x: F32  # [texts, TEXT_DIM]
+    texts: list[str]
+    variants: npt.NDArray[np.int64]  # [n, max texts]: text rows of each item, -1 padded
+    type_codes: npt.NDArray[np.int64]  # [n]: product type index
+
+    @property
+    def n_views(self) -> int:
+        return int(self.aug_x.shape[0])
+
+
+def _image_input(config: TrainConfig, cnn: F32, colour: F32) -> F32:
+    return np.concatenate([cnn, colour], axis=1) if config.colour else cnn
+
+
+def feature_step(
+    config: TrainConfig,
+    spec: ImageBackboneSpec,
+    split: DataSplit,
+    cache_dir: Path,
+    progress: Progress | None,
+) -> TrainingData:
+    """The training items' cached features: images, augmented views, texts."""
+    parts = []
+    for source in split.sources:
+        cache_file = cache_dir / f"images-{source.tag}.npz"
+        cnn, colour = image_features(
+            source.items, source.load, spec, cache_file, progress, crop=config.crop
+        )
+        parts.append(_image_input(config, cnn, colour))
+    image_x = np.concatenate(parts)
+    aug_x, has_aug = augment_step(config, spec, split, cache_dir, image_x.shape, progress)
+    items = split.train_items
+    text_table: dict[str, int] = {}
+    variants = [[text_table.setdefault(t, len(text_table)) for t in item_texts(i)] for i in items]
+    texts = sorted(text_table, key=lambda t: text_table[t])
+    text_x = text_features(texts, cache_dir / "texts-minilm.npz", progress)
+    variant_array = np.full((len(variants), max(len(v) for v in variants)), -1, dtype=np.int64)
+    for row, ids in enumerate(variants):
+        variant_array[row, : len(ids)] = ids
+    type_table: dict[str, int] = {}
+    type_codes = np.array(
+        [type_table.setdefault(item.product_type.lower(), len(type_table)) for item in items]
+    )
+    return TrainingData(image_x, aug_x, has_aug, text_x, texts, variant_array, type_codes)
+
+
+# ---------------------------------------------------------------- step 4: augmented views
+
+
+def augment_step(
+    config: TrainConfig,
+    spec: ImageBackboneSpec,
+    split: DataSplit,
+    cache_dir: Path,
+    shape: tuple[int, ...],
+    progress: Progress | None,
+) -> tuple[F32, npt.NDArray[np.bool_]]:
+    """Cached features of a bounded number of augmented views of each training image
+    (``view_seeds``): [views, n, d] (zeros for items without views) and which items have
+    them. hm-extra's images get them for ``extra_view_share`` of its product codes."""
+    seeds = view_seeds(config)
+    aug_x = np.zeros((max(len(seeds), 1), *shape), dtype=np.float32)
+    has_aug = np.zeros(shape[0], dtype=bool)
+    offset = 0
+    for index, source in enumerate(split.sources):
+        rows = range(offset, offset + len(source.items))
+        offset += len(source.items)
+        if not source.views or not seeds:
+            continue
+        chosen = source.items if index == 0 else keep_view_share(source.items, config)
+        chosen_ids = {item.id for item in chosen}
+        picked = [
+            row for row, item in zip(rows, source.items, strict=True) if item.id in chosen_ids
+        ]
+        for view, (kind, seed) in enumerate(seeds):
+            cnn, colour = image_features(
+                chosen,
+                source.load,
+                spec,
+                cache_dir / f"images-{source.tag}-{kind}-{seed}.npz",
+                progress,
+                transform=view_transform(kind, seed),
+                crop=config.crop,
+            )
+            aug_x[view, picked] = _image_input(config, cnn, colour)
+        has_aug[picked] = True
+    return aug_x, has_aug
+
+
+def keep_view_share(items: Sequence[Item], config: TrainConfig) -> list[Item]:
+    """The hm-extra items whose images get augmented views (whole product codes)."""
+    if config.extra_view_share >= 1.0:
+        return list(items)
+    if config.extra_view_share <= 0.0:
+        return []
+    kept = set(make_heldout_split(items, config.extra_view_share, seed=SCALING_SEED + 1))
+    return [item for item in items if item.id in kept]
+
+
+# ---------------------------------------------------------------- step 5: the loop
+
+
+@dataclass
+class Model:
+    """The towers being trained and the input standardisation they were trained with."""
+
+    image_tower: Any
+    text_tower: Any
+    extra_tower: Any  # None without an image-only tower
+    logit_scale: Any
+    image_mean: F32
+    image_std: F32
+    text_mean: F32
+    text_std: F32
+
+    @property
+    def towers(self) -> list[Any]:
+        return [t for t in (self.image_tower, self.text_tower, self.extra_tower) if t is not None]
+
+    def parameters(self) -> list[Any]:
+        params = [*self.image_tower.parameters(), *self.text_tower.parameters()]
+        params.append(self.logit_scale)
+        if self.extra_tower is not None:
+            params += list(self.extra_tower.parameters())
+        return params
+
+
+def _torch_tower(n_in: int, dim: int, hidden: int, config: TrainConfig) -> Any:
+    from torch import nn
+
+    layers: list[nn.Module] = [nn.Dropout(config.input_dropout)]
+    width = n_in
+    for _ in range(config.layers - 1):
+        layers += [nn.Linear(width, hidden), nn.GELU(approximate="tanh")]
+        width = hidden
+    layers.append(nn.Linear(width, dim))
+    return nn.Sequential(*layers)
+
+
+def build_model(config: TrainConfig, data: TrainingData) -> Model:
+    """Fresh towers (seeded) and the standardisation of the training inputs."""
+    import torch
+    from torch import nn
+
+    image_mean = data.image_x.mean(axis=0)
+    image_std = data.image_x.std(axis=0) + STD_FLOOR
+    if config.colour:
+        image_std[-COLOUR_DIM:] /= config.colour_scale
+    text_mean = data.text_x.mean(axis=0)
+    text_std = data.text_x.std(axis=0) + STD_FLOOR
+    torch.manual_seed(config.seed)  # here: loading the backbones draws from torch's RNG
+    image_in, text_in = data.image_x.shape[1], data.text_x.shape[1]
+    image_tower = _torch_tower(image_in, config.dim, config.hidden, config)
+    text_tower = _torch_tower(text_in, config.dim, config.hidden, config)
+    logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / INITIAL_TEMPERATURE))))
+    extra_tower = None
+    if config.extra_dim > 0:
+        extra_tower = _torch_tower(image_in, config.extra_dim, config.extra_hidden, config)
+        # an unused tower, drawn as earlier versions did so a seed gives the same heads
+        _torch_tower(1, config.extra_dim, config.extra_hidden, config)
+    return Model(
+        image_tower,
+        text_tower,
+        extra_tower,
+        logit_scale,
+        image_mean,
+        image_std,
+        text_mean,
+        text_std,
+    )
+
+
+@dataclass
+class Batch:
+    image_in: Any  # the image inputs (an augmented view instead, aug_input_prob of the time)
+    clean_in: Any  # the original image inputs
+    aug_in: Any  # one augmented view per item
+    has_aug: Any
+    text_in: Any  # one sampled text per item
+    positives: Any  # [text, image]: the text is one of the image's texts
+    same_type: Any  # [image, image]
+
+
+class BatchSampler:
+    """Standardised tensors of the training data and the draw of each step's batch."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, model: Model) -> None:
+        import torch
+
+        self.config = config
+        self.image = torch.from_numpy(
+            ((data.image_x - model.image_mean) / model.image_std).astype(np.float32)
+        )
+        self.aug = torch.from_numpy(
+            ((data.aug_x - model.image_mean) / model.image_std).astype(np.float32)
+        )
+        self.has_aug = torch.from_numpy(data.has_aug)
+        self.text = torch.from_numpy(
+            ((data.text_x - model.text_mean) / model.text_std).astype(np.float32)
+        )
+        self.variants = torch.from_numpy(data.variants)
+        self.counts = torch.from_numpy((data.variants >= 0).sum(axis=1))
+        self.types = torch.from_numpy(data.type_codes)
+        self.type_codes = data.type_codes
+        self.views = data.n_views
+
+    def epoch_order(self, rng: np.random.Generator) -> Any:
+        import torch
+
+        n = len(self.type_codes)
+        if self.config.hard_batches > 0 and rng.random() < self.config.hard_batches:
+            return torch.from_numpy(_type_grouped_order(self.type_codes, rng))
+        return torch.from_numpy(rng.permutation(n))
+
+    def batch(self, index: Any, rng: np.random.Generator) -> Batch:
+        import torch
+
+        pick = (torch.from_numpy(rng.random(len(index))) * self.counts[index]).long()
+        chosen = self.variants[index, pick]
+        clean_in = self.image[index]
+        image_in = clean_in
+        has_aug = self.has_aug[index]
+        if self.views > 1:
+            aug_in = self.aug[torch.from_numpy(rng.integers(0, self.views, len(index))), index]
+        else:
+            aug_in = self.aug[0, index]
+        if self.config.aug_input_prob > 0 and bool(has_aug.any()):
+            use_aug = has_aug & (torch.rand(len(index)) < self.config.aug_input_prob)
+            image_in = torch.where(use_aug[:, None], aug_in, image_in)
+        types = self.types[index]
+        return Batch(
+            image_in=image_in,
+            clean_in=clean_in,
+            aug_in=aug_in,
+            has_aug=has_aug,
+            text_in=self.text[chosen],
+            positives=(chosen[:, None, None] == self.variants[index][None, :, :]).any(dim=-1),
+            same_type=types[:, None] == types[None, :],
+        )
+
+
+def batch_loss(config: TrainConfig, model: Model, batch: Batch) -> Any:
+    """The training objective of one batch (see ``losses``): text-image InfoNCE, the type
+    term on the shared head, and on the image-only tower the type and instance terms."""
+    import torch
+
+    normalise = torch.nn.functional.normalize
+    image_z = normalise(model.image_tower(batch.image_in), dim=-1)
+    text_z = normalise(model.text_tower(batch.text_in), dim=-1)
+    loss = text_image_loss(text_z, image_z, batch.positives, model.logit_scale)
+    if config.supcon_weight > 0:
+        loss = loss + config.supcon_weight * supcon_loss(image_z, batch.same_type)
+    if model.extra_tower is not None:
+        extra_z = normalise(model.extra_tower(batch.clean_in), dim=-1)
+        loss = loss + config.extra_supcon * supcon_loss(extra_z, batch.same_type)
+        if config.aug_instance_weight > 0 and bool(batch.has_aug.any()):
+            aug_z = normalise(model.extra_tower(batch.aug_in[batch.has_aug]), dim=-1)
+            targets = torch.nonzero(batch.has_aug).squeeze(1)
+            loss = loss + config.aug_instance_weight * instance_loss(aug_z, extra_z, targets)
+    return loss
+
+
+def train_loop(
+    config: TrainConfig,
+    model: Model,
+    data: TrainingData,
+    rng: np.random.Generator,
+    progress: Progress | None,
+) -> list[float]:
+    """AdamW with a one-cycle schedule over ``config.epochs``; the mean loss of each epoch."""
+    import torch
+
+    sampler = BatchSampler(config, data, model)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    n = len(data.type_codes)
+    batch = min(config.batch_size, n)
+    steps_per_epoch = max(n // batch, 1)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=WARMUP_SHARE
+    )
+    losses: list[float] = []
+    for tower in model.towers:
+        tower.train()
+    for epoch in range(config.epochs):
+        order = sampler.epoch_order(rng)
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            drawn = sampler.batch(order[b * batch : (b + 1) * batch], rng)
+            epoch_loss += optimiser_step(optimiser, scheduler, batch_loss(config, model, drawn))
+        losses.append(epoch_loss / steps_per_epoch)
+        if progress is not None:
+            progress("training heads", (epoch + 1) * steps_per_epoch, total_steps)
+    for tower in model.towers:
+        tower.eval()
+    return losses
+
+
 def _type_grouped_order(type_codes: npt.NDArray[np.int64], rng: np.random.Generator) -> Any:
     """A permutation in which items of one product type stand together (types in random
     order, items shuffled within a type): consecutive batches then hold few types, so the
@@ -747,18 +665,26 @@ def _type_grouped_order(type_codes: npt.NDArray[np.int64], rng: np.random.Genera
     return np.lexsort((rng.random(len(type_codes)), type_rank))
 
 
-def _make_heads(
-    extra_tower: Any,
-    image_tower: Any,
-    text_tower: Any,
-    image_mean: F32,
-    image_std: F32,
-    text_mean: F32,
-    text_std: F32,
-    config: TrainConfig,
-    logit_scale: Any,
-    random: bool,
-) -> Heads:
+def _as_stored(array: F32) -> F32:
+    """The values as the heads file keeps them (float16), so validation sees what ships."""
+    stored: F32 = array.astype(np.float16).astype(np.float32)
+    return stored
+
+
+def _export_tower(module: Any, mean: F32, std: F32) -> Tower:
+    from torch import nn
+
+    linears = [m for m in module if isinstance(m, nn.Linear)]
+    return Tower(
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        weights=[_as_stored(m.weight.detach().numpy().T) for m in linears],
+        biases=[_as_stored(m.bias.detach().numpy()) for m in linears],
+    )
+
+
+def make_heads(model: Model, config: TrainConfig, random: bool) -> Heads:
+    """The run-time heads of the model as it is now (``random``: before training)."""
     meta: dict[str, Any] = {
         "version": 1,
         "image_backbone": config.image_backbone,
@@ -769,23 +695,216 @@ def _make_heads(
         "text_backbone": "all-MiniLM-L6-v2",
         "text_template": "lowercase, single spaces",
         "raw_weight": config.raw_weight,
-        "extra_weight": config.extra_weight if extra_tower is not None else 0.0,
+        "extra_weight": config.extra_weight if model.extra_tower is not None else 0.0,
         "crop": config.crop,
-        "raw_dim": int(image_mean.shape[0]) - (COLOUR_DIM if config.colour else 0),
-        "temperature": float(1 / np.exp(float(logit_scale.detach()))),
+        "raw_dim": int(model.image_mean.shape[0]) - (COLOUR_DIM if config.colour else 0),
+        "temperature": float(1 / np.exp(float(model.logit_scale.detach()))),
         "random": random,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": _config_meta(config),
     }
+    extra = model.extra_tower
     heads = Heads(
-        image=_export_tower(image_tower, image_mean, image_std),
-        text=_export_tower(text_tower, text_mean, text_std),
+        image=_export_tower(model.image_tower, model.image_mean, model.image_std),
+        text=_export_tower(model.text_tower, model.text_mean, model.text_std),
         meta=meta,
-        extra=_export_tower(extra_tower, image_mean, image_std)
-        if extra_tower is not None
-        else None,
+        extra=_export_tower(extra, model.image_mean, model.image_std) if extra else None,
     )
     meta["dim"] = heads.dim
     return heads
+
+
+def _config_meta(config: TrainConfig) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in asdict(config).items()}
+
+
+# ---------------------------------------------------------------- step 6: evaluation
+
+
+@dataclass
+class EvalData:
+    gallery: ev.LabelledGallery
+    cnn: F32
+    colour: F32
+    aug_cnn: F32
+    aug_colour: F32
+    description_features: F32  # one row per gallery.text_rows item
+    attribute_queries: dict[str, list[ev.AttributeQuery]]
+    attribute_features: dict[str, F32]
+    # photo-style queries (as `fashion-search eval`'s) of the gallery.type_rows items
+    photo_cnn: F32 | None = None
+    photo_colour: F32 | None = None
+
+
+def evaluate(heads: Heads, data: EvalData) -> dict[str, float]:
+    """The validation metrics of the issue (the suite of ``fashion-search eval``, from
+    ``domain.evaluation``), computed through the run-time heads code on cached features."""
+    gallery = heads.embed_images(data.cnn, data.colour)
+    metrics = ev.text_to_image_metrics(
+        heads.embed_texts(data.description_features), gallery, data.gallery
+    )
+    for name, queries in data.attribute_queries.items():
+        vectors = heads.embed_texts(data.attribute_features[name])
+        metrics[f"{name} P@10"] = ev.attribute_precision(
+            vectors, gallery, queries, data.gallery.attributes
+        )
+    augmented = heads.embed_images(data.aug_cnn, data.aug_colour)
+    metrics |= ev.image_to_image_metrics(gallery, augmented, data.gallery)
+    if data.photo_cnn is not None and data.photo_colour is not None:
+        photos = heads.embed_images(data.photo_cnn, data.photo_colour)
+        metrics[ev.PHOTO_TYPE_METRIC] = ev.photo_style_type_precision(photos, gallery, data.gallery)
+    return metrics
+
+
+def chance_metrics(data: EvalData) -> dict[str, float]:
+    baselines = ev.text_to_image_chance(data.gallery) | ev.image_to_image_chance(data.gallery)
+    if data.photo_cnn is not None:  # the same queries' types as the clean image-image metric
+        baselines[ev.PHOTO_TYPE_METRIC] = baselines[ev.IMAGE_TYPE_METRIC]
+    baselines |= {
+        f"{name} P@10": ev.attribute_chance(queries, data.gallery)
+        for name, queries in data.attribute_queries.items()
+    }
+    return {name: baseline.chance for name, baseline in baselines.items()}
+
+
+def prepare_eval(
+    items: Sequence[Item],
+    load: Loader,
+    spec: ImageBackboneSpec,
+    cache_dir: Path,
+    tag: str,
+    progress: Progress | None = None,
+    crop: bool = False,
+) -> EvalData:
+    """Cached features of the evaluation items (``tag``: their source's cache name), their
+    augmented copies, the photo-style queries of those of a known type, and the query
+    texts."""
+    items = list(items)
+    cnn, colour = image_features(
+        items, load, spec, cache_dir / f"images-{tag}.npz", progress, crop=crop
+    )
+    aug_cnn, aug_colour = image_features(
+        items,
+        load,
+        spec,
+        cache_dir / f"images-{tag}-{PACKSHOT_VIEW}-{EVAL_AUGMENT_SEED}.npz",
+        progress,
+        transform=view_transform(PACKSHOT_VIEW, EVAL_AUGMENT_SEED),
+        crop=crop,
+    )
+    gallery = ev.LabelledGallery(
+        ids=[item.id for item in items],
+        texts=[item.description for item in items],
+        attributes=[item.attributes for item in items],
+    )
+    text_cache = cache_dir / "texts-minilm.npz"
+    description_features = text_features(
+        [query_text(gallery.texts[i]) for i in gallery.text_rows], text_cache, progress
+    )
+    typed = [items[row] for row in gallery.type_rows]
+    photo_cnn, photo_colour = image_features(
+        typed,
+        load,
+        spec,
+        cache_dir / f"images-{tag}-{EVAL_PHOTO_VIEW}-{EVAL_AUGMENT_SEED}.npz",
+        progress,
+        transform=view_transform(EVAL_PHOTO_VIEW, EVAL_AUGMENT_SEED),
+        crop=crop,
+    )
+    attribute_queries = gallery.attribute_queries(min_count=ATTRIBUTE_QUERY_MIN_ITEMS)
+    attribute_features = {
+        name: text_features([query_text(q.text) for q in queries], text_cache, progress)
+        if queries
+        else np.zeros((0, TEXT_DIM), dtype=np.float32)
+        for name, queries in attribute_queries.items()
+    }
+    return EvalData(
+        gallery=gallery,
+        cnn=cnn,
+        colour=colour,
+        aug_cnn=aug_cnn,
+        aug_colour=aug_colour,
+        description_features=description_features,
+        attribute_queries=attribute_queries,
+        attribute_features=attribute_features,
+        photo_cnn=photo_cnn,
+        photo_colour=photo_colour,
+    )
+
+
+def evaluation_step(
+    config: TrainConfig,
+    spec: ImageBackboneSpec,
+    split: DataSplit,
+    cache_dir: Path,
+    heads: Heads,
+    random_heads: Heads,
+    progress: Progress | None,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """(metrics of the trained heads, of the random heads, chance) on the evaluation items."""
+    if not split.evaluation:
+        return {}, {}, {}
+    source = split.evaluation_source
+    data = prepare_eval(
+        split.evaluation, source.load, spec, cache_dir, source.tag, progress, crop=config.crop
+    )
+    metrics = evaluate(heads, data)
+    heads.meta["validation"] = {k: round(v, 4) for k, v in metrics.items()}
+    heads.meta["n_heldout"] = len(split.evaluation)
+    heads.meta["validated_on"] = split.validated_on
+    return metrics, evaluate(random_heads, data), chance_metrics(data)
+
+
+# ---------------------------------------------------------------- the steps together
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    import torch
+
+    started = time.perf_counter()
+    configure_torch_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    split = split_step(config)
+    spec, tuning, tuned_tag = backbone_step(config, split, progress)
+    crop_tag = "-crop" if config.crop else ""
+    cache_dir = config.cache_dir / f"{spec.tag}{crop_tag}{tuned_tag}-{FEATURES_VERSION}"
+    data = feature_step(config, spec, split, cache_dir, progress)
+    model = build_model(config, data)
+    random_heads = make_heads(model, config, random=True)
+    losses = train_loop(config, model, data, rng, progress)
+    heads = make_heads(model, config, random=False)
+    if tuning:
+        heads.backbone = read_tuned_state(Path(spec.tuned))
+        heads.meta["backbone_tuning"] = tuning
+    heads.meta.update(
+        {
+            "n_train_items": len(data.type_codes),
+            "n_train_texts": len(data.texts),
+            "final_loss": losses[-1] if losses else None,
+            "train_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    metrics, random_metrics, chance = evaluation_step(
+        config, spec, split, cache_dir, heads, random_heads, progress
+    )
+    return TrainResult(
+        heads=heads,
+        losses=losses,
+        metrics=metrics,
+        random_metrics=random_metrics,
+        chance=chance,
+        n_train=len(data.type_codes),
+        n_heldout=len(split.evaluation),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def write_report(result: TrainResult, path: Path) -> None:

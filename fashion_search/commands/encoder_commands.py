@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,11 @@ from rich.progress import (
 from rich.table import Table
 
 from domain.errors import FashionSearchError
+from encoders.fashion_lite.train_config import (
+    EXTRA_DATASETS,
+    TUNED_BACKBONE_FROM,
+    TrainConfig,
+)
 from fashion_search.commands.catalog_commands import fail
 from fashion_search.settings import Settings
 
@@ -188,10 +193,46 @@ def _label_weights(text: str) -> dict[str, float]:
     return weights
 
 
+_DEFAULTS = TrainConfig(hm_dev=Path("hm-dev"))
+"""The option defaults of ``train-encoder`` are TrainConfig's (one source of defaults)."""
+
+
+def _parts_text(parts: tuple[str, ...]) -> str:
+    return "+".join(parts)
+
+
+def _labels_text(labels: dict[str, float]) -> str:
+    return ",".join(f"{name}={weight:g}" for name, weight in labels.items())
+
+
+def _image_parts(text: str) -> tuple[str, ...]:
+    from encoders.backbones import POOLED_PARTS
+
+    parts = tuple(part.strip() for part in text.split("+") if part.strip())
+    if not parts or any(part not in POOLED_PARTS for part in parts):
+        raise typer.BadParameter(
+            f"--image-parts takes '+'-separated names of {sorted(POOLED_PARTS)}, got {text!r}"
+        )
+    return parts
+
+
+def _dataset_folders(text: str, datasets_dir: Path) -> tuple[Path, ...]:
+    """``"hm-extra"`` -> (DATASETS_DIR/hm-extra,); paths are kept; "" or "none": none."""
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip().lower() != "none"]
+    return tuple(Path(n) if ("/" in n or n.startswith(".")) else datasets_dir / n for n in names)
+
+
 def train_encoder(
     hm_dev: Annotated[
         Path | None, typer.Option(help="hm-dev folder (default: DATASETS_DIR/hm-dev).")
     ] = None,
+    hm_extra: Annotated[
+        str,
+        typer.Option(
+            help="More H&M folders to train on, comma-separated names under DATASETS_DIR or "
+            "paths ('none': hm-dev only). Their product codes must not occur in hm-dev."
+        ),
+    ] = ",".join(EXTRA_DATASETS),
     kaggle: Annotated[
         bool, typer.Option("--kaggle/--no-kaggle", help="Also train on the Kaggle zip.")
     ] = False,
@@ -205,52 +246,66 @@ def train_encoder(
     report: Annotated[
         Path | None, typer.Option(help="Write metrics and training facts as JSON here.")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 80,
-    seed: int = 7,
-    dim: Annotated[int, typer.Option(min=8)] = 256,
-    hidden: Annotated[int, typer.Option(min=8)] = 768,
-    layers: Annotated[int, typer.Option(min=1, max=4)] = 2,
-    batch_size: Annotated[int, typer.Option(min=8)] = 512,
-    lr: float = 1e-3,
-    supcon_weight: Annotated[float, typer.Option(min=0.0)] = 0.5,
-    raw_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
-    colour: Annotated[bool, typer.Option("--colour/--no-colour")] = True,
+    epochs: Annotated[int, typer.Option(min=1)] = _DEFAULTS.epochs,
+    seed: int = _DEFAULTS.seed,
+    dim: Annotated[int, typer.Option(min=8)] = _DEFAULTS.dim,
+    hidden: Annotated[int, typer.Option(min=8)] = _DEFAULTS.hidden,
+    layers: Annotated[int, typer.Option(min=1, max=4)] = _DEFAULTS.layers,
+    batch_size: Annotated[int, typer.Option(min=8)] = _DEFAULTS.batch_size,
+    lr: float = _DEFAULTS.lr,
+    supcon_weight: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.supcon_weight,
+    raw_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = _DEFAULTS.raw_weight,
+    colour: Annotated[bool, typer.Option("--colour/--no-colour")] = _DEFAULTS.colour,
     colour_scale: Annotated[
         float, typer.Option(min=0.1, help="Weight of the colour stats in the image input.")
-    ] = 1.0,
+    ] = _DEFAULTS.colour_scale,
     extra_dim: Annotated[
         int, typer.Option(min=0, help="Image-only tower for image-to-image search (0: none).")
-    ] = 128,
-    extra_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.5,
-    extra_supcon: Annotated[float, typer.Option(min=0.0)] = 1.0,
-    aug_instance_weight: Annotated[float, typer.Option(min=0.0)] = 0.5,
-    aug_input_prob: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.3,
+    ] = _DEFAULTS.extra_dim,
+    extra_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = _DEFAULTS.extra_weight,
+    extra_supcon: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.extra_supcon,
+    aug_instance_weight: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.aug_instance_weight,
+    aug_input_prob: Annotated[float, typer.Option(min=0.0, max=1.0)] = _DEFAULTS.aug_input_prob,
     train_augmented: Annotated[
         bool,
         typer.Option(
             "--train-augmented/--no-train-augmented",
             help="Also extract augmented views of the hm training images.",
         ),
-    ] = True,
+    ] = _DEFAULTS.train_augmented,
     crop: Annotated[
         bool, typer.Option("--crop/--no-crop", help="Crop images to their content first.")
-    ] = True,
-    image_backbone: str = "efficientnet-lite0",
-    image_size: Annotated[int, typer.Option(min=64)] = 192,
+    ] = _DEFAULTS.crop,
+    image_backbone: str = _DEFAULTS.image_backbone,
+    image_size: Annotated[int, typer.Option(min=64)] = _DEFAULTS.image_size,
     image_parts: Annotated[
         str,
         typer.Option(help="Pooled backbone features, '+'-separated: avg, max, bands3, mid."),
-    ] = "avg+max+bands3+mid",
+    ] = _parts_text(_DEFAULTS.image_parts),
     aug_views: Annotated[
         int,
-        typer.Option(min=1, help="Augmented views per training image (with --train-augmented)."),
-    ] = 3,
+        typer.Option(
+            min=0, help="Packshot-style augmented views per training image (--train-augmented)."
+        ),
+    ] = _DEFAULTS.aug_views,
+    photo_views: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Shopper-photo views per training image (background, tilt, light...)."
+        ),
+    ] = _DEFAULTS.photo_views,
+    extra_view_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of --hm-extra's products whose images get views."
+        ),
+    ] = _DEFAULTS.extra_view_share,
     hard_batches: Annotated[
         float,
         typer.Option(
             min=0.0, max=1.0, help="Share of epochs with batches grouped by product type."
         ),
-    ] = 0.0,
+    ] = _DEFAULTS.hard_batches,
     tune_blocks: Annotated[
         int,
         typer.Option(
@@ -258,18 +313,33 @@ def train_encoder(
             max=16,
             help="First fine-tune the image backbone's last N blocks on the labels (0: frozen).",
         ),
-    ] = 5,
-    tune_epochs: Annotated[int, typer.Option(min=1)] = 10,
-    tune_lr: Annotated[float, typer.Option(min=0.0)] = 6e-4,
+    ] = _DEFAULTS.tune_blocks,
+    tune_epochs: Annotated[int, typer.Option(min=1)] = _DEFAULTS.tune_epochs,
+    tune_lr: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.tune_lr,
     tune_labels: Annotated[
         str,
         typer.Option(
             help="Labels the backbone is tuned on, with the weights of their losses "
             "(comma-separated NAME=WEIGHT; hm-dev columns)."
         ),
-    ] = "product_type=1,pattern=0.5,colour=0.3,section=0.3,garment_group=0.3",
-    limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Validate on at most N items.")] = None,
+    ] = _labels_text(_DEFAULTS.tune_labels),
+    tuned_backbone: Annotated[
+        str,
+        typer.Option(
+            help="Reuse the tuned backbone layers of this heads file (a name in the weights "
+            "folder, e.g. heads-v3, or a path) instead of tuning; '' tunes."
+        ),
+    ] = TUNED_BACKBONE_FROM,
+    train_share: Annotated[
+        float,
+        typer.Option(
+            min=0.01, max=1.0, help="Train on this share of the training products (scaling)."
+        ),
+    ] = _DEFAULTS.train_share,
+    limit: Annotated[int | None, typer.Option(help="Train on at most N items.")] = _DEFAULTS.limit,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="Validate on at most N items.")
+    ] = _DEFAULTS.eval_limit,
     validation: Annotated[
         float,
         typer.Option(
@@ -279,74 +349,81 @@ def train_encoder(
             "split, train on the rest and validate on it (for choosing settings: the held-out "
             "split is then not read). Needs --out.",
         ),
-    ] = 0.0,
+    ] = _DEFAULTS.validation,
     threads: Annotated[
         int, typer.Option(min=1, max=2, help="Torch threads (1 reproduces the committed heads).")
-    ] = 1,
+    ] = _DEFAULTS.threads,
 ) -> None:
-    """Train the fashion-lite heads from hm-dev (optionally also the Kaggle zip) with a fixed
-    seed, and report validation metrics on the held-out split (and for random heads, the
-    floor). The defaults reproduce the committed heads (encoders/fashion_lite/MODEL_CARD.md)."""
-    from encoders.backbones import POOLED_PARTS
+    """Train the fashion-lite heads from hm-dev's training part (and by default hm-extra;
+    optionally the Kaggle zip) with a fixed seed, and report validation metrics on the
+    held-out split (and for random heads, the floor). The defaults reproduce the committed
+    heads (encoders/fashion_lite/MODEL_CARD.md)."""
+    options = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS}  # as TrainConfig's
     from encoders.fashion_lite.heads import DEFAULT_HEADS
-    from encoders.fashion_lite.training import (
-        TrainConfig,
-        TrainingSetupError,
-        train,
-        write_report,
-    )
+    from encoders.fashion_lite.training import TrainingSetupError, train, write_report
 
     if validation > 0 and out is None:
         raise typer.BadParameter(
             "heads trained with a validation split must not replace the committed ones: give --out",
             param_hint="--validation",
         )
-    parts = tuple(part.strip() for part in image_parts.split("+") if part.strip())
-    if not parts or any(part not in POOLED_PARTS for part in parts):
-        raise typer.BadParameter(
-            f"--image-parts takes '+'-separated names of {sorted(POOLED_PARTS)}, got {image_parts!r}"
-        )
-    label_weights = _label_weights(tune_labels)
     settings = Settings()
-    zip_path = (
-        (kaggle_zip or settings.datasets_dir / "kaggle-fashion-small.zip") if kaggle else None
-    )
-    config = TrainConfig(
+    config = replace(
+        _DEFAULTS,
+        **options,
         hm_dev=hm_dev or settings.datasets_dir / "hm-dev",
-        kaggle_zip=zip_path,
+        hm_extra=_dataset_folders(hm_extra, settings.datasets_dir),
+        kaggle_zip=(kaggle_zip or settings.datasets_dir / "kaggle-fashion-small.zip")
+        if kaggle
+        else None,
         cache_dir=settings.home / "cache" / "fashion-lite",
-        image_backbone=image_backbone,
-        image_size=image_size,
-        image_parts=parts,
-        aug_views=aug_views,
-        hard_batches=hard_batches,
-        tune_blocks=tune_blocks,
-        tune_epochs=tune_epochs,
-        tune_lr=tune_lr,
-        tune_labels=label_weights,
-        colour=colour,
-        dim=dim,
-        hidden=hidden,
-        layers=layers,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        supcon_weight=supcon_weight,
-        raw_weight=raw_weight,
-        extra_dim=extra_dim,
-        extra_weight=extra_weight,
-        extra_supcon=extra_supcon,
-        aug_instance_weight=aug_instance_weight,
-        aug_input_prob=aug_input_prob,
-        train_augmented=train_augmented,
-        crop=crop,
-        colour_scale=colour_scale,
-        seed=seed,
-        limit=limit,
-        eval_limit=eval_limit,
-        validation=validation,
-        threads=threads,
+        image_parts=_image_parts(image_parts),
+        tune_labels=_label_weights(tune_labels),
+        tuned_backbone=_tuned_backbone_file(tuned_backbone),
     )
+    result = _run_with_progress(config, train, TrainingSetupError)
+    target = out or DEFAULT_HEADS
+    result.heads.save(target)
+    console.print(
+        f"trained on {result.n_train} items in {result.seconds:.0f} s; "
+        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; heads written to {target}"
+    )
+    if result.metrics:
+        _print_validation(result)
+    if report is not None:
+        write_report(result, report)
+        console.print(f"report written to {report}")
+    else:
+        console.print_json(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+
+
+# train-encoder options passed to TrainConfig as they are (the others are parsed first)
+_CONFIG_OPTIONS = frozenset(f.name for f in fields(TrainConfig)) - {
+    "hm_dev",
+    "hm_extra",
+    "kaggle_zip",
+    "cache_dir",
+    "heldout_ids",
+    "image_parts",
+    "tune_labels",
+    "tuned_backbone",
+}
+
+
+def _tuned_backbone_file(text: str) -> Path | None:
+    from encoders.fashion_lite.heads import WEIGHTS_DIR
+
+    if not text.strip():
+        return None
+    named = WEIGHTS_DIR / f"{text.strip()}.npz"
+    path = named if named.is_file() else Path(text)
+    if not path.is_file():
+        raise typer.BadParameter(f"no heads file {text!r}", param_hint="--tuned-backbone")
+    return path
+
+
+def _run_with_progress(config: TrainConfig, train: Any, setup_error: type[Exception]) -> Any:
+    """``train(config, progress)`` under a rich progress display; setup errors exit 2."""
     tasks: dict[str, TaskID] = {}
     columns = (
         TextColumn("{task.description}"),
@@ -355,7 +432,6 @@ def train_encoder(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    started = time.perf_counter()
     with Progress(*columns, console=console, transient=True) as bar:
 
         def progress(what: str, done: int, total: int) -> None:
@@ -364,35 +440,26 @@ def train_encoder(
             bar.update(tasks[what], completed=done, total=total)
 
         try:
-            result = train(config, progress)
-        except TrainingSetupError as exc:
+            return train(config, progress)
+        except setup_error as exc:
             raise fail(str(exc), code=2) from None
-    target = out or DEFAULT_HEADS
-    result.heads.save(target)
-    console.print(
-        f"trained on {result.n_train} items in {time.perf_counter() - started:.0f} s; "
-        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}; heads written to {target}"
-    )
-    if result.metrics:
-        validated_on = result.heads.meta["validated_on"]
-        table = Table(title=f"Validation on {validated_on} ({result.n_heldout} items)")
-        table.add_column("metric")
-        table.add_column("trained", justify="right")
-        table.add_column("random heads", justify="right")
-        table.add_column("chance", justify="right")
-        for key, value in result.metrics.items():
-            table.add_row(
-                key,
-                f"{value:.3f}",
-                f"{result.random_metrics.get(key, float('nan')):.3f}",
-                f"{result.chance.get(key, float('nan')):.3f}",
-            )
-        console.print(table)
-    if report is not None:
-        write_report(result, report)
-        console.print(f"report written to {report}")
-    else:
-        console.print_json(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+
+
+def _print_validation(result: Any) -> None:
+    validated_on = result.heads.meta["validated_on"]
+    table = Table(title=f"Validation on {validated_on} ({result.n_heldout} items)")
+    table.add_column("metric")
+    table.add_column("trained", justify="right")
+    table.add_column("random heads", justify="right")
+    table.add_column("chance", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(
+            key,
+            f"{value:.3f}",
+            f"{result.random_metrics.get(key, float('nan')):.3f}",
+            f"{result.chance.get(key, float('nan')):.3f}",
+        )
+    console.print(table)
 
 
 COST_QUERIES = (
