@@ -58,7 +58,7 @@ def exported_default_encoder() -> None:
         encoder.export_onnx()
 
 
-UNAWAITED_COROUTINES_FAIL_UNDER = ("tests/domain/", "tests/api/")
+UNAWAITED_COROUTINES_FAIL_UNDER = (REPO_ROOT / "tests" / "domain", REPO_ROOT / "tests" / "api")
 """Where SearchService and the API run in-process: a coroutine created and never awaited
 there (a signal's query made but not gathered) fails the test instead of warning at
 garbage collection. The warning reaches pytest as an unraisable exception, hence both
@@ -71,8 +71,8 @@ _UNAWAITED_FILTERS = (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        where = Path(str(item.path)).relative_to(REPO_ROOT).as_posix()
-        if where.startswith(UNAWAITED_COROUTINES_FAIL_UNDER):
+        where = Path(str(item.path)).resolve()
+        if any(where.is_relative_to(folder) for folder in UNAWAITED_COROUTINES_FAIL_UNDER):
             for spec in _UNAWAITED_FILTERS:
                 item.add_marker(pytest.mark.filterwarnings(spec))
 
