@@ -180,17 +180,30 @@ def first_ids(kaggle_zip: Path, n: int) -> list[str]:
 
 
 def encoder_actor_pids() -> list[int]:
-    """The live encoder actors' processes (found by their title, as an operator would)."""
+    """This test's encoder actors (found by their process title, as an operator would, among
+    the descendants of this process, which started the module's Ray: another Ray on the
+    machine is not touched)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(
-                ENCODER_PROCESS_TITLE
+            if (
+                proc.name.isdigit()
+                and (proc / "cmdline").read_bytes().startswith(ENCODER_PROCESS_TITLE)
+                and descends_from_us(int(proc.name))
             ):
                 pids.append(int(proc.name))
         except OSError:  # gone meanwhile
             continue
     return pids
+
+
+def descends_from_us(pid: int) -> bool:
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        if pid == os.getpid():
+            return True
+    return False
 
 
 async def test_ray_gives_the_local_engines_catalog_and_a_rerun_changes_nothing(
