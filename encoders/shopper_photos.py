@@ -216,6 +216,10 @@ class Span:
 BACKGROUNDS = ("wood", "sheet", "gradient", "wall", "check", "carpet")
 """The procedural backgrounds: wooden planks, a bed sheet with folds, a two-colour gradient, a
 painted wall with blotches, a checked textile, a speckled carpet."""
+PACKSHOT = "packshot"
+"""One more background, not among BACKGROUNDS: a flat near-white backdrop like the
+packshots' own (to see what the other changes cost without a new background)."""
+PACKSHOT_COLOUR = (238.0, 237.0, 234.0)
 
 
 @dataclass(frozen=True)
@@ -252,9 +256,9 @@ class PhotoRanges:
     backgrounds: tuple[str, ...] = BACKGROUNDS
 
     def __post_init__(self) -> None:
-        unknown = set(self.backgrounds) - set(BACKGROUNDS)
-        if unknown or not self.backgrounds:
-            raise ValueError(f"backgrounds must be among {', '.join(BACKGROUNDS)}")
+        known = (*BACKGROUNDS, PACKSHOT)
+        if set(self.backgrounds) - set(known) or not self.backgrounds:
+            raise ValueError(f"backgrounds must be among {', '.join(known)}")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 95:
             raise ValueError("jpeg quality must be an increasing pair within 1-95")
 
@@ -577,4 +581,5 @@ _BACKGROUND_MAKERS: dict[str, Callable[[FloatImage, FloatImage, Generator], Floa
     "wall": _wall,
     "check": _check,
     "carpet": _carpet,
+    PACKSHOT: lambda x, y, rng: np.broadcast_to(np.array(PACKSHOT_COLOUR), (*x.shape, 3)).copy(),
 }

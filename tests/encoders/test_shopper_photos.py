@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from encoders.shopper_photos import (
     BACKGROUNDS,
     EVAL_RANGES,
+    PACKSHOT,
     PhotoChain,
     PhotoRanges,
     Span,
@@ -159,6 +160,9 @@ def test_ranges_are_checked() -> None:
     with pytest.raises(ValueError, match="jpeg quality"):
         dataclasses.replace(EVAL_RANGES, jpeg_quality=(90, 60))
     assert isinstance(EVAL_RANGES, PhotoRanges)
+    plain = dataclasses.replace(EVAL_RANGES, backgrounds=(PACKSHOT,))  # allowed, not evaluated
+    assert PACKSHOT not in EVAL_RANGES.backgrounds
+    assert PhotoChain.draw(random.Random(1), plain).background == PACKSHOT
 
 
 @pytest.mark.parametrize("kind", BACKGROUNDS)
