@@ -209,15 +209,26 @@ class StatusService:
             await index.check_dimension(encoder.id, encoder.dim)
 
     async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> Check:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await probe()
-        except TimeoutError:
+        """A probe still running at the deadline is left to end by the store's own timeout,
+        not cancelled: cancelling a driver mid-call can break it (PyMongo's topology lock,
+        see stores/catalog/mongodb.py)."""
+        task = asyncio.ensure_future(probe())
+        done, _ = await asyncio.wait({task}, timeout=self._timeout)
+        if not done:
+            task.add_done_callback(_log_late_probe)
             return Check(False, f"no answer within {self._timeout:g} s")
-        except Exception as exc:
+        exc = task.exception()
+        if exc is not None:
             logger.warning("readiness probe %s failed: %s", name, exc)
             return Check(False, f"{type(exc).__name__}: {exc}"[:300])
         return Check(True, "reachable")
+
+
+def _log_late_probe(task: asyncio.Future[object]) -> None:
+    """Retrieves the outcome of a probe that outlived its deadline (asyncio would otherwise
+    warn that its exception was never retrieved)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.info("late readiness probe failed: %s", task.exception())
 
 
 @dataclass

@@ -300,7 +300,9 @@ class SafeImageFetcher:
             async with asyncio.timeout(self._total_timeout_s):
                 return await self._fetch(url)
         except TimeoutError as exc:
-            raise UpstreamUnavailable("fetching the image URL timed out") from exc
+            raise UpstreamUnavailable(
+                f"fetching the image URL timed out after {self._total_timeout_s:g} s in total"
+            ) from exc
         finally:
             self._in_flight -= 1
 
@@ -348,12 +350,23 @@ class SafeImageFetcher:
                 last_error = exc
                 continue
             except httpx.TimeoutException as exc:
-                raise UpstreamUnavailable("fetching the image URL timed out") from exc
+                raise UpstreamUnavailable(self._phase_timed_out(exc)) from exc
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
                 raise UrlRejected(f"not a fetchable URL: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise UpstreamUnavailable(f"fetching the image URL failed: {exc}") from exc
         raise UpstreamUnavailable("cannot connect to the image URL's host") from last_error
+
+    def _phase_timed_out(self, exc: httpx.TimeoutException) -> str:
+        """Which of the per-phase timeouts fired, so a client (and a test) can tell it from
+        the total deadline."""
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            phase, seconds = "connect", self._timeout.connect
+        else:
+            phase, seconds = "read", self._timeout.read
+        return (
+            f"fetching the image URL timed out: nothing within the {phase} timeout of {seconds:g} s"
+        )
 
     async def _read(self, url: httpx.URL, response: httpx.Response) -> bytes | httpx.URL:
         status = response.status_code

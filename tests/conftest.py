@@ -3,12 +3,18 @@ FASHION_SEARCH_DATASETS_DIR."""
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _pytest.faulthandler import fault_handler_stderr_fd_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +108,55 @@ def mixed_catalog_home(
         )
         assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     return home
+
+
+HANG_GRACE_S = 120.0
+"""How long a test may run past its pytest-timeout before the run is ended (see below)."""
+
+
+def _end_hung_run(fd: int, name: str, seconds: float) -> None:
+    """Write every thread's stack and every pending asyncio task's to ``fd``, and exit."""
+    os.write(fd, f"\n{name} still running after {seconds:g} s: ending the run\n".encode())
+    faulthandler.dump_traceback(file=fd, all_threads=True)
+    for task in list(getattr(asyncio.tasks, "_all_tasks", ())):  # best effort, from a thread
+        if not task.done():
+            os.write(fd, f"pending {task!r}\n{''.join(_awaiting(task))}".encode())
+    os._exit(1)
+
+
+def _awaiting(task: asyncio.Task[object]) -> list[str]:
+    """Where a task waits: each coroutine of its await chain, outermost first."""
+    where: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            where.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return where
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """A hung test ends the run as a failure instead of stalling CI. pytest-timeout's signal
+    fails a test once; a teardown that then hangs (an event loop waiting for a task that
+    ignores its cancellation) is not interrupted again, nor by SIGINT. So if setup, call and
+    teardown together outlive the test's timeout by HANG_GRACE_S, the stacks of every thread
+    and pending task are written to stderr and the process exits (status 1). (A thread, not
+    faulthandler.dump_traceback_later: pytest cancels that as soon as a test fails.)"""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        timeout = float(marker.args[0])
+    else:
+        timeout = float(item.config.getoption("timeout") or item.config.getini("timeout") or 0)
+    if timeout <= 0:
+        return (yield)
+    seconds = timeout + HANG_GRACE_S
+    stderr = item.config.stash[fault_handler_stderr_fd_key]
+    watchdog = threading.Timer(seconds, _end_hung_run, (stderr, item.nodeid, seconds))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return (yield)
+    finally:
+        watchdog.cancel()

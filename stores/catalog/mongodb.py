@@ -78,6 +78,8 @@ _UNRESOLVABLE = frozenset(
 PLAIN_SCHEME = "mongodb://"
 SRV_SCHEME = "mongodb+srv://"
 WRITE_BATCH = 1000
+BACKSTOP_MIN_S = 1.0
+"""The asyncio backstop fires half a timeout (at least this) after PyMongo's own deadline."""
 DEFAULT_MAX_TAG_INDEXES = 32
 AUTH_ERROR_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 LEXICAL_INDEX = "lexical"
@@ -251,11 +253,16 @@ class MongoCatalog:
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
-        """Translate failures, and enforce the deadline: PyMongo's server selection waits in
-        steps of half a second, so on its own a call to a down server can overrun
-        ``timeout_s`` by up to 0.5 s."""
+        """Translate failures, and bound the call. PyMongo ends it at ``timeout_s`` (its
+        timeoutMS and server selection timeout; selection waits in steps of half a second, so
+        up to 0.5 s late). The asyncio deadline is only a backstop, half a timeout later:
+        cancelling PyMongo while its own timeout is being handled (on Python 3.11, a
+        cancellation landing in ``asyncio.wait_for``'s clean-up) leaves its topology lock
+        held for ever, and the client never selects a server again (found by
+        tests/reliability/test_backend_faults.py: no call recovered after a restart, and
+        closing the client hung)."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout + max(BACKSTOP_MIN_S, self._timeout / 2)):
                 yield
         except (TimeoutError, ServerSelectionTimeoutError, ConnectionFailure) as exc:
             # PyMongo keeps retrying a refused or unresolvable host until the deadline: its

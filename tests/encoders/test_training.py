@@ -93,14 +93,25 @@ def test_training_smoke(hm_demo: Path, tmp_path: Path) -> None:
     text = encoder.encode_texts(["black trousers"])
     assert not text[0, 32:].any()  # texts live in the shared part only
 
-    # features are cached: a rerun with the same seed gives the same heads, fast
+    # features are cached: a rerun with the same seed gives the same heads from the caches
+    # alone (a cache file is rewritten only when something had to be computed)
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.npz"))
     assert any(name.startswith("images-hm-") for name in cached)
     assert len([name for name in cached if name.startswith("backbone-")]) == 1
+    before = cache_files(tmp_path / "cache")
     again = train(config)
     assert again.heads.meta["backbone_tuning"] == tuning  # the tuned layers were reused
     np.testing.assert_allclose(again.heads.image.weights[0], result.heads.image.weights[0])
-    assert again.seconds < result.seconds
+    assert cache_files(tmp_path / "cache") == before, "the rerun recomputed features"
+
+
+def cache_files(cache_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each cache file's (modification time in ns, size)."""
+    return {
+        str(p.relative_to(cache_dir)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in cache_dir.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_texts_of_an_item_are_shopper_phrases_and_captions() -> None:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -45,7 +44,14 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from fashion_search.settings import Settings
 from tests.stores.pinecone_fake import FakePinecone
-from tests.stores.servers import AWS_TEST_CREDENTIALS, AWS_TEST_REGION, free_port, unique_name
+from tests.stores.servers import (
+    AWS_TEST_CREDENTIALS,
+    AWS_TEST_REGION,
+    free_port,
+    stop_process,
+    unique_name,
+)
+from tests.uvicorn_thread import UvicornThread, loopback_socket
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": AWS_TEST_CREDENTIALS["aws_access_key_id"],
@@ -140,12 +146,7 @@ class MongoProcess:
         if self.frozen:
             process.send_signal(signal.SIGCONT)
             self.frozen = False
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
     def freeze(self) -> None:
         assert self._process is not None
@@ -207,41 +208,26 @@ class PineconeServer:
         self.fake = FakePinecone()
         self.port = free_port()
         self.fake.port = self.port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._server: UvicornThread | None = None
 
     @property
     def running(self) -> bool:
         return self._server is not None
 
     def start(self) -> PineconeServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        config = uvicorn.Config(
-            self.fake.app, log_level="critical", lifespan="off", access_log=False
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the Pinecone fake did not start")
-            time.sleep(0.01)
-        self._server, self._thread, self._socket = server, thread, sock
+        self._server = UvicornThread(
+            self.fake.app,
+            loopback_socket(self.port),
+            log_level="critical",
+            lifespan="off",
+            access_log=False,
+        ).start()
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
+        if server is not None:
+            server.stop()
 
 
 class Blackhole:

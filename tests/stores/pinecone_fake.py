@@ -30,17 +30,16 @@ import asyncio
 import json
 import math
 import re
-import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from tests.uvicorn_thread import UvicornThread, loopback_socket
 
 MAX_UPSERT_VECTORS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
@@ -241,8 +240,7 @@ class FakePinecone:
         """When True, writes become visible to reads only at ``settle()``."""
         self._deployments: dict[str, Any] = {}
         self._lock = threading.RLock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: UvicornThread | None = None
         self.port = 0
         self.app = self._build_app()
 
@@ -310,29 +308,16 @@ class FakePinecone:
     # -- server --------------------------------------------------------------------------
 
     def start(self) -> FakePinecone:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake Pinecone server did not start")
-            time.sleep(0.01)
+        self._server = UvicornThread(
+            self.app, loopback_socket(), log_level="warning", lifespan="off", access_log=False
+        ).start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     # -- HTTP ----------------------------------------------------------------------------
 

@@ -42,6 +42,42 @@ AWS_TEST_CREDENTIALS = {
 AWS_TEST_REGION = "us-east-1"
 
 
+HANG_BOUND_S = 20.0
+"""How long a call that must give up after its store timeout (0.5-3 s in these tests) may take.
+Not a speed figure: a hang guard, several times what such a call takes on a loaded 2-core
+machine (event-loop and thread scheduling stretch it past the timeout), and still below the
+drivers' own behaviour it guards against when our timeout is not applied: PyMongo's 30 s
+server selection, botocore's 60 s connect/read timeouts with retries, the Pinecone SDK's
+retries with backoff."""
+
+
+@contextlib.contextmanager
+def hang_guard() -> Iterator[None]:
+    """Fails when the block runs for HANG_BOUND_S or longer (a call that hangs or retries for
+    ever); the error the block expects is asserted inside it."""
+    started = time.monotonic()
+    yield
+    elapsed = time.monotonic() - started
+    assert elapsed < HANG_BOUND_S, f"gave up after {elapsed:.1f} s, not within its timeout"
+
+
+STOP_GRACE_S = 10.0
+"""How long a server subprocess gets to exit after SIGTERM before it is killed."""
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float = STOP_GRACE_S) -> None:
+    """Stops a server the tests started: SIGTERM, then SIGKILL if it has not exited within
+    ``grace_s``; reaps it either way, so no server outlives the run."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace_s)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -115,14 +151,7 @@ class MongoServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
     def cleanup(self) -> None:
         self.stop()
@@ -260,14 +289,7 @@ class SeaweedServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
     def cleanup(self) -> None:
         self.stop()

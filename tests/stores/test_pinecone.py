@@ -26,13 +26,9 @@ from stores.vectors.pinecone_index import (
 )
 from tests.stores.contracts import VectorIndexContract, random_units
 from tests.stores.pinecone_fake import MAX_REQUEST_BYTES, FakePinecone, filter_matches
-from tests.stores.servers import pinecone_server, unique_name
+from tests.stores.servers import hang_guard, pinecone_server, unique_name
 
 __all__ = ["pinecone_server"]
-
-HANG_BOUND_S = 10.0
-"""A call that should give up after its store timeout (0.5-3 s here) must not take this long: catches a
-call that hangs or retries for ever, with room for a loaded machine (not a speed figure)."""
 
 DIM = 8
 
@@ -224,10 +220,8 @@ async def test_persistent_5xx_becomes_upstream_unavailable(pinecone_server: Fake
     name, index = make_index(pinecone_server, timeout_s=3.0)
     pinecone_server.fail_next(10, 500, path="/describe_index_stats")
     try:
-        started = time.monotonic()
-        with pytest.raises(UpstreamUnavailable, match="PINECONE_HOST"):
+        with hang_guard(), pytest.raises(UpstreamUnavailable, match="PINECONE_HOST"):
             await index.count()
-        assert time.monotonic() - started < HANG_BOUND_S
         attempts = pinecone_server.requests_to(name, "/describe_index_stats")
         assert len(attempts) >= 2  # it did retry before giving up
     finally:
@@ -239,10 +233,8 @@ async def test_slow_server_fails_within_the_timeout(pinecone_server: FakePinecon
     _, index = make_index(pinecone_server, timeout_s=0.5)
     pinecone_server.slow_next(10, 3.0, path="/query")
     try:
-        started = time.monotonic()
-        with pytest.raises(UpstreamUnavailable, match=r"within 0\.5s"):
+        with hang_guard(), pytest.raises(UpstreamUnavailable, match=r"within 0\.5s"):
             await index.query("enc", unit_rows(1)[0], 3)
-        assert time.monotonic() - started < HANG_BOUND_S
     finally:
         pinecone_server.clear_failures()
         await index.close()
@@ -256,10 +248,11 @@ async def test_stopped_server_fails_fast_naming_the_setting() -> None:
     server.stop()
     try:
         for call in (index.check(), index.query("enc", unit_rows(1)[0], 3)):
-            started = time.monotonic()
-            with pytest.raises(UpstreamUnavailable, match=re.escape(f"PINECONE_HOST={host}")):
+            with (
+                hang_guard(),
+                pytest.raises(UpstreamUnavailable, match=re.escape(f"PINECONE_HOST={host}")),
+            ):
                 await call
-            assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await index.close()
 

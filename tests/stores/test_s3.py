@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +22,7 @@ from tests.stores.servers import (
     AWS_TEST_REGION,
     S3Server,
     free_port,
+    hang_guard,
     s3_server,
     unique_name,
 )
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["s3_server"]
-
-HANG_BOUND_S = 10.0
-"""A call that should give up after its store timeout (0.5-3 s here) must not take this long: catches a
-call that hangs or retries for ever, with room for a loaded machine (not a speed figure)."""
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 
@@ -192,10 +188,11 @@ async def test_unreachable_endpoint_fails_within_the_timeout() -> None:
     )
     try:
         for call in (store.check(), store.get("k.jpg"), store.put("k.jpg", JPEG, "image/jpeg")):
-            started = time.monotonic()
-            with pytest.raises(UpstreamUnavailable, match=re.escape(f"S3_ENDPOINT_URL={endpoint}")):
+            with (
+                hang_guard(),
+                pytest.raises(UpstreamUnavailable, match=re.escape(f"S3_ENDPOINT_URL={endpoint}")),
+            ):
                 await call
-            assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await store.close()
 
@@ -207,10 +204,8 @@ async def test_stopped_server_fails_within_the_timeout() -> None:
     await store.put("k.jpg", JPEG, "image/jpeg")
     server.stop()
     try:
-        started = time.monotonic()
-        with pytest.raises(UpstreamUnavailable, match="S3_BUCKET"):
+        with hang_guard(), pytest.raises(UpstreamUnavailable, match="S3_BUCKET"):
             await store.get("k.jpg")
-        assert time.monotonic() - started < HANG_BOUND_S
     finally:
         await store.close()
 
