@@ -42,6 +42,10 @@ AWS_TEST_CREDENTIALS = {
 AWS_TEST_REGION = "us-east-1"
 
 
+HEALTHY_TIMEOUT_S = 30.0
+"""The store timeout of tests in which no call should time out (contracts, wiring): a loaded
+2-core machine must never cut off a healthy call (an in-process moto answered a bucket creation
+in more than 5 s at a load average of 30). Tests of timeouts set their own, short ones."""
 HANG_BOUND_S = 20.0
 """How long a call that must give up after its store timeout (0.5-3 s in these tests) may take.
 Not a speed figure: a hang guard, several times what such a call takes on a loaded 2-core

@@ -18,12 +18,21 @@ from fashion_search import wiring
 from fashion_search.settings import Settings
 from stores.catalog.mongodb import MongoCatalog, redact_uri, tag_field, tag_key, to_mongo_filter
 from tests.stores.contracts import CatalogContract, LexicalContract
-from tests.stores.servers import MongoServer, free_port, hang_guard, mongo_server, unique_name
+from tests.stores.servers import (
+    HEALTHY_TIMEOUT_S,
+    MongoServer,
+    free_port,
+    hang_guard,
+    mongo_server,
+    unique_name,
+)
 
 __all__ = ["mongo_server"]
 
 
-def make_catalog(server: MongoServer, timeout_s: float = 5.0, **kwargs: object) -> MongoCatalog:
+def make_catalog(
+    server: MongoServer, timeout_s: float = HEALTHY_TIMEOUT_S, **kwargs: object
+) -> MongoCatalog:
     return MongoCatalog(
         server.uri,
         unique_name("db").replace("-", "_"),
@@ -255,7 +264,9 @@ def test_invalid_settings_are_named() -> None:
 
 async def test_wiring_builds_the_adapter_from_settings(mongo_server: MongoServer) -> None:
     db = unique_name("db").replace("-", "_")
-    settings = Settings(mongodb_uri=SecretStr(mongo_server.uri), mongodb_db=db, store_timeout_s=2)
+    settings = Settings(
+        mongodb_uri=SecretStr(mongo_server.uri), mongodb_db=db, store_timeout_s=HEALTHY_TIMEOUT_S
+    )
     catalog = wiring.mongo_catalog(settings)
     try:
         await catalog.check()

@@ -26,7 +26,7 @@ from stores.vectors.pinecone_index import (
 )
 from tests.stores.contracts import VectorIndexContract, random_units
 from tests.stores.pinecone_fake import MAX_REQUEST_BYTES, FakePinecone, filter_matches
-from tests.stores.servers import hang_guard, pinecone_server, unique_name
+from tests.stores.servers import HEALTHY_TIMEOUT_S, hang_guard, pinecone_server, unique_name
 
 __all__ = ["pinecone_server"]
 
@@ -34,7 +34,7 @@ DIM = 8
 
 
 def make_index(
-    server: FakePinecone, dim: int = DIM, timeout_s: float = 5.0
+    server: FakePinecone, dim: int = DIM, timeout_s: float = HEALTHY_TIMEOUT_S
 ) -> tuple[str, PineconeVectorIndex]:
     name = unique_name("idx")
     host = server.create_index(name, dim)
@@ -312,7 +312,7 @@ async def test_host_is_looked_up_from_the_index_name(pinecone_server: FakePineco
         pinecone_server.api_key,
         index_name=name,
         control_plane_host=pinecone_server.base_url,
-        timeout_s=2.0,
+        timeout_s=HEALTHY_TIMEOUT_S,
     )
     try:
         await index.upsert("enc", ["a"], unit_rows(1), [{}])
@@ -329,7 +329,7 @@ async def test_wiring_builds_the_adapter_from_settings(pinecone_server: FakePine
     settings = Settings(
         pinecone_api_key=SecretStr(pinecone_server.api_key),
         pinecone_host=host,
-        store_timeout_s=1.5,
+        store_timeout_s=HEALTHY_TIMEOUT_S,
     )
     index = wiring.pinecone_index(settings)
     try:
@@ -350,7 +350,7 @@ async def test_wait_until_fresh_and_clear(
     name, index = fresh
     await index.upsert("enc", ["a", "é"], unit_rows(2), [{}, {}])
     await index.upsert("other", ["z"], unit_rows(1), [{}])
-    await index.wait_until_fresh("enc", ["a", "é"], timeout_s=2)
+    await index.wait_until_fresh("enc", ["a", "é"], timeout_s=HEALTHY_TIMEOUT_S)
     with pytest.raises(UpstreamUnavailable, match="did not reflect"):
         await index.wait_until_fresh("enc", ["a"], timeout_s=0.3)
     await index.clear()
@@ -369,7 +369,7 @@ def test_one_index_serves_successive_event_loops(pinecone_server: FakePinecone) 
 
 
 async def test_a_failing_batch_fails_the_whole_upsert(pinecone_server: FakePinecone) -> None:
-    name, index = make_index(pinecone_server, timeout_s=2.0)
+    name, index = make_index(pinecone_server)
     # A 4xx is not retried (and spends none of the SDK's per-host retry budget).
     pinecone_server.fail_next(1, 400, path="/vectors/upsert")
     try:

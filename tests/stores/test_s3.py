@@ -20,6 +20,7 @@ from tests.stores.contracts import ImageStoreContract
 from tests.stores.servers import (
     AWS_TEST_CREDENTIALS,
     AWS_TEST_REGION,
+    HEALTHY_TIMEOUT_S,
     S3Server,
     free_port,
     hang_guard,
@@ -41,7 +42,7 @@ def make_store(server: S3Server, bucket: str | None = None, **kwargs: object) ->
         endpoint_url=server.endpoint_url,
         region=AWS_TEST_REGION,
         credentials=AWS_TEST_CREDENTIALS,
-        **kwargs,  # type: ignore[arg-type]
+        **{"timeout_s": HEALTHY_TIMEOUT_S, **kwargs},  # type: ignore[arg-type]
     )
 
 
@@ -220,7 +221,7 @@ def test_wiring_builds_the_adapter_from_settings(
         s3_endpoint_url=s3_server.endpoint_url,
         s3_presign_expiry_s=60,
         aws_region=AWS_TEST_REGION,
-        store_timeout_s=2,
+        store_timeout_s=HEALTHY_TIMEOUT_S,
     )
     store = wiring.s3_images(settings)
     assert store.where == f"S3_BUCKET=fs-images, S3_ENDPOINT_URL={s3_server.endpoint_url}"
