@@ -112,23 +112,6 @@ class Container:
         await self.images.close()
 
 
-def store_names(settings: Settings) -> StoreNames:
-    """How messages name the stores these settings choose (same rules as build_*)."""
-    if settings.pinecone_api_key is not None:
-        vectors = f"Pinecone index {settings.pinecone_index or settings.pinecone_host!r}"
-    else:
-        vectors = f"the vector index in {settings.vectors_dir}"
-    if settings.mongodb_uri is not None:
-        catalog = f"MongoDB database {settings.mongodb_db!r}"
-    else:
-        catalog = f"the catalog {settings.catalog_path}"
-    if settings.s3_bucket is not None:
-        images = f"S3 bucket {settings.s3_bucket!r}"
-    else:
-        images = f"the images in {settings.images_dir}"
-    return StoreNames(vectors=vectors, catalog=catalog, images=images)
-
-
 def build_encoders(settings: Settings, load_entry_points: bool = True) -> EncoderRegistry:
     options = EncoderOptions(
         models_dir=str(settings.models_dir),
@@ -276,31 +259,60 @@ def redact_mongodb_uri(uri: str) -> str:
     return redact_uri(uri)
 
 
-def describe_stores(settings: Settings) -> dict[str, str]:
-    """Which adapter each store uses with these settings, and where it points."""
+@dataclass(frozen=True)
+class StoreProfile:
+    """The stores these settings choose (same rules as build_*): how messages name them, and
+    which adapter each uses and where it points (``fashion-search config``)."""
+
+    names: StoreNames
+    details: dict[str, str]
+
+
+def describe_stores(settings: Settings) -> StoreProfile:
+    (index_name, index), (catalog_name, catalog), (images_name, images) = (
+        _describe_index(settings),
+        _describe_catalog(settings),
+        _describe_images(settings),
+    )
+    return StoreProfile(
+        names=StoreNames(vectors=index_name, catalog=catalog_name, images=images_name),
+        details={"vector_index": index, "catalog": catalog, "images": images},
+    )
+
+
+def _describe_index(settings: Settings) -> tuple[str, str]:
     if settings.pinecone_api_key is not None:
         target = settings.pinecone_host or f"index {settings.pinecone_index}"
-        index = f"pinecone ({target})"
-    else:
-        index = f"faiss ({settings.vectors_dir})"
+        name = f"Pinecone index {settings.pinecone_index or settings.pinecone_host!r}"
+        return name, f"pinecone ({target})"
+    return f"the vector index in {settings.vectors_dir}", f"faiss ({settings.vectors_dir})"
+
+
+def _describe_catalog(settings: Settings) -> tuple[str, str]:
     if settings.mongodb_uri is not None:
         uri = redact_mongodb_uri(settings.mongodb_uri.get_secret_value())
-        catalog = f"mongodb ({uri}, database {settings.mongodb_db})"
-    else:
-        catalog = f"sqlite ({settings.catalog_path})"
-    if settings.s3_bucket is not None:
-        where = f"s3://{settings.s3_bucket}"
-        if settings.s3_endpoint_url:
-            where += f" at {settings.s3_endpoint_url}"
-        urls = (
-            f"public URLs under {settings.s3_public_base_url}"
-            if settings.s3_public_base_url
-            else f"presigned URLs valid {settings.s3_presign_expiry_s} s"
+        return (
+            f"MongoDB database {settings.mongodb_db!r}",
+            f"mongodb ({uri}, database {settings.mongodb_db})",
         )
-        images = f"s3 ({where}, {urls})"
-    else:
-        images = f"local ({settings.images_dir}, served under /images)"
-    return {"vector_index": index, "catalog": catalog, "images": images}
+    return f"the catalog {settings.catalog_path}", f"sqlite ({settings.catalog_path})"
+
+
+def _describe_images(settings: Settings) -> tuple[str, str]:
+    if settings.s3_bucket is None:
+        return (
+            f"the images in {settings.images_dir}",
+            f"local ({settings.images_dir}, served under /images)",
+        )
+    where = f"s3://{settings.s3_bucket}"
+    if settings.s3_endpoint_url:
+        where += f" at {settings.s3_endpoint_url}"
+    urls = (
+        f"public URLs under {settings.s3_public_base_url}"
+        if settings.s3_public_base_url
+        else f"presigned URLs valid {settings.s3_presign_expiry_s} s"
+    )
+    return f"S3 bucket {settings.s3_bucket!r}", f"s3 ({where}, {urls})"
 
 
 async def check_index_fits(index: VectorIndex, encoders: Sequence[Encoder]) -> None:

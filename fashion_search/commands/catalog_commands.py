@@ -55,7 +55,7 @@ from domain.model import (
 )
 from domain.ports import Encoder, indexed_by_current_version
 from fashion_search.settings import Settings
-from fashion_search.wiring import Container, build, check_index_fits, s3_access, store_names
+from fashion_search.wiring import Container, build, check_index_fits, describe_stores, s3_access
 from ingest.pipeline import DEFAULT_BATCH_SIZE, IngestOptions
 from ingest.ray_engine import RayOptions, ray_engine
 from ingest.readers import Source, open_source
@@ -240,7 +240,7 @@ async def ingest_path(
                 options = await trust_or_reindex(container, encoders, options)
             console.print(
                 f"Reading [bold]{source.location}[/] ({source.layout} layout) into "
-                f"[bold]{store_names(settings)}[/] with {', '.join(e.id for e in encoders)}",
+                f"[bold]{describe_stores(settings).names}[/] with {', '.join(e.id for e in encoders)}",
                 highlight=False,
             )
             summary = await run_ingest(container, source, encoders, options, on_ray)
@@ -269,7 +269,7 @@ async def trust_or_reindex(
 ) -> IngestOptions:
     """The common case of a ledger that cannot be trusted (a new or emptied index or bucket
     behind an existing ledger): say so and encode everything again."""
-    names = store_names(container.settings)
+    names = describe_stores(container.settings).names
     reasons = await stale_ledger_reasons(
         container.index, container.catalog, container.images, encoders, names
     )
@@ -284,7 +284,7 @@ async def trust_or_reindex(
 async def verify_and_repair(container: Container, encoders: Sequence[Encoder]) -> None:
     """``ingest --verify``: compare the ledger with the stores, report each kind of
     disagreement, then repair what can be repaired from the stored images."""
-    names = store_names(container.settings)
+    names = describe_stores(container.settings).names
     console.print(f"Checking the ledger against {names}", highlight=False)
     check = LedgerCheck(container.index, container.catalog, container.images, container.indexer)
     found = await check.run(encoders)
@@ -500,7 +500,7 @@ async def run_search(settings: Settings, query: SearchQuery) -> SearchPage:
         if await container.index.count(encoder.id) == 0:
             raise fail(
                 f"nothing is indexed for encoder {encoder.id!r} in "
-                f"{store_names(settings).vectors}: run `fashion-search ingest PATH` first"
+                f"{describe_stores(settings).names.vectors}: run `fashion-search ingest PATH` first"
             )
         return await container.search.search(query)
     finally:

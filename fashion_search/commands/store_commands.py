@@ -52,7 +52,7 @@ def show_config(
         env_name(name): display_value(name, getattr(settings, name))
         for name in Settings.model_fields
     }
-    profile = wiring.describe_stores(settings)
+    profile = wiring.describe_stores(settings).details
     checks = asyncio.run(wiring.check_stores(settings)) if check else {}
     failed = any(v != "ok" for v in checks.values())
     if as_json:

@@ -19,7 +19,7 @@ from domain.ledger_check import LedgerCheck, stale_ledger_reasons
 from fashion_search.cli import app
 from fashion_search.commands import catalog_commands
 from fashion_search.settings import Settings
-from fashion_search.wiring import Container, build, build_encoders, store_names
+from fashion_search.wiring import Container, build, build_encoders, describe_stores
 from ingest.pipeline import IngestOptions
 from ingest.readers import FileImage, SourceItem
 from stores.images.s3 import S3ImageStore
@@ -73,7 +73,7 @@ async def test_a_new_pinecone_index_is_detected_and_filled_again(
         pinecone_host=pinecone_server.create_index(unique_name("new"), ColourEncoder.dim),
     )
     try:
-        names = store_names(fresh.settings)
+        names = describe_stores(fresh.settings).names
         assert names.vectors.startswith("Pinecone index 'http")
         assert names.catalog == f"MongoDB database {fresh.settings.mongodb_db!r}"
         encoder = ColourEncoder()
@@ -129,7 +129,7 @@ async def test_a_new_bucket_is_detected(container: Container, s3_server: S3Serve
     try:
         assert isinstance(fresh.images, S3ImageStore)
         await fresh.images.create_bucket()
-        names = store_names(fresh.settings)
+        names = describe_stores(fresh.settings).names
         reasons = await stale_ledger_reasons(
             fresh.index, fresh.catalog, fresh.images, [ColourEncoder()], names
         )
@@ -140,9 +140,9 @@ async def test_a_new_bucket_is_detected(container: Container, s3_server: S3Serve
 
 
 def test_store_names_follow_the_settings(tmp_path: Path) -> None:
-    embedded = store_names(Settings(home=tmp_path))
+    embedded = describe_stores(Settings(home=tmp_path)).names
     assert embedded.vectors == f"the vector index in {tmp_path / 'vectors'}"
-    production = store_names(
+    production = describe_stores(
         Settings(
             home=tmp_path,
             pinecone_api_key=SecretStr("k"),
@@ -151,7 +151,7 @@ def test_store_names_follow_the_settings(tmp_path: Path) -> None:
             mongodb_db="catalog",
             s3_bucket="photos",
         )
-    )
+    ).names
     assert dataclasses.astuple(production) == (
         "Pinecone index 'shop'",
         "MongoDB database 'catalog'",
