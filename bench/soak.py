@@ -277,12 +277,20 @@ def start_server(
                 out.flush()
 
     threading.Thread(target=read_stdout, daemon=True).start()
-    deadline = time.monotonic() + timeout_s
+    try:
+        return _wait_ready(process, port, log, time.monotonic() + timeout_s)
+    except BaseException:  # a failed start, or Ctrl-C / a test timeout while waiting
+        ServerProcess(process, port[0] if port else 0, log).stop()
+        raise
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], port: list[int], log: Path, deadline: float
+) -> ServerProcess:
     while not port:
         if process.poll() is not None or time.monotonic() > deadline:
-            server = ServerProcess(process, 0, log)
-            server.stop()
-            raise RuntimeError(f"the soak server did not start:\n{server.tail()}")
+            tail = ServerProcess(process, 0, log).tail()
+            raise RuntimeError(f"the soak server did not start:\n{tail}")
         time.sleep(0.1)
     server = ServerProcess(process, port[0], log)
     while time.monotonic() < deadline:
@@ -292,7 +300,6 @@ def start_server(
         if process.poll() is not None:
             break
         time.sleep(0.2)
-    server.stop()
     raise RuntimeError(f"the soak server never became ready:\n{server.tail()}")
 
 

@@ -28,6 +28,7 @@ from tests.stores.pinecone_fake import FakePinecone
 from tests.stores.servers import (
     AWS_TEST_CREDENTIALS,
     AWS_TEST_REGION,
+    HEALTHY_TIMEOUT_S,
     MongoServer,
     S3Server,
     mongo_server,
@@ -116,7 +117,7 @@ async def container(
         s3_bucket=bucket,
         s3_endpoint_url=s3_server.endpoint_url,
         aws_region=AWS_TEST_REGION,
-        store_timeout_s=3.0,
+        store_timeout_s=HEALTHY_TIMEOUT_S,
     )
     encoders = build_encoders(settings, load_entry_points=False)
     encoders.register_instance(ColourEncoder())

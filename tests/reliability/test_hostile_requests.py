@@ -27,7 +27,7 @@ from stores.catalog.mongodb import MongoCatalog
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from tests.api.helpers import API_KEY, PRODUCTS, World, png
 from tests.reliability.support import error_codes, no_error_logged
-from tests.stores.servers import MongoServer, mongo_server, unique_name
+from tests.stores.servers import HEALTHY_TIMEOUT_S, MongoServer, mongo_server, unique_name
 
 __all__ = ["mongo_server", "no_error_logged"]
 
@@ -56,7 +56,9 @@ async def world(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[
         built = StoreWorld(SqliteCatalog(tmp_path / "catalog.db"))
     else:
         server: MongoServer = request.getfixturevalue("mongo_server")
-        catalog = MongoCatalog(server.uri, unique_name("db").replace("-", "_"), timeout_s=5.0)
+        catalog = MongoCatalog(
+            server.uri, unique_name("db").replace("-", "_"), timeout_s=HEALTHY_TIMEOUT_S
+        )
         built = StoreWorld(catalog)
     await built.seed()
     yield built

@@ -15,7 +15,7 @@ from stores.vectors.pinecone_index import PineconeVectorIndex
 from tests.api.helpers import Api, World, codes
 from tests.fakes import FakeEncoderProvider, HashingEncoder
 from tests.stores.pinecone_fake import FakePinecone
-from tests.stores.servers import pinecone_server, unique_name
+from tests.stores.servers import HEALTHY_TIMEOUT_S, pinecone_server, unique_name
 
 __all__ = ["pinecone_server"]
 
@@ -33,7 +33,7 @@ async def mismatched(pinecone_server: FakePinecone) -> AsyncIterator[tuple[Api, 
     world.products = CatalogService(world.encoders, world.index, world.catalog, world.images)
     await world.seed()  # into the in-memory index: the catalog has products
     host = pinecone_server.create_index(unique_name("idx"), INDEX_DIM)
-    index = PineconeVectorIndex(pinecone_server.api_key, host=host, timeout_s=2.0)
+    index = PineconeVectorIndex(pinecone_server.api_key, host=host, timeout_s=HEALTHY_TIMEOUT_S)
     world.index = index  # type: ignore[assignment]
     world.search = SearchService(world.encoders, index, world.catalog, world.images, None)
     world.products = CatalogService(world.encoders, index, world.catalog, world.images)
