@@ -55,11 +55,8 @@ from tests.stores.servers import (
 
 __all__ = ["mongo_server", "pinecone_server", "s3_server"]
 
-REFERENCE_PRODUCTS = 200
-"""The first products of the Kaggle zip ingested by both engines. 200 rather than the issue's
-500: this module (one Ray runtime for all its tests) took 353 s with 200 on the shared, loaded
-2-core machine, and 500 would add about two more minutes of encoding (local reference, Ray run)
-to make test."""
+REFERENCE_PRODUCTS = 500
+"""The first products of the Kaggle zip ingested by both engines (the issue's 500)."""
 RECOVERY_PRODUCTS = 96
 """The products of the crash tests (a prefix of the reference)."""
 SMALL_BATCH = 16
