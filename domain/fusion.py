@@ -33,6 +33,7 @@ docs/relevance.md), never on the held-out splits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ import numpy as np
 import numpy.typing as npt
 
 from domain.model import LexicalHit, MatchQuality, Signals
+
+Scores = npt.NDArray[np.float64]
+Rows = npt.NDArray[np.int64]
 
 FUSION_DEPTH = 200
 """How many results each signal contributes to the fusion."""
@@ -155,20 +159,75 @@ def coverage(lexical: Sequence[LexicalHit]) -> float:
     return max((h.matched for h in lexical), default=0.0)
 
 
+@dataclass(frozen=True)
+class _Lists:
+    """A search's lists as arrays, read once per fusion (a search fuses three lists of
+    FUSION_DEPTH: per-item Python work there is most of the fusion's cost)."""
+
+    visual_ids: Sequence[str]
+    visual: Scores
+    semantic_ids: Sequence[str]
+    semantic: Scores
+    lexical_ids: Sequence[str]
+    lexical: Scores
+    matched: Scores
+
+    @classmethod
+    def of(cls, ranked: Ranked) -> _Lists:
+        visual_ids, visual = _split(ranked.visual)
+        semantic_ids, semantic = _split(ranked.semantic)
+        lexical_ids: Sequence[str] = ()
+        lexical, matched = np.empty(0, np.float64), np.empty(0, np.float64)
+        if ranked.lexical:
+            lexical_ids, bm25, shares, _ = zip(*ranked.lexical, strict=True)
+            lexical, matched = np.asarray(bm25, np.float64), np.asarray(shares, np.float64)
+        return cls(
+            visual_ids=visual_ids,
+            visual=visual,
+            semantic_ids=semantic_ids,
+            semantic=semantic,
+            lexical_ids=lexical_ids,
+            lexical=lexical,
+            matched=matched,
+        )
+
+    @property
+    def coverage(self) -> float:
+        return float(self.matched.max()) if len(self.matched) else 0.0
+
+
+def _split(scored: Sequence[tuple[str, float]]) -> tuple[Sequence[str], Scores]:
+    if not scored:
+        return (), np.empty(0, np.float64)
+    ids, scores = zip(*scored, strict=True)
+    return ids, np.asarray(scores, np.float64)
+
+
+def _best(scores: Scores) -> float | None:
+    return float(scores.max()) if len(scores) else None
+
+
 def text_confidence(ranked: Ranked, config: FusionConfig) -> float:
     """How far the catalog's words answer this query, 0..1 (see the module docstring)."""
+    return _text_confidence(_Lists.of(ranked), config)
+
+
+def _text_confidence(lists: _Lists, config: FusionConfig) -> float:
     described = 1.0
     if config.full_match_depth > 0:
-        top = ranked.lexical[: config.full_match_depth]
-        full = sum(h.matched >= 1.0 for h in top) / config.full_match_depth
-        described = max(full, semantic_confidence(ranked.semantic, config))
-    confidence: float = coverage(ranked.lexical) ** config.coverage_exponent * described
+        top = lists.matched[: config.full_match_depth]
+        full = float(np.count_nonzero(top >= 1.0)) / config.full_match_depth
+        described = max(full, _semantic_confidence(_best(lists.semantic), config))
+    confidence: float = lists.coverage**config.coverage_exponent * described
     return confidence
 
 
 def semantic_confidence(semantic: Sequence[tuple[str, float]], config: FusionConfig) -> float:
     """How close the best product-text vector comes to the query, 0..1."""
-    best = max((s for _, s in semantic), default=None)
+    return _semantic_confidence(max((s for _, s in semantic), default=None), config)
+
+
+def _semantic_confidence(best: float | None, config: FusionConfig) -> float:
     if best is None:
         return 0.0
     low, high = config.semantic_confident_from, config.semantic_confident_at
@@ -177,7 +236,11 @@ def semantic_confidence(semantic: Sequence[tuple[str, float]], config: FusionCon
 
 def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
     """The query-adaptive weights (a signal without results weighs nothing)."""
-    c = text_confidence(ranked, config)
+    return _weights(ranked, _Lists.of(ranked), config)
+
+
+def _weights(ranked: Ranked, lists: _Lists, config: FusionConfig) -> Weights:
+    c = _text_confidence(lists, config)
     visual = config.visual_weight * (1.0 - c * (1.0 - config.visual_floor))
     lexical = config.lexical_weight * (config.lexical_floor + c * (1.0 - config.lexical_floor))
     semantic = config.semantic_floor + c * (config.semantic_weight - config.semantic_floor)
@@ -192,97 +255,140 @@ def spread(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
     """Scores mapped from their mean minus SPREAD_DEVIATIONS standard deviations (0) to the
     mean plus as many (1). Unlike min-max, the last of a list still scores above a product
     missing from it (0), and a list's best reaches 1 only when it stands out from the rest."""
-    if not scores:
-        return {}
-    values = [s for _, s in scores]
-    mean = sum(values) / len(values)
-    deviation = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    ids, values = _split(scores)
+    return dict(zip(ids, _spread(values).tolist(), strict=True))
+
+
+def _spread(values: Scores) -> Scores:
+    if not len(values):
+        return values
+    mean = float(values.sum()) / len(values)
+    centred = values - mean
+    deviation = math.sqrt(float(centred @ centred) / len(values))
     if deviation == 0:
-        return {pid: 1.0 for pid, _ in scores}
-    low, width = mean - SPREAD_DEVIATIONS * deviation, 2 * SPREAD_DEVIATIONS * deviation
-    return {pid: (s - low) / width for pid, s in scores}
+        return np.ones(len(values), np.float64)
+    low = mean - SPREAD_DEVIATIONS * deviation
+    spread_: Scores = (values - low) / (2 * SPREAD_DEVIATIONS * deviation)
+    return spread_
 
 
 def words_score(hits: Sequence[LexicalHit], matched_exponent: float) -> dict[str, float]:
     """The lexical signal, 0..1: relative BM25 times the share of the query's words the
     product has, to ``matched_exponent``."""
-    relative = relative_bm25(hits)
-    return {h.product_id: relative[h.product_id] * h.matched**matched_exponent for h in hits}
+    lists = _Lists.of(Ranked(lexical=hits))
+    scores = _words_score(lists.lexical, lists.matched, matched_exponent)
+    return dict(zip(lists.lexical_ids, scores.tolist(), strict=True))
+
+
+def _words_score(bm25: Scores, matched: Scores, matched_exponent: float) -> Scores:
+    scores: Scores = _relative_bm25(bm25) * matched**matched_exponent
+    return scores
 
 
 def relative_bm25(hits: Sequence[LexicalHit]) -> dict[str, float]:
     """BM25 as a share of the best score of the list (the scale differs per adapter)."""
-    best = max((h.score for h in hits), default=0.0)
-    return {h.product_id: (h.score / best if best > 0 else 1.0) for h in hits}
+    lists = _Lists.of(Ranked(lexical=hits))
+    return dict(zip(lists.lexical_ids, _relative_bm25(lists.lexical).tolist(), strict=True))
+
+
+def _relative_bm25(bm25: Scores) -> Scores:
+    best = float(bm25.max()) if len(bm25) else 0.0
+    if best > 0:
+        relative: Scores = bm25 / best
+        return relative
+    return np.ones(len(bm25), np.float64)
 
 
 def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | None = None) -> Fused:
     """One ranking from the signals' lists, exact matches first; hits only for the first
     ``limit`` (all when None; ``Fused.total`` counts every candidate)."""
-    w = weights(ranked, config)
-    visual, semantic = dict(ranked.visual), dict(ranked.semantic)
-    lexical = relative_bm25(ranked.lexical)
-    weighted = [
-        (weight, normalised)
-        for weight, normalised in (
-            (w.visual, spread(ranked.visual)),
-            (w.semantic, spread(ranked.semantic)),
-            (w.lexical, words_score(ranked.lexical, config.matched_exponent)),
-        )
-        if weight > 0
-    ]
-    candidates = list(dict.fromkeys([*ranked.exact, *visual, *lexical, *semantic]))
-    at = {pid: i for i, pid in enumerate(candidates)}
-    summed = np.zeros(len(candidates), np.float64)
-    if len(weighted) == 1:  # one signal: its own score (cosine or relative BM25)
-        only = next(
-            raw
-            for raw, weight in ((visual, w.visual), (semantic, w.semantic), (lexical, w.lexical))
-            if weight > 0
-        )
-        _add(summed, at, only, 1.0)
-    elif weighted:
-        for weight, normalised in weighted:
-            _add(summed, at, normalised, weight)
-        summed /= sum(weight for weight, _ in weighted) or 1.0
-    position = {pid: i for i, pid in enumerate(dict.fromkeys(ranked.exact))}
-    first = np.full(len(candidates), len(position), np.int64)
-    for pid, i in position.items():
-        first[at[pid]] = i
-    # exact matches in their order, then by score; ties keep the candidates' order
-    ranks = np.lexsort((np.arange(len(candidates)), -summed, first)).tolist()
-    order = [candidates[i] for i in ranks]
-    scores = dict(zip(candidates, summed.tolist(), strict=True))
+    lists = _Lists.of(ranked)
+    w = _weights(ranked, lists, config)
+    exact = list(dict.fromkeys(ranked.exact))
+    listed = [*lists.visual_ids, *lists.lexical_ids, *lists.semantic_ids]
+    candidates, rows = _candidates(exact, listed)
+    size = len(candidates)
+    # each signal over the candidates: raw (NaN where missing) and normalised (0 there)
+    raw_lexical = _relative_bm25(lists.lexical)
+    signals = [
+        (w.visual, lists.visual, _spread(lists.visual)),
+        (
+            w.lexical,
+            raw_lexical,
+            _words_score(lists.lexical, lists.matched, config.matched_exponent),
+        ),
+        (w.semantic, lists.semantic, _spread(lists.semantic)),
+    ]  # in the order of ``listed``
+    raws: list[Scores] = []
+    summed = np.zeros(size, np.float64)
+    weighted = [weight for weight, *_ in signals if weight > 0]
+    end = 0
+    for weight, raw, normalised in signals:
+        start, end = end, end + len(raw)
+        at = rows[start:end]
+        raws.append(_scatter(size, at, raw, np.nan))
+        if weight > 0 and len(weighted) > 1:
+            summed += weight * _scatter(size, at, normalised, 0.0)
+        elif weight > 0:  # one signal: its own score (cosine or relative BM25)
+            summed = np.nan_to_num(raws[-1], nan=0.0)
+    if len(weighted) > 1:
+        summed /= sum(weighted)
+    # exact matches (the first candidates) in their order, then by score; a stable sort
+    # keeps the candidates' order among ties
+    named = len(exact)
+    ranks = np.concatenate([np.arange(named), named + np.argsort(-summed[named:], kind="stable")])
+    order = np.array(candidates, np.object_)[ranks].tolist()
+    shown = ranks if limit is None else ranks[:limit]
+    visual, lexical, semantic = (r[shown].tolist() for r in raws)
     hits = [
         FusedHit(
-            product_id=pid,
-            score=scores[pid],
-            signals=Signals(
-                visual=visual.get(pid), lexical=lexical.get(pid), semantic=semantic.get(pid)
-            ),
-            exact=pid in position,
+            product_id=candidates[i],
+            score=score,
+            signals=Signals(visual=_known(v), lexical=_known(x), semantic=_known(s)),
+            exact=i < len(exact),
         )
-        for pid in (order if limit is None else order[:limit])
+        for i, score, v, x, s in zip(
+            shown.tolist(), summed[shown].tolist(), visual, lexical, semantic, strict=True
+        )
     ]
-    quality = match_quality(ranked, config.quality)
-    return Fused(hits=hits, quality=quality, weights=w, total=len(order), order=tuple(order))
+    quality = _match_quality(ranked, lists, config.quality)
+    return Fused(hits=hits, quality=quality, weights=w, total=size, order=tuple(order))
 
 
-def _add(
-    scores: npt.NDArray[np.float64],
-    at: Mapping[str, int],
-    values: Mapping[str, float],
-    weight: float,
-) -> None:
-    """Add ``weight`` times each candidate's value to its score."""
-    rows = np.fromiter((at[pid] for pid in values), np.int64, len(values))
-    scores[rows] += weight * np.fromiter(values.values(), np.float64, len(values))
+def _candidates(exact: Sequence[str], listed: Sequence[str]) -> tuple[list[str], Rows]:
+    """Every product once, in the order first seen (``exact`` first, then ``listed``), and
+    each entry of ``listed``'s position among them. One dict lookup per entry: the mapping
+    from product id to its first position is built from the reversed list (the earliest
+    position is written last), the rest is numpy."""
+    every = [*exact, *listed]
+    first_at = dict(zip(reversed(every), range(len(every) - 1, -1, -1), strict=True))
+    seen = np.fromiter(map(first_at.__getitem__, every), np.int64, len(every))
+    firsts = np.flatnonzero(seen == np.arange(len(every)))
+    position = np.empty(len(every), np.int64)
+    position[firsts] = np.arange(len(firsts))
+    candidates: list[str] = np.array(every, np.object_)[firsts].tolist()
+    rows: Rows = position[seen[len(exact) :]]
+    return candidates, rows
+
+
+def _scatter(size: int, rows: Rows, values: Scores, missing: float) -> Scores:
+    """``values`` placed at ``rows`` of an array of ``size`` holding ``missing`` elsewhere."""
+    placed = np.full(size, missing, np.float64)
+    placed[rows] = values
+    return placed
+
+
+def _known(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality:
     """STRONG, WEAK or NONE (see QualityThresholds)."""
-    best_visual = max((s for _, s in ranked.visual), default=None)
-    best_semantic = max((s for _, s in ranked.semantic), default=None)
+    return _match_quality(ranked, _Lists.of(ranked), thresholds)
+
+
+def _match_quality(ranked: Ranked, lists: _Lists, thresholds: QualityThresholds) -> MatchQuality:
+    best_visual, best_semantic = _best(lists.visual), _best(lists.semantic)
     if ranked.image_query:
         visual_strong, visual_weak = thresholds.image_strong, thresholds.image_weak
     else:
@@ -293,7 +399,7 @@ def match_quality(ranked: Ranked, thresholds: QualityThresholds) -> MatchQuality
             best_semantic, semantic_threshold
         )
 
-    if ranked.exact or coverage(ranked.lexical) >= 1.0:
+    if ranked.exact or lists.coverage >= 1.0:
         return MatchQuality.STRONG
     if reaches(visual_strong, thresholds.semantic_strong):
         return MatchQuality.STRONG

@@ -6,10 +6,12 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from types import MappingProxyType
+from typing import NamedTuple
 
 from domain.errors import BadInput
 
@@ -244,16 +246,31 @@ class SearchHit:
     """The query is this product's name or id (case and spacing aside)."""
 
 
-@dataclass(frozen=True)
-class LexicalHit:
+class LexicalHit(NamedTuple):
     """A product the lexical index matched: its BM25 score (on the adapter's own scale, best
     first; only comparable within one answer), the share of the query's words it has
-    (0..1, stems and compounds as the index reads them) and its name (for exact matches)."""
+    (0..1, stems and compounds as the index reads them) and its name (for exact matches).
+    A named tuple rather than a frozen dataclass: a text search makes 200 of them and the
+    fusion reads them back, a third of the lexical signal's cost as a dataclass."""
 
     product_id: str
     score: float
     matched: float
     name: str
+
+    @classmethod
+    def from_columns(
+        cls,
+        product_ids: Iterable[str],
+        scores: Iterable[float],
+        matched: Iterable[float],
+        names: Iterable[str],
+    ) -> list[LexicalHit]:
+        """Hits from one column per field, made in C: ``tuple.__new__`` with the four
+        fields, as ``_make`` does, without a Python call per hit."""
+        return list(
+            map(partial(tuple.__new__, cls), zip(product_ids, scores, matched, names, strict=True))
+        )
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ COLUMN_WEIGHTS = (NAME_WEIGHT, DESCRIPTION_WEIGHT, TAGS_WEIGHT)
 
 Rows = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float64]
+Strings = npt.NDArray[np.object_]
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ class Bm25Snapshot:
     generation: int
     rowids: Rows
     """FTS5 rowid of each row, ascending."""
-    product_ids: list[str]
-    names: list[str]
-    """The product's name (as stored, for exact-name matching)."""
+    product_ids: Strings
+    names: Strings
+    """The product's id and name (as stored, for exact-name matching), object arrays so a
+    query's top rows are read in C."""
     spans: dict[str, tuple[int, int]]
     """Each term's slice of ``rows`` and ``scores`` (one pair of arrays for all terms
     rather than two per term: a few objects for the garbage collector to walk, not 100k)."""
@@ -123,8 +125,8 @@ class Bm25Snapshot:
         return cls(
             generation=generation,
             rowids=np.array([r[0] for r in rows], np.int64),
-            product_ids=[r[1] for r in rows],
-            names=[r[2] for r in rows],
+            product_ids=np.array([r[1] for r in rows], np.object_),
+            names=np.array([r[2] for r in rows], np.object_),
             spans=spans,
             rows=np.concatenate(all_rows) if all_rows else np.empty(0, np.int64),
             scores=np.concatenate(all_scores) if all_scores else np.empty(0, np.float64),
@@ -156,12 +158,12 @@ class Bm25Snapshot:
             kth = np.partition(scores[matching], len(matching) - top_k)[len(matching) - top_k]
             matching = matching[scores[matching] >= kth]
         top = matching[np.lexsort((matching, -scores[matching]))][:top_k]
-        ids, names = self.product_ids, self.names
-        shares = self._matched_share(query, top).tolist()
-        return [
-            LexicalHit(ids[i], score, share, names[i])  # plain floats: no numpy scalars
-            for i, score, share in zip(top.tolist(), scores[top].tolist(), shares, strict=True)
-        ]
+        return LexicalHit.from_columns(  # plain floats and strings: no numpy scalars
+            self.product_ids[top].tolist(),
+            scores[top].tolist(),
+            self._matched_share(query, top).tolist(),
+            self.names[top].tolist(),
+        )
 
     def _matched_share(self, query: QueryTerms, rows: Rows) -> npt.NDArray[np.float64]:
         """``QueryTerms.matched_share`` for each row, from the postings."""
