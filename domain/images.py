@@ -41,18 +41,29 @@ def image_key(product_id: str, data: bytes, content_type: str) -> str:
     and the content hash. A new photo gets a new key (caches never serve stale bytes), and
     two products never share an object, even when their ids sanitise alike ("sku 1/red" and
     "sku_1_red") or share a long prefix, so deleting one cannot break the other."""
+    return digest_image_key(product_id, content_hash(data), content_type)
+
+
+def digest_image_key(product_id: str, digest: str, content_type: str) -> str:
+    """``image_key`` from the image's content hash (an engine that checked the ledger by
+    hash alone need not hold the bytes)."""
     id_hash = hashlib.sha256(product_id.encode("utf-8")).hexdigest()[:ID_HASH_CHARS]
     extension = SUPPORTED_IMAGE_TYPES.get(content_type, "bin")
     readable = _readable(product_id, READABLE_PREFIX)
-    return f"{readable}-{id_hash}-{content_hash(data)[:CONTENT_HASH_CHARS]}.{extension}"
+    return f"{readable}-{id_hash}-{digest[:CONTENT_HASH_CHARS]}.{extension}"
 
 
 def legacy_image_key(product_id: str, data: bytes, content_type: str) -> str:
     """The key earlier versions gave an image (sanitised id cut at 64 characters, then the
     content hash). Products stored under it keep it while their photo is unchanged: existing
     data homes and buckets keep working without a migration."""
+    return legacy_digest_image_key(product_id, content_hash(data), content_type)
+
+
+def legacy_digest_image_key(product_id: str, digest: str, content_type: str) -> str:
+    """``legacy_image_key`` from the image's content hash."""
     extension = SUPPORTED_IMAGE_TYPES.get(content_type, "bin")
-    return f"{_readable(product_id, 64)}-{content_hash(data)[:CONTENT_HASH_CHARS]}.{extension}"
+    return f"{_readable(product_id, 64)}-{digest[:CONTENT_HASH_CHARS]}.{extension}"
 
 
 SELF_FETCH_HEADER = "X-Fashion-Search-Image-Fetch"

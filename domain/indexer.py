@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from domain.errors import FashionSearchError, InvalidImage, UpstreamUnavailable
-from domain.images import image_key, legacy_image_key
+from domain.images import content_hash, digest_image_key, legacy_digest_image_key
 from domain.model import Modality, Product, product_text_space
 from domain.ports import (
     Catalog,
@@ -599,13 +599,20 @@ async def iter_ledger(
 
 
 def _key_for(item: IndexItem, existing: Product | None) -> str:
-    """The item's image key; a product stored under the old key scheme with this very image
-    keeps its key (existing homes need no migration, and nothing is rewritten)."""
+    return stored_image_key(item.id, content_hash(item.image), item.content_type, existing)
+
+
+def stored_image_key(
+    product_id: str, digest: str, content_type: str, existing: Product | None
+) -> str:
+    """The key of a product's image of this content hash; a product stored under the old key
+    scheme with this very image keeps its key (existing homes need no migration, and nothing
+    is rewritten)."""
     if existing is not None:
-        legacy = legacy_image_key(item.id, item.image, item.content_type)
+        legacy = legacy_digest_image_key(product_id, digest, content_type)
         if legacy in existing.image_keys:
             return legacy
-    return image_key(item.id, item.image, item.content_type)
+    return digest_image_key(product_id, digest, content_type)
 
 
 def _keys_of(product: Product | None) -> tuple[str, ...]:

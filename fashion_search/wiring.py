@@ -27,7 +27,7 @@ from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
 from ingest.pipeline import IngestOptions, IngestPipeline, ProgressCallback
-from ingest.ray_engine import CatalogFactory, EncoderFactory, RayEngine, RayIngestPipeline
+from ingest.ray_engine import EncoderFactory, RayEngine, RayIngestPipeline
 from ingest.s3 import S3Access
 from stores.locks import FileWriteLock, NullWriteLock
 
@@ -101,10 +101,6 @@ class Container:
         return functools.partial(
             actor_encoders, worker_settings(self.settings), tuple(e.id for e in encoders), threads
         )
-
-    def ray_catalog_factory(self) -> CatalogFactory:
-        """What the Ray engine's ledger check runs to open this catalog (read only)."""
-        return functools.partial(build_catalog, worker_settings(self.settings))
 
     async def aclose(self) -> None:
         await self.index.close()

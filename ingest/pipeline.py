@@ -74,6 +74,11 @@ class _Batch:
     failures: list[FailedItem] = field(default_factory=list)
     sources: dict[str, SourceItem] = field(default_factory=dict)
     """The source item of each ready item (failure reports name its image)."""
+    unchanged: list[IndexItem] = field(default_factory=list)
+    """Items an engine found in the ledger by content hash, without their bytes (``image``
+    is empty): the Ray engine confirms them against the catalog or reads them after all."""
+    skipped: list[str] = field(default_factory=list)
+    """Ids confirmed unchanged without reading their images (counted as skipped)."""
 
 
 @dataclass
@@ -91,6 +96,10 @@ class _Raw:
     data: bytes | None = None
     digest: str | None = None
     failure: FailedItem | None = None
+    content_type: str | None = None
+    """Sniffed where the bytes were read, when they were then dropped (``unchanged``)."""
+    unchanged: bool = False
+    """Hashed and found in the ledger: the bytes were not kept (``data`` is None)."""
 
 
 class IngestPipeline:
@@ -114,6 +123,7 @@ class IngestPipeline:
             raise ValueError(f"encoder listed twice: {ids}")
         self._encoders = list(encoders)
         self._indexer = Indexer(index, catalog, images, lock)
+        self._catalog = catalog
         self._fetcher = fetcher
         self._options = options or IngestOptions()
         self._on_progress = on_progress
@@ -219,6 +229,10 @@ class IngestPipeline:
                 batch.failures.append(raw.failure)
                 continue
             self._seen_ids.add(item.id)
+            if raw.unchanged and raw.digest is not None and raw.content_type is not None:
+                batch.sources[item.id] = item
+                batch.unchanged.append(_index_item(item, b"", raw.content_type, raw.digest))
+                continue
             data = raw.data or b""
             content_type = sniff_image_type(data)
             if len(data) > max_bytes:
@@ -236,15 +250,7 @@ class IngestPipeline:
                 continue
             batch.sources[item.id] = item
             batch.ready.append(
-                IndexItem(
-                    id=item.id,
-                    name=item.name,
-                    image=data,
-                    content_type=content_type,
-                    digest=raw.digest or content_hash(data),
-                    description=item.description,
-                    tags=item.tags,
-                )
+                _index_item(item, data, content_type, raw.digest or content_hash(data))
             )
         return batch
 
@@ -255,6 +261,7 @@ class IngestPipeline:
         plan: BatchPlan = await self._indexer.plan(
             batch.ready, self._encoders, reindex=self._options.reindex
         )
+        plan.skipped += batch.skipped
         encoded = await self._vectors(plan)
         failures = list(batch.failures) + [
             _failed(batch.sources[pid], FailureReason.INVALID_IMAGE, why)
@@ -304,6 +311,18 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
     if not task.done():
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def _index_item(item: SourceItem, data: bytes, content_type: str, digest: str) -> IndexItem:
+    return IndexItem(
+        id=item.id,
+        name=item.name,
+        image=data,
+        content_type=content_type,
+        digest=digest,
+        description=item.description,
+        tags=item.tags,
+    )
 
 
 def _failed(item: SourceItem, reason: FailureReason, message: str) -> FailedItem:

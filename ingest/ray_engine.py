@@ -1,25 +1,28 @@
 """The Ray engine of ingest (``fashion-search ingest --engine ray``): a Ray Data pipeline,
 writing through the same one write use case as the local engine.
 
-The source's rows become Ray Datasets of WINDOW_ROWS rows each, run one after the other
-(blocks of one batch of pickled items, put in the object store as the driver reads the
-manifest, so the driver holds one batch of rows and every stage gets one input per batch to
-spread over its workers), then:
+The source's rows are run a window of WINDOW_ROWS rows at a time, each window checked
+against the ledger before anything heavy happens:
 
-1. **read** (``map_batches`` tasks): each image is read (local file, zip member or ``s3://``
-   object), size-checked and hashed; a missing or oversized image becomes the item's failure;
-2. **ledger check** (``map_batches`` on one small actor, on the driver's node): which
-   encoders each image still needs, from the ledger (one round trip per batch), so a rerun
-   over an unchanged catalog encodes nothing;
+1. **ledger check**: the driver looks the window's ids up in the ledger (one round trip per
+   batch); an id the ledger knows has its image read, size-checked and hashed by read tasks
+   (``hash_images``, a Ray Dataset of tasks only) that keep no bytes, and compared with
+   its entries; an unchanged image goes no further (no bytes carried, no decoding, no
+   actor), and the driver counts it skipped once the catalog confirms its product;
+2. **read** (``map_batches`` tasks) of the new and changed images only: read (local file,
+   zip member or ``s3://`` object), size-checked and hashed; a missing or oversized image
+   becomes the item's failure;
 3. **encode** (``map_batches`` on an ``ActorPoolStrategy(size=workers)``, one CPU each): one
    encoder set per actor (one ONNX/torch thread each), the items that need it encoded in
-   batches (``encode_plan``, as the local engine), an image the encoder rejects marked broken;
-4. **write**, on the driver, from ``iter_batches`` (order preserved): the local pipeline's own
-   validation (duplicate ids, image type), then the Indexer's plan (authoritative: it reads the
-   ledger and products again), the actors' vectors taken for what the plan encodes (anything
-   they did not compute, e.g. an http(s) image fetched by the driver or new words of an
-   unchanged image, is encoded on the driver), and the batch written under the home's write
-   lock, flushed and recorded in the ledger, in order.
+   batches (``encode_plan``, as the local engine), an image the encoder rejects marked
+   broken; this Dataset is only built (its actors only started) when a window has images
+   to encode;
+4. **write**, on the driver, in source order: the local pipeline's own validation
+   (duplicate ids, image type), then the Indexer's plan (authoritative: it reads the ledger
+   and products again), the actors' vectors taken for what the plan encodes (anything they
+   did not compute, e.g. an http(s) image fetched by the driver or new words of an unchanged
+   image, is encoded on the driver), and the batch written under the home's write lock,
+   flushed and recorded in the ledger, in order.
 
 So the guarantees are the local engine's: idempotent by content hash, a crash of the driver
 or of a worker costs at most the unacknowledged batches (Ray Data restarts a dead actor and
@@ -38,17 +41,24 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from domain.errors import FashionSearchError
-from domain.images import sniff_image_type
-from domain.indexer import BatchPlan, EncodedBatch, IndexItem, PlannedItem, encode_plan
+from domain.images import content_hash, sniff_image_type
+from domain.indexer import (
+    BatchPlan,
+    EncodedBatch,
+    IndexItem,
+    PlannedItem,
+    encode_plan,
+    stored_image_key,
+)
 from domain.model import Modality, product_text_space
-from domain.ports import Catalog, Encoder, Vectors, encoder_version, versioned_entry
+from domain.ports import Encoder, Vectors, encoder_version, versioned_entry
 from ingest.pipeline import IngestOptions, IngestPipeline, _Batch, _Raw, _read_batch
-from ingest.readers import SourceItem
+from ingest.readers import RemoteImage, SourceItem
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,12 +77,10 @@ first batch is encoded after reading 50,000 rows, not the whole manifest, and th
 store holds one window's rows; each window starts its actors again (a model load, a few
 seconds against the minutes its encoding takes)."""
 RAY_TEMP_DIR_PREFIX = "fs-ray-"
-ITEM, RAW, NEEDS, ENCODED = "item", "raw", "needs", "encoded"
+ITEM, RAW, NEEDS, ENCODED, EXPECTED = "item", "raw", "needs", "encoded", "expected"
 
 EncoderFactory = Callable[[], Sequence[Encoder]]
 """Builds the run's encoders inside an actor (picklable: the composition root's)."""
-CatalogFactory = Callable[[], Catalog]
-"""Opens the catalog (read for the ledger) inside an actor (picklable)."""
 
 
 class RayUnavailable(FashionSearchError):
@@ -176,46 +184,36 @@ def _binary(values: Sequence[object]) -> pa.Array:
     return pa.array([None if v is None else pickle.dumps(v) for v in values], pa.large_binary())
 
 
-def read_images(batch: pa.Table, max_bytes: int) -> pa.Table:
-    """Stage 1 (tasks): the images read, size-checked and hashed (the local pipeline's
-    reading)."""
+def hash_images(batch: pa.Table, max_bytes: int, versions: dict[str, str]) -> pa.Table:
+    """The ledger check (tasks): each image read, size-checked and hashed against the
+    ledger entries the driver looked up (``EXPECTED``); the encoders it still needs. The
+    bytes are dropped here, also for the images that need encoding (the encode stage reads
+    them again): what comes back is a few hundred bytes a row."""
     import pyarrow as pa
 
     items: list[SourceItem] = _objects(batch, ITEM)
+    expected: list[dict[str, str]] = _objects(batch, EXPECTED)
     raws = _read_batch(iter(items), len(items), max_bytes)
-    return pa.table({RAW: _binary(raws)})
+    needs: list[list[str]] = []
+    for raw, entries in zip(raws, expected, strict=True):
+        if raw.failure is not None or raw.digest is None:
+            needs.append([])
+            continue
+        needs.append(
+            [e for e, v in versions.items() if entries.get(e) != versioned_entry(raw.digest, v)]
+        )
+        raw.content_type = sniff_image_type(raw.data or b"")
+        raw.unchanged = not needs[-1]
+        raw.data = None
+    return pa.table({RAW: _binary(raws), NEEDS: pa.array(needs, pa.list_(pa.string()))})
 
 
-class LedgerCheck:
-    """Stage 2 (one actor): which encoders each readable image still needs."""
-
-    def __init__(self, catalog: CatalogFactory, versions: dict[str, str], reindex: bool) -> None:
-        self._loop = asyncio.new_event_loop()  # the catalog's client stays on one loop
-        self._catalog = catalog()
-        self._versions = versions
-        self._reindex = reindex
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        raws: list[_Raw] = _objects(batch, RAW)
-        readable = [r for r in raws if r.failure is None and r.digest is not None]
-        ledger: dict[str, dict[str, str]] = {}
-        if readable and not self._reindex:
-            ids = [r.item.id for r in readable]
-            lookup = self._catalog.ledger_entries(list(self._versions), ids)
-            ledger = self._loop.run_until_complete(lookup)
-        needs = [
-            [
-                encoder_id
-                for encoder_id, version in self._versions.items()
-                if ledger.get(encoder_id, {}).get(r.item.id) != versioned_entry(r.digest, version)
-            ]
-            if r.failure is None and r.digest is not None
-            else []
-            for r in raws
-        ]
-        return batch.append_column(NEEDS, pa.array(needs, pa.list_(pa.string())))
+def read_images(batch: pa.Table, max_bytes: int) -> pa.Table:
+    """Stage 1 of the encode pipeline (tasks): the images read, size-checked and hashed (the
+    local pipeline's reading)."""
+    items: list[SourceItem] = _objects(batch, ITEM)
+    raws = _read_batch(iter(items), len(items), max_bytes)
+    return batch.append_column(RAW, _binary(raws))
 
 
 class EncodeImages:
@@ -276,6 +274,19 @@ class EncodeImages:
 # -- the engine (driver side) ------------------------------------------------------------------
 
 
+@dataclass
+class RayRunStats:
+    """What a run sent to Ray (countable: a rerun that changes nothing sends no image to the
+    encoders and starts no encoder actor)."""
+
+    images_hashed: int = 0
+    """Images read by the ledger check tasks (their bytes dropped there)."""
+    images_to_encoders: int = 0
+    """Rows given to the encode stage (read again, decoded, encoded by the actors)."""
+    encoder_datasets: int = 0
+    """Datasets run with an encoder actor pool (each starts ``workers`` actors)."""
+
+
 @dataclass(frozen=True)
 class RayEngine:
     """A connected Ray and what its stages need from the composition root."""
@@ -283,46 +294,68 @@ class RayEngine:
     ray: ModuleType
     workers: int
     encoders: EncoderFactory
-    catalog: CatalogFactory
     window_rows: int = WINDOW_ROWS
 
-    def dataset(
-        self, source: Iterator[SourceItem], encoders: Sequence[Encoder], options: IngestOptions
-    ) -> Any | None:
-        """The pipeline over the source's next ``window_rows`` rows (None when none are
-        left). Reads them into the object store a batch at a time."""
+    def _blocks(self, columns: dict[str, Sequence[object]], size: int) -> list[Any]:
+        """The rows in the object store, one block per batch (each stage gets one input per
+        batch to spread over its workers)."""
         import pyarrow as pa
 
-        ray = self.ray
+        rows = len(next(iter(columns.values())))
+        return [
+            self.ray.put(
+                pa.table(
+                    {
+                        name: _binary(values[start : start + size])
+                        if name != NEEDS
+                        else pa.array(values[start : start + size], pa.list_(pa.string()))
+                        for name, values in columns.items()
+                    }
+                )
+            )
+            for start in range(0, rows, size)
+        ]
+
+    def _readers(self) -> Any:
+        return self.ray.data.TaskPoolStrategy(size=-(-self.workers // ENCODERS_PER_READER))
+
+    def hashed(
+        self,
+        items: Sequence[SourceItem],
+        expected: Sequence[dict[str, str]],
+        versions: dict[str, str],
+        options: IngestOptions,
+    ) -> Iterator[pa.Table]:
+        """The ledger check of items the ledger knows (``hash_images``): tasks only, no
+        encoder actor; batches of RAW (bytes dropped) and NEEDS, in order."""
         size = options.batch_size
-        blocks = []
-        window = itertools.islice(source, self.window_rows)
-        while chunk := list(itertools.islice(window, size)):
-            blocks.append(ray.put(pa.table({ITEM: _binary(chunk)})))
-        if not blocks:
-            return None
-        node = ray.get_runtime_context().get_node_id()
-        versions = {e.id: encoder_version(e) for e in encoders}
-        return (
-            ray.data.from_arrow_refs(blocks)
+        dataset = self.ray.data.from_arrow_refs(
+            self._blocks({ITEM: items, EXPECTED: expected}, size)
+        ).map_batches(
+            hash_images,
+            fn_kwargs={"max_bytes": options.max_image_bytes, "versions": versions},
+            batch_size=size,
+            batch_format="pyarrow",
+            num_cpus=READ_CPUS,
+            compute=self._readers(),
+        )
+        return iter(dataset.iter_batches(batch_size=size, batch_format="pyarrow"))
+
+    def encoded(
+        self, items: Sequence[SourceItem], needs: Sequence[list[str]], options: IngestOptions
+    ) -> Iterator[pa.Table]:
+        """Items to encode: read (tasks), encoded (the actor pool); batches of RAW and
+        ENCODED, in order."""
+        ray, size = self.ray, options.batch_size
+        dataset = (
+            ray.data.from_arrow_refs(self._blocks({ITEM: items, NEEDS: needs}, size))
             .map_batches(
                 read_images,
                 fn_kwargs={"max_bytes": options.max_image_bytes},
                 batch_size=size,
                 batch_format="pyarrow",
                 num_cpus=READ_CPUS,
-                compute=ray.data.TaskPoolStrategy(size=-(-self.workers // ENCODERS_PER_READER)),
-            )
-            .map_batches(
-                LedgerCheck,
-                fn_constructor_args=(self.catalog, versions, options.reindex),
-                batch_size=size,
-                batch_format="pyarrow",
-                num_cpus=0,
-                compute=ray.data.ActorPoolStrategy(size=1),
-                # an embedded home's catalog is a file on the driver's machine (pinned as Ray
-                # Data pins its local:// reads)
-                label_selector={ray._raylet.RAY_NODE_ID_KEY: node},
+                compute=self._readers(),
             )
             .map_batches(
                 EncodeImages,
@@ -333,57 +366,176 @@ class RayEngine:
                 compute=ray.data.ActorPoolStrategy(size=self.workers),
             )
         )
+        return iter(
+            dataset.iter_batches(
+                batch_size=size, batch_format="pyarrow", prefetch_batches=options.read_ahead
+            )
+        )
 
 
 @contextmanager
-def ray_engine(
-    options: RayOptions, encoders: EncoderFactory, catalog: CatalogFactory
-) -> Iterator[RayEngine]:
-    """Ray connected (``ray_runtime``); each run's dataset starts ``options.workers``
-    encoder actors and stops them when it is done."""
+def ray_engine(options: RayOptions, encoders: EncoderFactory) -> Iterator[RayEngine]:
+    """Ray connected (``ray_runtime``); each window that has images to encode starts
+    ``options.workers`` encoder actors and stops them when it is done."""
     with ray_runtime(options) as ray:
-        yield RayEngine(ray, options.workers, encoders, catalog)
+        yield RayEngine(ray, options.workers, encoders)
+
+
+class _Window:
+    """One window's rows in source order, filled in as the stages answer; handed on to the
+    validation in batches, in order, as soon as a prefix is complete."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: list[_Raw | None] = [None] * size
+        self.sent = 0
+
+    def ready(self, batch_size: int, final: bool) -> Iterator[list[_Raw]]:
+        while self.sent < len(self.rows):
+            end = min(self.sent + batch_size, len(self.rows))
+            if not final and end - self.sent < batch_size:
+                return
+            chunk = self.rows[self.sent : end]
+            if any(raw is None for raw in chunk):
+                return
+            self.sent = end
+            yield [raw for raw in chunk if raw is not None]
 
 
 class RayIngestPipeline(IngestPipeline):
     """The local pipeline fed by the Ray Data pipeline: validation, plan, writes, report and
-    progress are inherited unchanged; vectors come from the encoder actors."""
+    progress are inherited unchanged; vectors come from the encoder actors.
+
+    Each window of source rows is checked against the ledger first: the driver looks the
+    ids up (one round trip per batch); images of ids the ledger knows are hashed by read
+    tasks that keep no bytes; only new or changed images go on to the encode stage (read
+    again, encoded by the actor pool, which is not started when nothing needs encoding).
+    Unchanged items reach the writer without their bytes, and are counted as skipped once
+    the catalog confirms their product (name, description, tags, image key) is unchanged;
+    otherwise their image is read here and goes through the plan as usual."""
 
     def __init__(self, *args: Any, engine: RayEngine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._engine = engine
         self._precomputed: dict[str, Precomputed] = {}
         """By product id, until its batch is planned (a later equal id never overwrites)."""
+        self.stats = RayRunStats()
 
     async def _produce(
         self,
         source: Iterator[SourceItem],
         queue: asyncio.Queue[_Batch | BaseException | None],
     ) -> None:
-        options = self._options
-        engine, encoders = self._engine, self._encoders
+        rows = self._engine.window_rows
         try:
-            while (
-                dataset := await asyncio.to_thread(engine.dataset, source, encoders, options)
-            ) is not None:
-                batches = iter(
-                    dataset.iter_batches(
-                        batch_size=options.batch_size,
-                        batch_format="pyarrow",
-                        prefetch_batches=options.read_ahead,
-                    )
-                )
-                while (table := await asyncio.to_thread(next, batches, None)) is not None:
-                    raws: list[_Raw] = _objects(table, RAW)
-                    for raw, done in zip(raws, _objects(table, ENCODED), strict=True):
-                        if done is not None:
-                            self._precomputed.setdefault(raw.item.id, done)
-                    await self._fetch_remote(raws)
-                    await queue.put(self._validate(raws))
+            while items := await asyncio.to_thread(lambda: list(itertools.islice(source, rows))):
+                await self._run_window(items, queue)
         except Exception as exc:
             await queue.put(exc)
             return
         await queue.put(None)
+
+    async def _run_window(
+        self, items: list[SourceItem], queue: asyncio.Queue[_Batch | BaseException | None]
+    ) -> None:
+        options, engine = self._options, self._engine
+        versions = {e.id: encoder_version(e) for e in self._encoders}
+        window = _Window(len(items))
+        to_hash: list[int] = []
+        expected: list[dict[str, str]] = []
+        to_encode: list[int] = []
+        needs: dict[int, list[str]] = {}
+        for start in range(0, len(items), options.batch_size):
+            local = []
+            for at in range(start, min(start + options.batch_size, len(items))):
+                item = items[at]
+                if item.problem is not None or isinstance(item.image, RemoteImage):
+                    # the driver reports or fetches these, as the local engine does
+                    window.rows[at] = _read_batch(iter([item]), 1, options.max_image_bytes)[0]
+                else:
+                    local.append(at)
+            ledger: dict[str, dict[str, str]] = {}
+            if local and not options.reindex:
+                ids = [items[at].id for at in local]
+                ledger = await self._catalog.ledger_entries(list(versions), ids)
+            for at in local:
+                known = {
+                    e: rows[items[at].id] for e, rows in ledger.items() if items[at].id in rows
+                }
+                if known:
+                    to_hash.append(at)
+                    expected.append(known)
+                else:
+                    to_encode.append(at)
+                    needs[at] = list(versions)
+        if to_hash:
+            self.stats.images_hashed += len(to_hash)
+            hashed = engine.hashed([items[at] for at in to_hash], expected, versions, options)
+            positions = iter(to_hash)
+            while (table := await asyncio.to_thread(next, hashed, None)) is not None:
+                for raw, need in zip(
+                    _objects(table, RAW), table.column(NEEDS).to_pylist(), strict=True
+                ):
+                    at = next(positions)
+                    if raw.failure is None and need:
+                        to_encode.append(at)
+                        needs[at] = need
+                    else:
+                        window.rows[at] = raw
+            to_encode.sort()
+        await self._hand_on(window, queue, final=not to_encode)
+        if not to_encode:
+            return
+        self.stats.images_to_encoders += len(to_encode)
+        self.stats.encoder_datasets += 1
+        encoded = engine.encoded(
+            [items[at] for at in to_encode], [needs[at] for at in to_encode], options
+        )
+        positions = iter(to_encode)
+        while (table := await asyncio.to_thread(next, encoded, None)) is not None:
+            for raw, done in zip(_objects(table, RAW), _objects(table, ENCODED), strict=True):
+                window.rows[next(positions)] = raw
+                if done is not None:
+                    self._precomputed.setdefault(raw.item.id, done)
+            await self._hand_on(window, queue, final=False)
+        await self._hand_on(window, queue, final=True)
+
+    async def _hand_on(
+        self,
+        window: _Window,
+        queue: asyncio.Queue[_Batch | BaseException | None],
+        final: bool,
+    ) -> None:
+        """The window's next complete batches to the validation and the writer, in order."""
+        for raws in window.ready(self._options.batch_size, final):
+            await self._fetch_remote(raws)
+            batch = self._validate(raws)
+            await self._confirm_unchanged(batch)
+            await queue.put(batch)
+
+    async def _confirm_unchanged(self, batch: _Batch) -> None:
+        """Items the ledger knows by content hash are skipped when the catalog holds their
+        product as the source describes it (what the Indexer's plan would decide); the
+        others (new name, tags, ...) have their image read here and are planned as usual."""
+        if not batch.unchanged:
+            return
+        existing = await self._catalog.get_many([i.id for i in batch.unchanged])
+        for item in batch.unchanged:
+            stored = existing.get(item.id)
+            key = stored_image_key(item.id, item.digest, item.content_type, stored)
+            if stored is not None and stored == item.product(key):
+                batch.skipped.append(item.id)
+                continue
+            source, limit = batch.sources[item.id], self._options.max_image_bytes
+            raw = (await asyncio.to_thread(_read_batch, iter([source]), 1, limit))[0]
+            if raw.failure is not None:
+                batch.failures.append(raw.failure)
+                continue
+            data = raw.data or b""
+            content_type = sniff_image_type(data) or item.content_type
+            batch.ready.append(
+                replace(item, image=data, digest=content_hash(data), content_type=content_type)
+            )
+        batch.unchanged.clear()
 
     async def _vectors(self, plan: BatchPlan) -> EncodedBatch:
         """The actors' vectors for what the plan encodes; the rest (none, usually) encoded

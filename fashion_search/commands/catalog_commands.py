@@ -169,9 +169,7 @@ async def run_ingest(
         with ingest_progress("Ingesting") as on_progress:
             pipeline = container.ingest_pipeline(encoders, options, on_progress)
             return await pipeline.run(source, total)
-    with ray_engine(
-        on_ray, container.ray_encoder_factory(encoders), container.ray_catalog_factory()
-    ) as engine:
+    with ray_engine(on_ray, container.ray_encoder_factory(encoders)) as engine:
         console.print(f"Ray Data: {on_ray.workers} encoder actor(s)", highlight=False)
         with ingest_progress("Ingesting on Ray") as on_progress:
             ray_pipeline = container.ingest_pipeline(encoders, options, on_progress, engine)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -31,7 +32,9 @@ from fashion_search.wiring import Container, build, s3_access
 from ingest.pipeline import IngestOptions
 from ingest.ray_engine import (
     ENCODER_PROCESS_TITLE,
+    RayIngestPipeline,
     RayOptions,
+    RayRunStats,
     RayUnavailable,
     ray_engine,
     ray_runtime,
@@ -63,6 +66,8 @@ SMALL_BATCH = 16
 """Batches of the crash tests: several are acknowledged before the end."""
 RECOVERY_WINDOW = 40
 """Source rows per Ray Dataset in the killed-actor test (three windows, the last one short)."""
+CHANGED_CATALOG = 24
+"""Products of the changed-catalog rerun test (one new photo, one new name)."""
 VECTOR_TOLERANCE = 1e-4
 """Batch composition changes the float sums a little (unit vectors)."""
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +115,7 @@ async def ingest_on(
     container: Container | None = None,
     on_progress: Any = None,
     window_rows: int | None = None,
+    stats: list[RayRunStats] | None = None,
 ) -> IngestSummary:
     container = container or build(settings)
     encoders = [container.encoders.get(None)]
@@ -119,12 +125,13 @@ async def ingest_on(
             if engine is None:
                 pipeline = container.ingest_pipeline(encoders, options, on_progress)
                 return await pipeline.run(source, limit)
-            with ray_engine(
-                engine, container.ray_encoder_factory(encoders), container.ray_catalog_factory()
-            ) as running:
+            with ray_engine(engine, container.ray_encoder_factory(encoders)) as running:
                 if window_rows is not None:
                     running = replace(running, window_rows=window_rows)
                 ray_pipeline = container.ingest_pipeline(encoders, options, on_progress, running)
+                assert isinstance(ray_pipeline, RayIngestPipeline)
+                if stats is not None:
+                    stats.append(ray_pipeline.stats)
                 return await ray_pipeline.run(source, limit)
     finally:
         await container.aclose()
@@ -219,9 +226,69 @@ async def test_ray_gives_the_local_engines_catalog_and_a_rerun_changes_nothing(
     assert summary.failures == local_summary.failures
     assert_same(await snapshot(build(settings)), want)
 
-    again = await ingest_on(settings, kaggle_zip, REFERENCE_PRODUCTS, engine=RayOptions(workers=2))
-    assert (again.indexed, again.updated) == (0, 0)
+    actors_before = encoder_actors_started()
+    stats: list[RayRunStats] = []
+    again = await ingest_on(
+        settings, kaggle_zip, REFERENCE_PRODUCTS, engine=RayOptions(workers=2), stats=stats
+    )
+    assert (again.indexed, again.updated, again.failed) == (0, 0, local_summary.failed)
     assert again.skipped_unchanged == local_summary.indexed
+    # checked against the ledger by hash only: no image went on to the encoders, and no
+    # encoder actor was started (Ray's own actor table says so too)
+    assert stats[0].images_hashed == local_summary.indexed
+    assert (stats[0].images_to_encoders, stats[0].encoder_datasets) == (0, 0)
+    assert encoder_actors_started() == actors_before > 0
+
+
+def encoder_actors_started() -> int:
+    """Encoder actors this module's Ray has ever started (alive or dead), from its actor
+    table (``ray.util.state`` needs the dashboard, which the tests do not start)."""
+    from ray._private.state import actors
+
+    return sum("EncodeImages" in a["ActorClassName"] for a in actors().values())
+
+
+async def test_a_rerun_encodes_exactly_the_changed_images(
+    local_ray: str, reference: tuple[Snapshot, IngestSummary], kaggle_zip: Path, tmp_path: Path
+) -> None:
+    want = reference[0]
+    ids = first_ids(kaggle_zip, CHANGED_CATALOG)
+    manifest = tmp_path / "catalog" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    images = {pid: want.images[want.products[pid].image_keys[0]] for pid in ids}
+    write_manifest(manifest, images, {pid: want.products[pid].name for pid in ids})
+    settings = home_settings(tmp_path / "home")
+    first = await ingest_on(settings, manifest, CHANGED_CATALOG, engine=RayOptions(workers=1))
+    assert first.indexed == CHANGED_CATALOG
+
+    new_photo, renamed, donor = ids[0], ids[1], ids[-1]
+    images[new_photo] = images[donor]
+    names = {pid: want.products[pid].name for pid in ids} | {renamed: "renamed product"}
+    write_manifest(manifest, images, names)
+    stats: list[RayRunStats] = []
+    again = await ingest_on(
+        settings, manifest, CHANGED_CATALOG, engine=RayOptions(workers=1), stats=stats
+    )
+    assert (again.indexed, again.updated, again.skipped_unchanged, again.failed) == (
+        1,
+        1,
+        CHANGED_CATALOG - 2,
+        0,
+    )
+    assert (stats[0].images_hashed, stats[0].images_to_encoders) == (CHANGED_CATALOG, 1)
+    got = await snapshot(build(settings))
+    np.testing.assert_allclose(got.vectors[new_photo], want.vectors[donor], atol=VECTOR_TOLERANCE)
+    assert got.products[renamed].name == "renamed product"
+    assert got.images[got.products[new_photo].image_keys[0]] == images[donor]
+
+
+def write_manifest(path: Path, images: dict[str, bytes], names: dict[str, str]) -> None:
+    """A JSONL manifest of the products, each image a file beside it."""
+    lines = []
+    for pid, data in images.items():
+        (path.parent / f"{pid}.jpg").write_bytes(data)
+        lines.append(json.dumps({"id": pid, "image": f"{pid}.jpg", "name": names[pid]}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 async def test_a_killed_encoder_actor_is_replaced_and_the_run_completes(
