@@ -569,7 +569,7 @@ async def encode_plan(plan: BatchPlan) -> EncodedBatch:
     for encoder in plan.encoders:
         group = [p for p in plan.encode if encoder.id in p.needs and p.item.id not in broken]
         if group:
-            vectors[encoder.id] = await _encode_group(encoder, group, broken)
+            vectors[encoder.id] = await encode_image_group(encoder, group, broken)
     text_vectors: dict[str, dict[str, Vectors]] = {}
     for encoder in plan.encoders:
         # the words go with the image vectors this encoder writes, and with new words
@@ -579,7 +579,7 @@ async def encode_plan(plan: BatchPlan) -> EncodedBatch:
             if p.item.id not in broken and (encoder.id in p.needs or p in plan.reworded)
         ]
         if Modality.TEXT in encoder.modalities and words:
-            text_vectors[product_text_space(encoder.id)] = await _encode_words(encoder, words)
+            text_vectors[product_text_space(encoder.id)] = await encode_words(encoder, words)
     return EncodedBatch(plan, vectors, broken, text_vectors)
 
 
@@ -623,7 +623,7 @@ def _tags_of(product: Product | None) -> Mapping[str, str]:
     return product.tags if product is not None else {}
 
 
-async def _encode_group(
+async def encode_image_group(
     encoder: Encoder, group: Sequence[PlannedItem], broken: dict[str, str]
 ) -> dict[str, Vectors]:
     """Vectors by product id; images the encoder rejects are recorded in ``broken``."""
@@ -656,7 +656,7 @@ def product_words(product: IndexItem) -> str:
     return ". ".join(t.strip() for t in (product.name, product.description or "") if t.strip())
 
 
-async def _encode_words(encoder: Encoder, items: Sequence[PlannedItem]) -> dict[str, Vectors]:
+async def encode_words(encoder: Encoder, items: Sequence[PlannedItem]) -> dict[str, Vectors]:
     """The vectors of the items' words (items without words have none), shortest texts
     first in calls of WORDS_PER_CALL (see there)."""
     worded = [(p.item.id, product_words(p.item)) for p in items]

@@ -62,6 +62,33 @@ class VersionedEncoder(Encoder, Protocol):
     def version(self) -> str: ...
 
 
+PreparedImage = Mapping[str, npt.NDArray[np.float32]]
+"""One image ready for an encoder's networks: named arrays (fashion-lite: the pixels and the
+colour statistics)."""
+
+
+@runtime_checkable
+class PreparingEncoder(Encoder, Protocol):
+    """An encoder whose image path splits where its networks start: ``prepare_image``
+    decodes and preprocesses one image (no model needed), ``encode_prepared`` runs the
+    networks on prepared images stacked by name (``stack_prepared``). Together they give
+    exactly ``encode_images``' vectors, so an ingest engine can prepare images where it reads
+    them and keep its model processes for the networks (the Ray engine)."""
+
+    def prepare_image(self, data: bytes) -> dict[str, npt.NDArray[np.float32]]:
+        """Raises InvalidImage as ``encode_images`` does."""
+        ...
+
+    def encode_prepared(self, prepared: PreparedImage) -> Vectors:
+        """[n, dim] float32 unit vectors from arrays of n prepared images each."""
+        ...
+
+
+def stack_prepared(images: Sequence[PreparedImage]) -> dict[str, npt.NDArray[np.float32]]:
+    """Prepared images stacked by name, for ``encode_prepared`` (at least one image)."""
+    return {name: np.stack([image[name] for image in images]) for name in images[0]}
+
+
 def ledger_entry(encoder: Encoder, content_hash: str) -> str:
     """What the ingest ledger records for a product indexed by ``encoder``: the image's
     content hash, tagged with the encoder's version when it has one."""

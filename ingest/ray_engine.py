@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -45,19 +46,30 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from domain.errors import FashionSearchError
+import numpy as np
+import numpy.typing as npt
+
+from domain.errors import FashionSearchError, InvalidImage
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import (
     BatchPlan,
     EncodedBatch,
     IndexItem,
     PlannedItem,
-    encode_plan,
+    encode_image_group,
+    encode_words,
     stored_image_key,
 )
 from domain.model import Modality, product_text_space
-from domain.ports import Encoder, Vectors, encoder_version, versioned_entry
-from ingest.pipeline import IngestOptions, IngestPipeline, _Batch, _Raw, _read_batch
+from domain.ports import Encoder, PreparingEncoder, Vectors, encoder_version, versioned_entry
+from ingest.pipeline import (
+    IngestOptions,
+    IngestPipeline,
+    _Batch,
+    _index_item,
+    _Raw,
+    _read_batch,
+)
 from ingest.readers import RemoteImage, SourceItem
 
 if TYPE_CHECKING:
@@ -78,6 +90,8 @@ store holds one window's rows; each window starts its actors again (a model load
 seconds against the minutes its encoding takes)."""
 RAY_TEMP_DIR_PREFIX = "fs-ray-"
 ITEM, RAW, NEEDS, ENCODED, EXPECTED = "item", "raw", "needs", "encoded", "expected"
+PREPARED, BROKEN = "prepared|", "broken|"
+"""Column prefixes of an encoder's prepared arrays and of why it rejected an image."""
 
 EncoderFactory = Callable[[], Sequence[Encoder]]
 """Builds the run's encoders inside an actor (picklable: the composition root's)."""
@@ -208,67 +222,171 @@ def hash_images(batch: pa.Table, max_bytes: int, versions: dict[str, str]) -> pa
     return pa.table({RAW: _binary(raws), NEEDS: pa.array(needs, pa.list_(pa.string()))})
 
 
-def read_images(batch: pa.Table, max_bytes: int) -> pa.Table:
+def _preparing(factory: EncoderFactory) -> list[PreparingEncoder]:
+    """The run's encoders that prepare images apart from their networks, built once per
+    worker process (no model is loaded to prepare)."""
+    key = pickle.dumps(factory)
+    if key not in _PREPARING:
+        _PREPARING[key] = [e for e in factory() if isinstance(e, PreparingEncoder)]
+    return _PREPARING[key]
+
+
+_PREPARING: dict[bytes, list[PreparingEncoder]] = {}
+
+
+def _prepared_column(encoder_id: str, name: str) -> str:
+    return f"{PREPARED}{encoder_id}|{name}"
+
+
+def _broken_column(encoder_id: str) -> str:
+    return f"{BROKEN}{encoder_id}"
+
+
+def prepare_images(
+    batch: pa.Table, max_bytes: int, factory: EncoderFactory
+) -> dict[str, npt.NDArray[Any]]:
     """Stage 1 of the encode pipeline (tasks): the images read, size-checked and hashed (the
-    local pipeline's reading)."""
+    local pipeline's reading), then decoded and preprocessed for each encoder that needs
+    them and can prepare apart from its networks (``PreparingEncoder``): arrays the actors
+    read from the object store without a copy; an image an encoder rejects is marked broken
+    for it. Rows not prepared for an encoder hold zeros."""
     items: list[SourceItem] = _objects(batch, ITEM)
+    needs: list[list[str]] = batch.column(NEEDS).to_pylist()
     raws = _read_batch(iter(items), len(items), max_bytes)
-    return batch.append_column(RAW, _binary(raws))
+    out: dict[str, npt.NDArray[Any]] = {
+        RAW: _object_array([pickle.dumps(raw) for raw in raws]),
+        NEEDS: _object_array([json.dumps(need) for need in needs]),
+    }
+    for encoder in _preparing(factory):
+        prepared: list[dict[str, npt.NDArray[np.float32]] | None] = []
+        broken: list[str] = []
+        for raw, need in zip(raws, needs, strict=True):
+            arrays, why = None, ""
+            if encoder.id in need and raw.data and sniff_image_type(raw.data):
+                try:
+                    arrays = encoder.prepare_image(raw.data)
+                except InvalidImage as exc:
+                    why = str(exc) or "the encoder cannot decode this image"
+            prepared.append(arrays)
+            broken.append(why)
+        out[_broken_column(encoder.id)] = _object_array(broken)
+        done = [arrays for arrays in prepared if arrays is not None]
+        if not done:
+            continue
+        for name, first in done[0].items():
+            blank = np.zeros_like(first)
+            out[_prepared_column(encoder.id, name)] = np.stack(
+                [arrays[name] if arrays is not None else blank for arrays in prepared]
+            )
+    return out
+
+
+def _object_array(values: Sequence[object]) -> npt.NDArray[Any]:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 class EncodeImages:
-    """Stage 3 (the actor pool): one encoder set per actor, built once by the run's
-    factory; each batch's images that need it encoded as the local engine does."""
+    """Stage 2 (the actor pool): one encoder set per actor, built once by the run's
+    factory; each batch's images that need it encoded as the local engine does: from the
+    prepared arrays (only the networks run here), or from the bytes for an encoder that
+    does not prepare apart."""
 
     def __init__(self, factory: EncoderFactory) -> None:
         self._loop = asyncio.new_event_loop()
         self._encoders = list(factory())
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        raws: list[_Raw] = _objects(batch, RAW)
-        needs: list[list[str]] = batch.column(NEEDS).to_pylist()
-        planned: dict[str, PlannedItem] = {}
-        for raw, need in zip(raws, needs, strict=True):
+    def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        raws: list[_Raw] = [pickle.loads(b) for b in batch[RAW]]
+        planned: dict[str, tuple[int, PlannedItem]] = {}
+        for row, (raw, need) in enumerate(zip(raws, batch[NEEDS], strict=True)):
             content_type = sniff_image_type(raw.data) if raw.data else None
-            if not need or raw.digest is None or content_type is None:
+            needs = json.loads(need)
+            if not needs or raw.digest is None or content_type is None:
                 continue
-            item = raw.item
             # the first of two equal ids only: the driver keeps the first one
-            planned.setdefault(
-                item.id,
-                PlannedItem(
-                    IndexItem(
-                        id=item.id,
-                        name=item.name,
-                        image=raw.data or b"",
-                        content_type=content_type,
-                        digest=raw.digest,
-                        description=item.description,
-                        tags=item.tags,
-                    ),
-                    key="",
-                    needs=list(need),
-                ),
-            )
-        plan = BatchPlan(self._encoders, list(planned.values()), [], {}, [], [])
-        encoded = self._loop.run_until_complete(encode_plan(plan)) if planned else None
+            if raw.item.id not in planned:
+                item = _index_item(raw.item, raw.data or b"", content_type, raw.digest)
+                planned[raw.item.id] = (row, PlannedItem(item, key="", needs=needs))
+        encoded = self._loop.run_until_complete(self._encode(batch, planned)) if planned else None
         results: list[Precomputed | None] = []
         for raw in raws:
-            item_plan = planned.get(raw.item.id)
-            if encoded is None or item_plan is None or item_plan.item.digest != raw.digest:
+            row_plan = planned.get(raw.item.id)
+            if encoded is None or row_plan is None or row_plan[1].item.digest != raw.digest:
                 results.append(None)
                 continue
             pid = raw.item.id
+            vectors, text, broken = encoded
             results.append(
                 Precomputed(
-                    digest=item_plan.item.digest,
-                    vectors={e: v[pid] for e, v in encoded.vectors.items() if pid in v},
-                    text={s: v[pid] for s, v in encoded.text_vectors.items() if pid in v},
-                    broken=encoded.broken.get(pid),
+                    digest=raw.digest,
+                    vectors={e: v[pid] for e, v in vectors.items() if pid in v},
+                    text={s: v[pid] for s, v in text.items() if pid in v},
+                    broken=broken.get(pid),
                 )
             )
             planned.pop(pid)  # a later equal id is not this item
-        return batch.append_column(ENCODED, _binary(results))
+        return {RAW: batch[RAW], ENCODED: _object_array([pickle.dumps(r) for r in results])}
+
+    async def _encode(
+        self, batch: dict[str, npt.NDArray[Any]], planned: dict[str, tuple[int, PlannedItem]]
+    ) -> tuple[dict[str, dict[str, Vectors]], dict[str, dict[str, Vectors]], dict[str, str]]:
+        """Image vectors by encoder, word vectors by text space, broken images (as
+        ``encode_plan``: an image one encoder rejects is not encoded by the next ones)."""
+        vectors: dict[str, dict[str, Vectors]] = {}
+        broken: dict[str, str] = {}
+        for encoder in self._encoders:
+            group = [
+                (row, p)
+                for row, p in planned.values()
+                if encoder.id in p.needs and p.item.id not in broken
+            ]
+            if not group:
+                continue
+            if _broken_column(encoder.id) in batch:
+                vectors[encoder.id] = await self._from_prepared(encoder, batch, group, broken)
+            else:
+                items = [p for _, p in group]
+                vectors[encoder.id] = await encode_image_group(encoder, items, broken)
+        text: dict[str, dict[str, Vectors]] = {}
+        for encoder in self._encoders:
+            words = [
+                p for _, p in planned.values() if p.item.id not in broken and encoder.id in p.needs
+            ]
+            if Modality.TEXT in encoder.modalities and words:
+                text[product_text_space(encoder.id)] = await encode_words(encoder, words)
+        return vectors, text, broken
+
+    @staticmethod
+    async def _from_prepared(
+        encoder: Encoder,
+        batch: dict[str, npt.NDArray[Any]],
+        group: list[tuple[int, PlannedItem]],
+        broken: dict[str, str],
+    ) -> dict[str, Vectors]:
+        assert isinstance(encoder, PreparingEncoder)
+        reasons = batch[_broken_column(encoder.id)]
+        for row, planned in group:
+            if reasons[row]:
+                broken[planned.item.id] = str(reasons[row])
+        ok = [(row, p) for row, p in group if not reasons[row]]
+        if not ok:
+            return {}
+        rows = np.array([row for row, _ in ok])
+        prefix = _prepared_column(encoder.id, "")
+        every_row = len(rows) == len(reasons) and bool((rows == np.arange(len(rows))).all())
+        prepared = {
+            column.removeprefix(prefix): values if every_row else values[rows]
+            for column, values in batch.items()
+            if column.startswith(prefix)
+        }
+        matrix = await asyncio.to_thread(encoder.encode_prepared, prepared)
+        if matrix.shape[0] != len(ok):
+            raise FashionSearchError(
+                f"encoder {encoder.id!r} returned {matrix.shape[0]} vectors for {len(ok)} images"
+            )
+        return {p.item.id: matrix[i] for i, (_, p) in enumerate(ok)}
 
 
 # -- the engine (driver side) ------------------------------------------------------------------
@@ -350,8 +468,8 @@ class RayEngine:
         dataset = (
             ray.data.from_arrow_refs(self._blocks({ITEM: items, NEEDS: needs}, size))
             .map_batches(
-                read_images,
-                fn_kwargs={"max_bytes": options.max_image_bytes},
+                prepare_images,
+                fn_kwargs={"max_bytes": options.max_image_bytes, "factory": self.encoders},
                 batch_size=size,
                 batch_format="pyarrow",
                 num_cpus=READ_CPUS,
@@ -361,7 +479,8 @@ class RayEngine:
                 EncodeImages,
                 fn_constructor_args=(self.encoders,),
                 batch_size=size,
-                batch_format="pyarrow",
+                batch_format="numpy",
+                zero_copy_batch=True,
                 num_cpus=1,
                 compute=ray.data.ActorPoolStrategy(size=self.workers),
             )

@@ -15,8 +15,8 @@ from PIL import Image
 
 from domain.errors import BadInput, EncoderUnavailable
 from domain.model import Modality
-from domain.ports import Vectors
-from encoders.backbones import ImageBackboneSpec, colour_histogram, image_array
+from domain.ports import PreparedImage, Vectors, stack_prepared
+from encoders.backbones import F32, ImageBackboneSpec, colour_histogram, image_array
 from encoders.fashion_lite.data import query_text
 from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads, HeadsSummary
 from encoders.fashion_lite.towers import (
@@ -31,6 +31,8 @@ from encoders.onnx_models import ModelDir, models_root
 
 ENCODER_ID = "fashion-lite"
 BATCH_SIZE = 32
+PIXELS, COLOUR = "pixels", "colour"
+"""The prepared image's arrays: [3, s, s] ImageNet-normalised pixels, [c] colour stats."""
 
 
 def _missing_heads(path: Path) -> EncoderUnavailable:
@@ -195,13 +197,36 @@ class FashionLiteEncoder:
         return self.encode_decoded(decoded)
 
     def encode_decoded(self, images: Sequence[Image.Image]) -> Vectors:
-        towers = self.towers
+        parts = [
+            self.encode_prepared(
+                stack_prepared(
+                    [self._prepare(image) for image in images[start : start + BATCH_SIZE]]
+                )
+            )
+            for start in range(0, len(images), BATCH_SIZE)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def prepare_image(self, data: bytes) -> dict[str, F32]:
+        """One image decoded and preprocessed (``PreparingEncoder``): what the image tower
+        takes, computed without loading it."""
+        return self._prepare(decode_image(data))
+
+    def _prepare(self, image: Image.Image) -> dict[str, F32]:
         spec = self._spec()
         crop = bool(self.summary.meta.get("crop", False))
-        parts = []
-        for start in range(0, len(images), BATCH_SIZE):
-            chunk = images[start : start + BATCH_SIZE]
-            pixels = np.stack([image_array(image, spec.size, crop) for image in chunk])
-            colour = np.stack([colour_histogram(image) for image in chunk])
-            parts.append(towers.image_vectors(pixels, colour))
+        return {PIXELS: image_array(image, spec.size, crop), COLOUR: colour_histogram(image)}
+
+    def encode_prepared(self, prepared: PreparedImage) -> Vectors:
+        """The image tower on prepared images, BATCH_SIZE at a time."""
+        pixels, colour = prepared[PIXELS], prepared[COLOUR]
+        if not len(pixels):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        towers = self.towers
+        parts = [
+            towers.image_vectors(
+                pixels[start : start + BATCH_SIZE], colour[start : start + BATCH_SIZE]
+            )
+            for start in range(0, len(pixels), BATCH_SIZE)
+        ]
         return np.concatenate(parts).astype(np.float32)

@@ -12,9 +12,11 @@ import pytest
 
 from domain.errors import BadInput, EncoderUnavailable, InvalidImage
 from domain.model import Modality
-from domain.ports import Encoder
+from domain.ports import Encoder, PreparingEncoder, stack_prepared
+from encoders.backbones import colour_histogram, image_array
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads
+from encoders.images import decode_image
 
 
 def test_committed_heads_are_small_and_describe_themselves() -> None:
@@ -78,6 +80,27 @@ def test_batching_equals_one_by_one(
         np.concatenate([fashion_lite.encode_images([i]) for i in demo_images]),
         atol=1e-4,
     )
+
+
+def test_prepared_images_encode_to_exactly_the_same_vectors(
+    fashion_lite: FashionLiteEncoder, demo_images: list[bytes]
+) -> None:
+    """The split the Ray engine uses (prepare where the image is read, encode in the actor)
+    gives encode_images' vectors bit for bit, and both equal the tower run on the
+    preprocessing's own functions (decode, pixels, colour statistics)."""
+    assert isinstance(fashion_lite, PreparingEncoder)
+    prepared = stack_prepared([fashion_lite.prepare_image(i) for i in demo_images])
+    split = fashion_lite.encode_prepared(prepared)
+    decoded = [decode_image(i) for i in demo_images]
+    size = fashion_lite._spec().size
+    crop = bool(fashion_lite.summary.meta.get("crop", False))
+    pixels = np.stack([image_array(image, size, crop) for image in decoded])
+    colour = np.stack([colour_histogram(image) for image in decoded])
+    by_hand = fashion_lite.towers.image_vectors(pixels, colour)
+    np.testing.assert_array_equal(split, fashion_lite.encode_images(demo_images))
+    np.testing.assert_array_equal(split, by_hand)
+    with pytest.raises(InvalidImage):
+        fashion_lite.prepare_image(b"GIF89a not supported")
 
 
 def test_thread_safety_smoke(fashion_lite: FashionLiteEncoder, demo_images: list[bytes]) -> None:
