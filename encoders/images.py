@@ -75,7 +75,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     with _opened(data) as image:
         _check_size(image, max_pixels)
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
     return to_rgb(image)
 
 
