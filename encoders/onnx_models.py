@@ -36,10 +36,11 @@ from domain.errors import EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Encoder
 
-EXPORT_FORMAT = 3
+EXPORT_FORMAT = 4
 """Bumped when the export code changes what it writes (part of every model directory name).
 1: torch's exporter; 2: the torch-free builder (``encoders.onnx_build``); 3: its weights in
-a file beside each graph."""
+a file beside each graph; 4: fashion-lite's image heads with an int8 first layer, as torch's
+(their float32 export is a directory of its own, ``-float32``)."""
 
 MANIFEST_NAME = "manifest.json"
 FALLBACK_MODELS_DIR = Path.home() / ".cache" / "fashion-search" / "models"
@@ -220,12 +221,16 @@ def minilm_model(root: Path) -> ModelDir:
     )
 
 
-def fashion_lite_model(root: Path, heads_digest: str, heads_name: str) -> ModelDir:
+def fashion_lite_model(
+    root: Path, heads_digest: str, heads_name: str, float32: bool = False
+) -> ModelDir:
     """The image tower (backbone, pooling and heads: pixels and colour stats -> vectors) and
-    the text head (MiniLM features -> vectors) of one heads file, named by its content."""
+    the text head (MiniLM features -> vectors) of one heads file, named by its content; the
+    image heads' wide first layers on int8 weights unless ``float32``."""
+    suffix = "-float32" if float32 else ""
     return ModelDir(
-        root / f"fashion-lite-{heads_digest[:12]}-f{EXPORT_FORMAT}",
-        f"the fashion-lite towers of {heads_name}",
+        root / f"fashion-lite-{heads_digest[:12]}-f{EXPORT_FORMAT}{suffix}",
+        f"the fashion-lite towers of {heads_name}" + (" (float32)" if float32 else ""),
     )
 
 

@@ -72,7 +72,8 @@ class FashionLiteEncoder:
         float32: bool = False,
     ) -> None:
         """``torch_threads``: intra-op threads of either runtime (0: its default);
-        ``float32``: on torch, no int8 first layer in the heads (the export's reference)."""
+        ``float32``: no int8 first layer in the image heads (on torch: the export's
+        reference; on ONNX Runtime: the float32 export)."""
         self._heads_path = heads_path
         self._id = encoder_id
         self._threads = torch_threads
@@ -148,7 +149,12 @@ class FashionLiteEncoder:
         with self._lock:
             if self._towers is None:
                 self._towers = OnnxTowers(
-                    self._heads_path, digest, spec, models_root(self._models_dir), self._threads
+                    self._heads_path,
+                    digest,
+                    spec,
+                    models_root(self._models_dir),
+                    self._threads,
+                    self._float32,
                 )
             return self._towers
 

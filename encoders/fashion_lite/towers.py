@@ -124,15 +124,23 @@ vector does not depend on its batch beyond float rounding (1e-6)."""
 class OnnxTowers:
     """The ONNX Runtime path: the exported image tower (backbone, pooling and heads in one
     graph), MiniLM and the text head; built from the packaged weights on first use when
-    missing (``encoders.onnx_models``, ``encoders.onnx_build``)."""
+    missing (``encoders.onnx_models``, ``encoders.onnx_build``). As on torch, the image
+    heads' wide first layers run on int8 weights unless ``float32``."""
 
     def __init__(
-        self, heads_path: Path, heads_digest: str, spec: ImageBackboneSpec, root: Path, threads: int
+        self,
+        heads_path: Path,
+        heads_digest: str,
+        spec: ImageBackboneSpec,
+        root: Path,
+        threads: int,
+        float32: bool = False,
     ) -> None:
         self._heads_path = heads_path
         self._spec = spec
         self._threads = threads
-        self._towers = fashion_lite_model(root, heads_digest, heads_path.name)
+        self._float32 = float32
+        self._towers = fashion_lite_model(root, heads_digest, heads_path.name, float32)
         self._minilm = minilm_model(root)
         self._lock = threading.Lock()
         # one lock per tower: a text search never waits for the image session being loaded
@@ -143,7 +151,9 @@ class OnnxTowers:
     def _towers_exporter(self) -> Exporter:
         from encoders.onnx_build import build_fashion_lite
 
-        return functools.partial(build_fashion_lite, self._heads_path, self._spec)
+        return functools.partial(
+            build_fashion_lite, self._heads_path, self._spec, int8_heads=not self._float32
+        )
 
     @staticmethod
     def _minilm_exporter() -> Exporter:

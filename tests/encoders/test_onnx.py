@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,6 +61,41 @@ def test_onnx_gives_torch_vectors_for_every_shipped_heads_file(
     assert min(result.min_image or 0, result.min_text or 0) >= PARITY_MIN_COSINE
     # and the export is not the torch path under another name
     assert all(model.exists() for model in exported.onnx_models())
+
+
+FLOAT32_MIN_COSINE = 0.99999
+"""The float32 export computes torch's float32 network: closer than the int8 heads' bound."""
+
+
+@pytest.mark.slow
+def test_int8_heads_are_the_float32_export_but_for_their_first_layer(
+    parity_inputs: tuple[list[bytes], list[str]],
+) -> None:
+    """The default export runs the image heads' wide first layers on int8 weights; the
+    ``float32`` switch keeps the float32 export, which is torch's float32 network (so a
+    parity failure of the default would be the quantisation, not the graph)."""
+    images, texts = parity_inputs
+    int8 = FashionLiteEncoder(DEFAULT_HEADS, runtime="onnx", models_dir=str(MODELS_DIR))
+    float32 = FashionLiteEncoder(
+        DEFAULT_HEADS, runtime="onnx", models_dir=str(MODELS_DIR), float32=True
+    )
+    reference = parity(float32, int8.torch_reference(), images, texts)
+    assert reference.min_image is not None
+    assert reference.min_image >= FLOAT32_MIN_COSINE
+    assert reference.min_text is not None
+    assert reference.min_text >= FLOAT32_MIN_COSINE
+    quantised = parity(int8, float32, images, texts)
+    assert quantised.ok, (quantised.min_image, quantised.min_text)
+    assert quantised.min_text == pytest.approx(1.0, abs=1e-6)  # the text head stays float32
+    assert quantised.min_image is not None
+    assert quantised.min_image < 1.0 - 1e-7
+    assert int8.version != float32.version  # catalogs are re-encoded when switching
+    operators = {
+        name: {node.op_type for node in _graph_nodes(encoder.onnx_models()[0].file(IMAGE_FILE))}
+        for name, encoder in (("int8", int8), ("float32", float32))
+    }
+    assert "MatMulNBits" in operators["int8"]
+    assert "MatMulNBits" not in operators["float32"]
 
 
 @pytest.mark.slow
@@ -228,6 +264,12 @@ def test_processes_exporting_at_once_agree_on_one_whole_model(tmp_path: Path) ->
     encoder = EffNetImageEncoder("effnet-lite0", VARIANTS["effnet-lite0"], models_dir=str(tmp_path))
     vector = encoder.encode_images([_white_jpeg()])
     np.testing.assert_allclose(np.linalg.norm(vector, axis=1), 1.0, atol=1e-5)
+
+
+def _graph_nodes(path: Path) -> list[Any]:
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _white_jpeg() -> bytes:
