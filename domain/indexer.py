@@ -658,15 +658,21 @@ def product_words(product: IndexItem) -> str:
 
 async def encode_words(encoder: Encoder, items: Sequence[PlannedItem]) -> dict[str, Vectors]:
     """The vectors of the items' words (items without words have none), shortest texts
-    first in calls of WORDS_PER_CALL (see there)."""
-    worded = [(p.item.id, product_words(p.item)) for p in items]
-    worded = sorted(((pid, text) for pid, text in worded if text), key=lambda w: len(w[1]))
+    first in calls of WORDS_PER_CALL (see there). A text is encoded once however many items
+    share it (an H&M product's colour variants share name and description; the text tower
+    costs about as much per product as the image tower)."""
+    sharing: dict[str, list[str]] = {}
+    for planned in items:
+        text = product_words(planned.item)
+        if text:
+            sharing.setdefault(text, []).append(planned.item.id)
+    texts = sorted(sharing, key=len)
     vectors: dict[str, Vectors] = {}
-    for start in range(0, len(worded), WORDS_PER_CALL):
-        chunk = worded[start : start + WORDS_PER_CALL]
-        matrix = await asyncio.to_thread(encoder.encode_texts, [text for _, text in chunk])
+    for start in range(0, len(texts), WORDS_PER_CALL):
+        chunk = texts[start : start + WORDS_PER_CALL]
+        matrix = await asyncio.to_thread(encoder.encode_texts, chunk)
         _check_shape(encoder, matrix, len(chunk))
-        vectors.update((pid, matrix[i]) for i, (pid, _) in enumerate(chunk))
+        vectors.update((pid, matrix[i]) for i, text in enumerate(chunk) for pid in sharing[text])
     return vectors
 
 

@@ -471,3 +471,17 @@ async def test_words_are_encoded_in_short_calls_of_similar_lengths() -> None:
     words = index.vectors[product_text_space("words")]
     for i, name in enumerate(names):  # each product has its own words' vector
         assert words[f"p{i}"].tobytes() == encoder.encode_texts([name])[0].tobytes()
+
+
+async def test_products_sharing_their_words_share_one_encoding() -> None:
+    # colour variants with the same name and description: one text-tower call for the text
+    encoder = CallRecordingEncoder()
+    index = InMemoryVectorIndex()
+    indexer = Indexer(index, InMemoryCatalog(), InMemoryImageStore())
+    names = ["Bruce skinny", "Bruce skinny", "Tilly top", "Bruce skinny"]
+    await indexer.index_batch([item(f"v{i}", name) for i, name in enumerate(names)], [encoder])
+    assert sorted(t for c in encoder.text_calls for t in c) == ["Bruce skinny", "Tilly top"]
+    words = index.vectors[product_text_space("words")]
+    assert set(words) == {"v0", "v1", "v2", "v3"}  # every variant still has its vector
+    for i, name in enumerate(names):
+        assert words[f"v{i}"].tobytes() == encoder.encode_texts([name])[0].tobytes()
