@@ -40,6 +40,16 @@ def _limit(text: str) -> int | None:
     return None if text in ("", "all", "none") else int(text)
 
 
+def _kinds(text: str) -> list[str]:
+    from bench.latency import KIND_LABELS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KIND_LABELS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"query kinds are some of {', '.join(KIND_LABELS)}")
+    return kinds
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -92,6 +102,13 @@ def parser() -> argparse.ArgumentParser:
         help="Requests per phase with concurrent clients.",
     )
     latency.add_argument("--concurrency", type=int, default=8)
+    latency.add_argument(
+        "--kinds",
+        type=_kinds,
+        default="graphql_text,rest_text,graphql_image",
+        help="Query kinds, comma-separated: graphql_text (HYBRID, the default mode), "
+        "graphql_text_visual (the same texts in mode VISUAL), rest_text, graphql_image.",
+    )
     latency.add_argument(
         "--stage-repeats",
         type=int,
@@ -180,6 +197,7 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             requests_8=args.concurrent_requests,
             concurrency=args.concurrency,
             stage_repeats=args.stage_repeats,
+            kinds=args.kinds,
         )
     if command == "ingest" and args.engine == "ray":
         from bench import ingest_ray

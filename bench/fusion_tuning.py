@@ -8,6 +8,8 @@ signals ``bench.fusion_signals`` recorded (so a configuration costs no search).
     # with a second draw (bench.fusion_signals GALLERY /tmp/signals 16) as validation:
     PYTHONPATH=. .venv/bin/python -m bench.fusion_tuning /tmp/signals \
         kaggle-train hm-extra kaggle-train-16 hm-extra-16
+    # every combination of GRID around the default (writes bench/results/fusion_grid.json):
+    PYTHONPATH=. .venv/bin/python -m bench.fusion_tuning --grid /tmp/signals kaggle-train hm-extra
 
 kaggle-train: 3,722 Kaggle products outside the committed held-out split (the held-out
 split's size); hm-extra: 1,518 hm-extra products, an H&M catalog the fashion-lite heads never
@@ -17,6 +19,7 @@ Writes bench/results/fusion_tuning.json; docs/relevance.md explains the choice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import sys
@@ -31,6 +34,17 @@ from domain.model import MatchQuality
 from fashion_search.shop_evaluation import ATTRIBUTE_KEYS, TOP_K
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fusion_tuning.json"
+GRID_RESULTS = RESULTS.with_name("fusion_grid.json")
+GRID: dict[str, tuple[float, ...]] = {
+    "visual_floor": (0.05, 0.1, 0.2),
+    "lexical_floor": (0.1, 0.15, 0.25),
+    "semantic_floor": (0.05, 0.1, 0.15),
+    "semantic_weight": (0.1, 0.25, 0.4),
+    "matched_exponent": (1.0, 2.0, 3.0),
+    "coverage_exponent": (1.0, 2.0, 3.0),
+}
+"""The neighbourhood of the default searched by ``--grid`` (729 configurations)."""
+GRID_SHOWN = 10
 PREVIOUS = FusionConfig(
     visual_floor=1.0,
     lexical_floor=0.0,
@@ -122,5 +136,63 @@ def main(signals: Path, galleries: list[str]) -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _attribute_figures(recorded: Mapping[str, Any], config: FusionConfig) -> dict[str, float]:
+    """Only the attribute queries' P@10 (what the weights move; a grid needs no more)."""
+    return measure_attributes(recorded, partial(_fused, config=config))
+
+
+def measure_attributes(
+    recorded: Mapping[str, Any], rank: Callable[[Ranked], Fused]
+) -> dict[str, float]:
+    """P@10 of each kind of attribute query ("<colour> <type>", "<pattern> <type>")."""
+    labels = recorded["labels"]
+    figures: dict[str, float] = {}
+    for kind in ATTRIBUTE_KEYS:
+        precisions = []
+        for _, (keys, values), ranked in recorded["queries"].get(kind, []):
+            top = [h.product_id for h in rank(ranked).hits[:TOP_K]]
+            relevant = [tuple(labels[p].get(k, "") for k in keys) == values for p in top]
+            precisions.append(sum(relevant) / TOP_K)
+        if precisions:
+            figures[f"{kind}_p@10"] = round(sum(precisions) / len(precisions), 4)
+    return figures
+
+
+def grid(signals: Path, galleries: list[str]) -> None:
+    """Every combination of GRID: each one's change from the default per gallery and metric;
+    the best by the sum of changes among those losing nowhere, and the best per metric."""
+    recorded = {}
+    for gallery in galleries:
+        with (signals / f"{gallery}.pkl").open("rb") as f:
+            recorded[gallery] = pickle.load(f)  # our own file, written by bench.fusion_signals
+    default = {g: _attribute_figures(r, DEFAULT_FUSION) for g, r in recorded.items()}
+    rows = []
+    for combination in itertools.product(*GRID.values()):
+        setting = dict(zip(GRID, combination, strict=True))
+        config = replace(DEFAULT_FUSION, **setting)
+        change = {
+            f"{g} {metric}": round(value - default[g][metric], 4)
+            for g, r in recorded.items()
+            for metric, value in _attribute_figures(r, config).items()
+        }
+        rows.append({"setting": setting, "change": change})
+    harmless = [r for r in rows if min(r["change"].values()) >= 0]
+    harmless.sort(key=lambda r: -sum(r["change"].values()))
+    metrics = list(rows[0]["change"])
+    result = {
+        "galleries": galleries,
+        "grid": GRID,
+        "configurations": len(rows),
+        "default": default,
+        "best_losing_nowhere": harmless[:GRID_SHOWN],
+        "best_per_metric": {m: max(rows, key=lambda r: r["change"][m]) for m in metrics},
+    }
+    GRID_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "grid"}, indent=1))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:] or ["kaggle-train", "hm-extra"])
+    if sys.argv[1] == "--grid":
+        grid(Path(sys.argv[2]), sys.argv[3:] or ["kaggle-train", "hm-extra"])
+    else:
+        main(Path(sys.argv[1]), sys.argv[2:] or ["kaggle-train", "hm-extra"])
