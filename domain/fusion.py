@@ -337,7 +337,7 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     # keeps the candidates' order among ties
     named = len(exact)
     ranks = np.concatenate([np.arange(named), named + np.argsort(-summed[named:], kind="stable")])
-    order = np.array(candidates, np.object_)[ranks].tolist()
+    order = [candidates[i] for i in ranks.tolist()]
     shown = ranks if limit is None else ranks[:limit]
     visual, lexical, semantic = (r[shown].tolist() for r in raws)
     hits = [
@@ -357,18 +357,13 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
 
 def _candidates(exact: Sequence[str], listed: Sequence[str]) -> tuple[list[str], Rows]:
     """Every product once, in the order first seen (``exact`` first, then ``listed``), and
-    each entry of ``listed``'s position among them. One dict lookup per entry: the mapping
-    from product id to its first position is built from the reversed list (the earliest
-    position is written last), the rest is numpy."""
-    every = [*exact, *listed]
-    first_at = dict(zip(reversed(every), range(len(every) - 1, -1, -1), strict=True))
-    seen = np.fromiter(map(first_at.__getitem__, every), np.int64, len(every))
-    firsts = np.flatnonzero(seen == np.arange(len(every)))
-    position = np.empty(len(every), np.int64)
-    position[firsts] = np.arange(len(firsts))
-    candidates: list[str] = np.array(every, np.object_)[firsts].tolist()
-    rows: Rows = position[seen[len(exact) :]]
-    return candidates, rows
+    each entry of ``listed``'s position among them (one dict operation per entry: the
+    fastest way measured, ahead of numpy on object arrays)."""
+    at: dict[str, int] = {}
+    for pid in exact:
+        at.setdefault(pid, len(at))
+    rows = np.fromiter([at.setdefault(pid, len(at)) for pid in listed], np.int64, len(listed))
+    return list(at), rows
 
 
 def _scatter(size: int, rows: Rows, values: Scores, missing: float) -> Scores:
