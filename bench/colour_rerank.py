@@ -35,7 +35,7 @@ from domain.fusion import FusedHit, fuse
 from encoders.backbones import COLOUR_DIM, colour_histogram
 from fashion_search.settings import Settings
 from fashion_search.shop_evaluation import ATTRIBUTE_KEYS, TOP_K
-from ingest.readers import open_source
+from ingest.readers import RemoteImage, open_source
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_rerank.json"
 GREY_BINS, HUE_BINS = 6, 12
@@ -131,6 +131,8 @@ def histograms(name: str, ids: frozenset[str], manifest: Path, cache: Path) -> H
     with open_source(manifest) as source:
         for item in source:
             if item.id in ids:
+                if isinstance(item.image, RemoteImage):
+                    raise ValueError(f"{item.id}: the galleries' photos are local files")
                 out[item.id] = colour_histogram(
                     Image.open(io.BytesIO(item.image.read(MAX_IMAGE_BYTES)))
                 )

@@ -168,7 +168,7 @@ def grid(signals: Path, galleries: list[str]) -> None:
     default = {g: _attribute_figures(r, DEFAULT_FUSION) for g, r in recorded.items()}
     rows = []
     for combination in itertools.product(*GRID.values()):
-        setting = dict(zip(GRID, combination, strict=True))
+        setting: dict[str, Any] = dict(zip(GRID, combination, strict=True))
         config = replace(DEFAULT_FUSION, **setting)
         change = {
             f"{g} {metric}": round(value - default[g][metric], 4)
