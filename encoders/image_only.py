@@ -16,6 +16,7 @@ from domain.model import Modality
 from domain.ports import Encoder, Vectors
 from encoders.backbones import (
     F32,
+    PREPROCESSING_TAG,
     ImageBackbone,
     ImageBackboneSpec,
     configure_torch_threads,
@@ -78,11 +79,11 @@ class EffNetImageEncoder:
 
     @property
     def version(self) -> str:
-        """On ONNX Runtime, a hash of the exported model (vectors change when it does);
-        "" on torch (the packaged ImageNet weights never change)."""
+        """The image preprocessing's version, after a hash of the exported model on ONNX
+        Runtime (vectors change when either does; the packaged ImageNet weights never do)."""
         if self._runtime == "torch":
-            return ""
-        return "onnx-" + self._exported().digest()
+            return PREPROCESSING_TAG
+        return f"onnx-{self._exported().digest()}+{PREPROCESSING_TAG}"
 
     def torch_reference(self) -> EffNetImageEncoder:
         """This encoder on torch (the reference of the ONNX export)."""

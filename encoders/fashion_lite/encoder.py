@@ -16,7 +16,13 @@ from PIL import Image
 from domain.errors import BadInput, EncoderUnavailable
 from domain.model import Modality
 from domain.ports import PreparedImage, Vectors, stack_prepared
-from encoders.backbones import F32, ImageBackboneSpec, colour_histogram, image_array
+from encoders.backbones import (
+    F32,
+    PREPROCESSING_TAG,
+    ImageBackboneSpec,
+    colour_histogram,
+    image_array,
+)
 from encoders.fashion_lite.data import query_text
 from encoders.fashion_lite.heads import DEFAULT_HEADS, Heads, HeadsSummary
 from encoders.fashion_lite.towers import (
@@ -108,10 +114,10 @@ class FashionLiteEncoder:
 
     @property
     def version(self) -> str:
-        """The heads file's content hash, plus on ONNX Runtime a hash of the exported models:
-        vectors change whenever the heads or the export do."""
+        """The heads file's content hash and the image preprocessing's version, plus on ONNX
+        Runtime a hash of the exported models: vectors change whenever one of them does."""
         if self._version is None:
-            version = f"heads-{self._digest()[:12]}"
+            version = f"heads-{self._digest()[:12]}+{PREPROCESSING_TAG}"
             tag = self.towers.tag
             self._version = f"{version}+{tag}" if tag else version
         return self._version

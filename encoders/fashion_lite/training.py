@@ -26,6 +26,7 @@ import numpy.typing as npt
 from domain import evaluation as ev
 from encoders.backbones import (
     COLOUR_DIM,
+    PREPROCESSING_TAG,
     TUNED_PREFIX,
     ImageBackboneSpec,
     configure_torch_threads,
@@ -67,7 +68,7 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingSetupError", "train", "write_r
 F32 = npt.NDArray[np.float32]
 Progress = Callable[[str, int, int], None]
 Loader = Callable[[Item], bytes]
-FEATURES_VERSION = "v1"
+FEATURES_VERSION = f"v1-{PREPROCESSING_TAG}"  # cached features follow the preprocessing
 
 PACKSHOT_VIEW_SEED = 99  # packshot view k of a training image uses seed 99 + k
 SHOPPER_VIEW_SEED = 199  # shopper-photo view k uses seed 199 + k

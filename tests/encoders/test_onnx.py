@@ -18,6 +18,7 @@ import pytest
 from domain.errors import EncoderUnavailable
 from domain.ports import VersionedEncoder, indexed_by_current_version, ledger_entry
 from encoders import onnx_models
+from encoders.backbones import PREPROCESSING_TAG
 from encoders.fashion_lite.encoder import FashionLiteEncoder
 from encoders.fashion_lite.heads import DEFAULT_HEADS, WEIGHTS_DIR, Heads, HeadsSummary
 from encoders.image_only import VARIANTS, EffNetImageEncoder
@@ -256,7 +257,8 @@ def test_processes_exporting_at_once_agree_on_one_whole_model(tmp_path: Path) ->
     versions = {out.strip() for out, _ in outputs}
     model = effnet_model(tmp_path, "efficientnet-lite0", 224)
     manifest = json.loads(model.manifest_path.read_text())
-    assert versions == {"onnx-" + model.digest()}  # both use the one directory that won
+    # both use the one directory that won
+    assert versions == {f"onnx-{model.digest()}+{PREPROCESSING_TAG}"}
     assert sorted(manifest["files"]) == [IMAGE_FILE, IMAGE_FILE + WEIGHTS_SUFFIX]
     assert [p.name for p in tmp_path.iterdir()] == [model.path.name]
     # the message says what happens, on stderr (stdout is the command's output)

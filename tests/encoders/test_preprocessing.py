@@ -1,7 +1,8 @@
-"""The image preprocessing's shortcuts compute what the plain arithmetic computes, to the
-bit: the normalisation read from a table of the 256 levels, the foreground mask's channel
-maximum, and the mask computed once per image and shared by the content box and the colour
-statistics. Vectors (and the catalogs encoded with them) depend on these bits."""
+"""The image preprocessing: its shortcuts compute what the plain arithmetic computes, to the
+bit (the normalisation read from a table of the 256 levels, the foreground mask's channel
+maximum, the mask computed once per image and shared by the content box and the colour
+statistics); the photo fitted to a square and its thumbnail are what they say. Vectors (and
+the catalogs encoded with them) depend on these pixels."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from PIL import Image
 from encoders.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    PREPROCESSING_TAG,
+    PREPROCESSING_VERSION,
     colour_histogram,
     content_box,
+    fit_to_square,
     foreground_mask,
     image_array,
     normalised_pixels,
@@ -24,6 +28,9 @@ from encoders.backbones import (
     thumbnail,
     thumbnail_mask,
 )
+from encoders.fashion_lite.encoder import FashionLiteEncoder
+from encoders.fashion_lite.heads import DEFAULT_HEADS
+from encoders.image_only import VARIANTS, EffNetImageEncoder
 from encoders.images import decode_image
 
 PHOTOS = 12
@@ -51,11 +58,52 @@ def test_normalised_pixels_are_the_arithmetic_bit_for_bit(hm_demo: Path) -> None
         np.testing.assert_array_equal(table, _arithmetic(rgb))
 
 
-def test_image_array_is_the_padded_resized_photo_normalised(hm_demo: Path) -> None:
+def test_image_array_is_the_photo_fitted_to_a_square_normalised(hm_demo: Path) -> None:
     for data in _photos(hm_demo)[:4]:
         image = decode_image(data)
-        square = pad_to_square(image).resize((96, 96), Image.Resampling.BILINEAR)
-        np.testing.assert_array_equal(image_array(image, 96), _arithmetic(np.asarray(square)))
+        square = np.asarray(fit_to_square(image, 96))
+        np.testing.assert_array_equal(image_array(image, 96), _arithmetic(square))
+
+
+def test_fit_to_square_is_the_padded_square_resized_but_along_the_edges(hm_demo: Path) -> None:
+    """Resizing the photo, then centring it on white, gives what padding it to a square
+    and then resizing gave (the preprocessing before version 2), but for the pixels along
+    the photo's edges, where the filter no longer mixes in the white padding."""
+    for data in _photos(hm_demo):
+        for image in (decode_image(data), decode_image(data).transpose(Image.Transpose.ROTATE_90)):
+            fitted = np.asarray(fit_to_square(image, 192), dtype=np.int16)
+            padded = pad_to_square(image).resize((192, 192), Image.Resampling.BILINEAR)
+            offsets = np.abs(fitted - np.asarray(padded, dtype=np.int16))
+            assert fitted.shape == (192, 192, 3)
+            assert offsets.mean() < 2.0
+            assert np.percentile(offsets, 90) <= 3
+
+
+def test_fit_to_square_centres_the_scaled_photo_on_white() -> None:
+    tall = Image.new("RGB", (300, 600), (10, 20, 200))
+    square = np.asarray(fit_to_square(tall, 100))
+    assert square.shape == (100, 100, 3)
+    np.testing.assert_array_equal(square[:, 25:75], np.broadcast_to([10, 20, 200], (100, 50, 3)))
+    assert (square[:, :25] == 255).all()
+    assert (square[:, 75:] == 255).all()
+    same = Image.new("RGB", (64, 64), (1, 2, 3))
+    np.testing.assert_array_equal(
+        np.asarray(fit_to_square(same, 32)), np.full((32, 32, 3), [1, 2, 3])
+    )
+    strip = Image.new("RGB", (5000, 600), (0, 0, 0))  # shrunk by a whole factor first
+    assert fit_to_square(strip, 192).size == (192, 192)
+
+
+def test_thumbnail_averages_blocks_to_at_most_96_pixels_a_side() -> None:
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (540, 360, 3), dtype=np.uint8)
+    thumb = thumbnail(Image.fromarray(pixels))
+    assert thumb.size == (60, 90)  # 540 / 6 = 90: blocks of 6 x 6
+    blocks = pixels.reshape(90, 6, 60, 6, 3).mean(axis=(1, 3))
+    assert np.abs(np.asarray(thumb, dtype=np.float64) - blocks).max() <= 0.5 + 1e-9
+    small = Image.fromarray(pixels[:80, :50])
+    assert thumbnail(small).size == (50, 80)
+    assert thumbnail(Image.fromarray(pixels).convert("L")).mode == "RGB"
 
 
 def test_foreground_mask_takes_the_largest_channel_offset() -> None:
@@ -102,3 +150,13 @@ def test_decoding_turns_a_photo_as_its_exif_orientation_says() -> None:
     plain = io.BytesIO()
     stored.save(plain, format="JPEG", quality=95)
     assert decode_image(plain.getvalue()).size == (60, 40)
+
+
+def test_encoder_versions_name_the_preprocessing() -> None:
+    """A catalog encoded with another preprocessing is encoded again (the ledger compares
+    versions), on either runtime, for fashion-lite and the image-only baselines."""
+    assert f"prep{PREPROCESSING_VERSION}" == PREPROCESSING_TAG
+    fashion_lite = FashionLiteEncoder(DEFAULT_HEADS, runtime="torch").version
+    assert fashion_lite.split("+") == [fashion_lite.split("+")[0], PREPROCESSING_TAG]
+    baseline = EffNetImageEncoder("effnet-lite0", VARIANTS["effnet-lite0"], runtime="torch")
+    assert baseline.version == PREPROCESSING_TAG
