@@ -196,14 +196,18 @@ def thumbnail_mask(image: Image.Image) -> npt.NDArray[np.bool_]:
     return mask
 
 
+BACKGROUND_TOLERANCE = 18  # levels a channel may differ from the background's and still be it
+
+
 def foreground_mask(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     """Pixels that differ from the background colour (the median of the border pixels)."""
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
-    background = np.median(border, axis=0)
-    offsets = np.abs(rgb.astype(np.int16) - background)
+    # in half levels, so that integers hold the median exactly (it may end in .5)
+    background = np.rint(2 * np.median(border, axis=0)).astype(np.int16)
+    offsets = np.abs(2 * rgb.astype(np.int16) - background)
     # the largest of the three channels' offsets (max over a length-3 axis is slow in numpy)
     distance = np.maximum(np.maximum(offsets[..., 0], offsets[..., 1]), offsets[..., 2])
-    mask: npt.NDArray[np.bool_] = distance > 18
+    mask: npt.NDArray[np.bool_] = distance > 2 * BACKGROUND_TOLERANCE
     if mask.mean() < 0.02:
         mask = np.ones(mask.shape, dtype=bool)
     return mask

@@ -62,6 +62,12 @@ def read_summary(path: Path) -> HeadsSummary:
         raise EncoderUnavailable(str(exc)) from exc
 
 
+def joined(parts: Sequence[Vectors]) -> Vectors:
+    """The rows of ``parts`` as one float32 array (no copy for a single part: a search's)."""
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)  # none: ValueError
+    return out.astype(np.float32, copy=False)
+
+
 class FashionLiteEncoder:
     """Thread-safe; the heads and networks load on first use, once per process. The
     networks run on ONNX Runtime (``runtime="onnx"``, exported models under ``models_dir``)
@@ -200,7 +206,7 @@ class FashionLiteEncoder:
             towers.text_vectors(prompts[i : i + BATCH_SIZE])
             for i in range(0, len(prompts), BATCH_SIZE)
         ]
-        return np.concatenate(parts).astype(np.float32)
+        return joined(parts)
 
     def encode_images(self, images: Sequence[bytes]) -> Vectors:
         if not images:
@@ -217,7 +223,7 @@ class FashionLiteEncoder:
             )
             for start in range(0, len(images), BATCH_SIZE)
         ]
-        return np.concatenate(parts).astype(np.float32)
+        return joined(parts)
 
     def prepare_image(self, data: bytes) -> dict[str, F32]:
         """One image decoded and preprocessed (``PreparingEncoder``): what the image tower
@@ -241,4 +247,4 @@ class FashionLiteEncoder:
             )
             for start in range(0, len(pixels), BATCH_SIZE)
         ]
-        return np.concatenate(parts).astype(np.float32)
+        return joined(parts)

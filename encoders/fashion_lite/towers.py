@@ -145,7 +145,7 @@ class OnnxTowers:
         self._lock = threading.Lock()
         # one lock per tower: a text search never waits for the image session being loaded
         self._image_lock = threading.Lock()
-        self._image: Any = None
+        self._image: tuple[Any, bool] | None = None
         self._text: tuple[SentenceTokenizer, Any, Any] | None = None
 
     def _towers_exporter(self) -> Exporter:
@@ -185,11 +185,13 @@ class OnnxTowers:
         joined = f"{towers.digest()}:{minilm.digest()}"
         return "onnx-" + hashlib.sha256(joined.encode()).hexdigest()[:12]
 
-    def _image_session(self) -> Any:
+    def _image_session(self) -> tuple[Any, bool]:
+        """The image tower's session, and whether it takes colour statistics."""
         with self._image_lock:
             if self._image is None:
                 towers = ensure_exported(self._towers, self._towers_exporter)
-                self._image = inference_session(towers.file(IMAGE_FILE), self._threads)
+                session = inference_session(towers.file(IMAGE_FILE), self._threads)
+                self._image = (session, "colour" in {i.name for i in session.get_inputs()})
             return self._image
 
     def _text_sessions(self) -> tuple[SentenceTokenizer, Any, Any]:
@@ -206,16 +208,15 @@ class OnnxTowers:
             return self._text
 
     def image_vectors(self, pixels: F32, colour: F32) -> F32:
-        session = self._image_session()
-        names = {i.name for i in session.get_inputs()}
+        session, takes_colour = self._image_session()
         rows = []
         for start in range(0, len(pixels), IMAGE_MICRO_BATCH):
             feeds = {"pixels": pixels[start : start + IMAGE_MICRO_BATCH]}
-            if "colour" in names:  # heads trained without colour stats do not take them
+            if takes_colour:  # heads trained without colour stats do not take them
                 feeds["colour"] = colour[start : start + IMAGE_MICRO_BATCH]
             rows.append(session.run(None, feeds)[0])
-        out: F32 = np.concatenate(rows).astype(np.float32)
-        return out
+        out: F32 = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        return out.astype(np.float32, copy=False)
 
     def text_vectors(self, prompts: Sequence[str]) -> F32:
         tokenizer, minilm, head = self._text_sessions()

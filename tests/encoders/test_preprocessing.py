@@ -113,11 +113,31 @@ def test_foreground_mask_takes_the_largest_channel_offset() -> None:
     rgb[5, 5] = (250, 250, 229)  # only blue stands out (by 21 > 18)
     rgb[6, 6] = (250, 250, 233)  # by 17: background
     mask = foreground_mask(rgb)
-    background = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
-    expected = np.abs(rgb.astype(np.int16) - background).max(axis=-1) > 18
-    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(mask, _float_mask(rgb))
     assert mask[5, 5]
     assert not mask[6, 6]
+
+
+def _float_mask(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """The foreground mask as first written: in float, against the border's median."""
+    background = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    mask: npt.NDArray[np.bool_] = np.abs(rgb.astype(np.int16) - background).max(axis=-1) > 18
+    return mask if mask.mean() >= 0.02 else np.ones(mask.shape, dtype=bool)
+
+
+def test_foreground_mask_is_exact_when_the_background_median_ends_in_a_half() -> None:
+    """Border medians that end in .5 (borders have an even number of pixels) and offsets
+    around 18 levels: the integer arithmetic in half levels keeps every comparison exact."""
+    rng = np.random.default_rng(11)
+    halves = 0
+    for _ in range(200):
+        height, width = rng.integers(4, 40, size=2)
+        base = rng.integers(0, 256)
+        rgb = np.clip(base + rng.integers(-40, 41, (height, width, 3)), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(foreground_mask(rgb), _float_mask(rgb))
+        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+        halves += int((np.median(border, axis=0) % 1 == 0.5).any())
+    assert halves > 20  # the border's median ended in .5 that often
 
 
 def test_the_mask_is_computed_once_and_is_the_thumbnails(hm_demo: Path) -> None:
