@@ -115,10 +115,11 @@ class TorchTowers:
 
 IMAGE_MICRO_BATCH = 4
 """Images per ONNX Runtime call. Unlike torch's traced backbone (fastest one image at a
-time), the exported tower gains from small batches: the heads' first layer (6,678 x 768
-float32, 20 MB) is read once per call. CPU per image at one thread on heads-v3 (192 px),
-batches of 1/4/8/16: 13.0/9.8/11.0/10.8 ms (shared machine, best of 3 x 16 images). A
-vector does not depend on its batch beyond float rounding (1e-6)."""
+time), the exported tower gains from small batches: the heads' first layers are read once
+per call. CPU per image at one thread on heads-v3 (192 px), batches of 1/4/8/16: with
+float32 heads 13.0/9.8/11.0/10.8 ms (shared machine, best of 3 x 16 images); with the int8
+heads 9.9/8.9/9.3/9.3 ms (best of 4 x 16, load 12). A vector does not depend on its batch
+beyond float rounding (1e-6)."""
 
 
 class OnnxTowers:
