@@ -437,6 +437,12 @@ class RayEngine:
     def _readers(self) -> Any:
         return self.ray.data.TaskPoolStrategy(size=-(-self.workers // ENCODERS_PER_READER))
 
+    def _hashers(self, blocks: int) -> Any:
+        """The ledger check runs before any actor: it may take every CPU of the cluster (one
+        task per block at most)."""
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        return self.ray.data.TaskPoolStrategy(size=max(min(cpus, blocks), 1))
+
     def hashed(
         self,
         items: Sequence[SourceItem],
@@ -447,15 +453,14 @@ class RayEngine:
         """The ledger check of items the ledger knows (``hash_images``): tasks only, no
         encoder actor; batches of RAW (bytes dropped) and NEEDS, in order."""
         size = options.batch_size
-        dataset = self.ray.data.from_arrow_refs(
-            self._blocks({ITEM: items, EXPECTED: expected}, size)
-        ).map_batches(
+        blocks = self._blocks({ITEM: items, EXPECTED: expected}, size)
+        dataset = self.ray.data.from_arrow_refs(blocks).map_batches(
             hash_images,
             fn_kwargs={"max_bytes": options.max_image_bytes, "versions": versions},
             batch_size=size,
             batch_format="pyarrow",
             num_cpus=READ_CPUS,
-            compute=self._readers(),
+            compute=self._hashers(len(blocks)),
         )
         return iter(dataset.iter_batches(batch_size=size, batch_format="pyarrow"))
 
@@ -506,7 +511,14 @@ class _Window:
 
     def __init__(self, size: int) -> None:
         self.rows: list[_Raw | None] = [None] * size
+        """Each row once it is known (read, hashed or encoded), by position."""
         self.sent = 0
+        self.to_hash: list[int] = []
+        """Positions of the rows whose ids the ledger knows, and their ``expected`` entries."""
+        self.expected: list[dict[str, str]] = []
+        self.to_encode: list[int] = []
+        """Positions of the rows to encode, and each one's ``needs`` (encoder ids)."""
+        self.needs: dict[int, list[str]] = {}
 
     def ready(self, batch_size: int, final: bool) -> Iterator[list[_Raw]]:
         while self.sent < len(self.rows):
@@ -556,19 +568,26 @@ class RayIngestPipeline(IngestPipeline):
     async def _run_window(
         self, items: list[SourceItem], queue: asyncio.Queue[_Batch | BaseException | None]
     ) -> None:
-        options, engine = self._options, self._engine
         versions = {e.id: encoder_version(e) for e in self._encoders}
         window = _Window(len(items))
-        to_hash: list[int] = []
-        expected: list[dict[str, str]] = []
-        to_encode: list[int] = []
-        needs: dict[int, list[str]] = {}
+        await self._look_up_ledger(items, window, versions)
+        if window.to_hash:
+            await self._hash_known(items, window, versions)
+        await self._hand_on(window, queue, final=not window.to_encode)
+        if window.to_encode:
+            await self._encode(items, window, queue)
+
+    async def _look_up_ledger(
+        self, items: list[SourceItem], window: _Window, versions: dict[str, str]
+    ) -> None:
+        """Sort the window's rows: a bad row or an image URL is the driver's (as locally); an
+        id the ledger knows is to be hashed; any other is to be encoded by every encoder."""
+        options = self._options
         for start in range(0, len(items), options.batch_size):
             local = []
             for at in range(start, min(start + options.batch_size, len(items))):
                 item = items[at]
                 if item.problem is not None or isinstance(item.image, RemoteImage):
-                    # the driver reports or fetches these, as the local engine does
                     window.rows[at] = _read_batch(iter([item]), 1, options.max_image_bytes)[0]
                 else:
                     local.append(at)
@@ -577,39 +596,53 @@ class RayIngestPipeline(IngestPipeline):
                 ids = [items[at].id for at in local]
                 ledger = await self._catalog.ledger_entries(list(versions), ids)
             for at in local:
-                known = {
-                    e: rows[items[at].id] for e, rows in ledger.items() if items[at].id in rows
-                }
+                pid = items[at].id
+                known = {e: rows[pid] for e, rows in ledger.items() if pid in rows}
                 if known:
-                    to_hash.append(at)
-                    expected.append(known)
+                    window.to_hash.append(at)
+                    window.expected.append(known)
                 else:
-                    to_encode.append(at)
-                    needs[at] = list(versions)
-        if to_hash:
-            self.stats.images_hashed += len(to_hash)
-            hashed = engine.hashed([items[at] for at in to_hash], expected, versions, options)
-            positions = iter(to_hash)
-            while (table := await asyncio.to_thread(next, hashed, None)) is not None:
-                for raw, need in zip(
-                    _objects(table, RAW), table.column(NEEDS).to_pylist(), strict=True
-                ):
-                    at = next(positions)
-                    if raw.failure is None and need:
-                        to_encode.append(at)
-                        needs[at] = need
-                    else:
-                        window.rows[at] = raw
-            to_encode.sort()
-        await self._hand_on(window, queue, final=not to_encode)
-        if not to_encode:
-            return
-        self.stats.images_to_encoders += len(to_encode)
-        self.stats.encoder_datasets += 1
-        encoded = engine.encoded(
-            [items[at] for at in to_encode], [needs[at] for at in to_encode], options
+                    window.to_encode.append(at)
+                    window.needs[at] = list(versions)
+
+    async def _hash_known(
+        self, items: list[SourceItem], window: _Window, versions: dict[str, str]
+    ) -> None:
+        """The ledger check by content hash (tasks, no bytes kept): unchanged rows are done,
+        new or changed images join the rows to encode (in source order)."""
+        self.stats.images_hashed += len(window.to_hash)
+        positions = iter(window.to_hash)
+        hashed = self._engine.hashed(
+            [items[at] for at in window.to_hash], window.expected, versions, self._options
         )
-        positions = iter(to_encode)
+        while (table := await asyncio.to_thread(next, hashed, None)) is not None:
+            for raw, need in zip(
+                _objects(table, RAW), table.column(NEEDS).to_pylist(), strict=True
+            ):
+                at = next(positions)
+                if raw.failure is None and need:
+                    window.to_encode.append(at)
+                    window.needs[at] = need
+                else:
+                    window.rows[at] = raw
+        window.to_encode.sort()
+
+    async def _encode(
+        self,
+        items: list[SourceItem],
+        window: _Window,
+        queue: asyncio.Queue[_Batch | BaseException | None],
+    ) -> None:
+        """The rows to encode through the read/prepare tasks and the actor pool; each batch
+        handed on as soon as the rows before it are complete."""
+        self.stats.images_to_encoders += len(window.to_encode)
+        self.stats.encoder_datasets += 1
+        encoded = self._engine.encoded(
+            [items[at] for at in window.to_encode],
+            [window.needs[at] for at in window.to_encode],
+            self._options,
+        )
+        positions = iter(window.to_encode)
         while (table := await asyncio.to_thread(next, encoded, None)) is not None:
             for raw, done in zip(_objects(table, RAW), _objects(table, ENCODED), strict=True):
                 window.rows[next(positions)] = raw
