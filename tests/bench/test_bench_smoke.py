@@ -42,7 +42,9 @@ def test_query_texts_are_varied() -> None:
     assert len(texts) == len(set(texts)) == 64
 
 
-@pytest.mark.parametrize("kind", ["graphql_text", "rest_text", "graphql_image"])
+@pytest.mark.parametrize(
+    "kind", ["graphql_text", "graphql_text_visual", "rest_text", "graphql_image"]
+)
 async def test_phase_requests_are_answered_by_the_app(kind: str) -> None:
     api = await make_api()
     async with api.client:
@@ -164,6 +166,11 @@ def test_command_line_options() -> None:
     args = cli.parser().parse_args(["latency", "--kaggle-limit", "all", "--hm-limit", "5"])
     assert args.kaggle_limit is None
     assert args.hm_limit == 5
+    assert args.kinds == ["graphql_text", "rest_text", "graphql_image"]  # the default
+    args = cli.parser().parse_args(["latency", "--kinds", "graphql_text,graphql_text_visual"])
+    assert args.kinds == ["graphql_text", "graphql_text_visual"]
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["latency", "--kinds", "graphql_text,nonsense"])
     args = cli.parser().parse_args(["ingest", "--engine", "ray", "--workers", "1,2"])
     assert (args.engine, args.workers) == ("ray", [1, 2])
 
