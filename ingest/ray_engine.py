@@ -40,9 +40,9 @@ import os
 import pickle
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ from ingest.pipeline import (
     _read_batch,
 )
 from ingest.readers import RemoteImage, SourceItem
+from ingest.report import IngestSummary
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -550,6 +551,11 @@ class RayIngestPipeline(IngestPipeline):
         self._precomputed: dict[str, Precomputed] = {}
         """By product id, until its batch is planned (a later equal id never overwrites)."""
         self.stats = RayRunStats()
+
+    async def run(self, items: Iterable[SourceItem], total: int | None = None) -> IngestSummary:
+        summary = await super().run(items, total)
+        summary.engine_counters = asdict(self.stats)  # in the report: what went to Ray
+        return summary
 
     async def _produce(
         self,

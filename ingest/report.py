@@ -69,6 +69,9 @@ class IngestSummary:
     failed: int = 0
     seconds: float = 0.0
     failures: list[FailedItem] = field(default_factory=list)
+    engine_counters: dict[str, int] = field(default_factory=dict)
+    """What the engine did beyond the counts (the Ray engine: images hashed by its ledger
+    check, images sent to its encoders, encoder actor pools started); none locally."""
 
     @property
     def images_per_s(self) -> float:
@@ -111,6 +114,7 @@ def report_document(
         "finished_at": finished.isoformat(timespec="seconds"),
         "options": options or {},
         "summary": summary.counts(),
+        **({"engine_counters": dict(summary.engine_counters)} if summary.engine_counters else {}),
         "failures": [f.to_dict() for f in summary.failures],
     }
 

@@ -237,6 +237,7 @@ async def test_ray_gives_the_local_engines_catalog_and_a_rerun_changes_nothing(
     # encoder actor was started (Ray's own actor table says so too)
     assert stats[0].images_hashed == local_summary.indexed
     assert (stats[0].images_to_encoders, stats[0].encoder_datasets) == (0, 0)
+    assert again.engine_counters["encoder_datasets"] == 0  # the JSON report carries them
     assert encoder_actors_started() == actors_before > 0
 
 
