@@ -200,13 +200,37 @@ class _Graph:
         self.nodes.append(node)
         return self.op("Add", [product, self.const(bias.astype(np.float32), "b")])
 
-    def mlp(self, x: str, tower: Tower, int8_first: bool = False) -> str:
+    def columns(self, x: str, start: int, end: int) -> str:
+        """Columns ``start:end`` of the rows of ``x``."""
+        bounds = [self.const(np.array([value], dtype=np.int64)) for value in (start, end, 1)]
+        return self.op("Slice", [x, bounds[0], bounds[1], bounds[2]])
+
+    def int8_first_layers(self, x: str, towers: Sequence[Tower]) -> list[str]:
+        """The first layers of ``towers`` on int8 weights, as one product when they
+        standardise their input alike (fashion-lite's image and extra towers do): the input
+        is standardised and quantised once, and a block's weights are quantised as they
+        would be alone (per output and block of inputs), so each tower gets the same values."""
+        mean, std = towers[0].mean, towers[0].std
+        centred = self.op("Sub", [x, self.const(mean.astype(np.float32), "mean")])
+        scaled = self.op("Div", [centred, self.const(std.astype(np.float32), "std")])
+        weight = np.concatenate([tower.weights[0] for tower in towers], axis=1)
+        bias = np.concatenate([tower.biases[0] for tower in towers])
+        joined = self.int8_linear(scaled, weight, bias)
+        edges = np.cumsum([0] + [int(tower.weights[0].shape[1]) for tower in towers])
+        if len(towers) == 1:
+            return [joined]
+        return [self.columns(joined, int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+    def mlp(self, x: str, tower: Tower, int8_first: bool = False, first: str | None = None) -> str:
         """A heads tower: standardisation folded into the first layer, GELU (tanh) between
         layers (``Tower.__call__`` in float32). With ``int8_first``, a first layer of at
         least INT8_MIN_INPUTS inputs runs on int8 weights after the standardisation, as in
-        torch's default heads (``Tower.__call__``)."""
+        torch's default heads (``Tower.__call__``). ``first``: the first layer's output,
+        computed already (``int8_first_layers``)."""
         for index, (weight, bias) in enumerate(zip(tower.weights, tower.biases, strict=True)):
-            if index == 0 and int8_first and weight.shape[0] >= INT8_MIN_INPUTS:
+            if index == 0 and first is not None:
+                x = first
+            elif index == 0 and int8_first and weight.shape[0] >= INT8_MIN_INPUTS:
                 centred = self.op("Sub", [x, self.const(tower.mean.astype(np.float32), "mean")])
                 scaled = self.op("Div", [centred, self.const(tower.std.astype(np.float32), "std")])
                 x = self.int8_linear(scaled, weight, bias)
@@ -410,6 +434,18 @@ def build_effnet(spec: ImageBackboneSpec, out: Path) -> None:
     graph.save(out / "image.onnx", [_pixels_input(spec)], features, None)
 
 
+def _standardise_alike(towers: Sequence[Tower]) -> bool:
+    """Whether the towers' first layers can be one int8 product: all wide enough, and the
+    same standardisation of their (shared) input."""
+    first = towers[0]
+    return all(
+        tower.weights[0].shape[0] >= INT8_MIN_INPUTS
+        and np.array_equal(tower.mean, first.mean)
+        and np.array_equal(tower.std, first.std)
+        for tower in towers
+    )
+
+
 def build_fashion_lite(
     heads_path: Path, spec: ImageBackboneSpec, out: Path, int8_heads: bool = True
 ) -> None:
@@ -425,12 +461,16 @@ def build_fashion_lite(
     if heads.uses_colour:
         inputs.append(_float_input("colour", [BATCH, COLOUR_DIM]))
         x = graph.op("Concat", [cnn, "colour"], axis=1)
-    head = graph.unit(graph.mlp(x, heads.image, int8_heads))
+    towers = [heads.image] + ([heads.extra] if heads.extra is not None else [])
+    firsts: list[str | None] = [None] * len(towers)
+    if int8_heads and _standardise_alike(towers):
+        firsts = list(graph.int8_first_layers(x, towers))
+    head = graph.unit(graph.mlp(x, heads.image, int8_heads, firsts[0]))
     if heads.extra_dim or heads.raw_dim:
         parts = [graph.scale(head, math.sqrt(1.0 - heads.extra_weight - heads.raw_weight))]
         if heads.extra_dim:
             assert heads.extra is not None
-            extra = graph.unit(graph.mlp(x, heads.extra, int8_heads))
+            extra = graph.unit(graph.mlp(x, heads.extra, int8_heads, firsts[-1]))
             parts.append(graph.scale(extra, math.sqrt(heads.extra_weight)))
         if heads.raw_dim:
             parts.append(graph.scale(graph.unit(cnn), math.sqrt(heads.raw_weight)))

@@ -36,11 +36,12 @@ from domain.errors import EncoderUnavailable
 from domain.model import Modality
 from domain.ports import Encoder
 
-EXPORT_FORMAT = 4
+EXPORT_FORMAT = 5
 """Bumped when the export code changes what it writes (part of every model directory name).
 1: torch's exporter; 2: the torch-free builder (``encoders.onnx_build``); 3: its weights in
 a file beside each graph; 4: fashion-lite's image heads with an int8 first layer, as torch's
-(their float32 export is a directory of its own, ``-float32``)."""
+(their float32 export is a directory of its own, ``-float32``); 5: the image and extra
+towers' int8 first layers as one product."""
 
 MANIFEST_NAME = "manifest.json"
 FALLBACK_MODELS_DIR = Path.home() / ".cache" / "fashion-search" / "models"
