@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -128,7 +129,8 @@ def import_ray() -> ModuleType:
 def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
     """Ray, connected: an already initialised runtime is used as is (and left running);
     otherwise the given address, ``RAY_ADDRESS``, or a local Ray started for this run (no
-    dashboard, no usage stats, its logs in a temporary directory) and shut down after it."""
+    dashboard, no usage stats, its logs in a temporary directory, removed after a run that
+    succeeded and kept after one that failed) and shut down after it."""
     ray = import_ray()
     _quiet_ray_data(ray)
     if ray.is_initialized():
@@ -136,15 +138,17 @@ def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = options.address or os.environ.get("RAY_ADDRESS")
+    logs: str | None = None
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
+            logs = tempfile.mkdtemp(prefix=RAY_TEMP_DIR_PREFIX)
             ray.init(
                 num_cpus=max(os.cpu_count() or 1, options.workers),
                 include_dashboard=False,
                 log_to_driver=False,
-                _temp_dir=tempfile.mkdtemp(prefix=RAY_TEMP_DIR_PREFIX),
+                _temp_dir=logs,
             )
     except (ConnectionError, TimeoutError, ValueError) as exc:
         raise RayUnavailable(f"cannot connect to the Ray cluster at {address}: {exc}") from None
@@ -152,6 +156,8 @@ def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+    if logs is not None:  # a nightly run leaves no directory behind
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _quiet_ray_data(ray: ModuleType) -> None:

@@ -489,3 +489,39 @@ def test_ray_options_without_the_ray_engine_are_refused(kaggle_zip: Path, tmp_pa
     assert result.exit_code == 2
     assert "--engine ray" in result.output
     assert not (tmp_path / "home").exists()
+
+
+LOCAL_RAY_LOGS = """
+import sys
+from pathlib import Path
+from ingest.ray_engine import RayOptions, ray_runtime
+
+logs = Path(sys.argv[1])
+with ray_runtime(RayOptions(workers=1)):
+    print("during", len(list(logs.glob("fs-ray-*"))))
+print("after success", len(list(logs.glob("fs-ray-*"))))
+try:
+    with ray_runtime(RayOptions(workers=1)):
+        raise RuntimeError("a failed run")
+except RuntimeError:
+    pass
+print("after failure", len(list(logs.glob("fs-ray-*"))))
+"""
+
+
+def test_a_local_ray_removes_its_logs_after_a_run_and_keeps_them_after_a_failure() -> None:
+    """A nightly ingest on a local Ray leaves nothing in /tmp; a failed one leaves its logs.
+    (Its own short temporary directory: Ray's socket paths must fit in 107 bytes.)"""
+    with tempfile.TemporaryDirectory(prefix="fsr-") as temp:
+        env = {**os.environ, "TMPDIR": temp, "PYTHONPATH": str(REPO)}
+        env.pop("RAY_ADDRESS", None)
+        result = subprocess.run(
+            [sys.executable, "-c", LOCAL_RAY_LOGS, temp],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("during", "after"))]
+    assert lines == ["during 1", "after success 0", "after failure 1"]
