@@ -150,8 +150,9 @@ def ray_runtime(options: RayOptions) -> Iterator[ModuleType]:
                 log_to_driver=False,
                 _temp_dir=logs,
             )
-    except (ConnectionError, TimeoutError, ValueError) as exc:
-        raise RayUnavailable(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    except (OSError, ValueError) as exc:  # refused, timed out, or a local Ray that cannot start
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        raise RayUnavailable(f"cannot {where}: {exc}") from None
     try:
         yield ray
     finally:

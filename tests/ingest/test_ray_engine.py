@@ -525,3 +525,21 @@ def test_a_local_ray_removes_its_logs_after_a_run_and_keeps_them_after_a_failure
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(("during", "after"))]
     assert lines == ["during 1", "after success 0", "after failure 1"]
+
+
+def test_a_local_ray_that_cannot_start_is_a_one_line_error(
+    kaggle_zip: Path, tmp_path: Path
+) -> None:
+    """Ray's sockets live in its temporary folder; a TMPDIR too deep for a socket path (107
+    bytes) fails the start, which the CLI reports in one line instead of a traceback."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    env = {**os.environ, "TMPDIR": str(deep), "PYTHONPATH": str(REPO)}
+    env["FASHION_SEARCH_HOME"] = str(tmp_path / "home")
+    env.pop("RAY_ADDRESS", None)
+    argv = [sys.executable, "-m", "fashion_search.cli", "ingest", str(kaggle_zip)]
+    argv += ["--engine", "ray", "--limit", "4"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert "cannot start a local Ray" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
