@@ -60,9 +60,10 @@ def _phrase(*parts: str) -> str:
     return query_text(" ".join(parts))
 
 
-def item_texts(item: Item) -> list[str]:
+def item_texts(item: Item, descriptions: bool = True) -> list[str]:
     """The texts an item is paired with in training (all passed through ``query_text``):
-    short shopper-style attribute phrases, the name, the description and a full caption."""
+    short shopper-style attribute phrases, the name, and (``descriptions``) the description
+    and a full caption."""
     kind = item.attr("product_type")
     colour, pattern, section = item.attr("colour"), item.attr("pattern"), item.attr("section")
     master, gender = item.attr("colour_master"), item.attr("gender")
@@ -75,24 +76,31 @@ def item_texts(item: Item) -> list[str]:
         _phrase(gender, kind),
         _phrase(colour, pattern, kind),
         query_text(item.name),
-        query_text(item.description),
     ]
-    caption = ". ".join(
-        p
-        for p in (
-            item.name,
-            " ".join(x for x in (colour, pattern, kind) if x),
-            section or gender,
-            item.description,
-        )
-        if p
-    )
-    texts.append(query_text(caption))
+    if descriptions:
+        texts += [query_text(item.description), _caption(item)]
     unique: list[str] = []
     for text in texts:
         if text and text not in unique:
             unique.append(text)
     return unique
+
+
+def _caption(item: Item) -> str:
+    """name. colour pattern type. section. description"""
+    kind = item.attr("product_type")
+    colour, pattern, section = item.attr("colour"), item.attr("pattern"), item.attr("section")
+    caption = ". ".join(
+        p
+        for p in (
+            item.name,
+            " ".join(x for x in (colour, pattern, kind) if x),
+            section or item.attr("gender"),
+            item.description,
+        )
+        if p
+    )
+    return query_text(caption)
 
 
 # ---------------------------------------------------------------- readers

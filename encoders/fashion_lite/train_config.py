@@ -23,6 +23,10 @@ class TrainConfig:
     # more H&M article folders (hm-dev's layout) to train on; their product codes must not
     # occur in hm-dev, so the held-out and validation splits stay unseen
     hm_extra: tuple[Path, ...] = ()
+    # hm-extra's items pair with their description and caption too, not only the short
+    # phrases and the name (False: the long texts cost about 10x the short ones' MiniLM
+    # features, about 30 CPU-minutes for hm-extra's 18,000; round 2's runs went without)
+    extra_descriptions: bool = True
     cache_dir: Path = Path(".fashion-search/cache/fashion-lite")
     heldout_ids: Path | None = None
     image_backbone: str = "efficientnet-lite0"
@@ -49,7 +53,8 @@ class TrainConfig:
     train_augmented: bool = True  # extract augmented views of the hm training images
     aug_views: int = 3  # packshot views per training image (seeds 99, 100, ...)
     photo_views: int = 0  # shopper-photo views per training image (seeds 199, 200, ...)
-    # share of hm-extra's product codes whose images get the augmented views (cost bound)
+    # share of hm-extra's product codes whose images get the augmented views (cost bound;
+    # 0: only hm-dev's images get views)
     extra_view_share: float = 1.0
     hard_batches: float = 0.0  # this share of epochs batches items of few product types together
     crop: bool = True  # crop images to their content before padding to square

@@ -107,6 +107,7 @@ class Source:
     load: Loader
     tag: str
     views: bool  # its images get augmented views (hm photos; not the Kaggle zip's)
+    descriptions: bool = True  # its items pair with their description and caption too
 
 
 @dataclass
@@ -166,7 +167,15 @@ def extra_sources(config: TrainConfig, hm_dev_items: Sequence[Item]) -> list[Sou
         if shared_ids := sorted({i.id for i in items} & dev_ids):
             raise TrainingSetupError(f"{folder} repeats hm-dev articles (e.g. {shared_ids[0]})")
         items = keep_share(items, config.train_share)
-        sources.append(Source(items, image_loader(items, None), hm_tag(folder), views=True))
+        sources.append(
+            Source(
+                items,
+                image_loader(items, None),
+                hm_tag(folder),
+                views=True,
+                descriptions=config.extra_descriptions,
+            )
+        )
     return sources
 
 
@@ -391,7 +400,11 @@ def feature_step(
     aug_x, has_aug = augment_step(config, spec, split, cache_dir, image_x.shape, progress)
     items = split.train_items
     text_table: dict[str, int] = {}
-    variants = [[text_table.setdefault(t, len(text_table)) for t in item_texts(i)] for i in items]
+    variants = [
+        [text_table.setdefault(t, len(text_table)) for t in item_texts(i, source.descriptions)]
+        for source in split.sources
+        for i in source.items
+    ]
     texts = sorted(text_table, key=lambda t: text_table[t])
     text_x = text_features(texts, cache_dir / "texts-minilm.npz", progress)
     variant_array = np.full((len(variants), max(len(v) for v in variants)), -1, dtype=np.int64)
@@ -428,6 +441,8 @@ def augment_step(
         if not source.views or not seeds:
             continue
         chosen = source.items if index == 0 else keep_view_share(source.items, config)
+        if not chosen:  # extra_view_share 0: hm-extra's images train without views
+            continue
         chosen_ids = {item.id for item in chosen}
         picked = [
             row for row, item in zip(rows, source.items, strict=True) if item.id in chosen_ids

@@ -233,6 +233,14 @@ def train_encoder(
             "paths ('none': hm-dev only). Their product codes must not occur in hm-dev."
         ),
     ] = ",".join(EXTRA_DATASETS),
+    extra_descriptions: Annotated[
+        bool,
+        typer.Option(
+            "--extra-descriptions/--no-extra-descriptions",
+            help="Pair --hm-extra's items with their descriptions and captions too, not "
+            "only the short phrases and the name (10x the text features' cost).",
+        ),
+    ] = _DEFAULTS.extra_descriptions,
     kaggle: Annotated[
         bool, typer.Option("--kaggle/--no-kaggle", help="Also train on the Kaggle zip.")
     ] = False,

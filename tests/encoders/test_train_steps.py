@@ -55,6 +55,13 @@ def test_hm_extra_trains_beside_hm_dev_and_never_touches_the_heldout_split(hm_de
     heldout_codes = {i.group for i in split.evaluation}
     assert not {i.id for i in split.train_items} & heldout
     assert not {i.group for i in split.train_items} & heldout_codes
+    # hm-extra's items pair with their descriptions too, unless told not to (their cost)
+    assert split.sources[0].descriptions
+    assert extra.descriptions
+    short = split_step(TrainConfig(hm_dev=hm_dev, hm_extra=(hm_extra,), extra_descriptions=False))
+    assert short.sources[0].descriptions
+    assert not short.sources[1].descriptions
+
     validation = split_step(TrainConfig(hm_dev=hm_dev, hm_extra=(hm_extra,), validation=0.2))
     assert not {i.group for i in validation.train_items} & {i.group for i in validation.evaluation}
     assert not {i.id for i in validation.train_items + validation.evaluation} & heldout

@@ -136,6 +136,11 @@ def test_texts_of_an_item_are_shopper_phrases_and_captions() -> None:
     assert "slim jeans" in texts
     assert "5-pocket jeans in washed denim." in texts
     assert all(t == query_text(t) for t in texts)
+    # without descriptions (--no-extra-descriptions): the short texts alone, in the same order
+    short = item_texts(item, descriptions=False)
+    assert short == [t for t in texts if t in short]
+    assert "slim jeans" in short
+    assert not any("5-pocket" in t for t in short)
     unknown = Item("2", "hm", "p2", "x", "", {"product_type": "Hat", "colour": "Unknown"})
     assert "unknown hat" not in item_texts(unknown)
 
