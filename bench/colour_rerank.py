@@ -33,10 +33,11 @@ import numpy.typing as npt
 from PIL import Image
 
 from bench.fusion_signals import gallery
+from bench.fusion_tuning import label_precision
 from domain.fusion import DEFAULT_FUSION, FusedHit, fuse, text_confidence
 from encoders.backbones import COLOUR_DIM, colour_histogram
 from fashion_search.settings import Settings
-from fashion_search.shop_evaluation import ATTRIBUTE_KEYS, TOP_K
+from fashion_search.shop_evaluation import ATTRIBUTE_KEYS
 from ingest.readers import RemoteImage, open_source
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_rerank.json"
@@ -182,9 +183,7 @@ def precision(
             gated = gate is not None and text_confidence(ranked, DEFAULT_FUSION) >= gate
             if rerank is not None and mask is not None and not gated:
                 hits = rerank(hits, mask)
-            top = [h.product_id for h in hits[:TOP_K]]
-            relevant = [tuple(labels[p].get(k, "") for k in keys) == values for p in top]
-            precisions.append(sum(relevant) / TOP_K)
+            precisions.append(label_precision(hits, labels, keys, values))
         if precisions:
             figures[f"{kind}_p@10"] = round(sum(precisions) / len(precisions), 4)
     return figures

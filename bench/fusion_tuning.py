@@ -23,13 +23,13 @@ import itertools
 import json
 import pickle
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from domain.fusion import DEFAULT_FUSION, Fused, FusionConfig, Ranked, fuse
+from domain.fusion import DEFAULT_FUSION, Fused, FusedHit, FusionConfig, Ranked, fuse
 from domain.model import MatchQuality
 from fashion_search.shop_evaluation import ATTRIBUTE_KEYS, TOP_K
 
@@ -85,6 +85,17 @@ SIGNALS_ALONE = {
 }
 
 
+def label_precision(
+    hits: Sequence[FusedHit],
+    labels: Mapping[str, Mapping[str, str]],
+    keys: Sequence[str],
+    values: tuple[str, ...],
+) -> float:
+    """P@10 judged by the labels: a hit counts when its ``keys`` have exactly ``values``."""
+    top = [h.product_id for h in hits[:TOP_K]]
+    return sum(tuple(labels[p].get(k, "") for k in keys) == values for p in top) / TOP_K
+
+
 def measure(recorded: Mapping[str, Any], rank: Callable[[Ranked], Fused]) -> dict[str, float]:
     """The shop-mode figures of one way of ranking over one recorded gallery."""
     labels = recorded["labels"]
@@ -95,9 +106,7 @@ def measure(recorded: Mapping[str, Any], rank: Callable[[Ranked], Fused]) -> dic
         precisions = []
         for _, (keys, values), ranked in queries.get(kind, []):
             fused = rank(ranked)
-            top = [h.product_id for h in fused.hits[:TOP_K]]
-            relevant = [tuple(labels[p].get(k, "") for k in keys) == values for p in top]
-            precisions.append(sum(relevant) / TOP_K)
+            precisions.append(label_precision(fused.hits, labels, keys, values))
             attribute_none.append(fused.quality is MatchQuality.NONE)
         if precisions:
             figures[f"{kind}_p@10"] = round(sum(precisions) / len(precisions), 4)
@@ -150,9 +159,7 @@ def measure_attributes(
     for kind in ATTRIBUTE_KEYS:
         precisions = []
         for _, (keys, values), ranked in recorded["queries"].get(kind, []):
-            top = [h.product_id for h in rank(ranked).hits[:TOP_K]]
-            relevant = [tuple(labels[p].get(k, "") for k in keys) == values for p in top]
-            precisions.append(sum(relevant) / TOP_K)
+            precisions.append(label_precision(rank(ranked).hits, labels, keys, values))
         if precisions:
             figures[f"{kind}_p@10"] = round(sum(precisions) / len(precisions), 4)
     return figures

@@ -242,9 +242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runtime-venv", type=Path, default=None)
+def add_datasets_argument(parser: argparse.ArgumentParser) -> None:
+    """``--datasets``: FASHION_SEARCH_DATASETS_DIR, else ``shared/datasets`` beside the repo."""
     parser.add_argument(
         "--datasets",
         type=Path,
@@ -252,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.get("FASHION_SEARCH_DATASETS_DIR", REPO_ROOT.parent / "shared/datasets")
         ),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runtime-venv", type=Path, default=None)
+    add_datasets_argument(parser)
     parser.add_argument("--count", type=int, default=20, help="Photos timed per runtime.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from bench.common import RESULTS_DIR
-from bench.onnx import MODELS_DIR, REPO_ROOT
+from bench.onnx import MODELS_DIR, add_datasets_argument
 from encoders.backbones import (
     BACKGROUND_TOLERANCE,
     F32,
@@ -158,13 +158,7 @@ def run(photos: Sequence[bytes], rounds: int, models_dir: str) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--datasets",
-        type=Path,
-        default=Path(
-            os.environ.get("FASHION_SEARCH_DATASETS_DIR", REPO_ROOT.parent / "shared/datasets")
-        ),
-    )
+    add_datasets_argument(parser)
     parser.add_argument("--count", type=int, default=20, help="hm-demo photos.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "onnx-stages.json")
