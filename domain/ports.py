@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -185,6 +185,35 @@ class ImmediateQuery(Protocol):
     ) -> list[tuple[str, float]] | None:
         """What ``query`` would answer; None when that cannot be done without waiting (the
         index is busy or not loaded yet): then ``query`` is awaited instead."""
+        ...
+
+
+class SpaceQuery(NamedTuple):
+    """One query of one vector space (``VectorIndex.query``'s arguments)."""
+
+    space: str
+    vector: Vectors
+    top_k: int
+    filter: ProductFilter | None = None
+
+
+@runtime_checkable
+class SeveralQueries(Protocol):
+    """A VectorIndex that answers the queries of several spaces in one call (a text search
+    asks the image space and the products' words space with the same vector): one hand-off
+    to a worker thread instead of one per space, and, when a search is the only one in
+    progress, an index in this process's memory searches the spaces side by side (each
+    search is a scan of memory on its own core)."""
+
+    async def query_several(self, queries: Sequence[SpaceQuery]) -> list[list[tuple[str, float]]]:
+        """What ``query`` answers for each, in their order."""
+        ...
+
+    def query_several_now(
+        self, queries: Sequence[SpaceQuery]
+    ) -> list[list[tuple[str, float]]] | None:
+        """The same without waiting, the spaces searched side by side (see ImmediateQuery);
+        None when the index is busy or not loaded yet."""
         ...
 
 

@@ -48,6 +48,8 @@ from domain.ports import (
     ImageStore,
     ImmediateQuery,
     LexicalIndex,
+    SeveralQueries,
+    SpaceQuery,
     VectorIndex,
     WriteLock,
 )
@@ -339,13 +341,20 @@ class SearchService:
         asks: dict[str, Awaitable[Sequence[Any]]] = {}
         if words and self._lexical is not None and query.text is not None:
             asks["lexical"] = self._lexical.search_text(query.text.text, depth, flt)
+        spaces: dict[str, SpaceQuery] = {}
         if query.mode is not SearchMode.TEXT:
-            asks["visual"] = self._vectors(encoder.id, vectors.visual, depth, flt)
+            spaces["visual"] = SpaceQuery(encoder.id, vectors.visual, depth, flt)
         if asks_text_space and vectors.text is not None:
-            asks["semantic"] = self._vectors(
+            spaces["semantic"] = SpaceQuery(
                 product_text_space(encoder.id), vectors.text, depth, flt
             )
+        if len(spaces) > 1 and isinstance(self._index, SeveralQueries):
+            asks["spaces"] = self._several(self._index, list(spaces.values()))
+        else:
+            asks.update((name, self._vectors(*ask)) for name, ask in spaces.items())
         lists = dict(zip(asks, await asyncio.gather(*asks.values()), strict=True))
+        if "spaces" in lists:
+            lists.update(zip(spaces, lists.pop("spaces"), strict=True))
         visual_list: Sequence[tuple[str, float]] = lists.get("visual", [])
         semantic_list: Sequence[tuple[str, float]] = lists.get("semantic", [])
         lexical_list: Sequence[LexicalHit] = lists.get("lexical", [])
@@ -371,6 +380,16 @@ class SearchService:
         if ranked is None:
             ranked = await self._index.query(space, vector, top_k, flt)
         return ranked
+
+    async def _several(
+        self, index: SeveralQueries, queries: list[SpaceQuery]
+    ) -> list[list[tuple[str, float]]]:
+        """The spaces' lists in one call: side by side when this is the only search in
+        progress, else in one worker thread."""
+        answered = index.query_several_now(queries) if self._searches == 1 else None
+        if answered is None:
+            answered = await index.query_several(queries)
+        return answered
 
     async def _has_text_space(self, encoder: Encoder) -> bool:
         """Whether the products' words have vectors of this encoder. The answer is kept for

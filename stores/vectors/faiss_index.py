@@ -103,6 +103,8 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -113,7 +115,7 @@ import numpy.typing as npt
 
 from domain.errors import BadInput
 from domain.model import ProductFilter
-from domain.ports import Vectors
+from domain.ports import SpaceQuery, Vectors
 from stores._util import atomic_write_bytes, fsync_dir, remove_orphaned_tmp_files, safe_name
 from stores.locks import exclusive_flock
 from stores.vectors.delta_log import Change, decode
@@ -142,6 +144,13 @@ DEFAULT_EF_SEARCH = 512
 DEFAULT_EXACT_FILTER_LIMIT = 20_000
 DEFAULT_COMPACT_DEAD_FRACTION = 0.25
 MAX_EF_SEARCH = 4096
+PREFILTER_MIN_ROWS = 4096
+"""A flat space of at least this many rows is scanned in float16 first (``_Float16Copy``)."""
+PREFILTER_MARGIN = 32
+"""The float16 scan returns top_k plus this many (or half top_k, when more) candidates."""
+FLOAT16_CHUNK_ROWS = 8192
+FLOAT32_ROUNDING = 2.0**-24
+FLOAT16_MAX = 65504.0
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -202,6 +211,57 @@ class _Column:
         return _Column.of(self.values[rows], self._fill)
 
 
+class _Float16Copy:
+    """A float16 copy of a flat space's vectors, scanned before the float32 rows so that an
+    exact search reads half the bytes (a flat scan is bound by memory, not arithmetic) and
+    still answers exactly what the float32 scan alone answers.
+
+    Each float16 score is within ``bound`` of the float32 score FAISS computes for the row:
+    Cauchy-Schwarz on the rounding (the largest ``|x - half(x)|`` of any row, times ``|q|``)
+    plus the rounding of two float32 dot products (``2 d u |q| |x|``, doubled for safety). So
+    a row can be in the float32 top k only if its float16 score is at least the k-th best
+    float16 score minus twice the bound; those candidates (a few more than k for real
+    embeddings) are scored by the same float32 scan restricted to them, which FAISS
+    computes, orders and breaks ties exactly as the full scan (tested). When the float16
+    top list is too short to hold every candidate, the full scan answers instead.
+
+    Built on the first search of the space (in a serving process only), extended as rows
+    are appended, rebuilt when the flat index is replaced (a compaction). Memory: half the
+    space's vector bytes."""
+
+    def __init__(self, source: Any, dim: int) -> None:
+        self.source = source  # the flat index it copies
+        self.index = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        self.rows = 0
+        self.residual = 0.0
+        """The largest distance between a row and its float16 copy."""
+        self.norm = 0.0
+        """The largest norm of a row or of its float16 copy."""
+        self.usable = True
+
+    def extend(self, vectors: Vectors) -> None:
+        wide = np.asarray(vectors, dtype=np.float64)
+        if not len(wide):
+            return
+        if float(np.abs(wide).max()) >= FLOAT16_MAX:
+            self.usable = False  # not representable in float16: the full scan answers
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        stored = faiss.rev_swig_ptr(self.index.codes.data(), int(self.index.codes.size()))
+        halves = stored.view(np.float16).reshape(-1, self.index.d)[self.rows :].astype(np.float64)
+        self.residual = max(self.residual, float(np.linalg.norm(wide - halves, axis=1).max()))
+        norms = (np.linalg.norm(wide, axis=1).max(), np.linalg.norm(halves, axis=1).max())
+        self.norm = max(self.norm, *map(float, norms))
+        self.rows += len(wide)
+
+    def bound(self, query: Vectors) -> float:
+        """How far a float16 score may be from the float32 one, for this query."""
+        size = float(np.linalg.norm(query.astype(np.float64)))
+        rounding = 2 * 2 * int(self.index.d) * FLOAT32_ROUNDING * size * self.norm
+        return (size * self.residual + rounding) * (1 + 1e-6) + 1e-9
+
+
 class _Space:
     """The vectors of one encoder. Not thread-safe: the owning index holds the lock."""
 
@@ -218,6 +278,7 @@ class _Space:
         self.disk: _OnDisk | None = None  # None: not on disk (yet, or any more)
         self.pending: list[Change] = []  # applied here, not flushed yet
         self.fold_wanted = False  # write a snapshot at the next flush (after a compaction)
+        self.half: _Float16Copy | None = None  # see float16_copy
 
     # -- sizes ---------------------------------------------------------------------------
 
@@ -246,6 +307,18 @@ class _Space:
             return half
         view: Vectors = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
         return view
+
+    def float16_copy(self) -> _Float16Copy | None:
+        """The flat space's float16 copy, brought up to date; None for HNSW or small spaces."""
+        if self.kind != "flat" or self.n_rows < PREFILTER_MIN_ROWS:
+            return None
+        copy = self.half
+        if copy is None or copy.source is not self.index or copy.rows > self.n_rows:
+            copy = self.half = _Float16Copy(self.index, self.dim)
+        while copy.rows < self.n_rows:  # in chunks: float64 temporaries of a bounded size
+            chunk = self.vectors()[copy.rows : copy.rows + FLOAT16_CHUNK_ROWS]
+            copy.extend(np.asarray(chunk, dtype=np.float32))
+        return copy if copy.usable else None
 
     def take(self, rows: IntArray) -> Vectors:
         """float32 copies of the given rows, whatever the storage."""
@@ -436,7 +509,10 @@ class FaissVectorIndex:
         hnsw_storage: Storage = "float32",
         fold_min_bytes: int = DEFAULT_FOLD_MIN_BYTES,
         fold_fraction: float = DEFAULT_FOLD_FRACTION,
+        prefilter: bool = True,
     ) -> None:
+        """``prefilter``: flat spaces scan a float16 copy first (``_Float16Copy``; the same
+        answers, for half the bytes read); False: the float32 rows only."""
         if hnsw_threshold < 1:
             raise ValueError("hnsw_threshold must be at least 1")
         if not 0.0 < compact_dead_fraction < 1.0:
@@ -456,11 +532,13 @@ class FaissVectorIndex:
         self.hnsw_storage: Storage = hnsw_storage
         self.fold_min_bytes = fold_min_bytes
         self.fold_fraction = fold_fraction
+        self.prefilter = prefilter
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._spaces: dict[str, _Space] | None = None  # loaded lazily
         self._seen: Signature | None = None  # of the files the spaces reflect
         self._flushing = False  # this process is writing the files (no re-sync meanwhile)
+        self._side: ThreadPoolExecutor | None = None  # query_several_now's second core
 
     # -- the port (async) ----------------------------------------------------------------
 
@@ -481,6 +559,9 @@ class FaissVectorIndex:
         filter: ProductFilter | None = None,
     ) -> list[tuple[str, float]]:
         return await asyncio.to_thread(self.query_sync, encoder_id, vector, top_k, filter)
+
+    async def query_several(self, queries: Sequence[SpaceQuery]) -> list[list[tuple[str, float]]]:
+        return await asyncio.to_thread(self.query_several_sync, queries)
 
     async def fetch(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
         return await asyncio.to_thread(self.fetch_sync, encoder_id, ids)
@@ -576,6 +657,53 @@ class FaissVectorIndex:
             return self._query(self._spaces, encoder_id, query, top_k, filter)
         finally:
             self._lock.release()
+
+    def query_several_sync(self, queries: Sequence[SpaceQuery]) -> list[list[tuple[str, float]]]:
+        """``query_sync`` of each, in one hold of the lock."""
+        vectors = [_as_query(q.vector) for q in queries]
+        with self._lock:
+            spaces = self._refresh()
+            return [
+                self._query(spaces, q.space, v, q.top_k, q.filter)
+                for q, v in zip(queries, vectors, strict=True)
+            ]
+
+    def query_several_now(
+        self, queries: Sequence[SpaceQuery]
+    ) -> list[list[tuple[str, float]]] | None:
+        """``query_several_sync`` when ``query_now`` would answer, the first query on the
+        calling thread and the others meanwhile on a second thread (FAISS releases the GIL
+        while it scans, so two spaces take about the time of one on two idle cores)."""
+        vectors = [_as_query(q.vector) for q in queries]
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._spaces is None or self._signature() != self._seen:
+                return None
+            spaces = self._spaces
+            asks = [
+                (spaces, q.space, v, q.top_k, q.filter)
+                for q, v in zip(queries, vectors, strict=True)
+            ]
+            if len(asks) < 2 or len({q.space for q in queries}) < len(queries):
+                return [self._query(*ask) for ask in asks]  # a space is one thread's at a time
+            side = self._side_thread()
+            others: list[Future[list[tuple[str, float]]]] = [
+                side.submit(self._query, *ask) for ask in asks[1:]
+            ]
+            try:
+                first = self._query(*asks[0])
+            finally:
+                wait_all(others)  # the lock guards what they read until they are done
+            return [first, *(f.result() for f in others)]
+        finally:
+            self._lock.release()
+
+    def _side_thread(self) -> ThreadPoolExecutor:
+        """Lock held."""
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss-side")
+        return self._side
 
     def _query(
         self,
@@ -704,6 +832,9 @@ class FaissVectorIndex:
         with self._lock:
             self._spaces = None
             self._seen = None
+            side, self._side = self._side, None
+        if side is not None:
+            side.shutdown(wait=True)
 
     # -- internals: changes (lock held) --------------------------------------------------
 
@@ -974,13 +1105,14 @@ class FaissVectorIndex:
         self, space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int
     ) -> tuple[IntArray, npt.NDArray[np.float32]]:
         if space.kind == "flat":
+            if self.prefilter:
+                answered = _prefiltered(space, query, k, mask, available)
+                if answered is not None:
+                    return answered
             if mask is None:
                 scores, rows = space.index.search(query, k)
             else:
-                bits = np.packbits(mask, bitorder="little")
-                selector = faiss.IDSelectorBitmap(space.n_rows, faiss.swig_ptr(bits))
-                params = faiss.SearchParameters(sel=selector)
-                scores, rows = space.index.search(query, k, params=params)
+                scores, rows = space.index.search(query, k, params=_only(mask))
             return rows[0], scores[0]
         # HNSW.
         if mask is not None and available <= self.exact_filter_limit:
@@ -1001,6 +1133,36 @@ class FaissVectorIndex:
             )
             return _exact(space.take(candidates), query, k, candidates)
         return rows[0], scores[0]
+
+
+def _only(mask: BoolArray) -> Any:
+    """Search parameters restricting a search to the rows of ``mask`` (they keep the bitmap
+    the selector points into alive)."""
+    bits = np.packbits(mask, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+    params = faiss.SearchParameters(sel=selector)
+    params.referenced_objects = [selector, bits]
+    return params
+
+
+def _prefiltered(
+    space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int
+) -> tuple[IntArray, npt.NDArray[np.float32]] | None:
+    """The flat search's answer through the space's float16 copy (see _Float16Copy), or
+    None when the full scan has to answer."""
+    copy = space.float16_copy()
+    wanted = k + max(PREFILTER_MARGIN, k // 2)
+    if copy is None or available <= wanted:
+        return None
+    params = None if mask is None else _only(mask)
+    approx, rows = (a[0] for a in copy.index.search(query, wanted, params=params))
+    threshold = float(approx[k - 1]) - 2 * copy.bound(query)
+    if rows[-1] < 0 or float(approx[-1]) >= threshold:
+        return None  # candidates may lie past the list's end
+    chosen = np.zeros(space.n_rows, dtype=np.bool_)
+    chosen[rows[approx >= threshold]] = True
+    scores, found = space.index.search(query, k, params=_only(chosen))
+    return found[0], scores[0]
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ import pytest
 
 from domain.errors import BadInput
 from domain.model import ProductFilter
-from domain.ports import Vectors
-from stores.vectors.faiss_index import FaissVectorIndex
+from domain.ports import SpaceQuery, Vectors
+from stores.vectors.faiss_index import PREFILTER_MIN_ROWS, FaissVectorIndex, _prefiltered
 from tests.stores.contracts import ENC_A, ENC_B, VectorIndexContract, random_units
 
 
@@ -395,3 +395,100 @@ async def test_query_now_answers_like_query_or_not_at_all(tmp_path: Path) -> Non
     assert reopened.query_now(ENC_A, vectors[0], 7) is None
     assert [p for p, _ in await reopened.query(ENC_A, vectors[0], 1)] == ["p0"]
     assert reopened.query_now(ENC_A, vectors[0], 1) == await reopened.query(ENC_A, vectors[0], 1)
+
+
+async def test_query_several_answers_like_one_query_per_space(tmp_path: Path) -> None:
+    index = FaissVectorIndex(tmp_path)
+    ids = [f"p{i}" for i in range(300)]
+    images, words = random_units(300, 16, seed=5), random_units(300, 16, seed=6)
+    tags = [{"colour": "red" if i % 3 else "blue"} for i in range(300)]
+    await index.upsert(ENC_A, ids, images, tags)
+    await index.upsert(ENC_B, ids, words, tags)
+    await index.delete(["p1", "p2"], ENC_A)  # tombstones in one space only
+    await index.flush()
+    blue = ProductFilter(equals={"colour": "blue"})
+    for q in range(6):
+        queries = [
+            SpaceQuery(ENC_A, words[q], 40, blue if q % 2 else None),
+            SpaceQuery(ENC_B, words[q], 25, None),
+            SpaceQuery("nobody", words[q], 5, None),
+        ]
+        one_by_one = [await index.query(*query) for query in queries]
+        assert await index.query_several(queries) == one_by_one
+        assert index.query_several_now(queries) == one_by_one  # the second one side by side
+        assert index.query_several_now(queries[:1]) == one_by_one[:1]
+
+    # a bad query raises once the other space's search is over, and the index stays usable
+    short = random_units(1, 8, seed=7)[0]  # not the spaces' dimension
+    with pytest.raises(BadInput):
+        index.query_several_now([SpaceQuery(ENC_B, words[0], 5), SpaceQuery(ENC_A, short, 5)])
+    with pytest.raises(BadInput):
+        index.query_several_now([SpaceQuery(ENC_A, short, 5), SpaceQuery(ENC_B, words[0], 5)])
+    assert index.query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is not None
+
+    # busy (another thread holds the index) or not loaded: None at once
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with index._lock:
+            held.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        assert index.query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
+    finally:
+        done.set()
+        holder.join()
+    await index.close()
+    assert FaissVectorIndex(tmp_path).query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
+
+
+async def test_float16_prefilter_answers_exactly_like_the_float32_scan(tmp_path: Path) -> None:
+    n, dim = PREFILTER_MIN_ROWS + 1600, 24
+    rng = np.random.default_rng(11)
+    # clustered rows (close scores), exact duplicates (ties) and a few far larger rows
+    centres = random_units(12, dim, seed=12)
+    data = centres[rng.integers(0, 12, n)] + 0.15 * rng.standard_normal((n, dim))
+    data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
+    data[100:160] = data[0:60]
+    data[3000:3010] *= 3.0
+    tags = [{"colour": ("red", "blue", "green")[i % 3]} for i in range(n)]
+    index = FaissVectorIndex(tmp_path, compact_dead_fraction=0.1)
+    ids = [f"p{i}" for i in range(n)]
+    await index.upsert(ENC_A, ids[:-1600], data[:-1600], tags[:-1600])
+    await index.delete([f"p{i}" for i in range(0, 400, 9)], ENC_A)
+    queries = [data[0], data[105], data[3001], *random_units(6, dim, seed=13), *data[200:206]]
+    filters = [None, ProductFilter(equals={"colour": "red"})]
+
+    async def same_answers() -> int:
+        """Both paths agree on every query; how many the float16 copy answered."""
+        answered = 0
+        for vector in queries:
+            for flt in filters:
+                for k in (1, 7, 200, 1500):
+                    index.prefilter = False
+                    plain = await index.query(ENC_A, vector, k, flt)
+                    index.prefilter = True
+                    assert await index.query(ENC_A, vector, k, flt) == plain, (k, flt)
+                    with index._lock:
+                        space = index._refresh()[ENC_A]
+                        mask = space.selection(flt)
+                        available = space.n_live if mask is None else int(mask.sum())
+                        query = vector.reshape(1, -1).astype(np.float32)
+                        answered += _prefiltered(space, query, k, mask, available) is not None
+        return answered
+
+    assert await same_answers() > 0
+    # rows appended after the copy was made, then a compaction (a new flat index)
+    await index.upsert(ENC_A, ids[-1600:], data[-1600:], tags[-1600:])
+    await index.upsert(ENC_A, ["p7"], data[8:9], tags[7:8])  # a row moved: old one tombstoned
+    assert await same_answers() > 0
+    await index.delete([f"p{i}" for i in range(400, 1100)], ENC_A)  # past the dead fraction
+    assert await same_answers() > 0
+    space = index._refresh()[ENC_A]
+    assert space.half is not None
+    assert space.half.source is space.index
+    assert space.half.rows == space.n_rows

@@ -1,0 +1,88 @@
+"""The search service's faster paths over the embedded stores answer exactly what the plain
+paths answer: the image space and the products' words space asked in one call of the FAISS
+index (side by side when a search is alone, in one worker thread under concurrent load)
+against one query per space."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from domain.model import Cursor, ProductFilter, SearchMode, SearchPage
+from domain.ports import SeveralQueries, VectorIndex, Vectors
+from domain.services import CatalogService, SearchService
+from stores.catalog.sqlite_catalog import SqliteCatalog
+from stores.vectors.faiss_index import FaissVectorIndex
+from tests.fakes import FakeEncoderProvider, HashingEncoder, InMemoryImageStore, fake_image
+
+COLOURS = ("black", "white", "navy blue", "red", "beige")
+ITEMS = ("trousers", "lace dress", "t-shirt", "sneakers", "wool sweater", "handbag")
+QUERIES = ("black trousers", "lace dress", "navy blue t-shirt", "red", "asdfgh", "Black Sneakers")
+RED = ProductFilter(equals={"colour": "Red"})
+
+
+class OneSpaceAtATime:
+    """The FAISS index as an index without ``SeveralQueries``: one query per space."""
+
+    def __init__(self, index: FaissVectorIndex) -> None:
+        self._index = index
+
+    async def query(self, *args: Any) -> list[tuple[str, float]]:
+        return await self._index.query(*args)
+
+    def query_now(self, *args: Any) -> list[tuple[str, float]] | None:
+        return self._index.query_now(*args)
+
+    async def encoder_ids(self) -> list[str]:
+        return await self._index.encoder_ids()
+
+    async def fetch(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
+        return await self._index.fetch(encoder_id, ids)
+
+
+def answer(page: SearchPage) -> tuple[object, ...]:
+    hits = [(h.product.id, h.rank, h.score, h.signals, h.exact) for h in page.hits]
+    return hits, page.match_quality, page.ranked_ids, page.next_cursor
+
+
+async def test_one_call_for_both_spaces_answers_like_one_query_per_space(tmp_path: Path) -> None:
+    encoders = FakeEncoderProvider(HashingEncoder())
+    index, catalog = FaissVectorIndex(tmp_path / "vectors"), SqliteCatalog(":memory:")
+    images = InMemoryImageStore()
+    products = CatalogService(encoders, index, catalog, images)
+    for i, (colour, item) in enumerate(itertools.product(COLOURS, ITEMS)):
+        name = f"{colour.title()} {item.title()} {i}"
+        tags = {"colour": colour.title(), "type": item}
+        await products.add(f"p{i}", name, fake_image(name), f"A {item} in {colour}", tags)
+    catalog.build_bm25_snapshot_sync()
+    fast = SearchService(encoders, index, catalog, images)
+    plain = SearchService(encoders, cast("VectorIndex", OneSpaceAtATime(index)), catalog, images)
+    assert isinstance(index, SeveralQueries)
+    assert not isinstance(plain._index, SeveralQueries)
+
+    asks = [
+        (text, mode, flt, after)
+        for text in QUERIES
+        for mode in SearchMode
+        for flt in (None, RED)
+        for after in (None, Cursor(offset=4).encode())
+    ]
+    for text, mode, flt, after in asks:  # one search at a time: the spaces side by side
+        ours = await fast.by_text(text, top_k=4, filter=flt, cursor=after, mode=mode)
+        theirs = await plain.by_text(text, top_k=4, filter=flt, cursor=after, mode=mode)
+        assert answer(ours) == answer(theirs), (text, mode, flt, after)
+        assert await fast.facet_counts(ours) == await plain.facet_counts(theirs)
+
+    # concurrent searches: each asks both spaces in one worker thread
+    async def pages(search: SearchService) -> list[tuple[object, ...]]:
+        found = await asyncio.gather(
+            *(search.by_text(t, top_k=4, filter=f, cursor=a, mode=m) for t, m, f, a in asks)
+        )
+        return [answer(page) for page in found]
+
+    assert await pages(fast) == await pages(plain)
+    await index.close()
+    await catalog.close()
