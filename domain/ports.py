@@ -201,9 +201,7 @@ class SpaceQuery(NamedTuple):
 class SeveralQueries(Protocol):
     """A VectorIndex that answers the queries of several spaces in one call (a text search
     asks the image space and the products' words space with the same vector): one hand-off
-    to a worker thread instead of one per space, and, when a search is the only one in
-    progress, an index in this process's memory searches the spaces side by side (each
-    search is a scan of memory on its own core)."""
+    to a worker thread instead of one per space."""
 
     async def query_several(self, queries: Sequence[SpaceQuery]) -> list[list[tuple[str, float]]]:
         """What ``query`` answers for each, in their order."""
@@ -212,8 +210,24 @@ class SeveralQueries(Protocol):
     def query_several_now(
         self, queries: Sequence[SpaceQuery]
     ) -> list[list[tuple[str, float]]] | None:
-        """The same without waiting, the spaces searched side by side (see ImmediateQuery);
-        None when the index is busy or not loaded yet."""
+        """The same at once, as ``ImmediateQuery.query_now`` (None when it cannot be done
+        without waiting), the spaces searched side by side: the caller's thread and a second
+        one (each search is a scan of memory, on its own core)."""
+        ...
+
+
+@runtime_checkable
+class ImmediateLexical(Protocol):
+    """A LexicalIndex that can also answer at once, on the calling thread, when that costs
+    well under a millisecond (an in-memory BM25 snapshot). The search service asks it so
+    while concurrent searches' vector queries run in a worker thread (a hand-off costs more
+    than the answer)."""
+
+    def search_text_now(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> list[LexicalHit] | None:
+        """What ``search_text`` would answer; None when that cannot be done at once (the
+        store is busy, or would have to ask a slower index): then ``search_text`` is awaited."""
         ...
 
 

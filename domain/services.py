@@ -46,6 +46,7 @@ from domain.ports import (
     EncoderProvider,
     ImageFetcher,
     ImageStore,
+    ImmediateLexical,
     ImmediateQuery,
     LexicalIndex,
     SeveralQueries,
@@ -279,12 +280,17 @@ class SearchService:
         depth = position.offset + query.top_k
         if depth > MAX_RESULT_DEPTH:
             raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
-        vectors = await self._query_vectors(encoder, query)
-        encoded = time.perf_counter()
-
         # One extra to know whether a next page exists, one more for the excluded query item.
-        wanted = depth + 1 + (1 if vectors.exclude_id else 0)
-        ranked = await self._rank(encoder, query, vectors, wanted)
+        wanted = depth + 1 + (1 if query.image is not None and query.image.product_id else 0)
+        lexical = self._lexical_early(query, wanted)
+        try:
+            vectors = await self._query_vectors(encoder, query)
+        except BaseException:
+            if lexical is not None:
+                lexical.cancel()
+            raise
+        encoded = time.perf_counter()
+        ranked = await self._rank(encoder, query, vectors, wanted, lexical)
         fused = fuse(ranked, self.fusion, limit=wanted)  # hits for the page, ids for facets
         ordered = [h for h in fused.hits if h.product_id != vectors.exclude_id]
         excluded = int(vectors.exclude_id in fused.order)
@@ -323,11 +329,31 @@ class SearchService:
             )[:FACET_DEPTH],
         )
 
+    def _lexical_early(
+        self, query: SearchQuery, wanted: int
+    ) -> asyncio.Future[list[LexicalHit]] | None:
+        """The lexical list asked in a worker thread before the query is encoded, when this
+        is the only search (the encoder then runs on this thread, the words need no vector:
+        the two overlap on two cores); None otherwise (``_rank`` asks it)."""
+        words = query.mode is not SearchMode.VISUAL and query.text is not None
+        if not words or self._lexical is None or query.text is None or self._searches != 1:
+            return None
+        depth = max(wanted, FUSION_DEPTH)
+        return asyncio.ensure_future(
+            self._lexical.search_text(query.text.text, depth, query.filter)
+        )
+
     async def _rank(
-        self, encoder: Encoder, query: SearchQuery, vectors: QueryVectors, wanted: int
+        self,
+        encoder: Encoder,
+        query: SearchQuery,
+        vectors: QueryVectors,
+        wanted: int,
+        lexical: asyncio.Future[list[LexicalHit]] | None = None,
     ) -> Ranked:
-        """Each signal's list, asked concurrently. One signal (VISUAL, or a photo without
-        words) needs only the page; fusing needs each list's top FUSION_DEPTH."""
+        """Each signal's list, asked concurrently (``lexical``: already asked). One signal
+        (VISUAL, or a photo without words) needs only the page; fusing needs each list's top
+        FUSION_DEPTH."""
         words = query.mode is not SearchMode.VISUAL and query.text is not None
         depth = max(wanted, FUSION_DEPTH) if words else wanted
         flt = query.filter
@@ -335,12 +361,11 @@ class SearchService:
         if asks_text_space:
             asks_text_space = await self._has_text_space(encoder)
         # Only the signals this search uses become coroutines, each handed straight to
-        # gather (no coroutine left un-awaited when a list is not needed). The lexical one
-        # goes first: it hands its query to a thread (SQLite) or the network (MongoDB), so
-        # the vector queries run meanwhile, inline when this is the only search.
+        # gather (no coroutine left un-awaited when a list is not needed). The vector spaces
+        # go first: the only search asks them on this thread (two spaces side by side on
+        # two), concurrent searches hand them to a worker thread, one call for both, while
+        # the lexical query runs on this thread when it can answer at once.
         asks: dict[str, Awaitable[Sequence[Any]]] = {}
-        if words and self._lexical is not None and query.text is not None:
-            asks["lexical"] = self._lexical.search_text(query.text.text, depth, flt)
         spaces: dict[str, SpaceQuery] = {}
         if query.mode is not SearchMode.TEXT:
             spaces["visual"] = SpaceQuery(encoder.id, vectors.visual, depth, flt)
@@ -352,6 +377,10 @@ class SearchService:
             asks["spaces"] = self._several(self._index, list(spaces.values()))
         else:
             asks.update((name, self._vectors(*ask)) for name, ask in spaces.items())
+        if lexical is not None:
+            asks["lexical"] = lexical
+        elif words and self._lexical is not None and query.text is not None:
+            asks["lexical"] = self._lexical_list(self._lexical, query.text.text, depth, flt)
         lists = dict(zip(asks, await asyncio.gather(*asks.values()), strict=True))
         if "spaces" in lists:
             lists.update(zip(spaces, lists.pop("spaces"), strict=True))
@@ -384,12 +413,22 @@ class SearchService:
     async def _several(
         self, index: SeveralQueries, queries: list[SpaceQuery]
     ) -> list[list[tuple[str, float]]]:
-        """The spaces' lists in one call: side by side when this is the only search in
-        progress, else in one worker thread."""
-        answered = index.query_several_now(queries) if self._searches == 1 else None
+        answered = None
+        if self._searches == 1:  # the only search: no hand-off (see TextBatcher)
+            answered = index.query_several_now(queries)
         if answered is None:
             answered = await index.query_several(queries)
         return answered
+
+    async def _lexical_list(
+        self, lexical: LexicalIndex, text: str, top_k: int, flt: ProductFilter | None
+    ) -> list[LexicalHit]:
+        hits = None
+        if isinstance(lexical, ImmediateLexical):  # no hand-off while the spaces are searched
+            hits = lexical.search_text_now(text, top_k, flt)
+        if hits is None:
+            hits = await lexical.search_text(text, top_k, flt)
+        return hits
 
     async def _has_text_space(self, encoder: Encoder) -> bool:
         """Whether the products' words have vectors of this encoder. The answer is kept for

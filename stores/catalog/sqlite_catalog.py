@@ -414,14 +414,9 @@ class SqliteCatalog:
             return []
         where, params = _filter_sql(filter, "l.product_id")
         with self._read() as conn:
-            snapshot = self._bm25
-            generation = _lexical_generation(conn)
-            if snapshot is not None and snapshot.generation == generation:
-                allowed = None
-                if params:
-                    sql = f"SELECT l.rowid FROM lexical_ids l WHERE {where}"
-                    allowed = snapshot.positions([r[0] for r in conn.execute(sql, params)])
-                return snapshot.search(query, top_k, allowed)
+            found = self._from_snapshot(conn, query, top_k, filter)
+            if found is not None:
+                return found
             self._build_bm25_soon()
             if params:  # filtered: the filter joins every match, then the top is taken
                 sql = (
@@ -449,6 +444,38 @@ class SqliteCatalog:
             )
             for pid, score, name, description, tags, product_name in rows
         ]
+
+    def search_text_now(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> LexicalHits | None:
+        """``search_text_sync`` when the connection is open and free and the BM25 snapshot is
+        current (well under a millisecond); None otherwise (FTS5 or a wait: a thread's job)."""
+        query = QueryTerms.of(text)
+        if query.is_empty or top_k < 1:
+            return []
+        if self._bm25 is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._conn is None:  # opening it is left to a thread
+                return None
+            return self._from_snapshot(self._conn, query, top_k, filter)
+        finally:
+            self._lock.release()
+
+    def _from_snapshot(
+        self, conn: sqlite3.Connection, query: QueryTerms, top_k: int, flt: ProductFilter | None
+    ) -> LexicalHits | None:
+        """The BM25 snapshot's answer, None when it is not of the current lexical generation.
+        Lock held."""
+        snapshot = self._bm25
+        if snapshot is None or snapshot.generation != _lexical_generation(conn):
+            return None
+        allowed = None
+        where, params = _filter_sql(flt, "l.product_id")
+        if params:
+            sql = f"SELECT l.rowid FROM lexical_ids l WHERE {where}"
+            allowed = snapshot.positions([r[0] for r in conn.execute(sql, params)])
+        return snapshot.search(query, top_k, allowed)
 
     def _build_bm25_soon(self) -> None:
         """Start building a snapshot in a thread, unless one is being built or the last

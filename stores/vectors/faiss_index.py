@@ -15,7 +15,8 @@ Exact or HNSW
     product; vectors are unit length, so that is cosine similarity). When it grows past the
     threshold it is rebuilt as an ``IndexHNSWFlat`` with the inner-product metric; a
     compaction that leaves it at or below the threshold turns it back into a flat index. The
-    switch is automatic and invisible to callers.
+    switch is automatic and invisible to callers. A flat space of ``PREFILTER_MIN_ROWS`` or
+    more is scanned through a float16 copy first, with the same answers (``_Float16Copy``).
 
 HNSW storage
     ``hnsw_storage="float32"`` (the default) keeps the vectors as they came. With
@@ -680,16 +681,14 @@ class FaissVectorIndex:
         try:
             if self._spaces is None or self._signature() != self._seen:
                 return None
-            spaces = self._spaces
             asks = [
-                (spaces, q.space, v, q.top_k, q.filter)
+                (self._spaces, q.space, v, q.top_k, q.filter)
                 for q, v in zip(queries, vectors, strict=True)
             ]
             if len(asks) < 2 or len({q.space for q in queries}) < len(queries):
                 return [self._query(*ask) for ask in asks]  # a space is one thread's at a time
-            side = self._side_thread()
             others: list[Future[list[tuple[str, float]]]] = [
-                side.submit(self._query, *ask) for ask in asks[1:]
+                self._side_thread().submit(self._query, *ask) for ask in asks[1:]
             ]
             try:
                 first = self._query(*asks[0])

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_snapshot_ranks_as_fts5(
             for k in (1, 10, 200)
         }
     assert not catalog._bm25
+    assert catalog.search_text_now("black trousers", 10) is None  # no snapshot: FTS5's job
     assert catalog.build_bm25_snapshot_sync()
     assert sum(bool(hits) for hits in fts5.values()) > len(fts5) / 2
     for (q, i, k), expected in fts5.items():
@@ -80,6 +82,14 @@ def test_snapshot_ranks_as_fts5(
         hits = catalog.search_text_sync(q, k, FILTERS[i])
         assert catalog._bm25 is snapshot  # still current: answered from it
         _same(expected, hits)
+        assert catalog.search_text_now(q, k, FILTERS[i]) == hits  # the same, on this thread
+    assert catalog.search_text_now("...", 10) == []  # no word: nothing, at once
+    with catalog._lock:  # the connection busy in another thread: a thread's job
+        busy: list[object] = []
+        waiter = threading.Thread(target=lambda: busy.append(catalog.search_text_now("men", 5)))
+        waiter.start()
+        waiter.join(10)
+    assert busy == [None]
     catalog.close_sync()
 
 
@@ -107,6 +117,7 @@ def test_another_process_writing_retires_the_snapshot(
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
+    assert catalog.search_text_now("zebra parka", 5) is None  # the snapshot is stale
     assert [h.product_id for h in catalog.search_text_sync("zebra parka", 5)] == ["zz1"]
     assert gone not in [h.product_id for h in catalog.search_text_sync("black", 200)]
     # a new snapshot has the new words, and the same answers

@@ -5,9 +5,10 @@ queries, concurrency."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +359,26 @@ async def test_concurrent_upserts_queries_and_flushes(tmp_path: Path) -> None:
     assert hits[0][0] == "p00008"
 
 
+@contextlib.contextmanager
+def held_by_another_thread(index: FaissVectorIndex) -> Iterator[None]:
+    """The index's lock held by another thread (as an upsert or a flush holds it)."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with index._lock:
+            held.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
 async def test_query_now_answers_like_query_or_not_at_all(tmp_path: Path) -> None:
     index = FaissVectorIndex(tmp_path)
     vectors = random_units(200, 16, seed=3)
@@ -375,21 +396,8 @@ async def test_query_now_answers_like_query_or_not_at_all(tmp_path: Path) -> Non
         index.query_now(ENC_A, vectors[:2], 7)
 
     # another thread holds the index (an upsert, a flush): None at once, never a wait
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with index._lock:
-            held.set()
-            done.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
-    try:
+    with held_by_another_thread(index):
         assert index.query_now(ENC_A, vectors[0], 7) is None
-    finally:
-        done.set()
-        holder.join()
     # not loaded from disk yet: that is a worker thread's job
     reopened = FaissVectorIndex(tmp_path)
     assert reopened.query_now(ENC_A, vectors[0], 7) is None
@@ -415,34 +423,29 @@ async def test_query_several_answers_like_one_query_per_space(tmp_path: Path) ->
         ]
         one_by_one = [await index.query(*query) for query in queries]
         assert await index.query_several(queries) == one_by_one
-        assert index.query_several_now(queries) == one_by_one  # the second one side by side
+        assert index.query_several_now(queries) == one_by_one  # the others side by side
         assert index.query_several_now(queries[:1]) == one_by_one[:1]
+        twice = [queries[0], queries[0]]  # one space is never searched by two threads
+        assert index.query_several_now(twice) == [one_by_one[0]] * 2
 
     # a bad query raises once the other space's search is over, and the index stays usable
     short = random_units(1, 8, seed=7)[0]  # not the spaces' dimension
-    with pytest.raises(BadInput):
-        index.query_several_now([SpaceQuery(ENC_B, words[0], 5), SpaceQuery(ENC_A, short, 5)])
-    with pytest.raises(BadInput):
-        index.query_several_now([SpaceQuery(ENC_A, short, 5), SpaceQuery(ENC_B, words[0], 5)])
+    for bad in (
+        [SpaceQuery(ENC_B, words[0], 5), SpaceQuery(ENC_A, short, 5)],
+        [
+            SpaceQuery(ENC_A, short, 5),
+            SpaceQuery(ENC_B, words[0], 5),
+        ],
+    ):
+        with pytest.raises(BadInput):
+            index.query_several_now(bad)
     assert index.query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is not None
 
-    # busy (another thread holds the index) or not loaded: None at once
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with index._lock:
-            held.set()
-            done.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
-    try:
+    # busy (another thread holds the index) or not loaded: None at once, never a wait
+    with held_by_another_thread(index):
         assert index.query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
-    finally:
-        done.set()
-        holder.join()
     await index.close()
+    assert index._side is None
     assert FaissVectorIndex(tmp_path).query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
 
 

@@ -1,7 +1,8 @@
 """The search service's faster paths over the embedded stores answer exactly what the plain
 paths answer: the image space and the products' words space asked in one call of the FAISS
 index (side by side when a search is alone, in one worker thread under concurrent load)
-against one query per space."""
+and the BM25 snapshot asked on the event loop's thread, against one query per space and
+the lexical query in a worker thread."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from domain.model import Cursor, ProductFilter, SearchMode, SearchPage
-from domain.ports import SeveralQueries, VectorIndex, Vectors
+from domain.model import Cursor, LexicalHit, ProductFilter, SearchMode, SearchPage
+from domain.ports import ImmediateLexical, SeveralQueries, VectorIndex, Vectors
 from domain.services import CatalogService, SearchService
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from stores.vectors.faiss_index import FaissVectorIndex
@@ -43,6 +44,18 @@ class OneSpaceAtATime:
         return await self._index.fetch(encoder_id, ids)
 
 
+class ThreadedLexical:
+    """The catalog's lexical index without ``ImmediateLexical``: always in a worker thread."""
+
+    def __init__(self, catalog: SqliteCatalog) -> None:
+        self._catalog = catalog
+
+    async def search_text(
+        self, text: str, top_k: int, filter: ProductFilter | None = None
+    ) -> list[LexicalHit]:
+        return await self._catalog.search_text(text, top_k, filter)
+
+
 def answer(page: SearchPage) -> tuple[object, ...]:
     hits = [(h.product.id, h.rank, h.score, h.signals, h.exact) for h in page.hits]
     return hits, page.match_quality, page.ranked_ids, page.next_cursor
@@ -59,9 +72,17 @@ async def test_one_call_for_both_spaces_answers_like_one_query_per_space(tmp_pat
         await products.add(f"p{i}", name, fake_image(name), f"A {item} in {colour}", tags)
     catalog.build_bm25_snapshot_sync()
     fast = SearchService(encoders, index, catalog, images)
-    plain = SearchService(encoders, cast("VectorIndex", OneSpaceAtATime(index)), catalog, images)
+    plain = SearchService(
+        encoders,
+        cast("VectorIndex", OneSpaceAtATime(index)),
+        catalog,
+        images,
+        lexical=ThreadedLexical(catalog),
+    )
     assert isinstance(index, SeveralQueries)
+    assert isinstance(catalog, ImmediateLexical)
     assert not isinstance(plain._index, SeveralQueries)
+    assert not isinstance(plain._lexical, ImmediateLexical)
 
     asks = [
         (text, mode, flt, after)
