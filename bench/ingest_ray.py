@@ -5,7 +5,10 @@ operator runs them; a local Ray started by each run).
 The figure compared is the pipeline's images/s from the ingest report (model loading
 included, Ray's start-up and the interpreter's not); the whole-process rate is kept beside
 it. Targets (issue 17): 2 actors >= 1.7x 1 actor on a 2-core machine, 1 actor >= 0.85x the
-local engine. ``per_actor_images_per_s`` is what the README's cluster sizing uses.
+local engine. ``per_actor_images_per_s`` is what the README's cluster sizing uses;
+``cpu_s_by_role`` sums the CPU of every process a run started (driver, encoder actors,
+read/prepare tasks, Ray Data's helper actors, Ray's system processes): where the work
+outside the actors goes.
 """
 
 from __future__ import annotations
@@ -56,6 +59,15 @@ class ActorUse:
     ray_cpu_s: dict[int, float] = field(default_factory=dict)
     """Per Ray worker process of this bench's runs (actors, read and prepare tasks, Ray's
     own helpers): its CPU seconds when last seen."""
+    by_process: dict[int, tuple[str, float]] = field(default_factory=dict)
+    """Every process the run started (the driver, Ray's system processes and workers): its
+    role (``process_role``) and CPU seconds when last seen."""
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles: dict[str, float] = {}
+        for role, seconds in self.by_process.values():
+            roles[role] = round(roles.get(role, 0.0) + seconds, 1)
+        return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
 
 
 def cpu_seconds(pid: str) -> float:
@@ -79,7 +91,12 @@ def actor_use() -> Iterator[ActorUse]:
                     continue
                 try:
                     title = (proc / "cmdline").read_bytes()
-                    if title.startswith(RAY_WORKER_TITLE) and descends_from_us(proc.name):
+                    ours = descends_from_us(proc.name)
+                    if ours:
+                        pid = int(proc.name)
+                        role = process_role(title, use.by_process.get(pid, ("", 0.0))[0])
+                        use.by_process[pid] = (role, cpu_seconds(proc.name))
+                    if title.startswith(RAY_WORKER_TITLE) and ours:
                         use.ray_cpu_s[int(proc.name)] = cpu_seconds(proc.name)
                     if title.startswith(ENCODER_PROCESS_TITLE):
                         use.peak_rss = max(use.peak_rss, rss_bytes(proc.name))
@@ -94,6 +111,36 @@ def actor_use() -> Iterator[ActorUse]:
     finally:
         stop.set()
         sampler.join()
+
+
+ROLES = (
+    ("EncodeImages", "encoder actors"),
+    ("prepare_images", "read/prepare tasks"),
+    ("hash_images", "ledger-check tasks"),
+    ("fashion-search", "driver (ingest process)"),
+    ("fashion_search.cli", "driver (ingest process)"),
+    ("_StatsActor", "Ray Data helper actors"),
+    ("ActorLocationTracker", "Ray Data helper actors"),
+    ("AutoscalingCoordinator", "Ray Data helper actors"),
+    ("raylet", "Ray system (raylet, GCS, agents)"),
+    ("gcs_server", "Ray system (raylet, GCS, agents)"),
+    ("Agent", "Ray system (raylet, GCS, agents)"),
+    ("ray/_private/", "Ray system (raylet, GCS, agents)"),
+    ("ray/dashboard/", "Ray system (raylet, GCS, agents)"),
+)
+"""Substrings of a process's command line (Ray workers retitle theirs with what they run)
+and the role they give it, first match first."""
+IDLE_ROLE = "other Ray workers"
+
+
+def process_role(title: bytes, before: str) -> str:
+    """What a process of the run does: a worker seen running a stage keeps that role when
+    it goes back to ``ray::IDLE``."""
+    text = title.decode(errors="replace")
+    for needle, role in ROLES:
+        if needle in text:
+            return role
+    return before or IDLE_ROLE
 
 
 def descends_from_us(pid: str) -> bool:
@@ -145,6 +192,7 @@ def one_run(
         "actor_peak_rss_mib": round(mib(use.peak_rss), 1) if workers is not None else None,
         "actor_cpu_s": round(sum(use.cpu_s.values()), 1) if workers is not None else None,
         "ray_workers_cpu_s": round(sum(use.ray_cpu_s.values()), 1) if workers is not None else None,
+        "cpu_s_by_role": use.cpu_by_role(),
         "images_per_cpu_s": round(
             summary["indexed"] / (sum(use.cpu_s.values()) if workers else process_cpu_s), 2
         ),
