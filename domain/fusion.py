@@ -34,7 +34,7 @@ docs/relevance.md), never on the held-out splits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +151,11 @@ class Fused:
     order: tuple[str, ...] = ()
     """Every candidate's id in the fused order (what facet counts read: a search makes hits
     for its page only)."""
+    confidence: float = 0.0
+    """The text confidence the weights were set by (``text_confidence``)."""
+    hits_at: Callable[[Sequence[int] | slice], list[FusedHit]] = lambda positions: []
+    """Hits for these positions of ``order`` (beyond ``hits``, when a search needs some of
+    them after all: the colour re-rank)."""
 
 
 def coverage(lexical: Sequence[LexicalHit]) -> float:
@@ -236,11 +241,11 @@ def _semantic_confidence(best: float | None, config: FusionConfig) -> float:
 
 def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
     """The query-adaptive weights (a signal without results weighs nothing)."""
-    return _weights(ranked, _Lists.of(ranked), config)
+    lists = _Lists.of(ranked)
+    return _weights(ranked, _text_confidence(lists, config), config)
 
 
-def _weights(ranked: Ranked, lists: _Lists, config: FusionConfig) -> Weights:
-    c = _text_confidence(lists, config)
+def _weights(ranked: Ranked, c: float, config: FusionConfig) -> Weights:
     visual = config.visual_weight * (1.0 - c * (1.0 - config.visual_floor))
     lexical = config.lexical_weight * (config.lexical_floor + c * (1.0 - config.lexical_floor))
     semantic = config.semantic_floor + c * (config.semantic_weight - config.semantic_floor)
@@ -303,7 +308,8 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     """One ranking from the signals' lists, exact matches first; hits only for the first
     ``limit`` (all when None; ``Fused.total`` counts every candidate)."""
     lists = _Lists.of(ranked)
-    w = _weights(ranked, lists, config)
+    confidence = _text_confidence(lists, config)
+    w = _weights(ranked, confidence, config)
     exact = list(dict.fromkeys(ranked.exact))
     listed = [*lists.visual_ids, *lists.lexical_ids, *lists.semantic_ids]
     candidates, rows = _candidates(exact, listed)
@@ -338,21 +344,33 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     named = len(exact)
     ranks = np.concatenate([np.arange(named), named + np.argsort(-summed[named:], kind="stable")])
     order = [candidates[i] for i in ranks.tolist()]
-    shown = ranks if limit is None else ranks[:limit]
-    visual, lexical, semantic = (r[shown].tolist() for r in raws)
-    hits = [
-        FusedHit(
-            product_id=candidates[i],
-            score=score,
-            signals=Signals(visual=_known(v), lexical=_known(x), semantic=_known(s)),
-            exact=i < len(exact),
-        )
-        for i, score, v, x, s in zip(
-            shown.tolist(), summed[shown].tolist(), visual, lexical, semantic, strict=True
-        )
-    ]
+
+    def hits_at(positions: Sequence[int] | slice) -> list[FusedHit]:
+        shown = ranks[positions]
+        visual, lexical, semantic = (r[shown].tolist() for r in raws)
+        return [
+            FusedHit(
+                product_id=candidates[i],
+                score=score,
+                signals=Signals(visual=_known(v), lexical=_known(x), semantic=_known(s)),
+                exact=i < named,
+            )
+            for i, score, v, x, s in zip(
+                shown.tolist(), summed[shown].tolist(), visual, lexical, semantic, strict=True
+            )
+        ]
+
+    hits = hits_at(slice(0, limit))
     quality = _match_quality(ranked, lists, config.quality)
-    return Fused(hits=hits, quality=quality, weights=w, total=size, order=tuple(order))
+    return Fused(
+        hits=hits,
+        quality=quality,
+        weights=w,
+        total=size,
+        order=tuple(order),
+        confidence=confidence,
+        hits_at=hits_at,
+    )
 
 
 def _candidates(exact: Sequence[str], listed: Sequence[str]) -> tuple[list[str], Rows]:

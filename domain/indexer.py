@@ -10,7 +10,10 @@ Writing a batch (``write``), under the ``WriteLock`` of the data home, in this o
    description) in their own space ``product_text_space(encoder id)``; the words' vectors
    follow the product (re-encoded when its name or description changes, undone with it),
    the ledger records the image vectors only,
-3. the products into the Catalog,
+3. the products into the Catalog, each with the colour histogram of its photo (computed in
+   ``plan`` by the ``ColourAnalyser``, independent of the encoders; kept from the stored
+   product while its photo is the same; a product stored without one, written before
+   histograms existed, gets one the next time ingest plans it, as an update),
 4. ``VectorIndex.flush()``, then the versioned ledger (``Catalog.mark_indexed``),
 5. images no product points at any more (a replaced photo) are deleted.
 
@@ -43,6 +46,7 @@ from domain.images import content_hash, digest_image_key, legacy_digest_image_ke
 from domain.model import Modality, Product, product_text_space
 from domain.ports import (
     Catalog,
+    ColourAnalyser,
     Encoder,
     ImageStore,
     VectorIndex,
@@ -91,13 +95,14 @@ class IndexItem:
     description: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def product(self, key: str) -> Product:
+    def product(self, key: str, colour: bytes | None = None) -> Product:
         return Product(
             id=self.id,
             name=self.name,
             description=self.description,
             tags=self.tags,
             image_keys=(key,),
+            colour=colour,
         )
 
 
@@ -107,10 +112,12 @@ class PlannedItem:
     key: str
     needs: list[str]
     """Encoders that must encode this image (the others have it in the ledger)."""
+    colour: bytes | None = None
+    """The colour histogram of the image (``domain.colour``)."""
 
     @property
     def product(self) -> Product:
-        return self.item.product(self.key)
+        return self.item.product(self.key, self.colour)
 
 
 @dataclass
@@ -221,11 +228,14 @@ class Indexer:
         catalog: Catalog,
         images: ImageStore,
         lock: WriteLock | None = None,
+        colours: ColourAnalyser | None = None,
     ) -> None:
+        """``colours``: None stores no colour histograms (and keeps those stored)."""
         self._index = index
         self._catalog = catalog
         self._images = images
         self._lock: WriteLock = lock or NoLock()
+        self._colours = colours
 
     # -- the whole use case ------------------------------------------------------------------
 
@@ -259,13 +269,17 @@ class Indexer:
         encode: list[PlannedItem] = []
         unchanged: list[PlannedItem] = []
         for item in items:
-            planned = PlannedItem(item, _key_for(item, existing.get(item.id)), [])
+            prior = existing.get(item.id)
+            planned = PlannedItem(item, _key_for(item, prior), [])
+            if prior is not None and prior.primary_image_key == planned.key:
+                planned.colour = prior.colour  # the same photo (keys name the content)
             planned.needs = [
                 e.id
                 for e in encoders
                 if ledger.get(e.id, {}).get(item.id) != ledger_entry(e, item.digest)
             ]
             (encode if planned.needs else unchanged).append(planned)
+        await self._add_colours([*encode, *unchanged])
         changed = [p for p in unchanged if existing.get(p.item.id) != p.product]
         stored = await self._stored_vectors(encoders, changed)
         # an item whose vector is missing for an encoder is encoded again, for every encoder
@@ -277,6 +291,23 @@ class Indexer:
         skipped = [p.item.id for p in unchanged if p not in changed]
         reworded = [p for p in retag if _words_changed(p.item, existing.get(p.item.id))]
         return BatchPlan(encoders, encode, retag, stored, skipped, reworded)
+
+    async def _add_colours(self, planned: Sequence[PlannedItem]) -> None:
+        """The colour histograms the items lack (new photos, products stored without one),
+        in a worker thread; an image the analyser cannot read keeps None."""
+        missing = [p for p in planned if p.colour is None]
+        if self._colours is None or not missing:
+            return
+        histograms = await asyncio.to_thread(
+            self._colours.colour_histograms, [p.item.image for p in missing]
+        )
+        if len(histograms) != len(missing):
+            raise FashionSearchError(
+                f"the colour analyser returned {len(histograms)} histograms for "
+                f"{len(missing)} images"
+            )
+        for item, histogram in zip(missing, histograms, strict=True):
+            item.colour = histogram
 
     async def _stored_vectors(
         self, encoders: Sequence[Encoder], changed: Sequence[PlannedItem]

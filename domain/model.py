@@ -156,13 +156,16 @@ def _frozen_tags(tags: Mapping[str, str]) -> Mapping[str, str]:
 class Product:
     """A catalog product. ``id`` is stable and comes from the catalog; ``tags`` are the
     catalog's attributes (category, colour, gender, ...); ``image_keys`` name the product's
-    images in the ImageStore, the first one being the primary image."""
+    images in the ImageStore, the first one being the primary image; ``colour`` is the colour
+    histogram of the garment in its primary image (``domain.colour``: float32 bytes), None
+    when it was not computed (a product written before histograms were stored)."""
 
     id: str
     name: str
     description: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     image_keys: tuple[str, ...] = ()
+    colour: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id or not self.id.strip():
@@ -228,11 +231,14 @@ class Signals:
     """What each signal said about a hit (None: that signal did not find it or was not
     asked). ``visual`` and ``semantic`` are cosine similarities (query vs the product's image
     vector, vs its words' vector); ``lexical`` is the BM25 score relative to the best lexical
-    match of the search (0..1]."""
+    match of the search (0..1]; ``colour`` is the share of the garment's pixels in the colours
+    the query names (``domain.colour``; None when the query names no colour or the product
+    has no colour histogram)."""
 
     visual: float | None = None
     lexical: float | None = None
     semantic: float | None = None
+    colour: float | None = None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,17 @@ class Encoder(Protocol):
         ...
 
 
+class ColourAnalyser(Protocol):
+    """Reads the garment's colour histogram from product photos (``domain.colour``: its
+    layout and how search uses it), independently of any encoder. Sync and CPU-bound (the
+    indexer runs it in a worker thread); safe to call from several threads."""
+
+    def colour_histograms(self, images: Sequence[bytes]) -> list[bytes | None]:
+        """One histogram per image, as ``Product.colour`` stores it (``histogram_bytes``);
+        None for bytes that are not a readable image."""
+        ...
+
+
 @runtime_checkable
 class VersionedEncoder(Encoder, Protocol):
     """An encoder whose weights can change under the same id (a new heads file for the
@@ -239,6 +250,40 @@ class FixedDimensionIndex(Protocol):
     async def check_dimension(self, encoder_id: str, dim: int) -> None:
         """Raises StoreMisconfigured, naming the setting and both dimensions, when vectors of
         ``dim`` cannot be stored here."""
+        ...
+
+
+class ProductRows(Protocol):
+    """Product rows read in one call, each decoded into a ``Product`` only when asked for:
+    a search reads the colour histograms of its top 30 and shows 10 of them."""
+
+    def colour(self, product_id: str) -> bytes | None:
+        """The product's colour histogram (None: absent, or the product is not there)."""
+        ...
+
+    def product(self, product_id: str) -> Product | None: ...
+
+
+class MappedRows:
+    """``ProductRows`` over products already decoded (catalogs without a rows read)."""
+
+    def __init__(self, products: Mapping[str, Product]) -> None:
+        self._products = products
+
+    def colour(self, product_id: str) -> bytes | None:
+        product = self._products.get(product_id)
+        return product.colour if product is not None else None
+
+    def product(self, product_id: str) -> Product | None:
+        return self._products.get(product_id)
+
+
+@runtime_checkable
+class RowReader(Protocol):
+    """A catalog that can hand back rows without decoding them all (``get_rows``)."""
+
+    async def get_rows(self, ids: Sequence[str]) -> ProductRows:
+        """One round trip, as ``get_many``."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,11 +11,21 @@ from typing import Any
 
 import numpy as np
 
+from domain.colour import (
+    DEFAULT_COLOUR_RERANK,
+    ColourRerank,
+    Mask,
+    colour_mask,
+    colour_order,
+    colour_shares,
+)
 from domain.errors import BadInput, InvalidImage, NotFound
 from domain.fusion import (
     DEFAULT_FUSION,
     FACET_DEPTH,
     FUSION_DEPTH,
+    Fused,
+    FusedHit,
     FusionConfig,
     Ranked,
     exact_matches,
@@ -36,12 +47,14 @@ from domain.model import (
     SearchMode,
     SearchPage,
     SearchQuery,
+    Signals,
     TextQuery,
     is_product_text_space,
     product_text_space,
 )
 from domain.ports import (
     Catalog,
+    ColourAnalyser,
     Encoder,
     EncoderProvider,
     ImageFetcher,
@@ -49,6 +62,9 @@ from domain.ports import (
     ImmediateLexical,
     ImmediateQuery,
     LexicalIndex,
+    MappedRows,
+    ProductRows,
+    RowReader,
     SeveralQueries,
     SpaceQuery,
     VectorIndex,
@@ -191,7 +207,8 @@ class QueryVectors:
 class SearchService:
     """Searches: encode the query once, ask each signal's port (image vectors, product-text
     vectors, the lexical index) concurrently, fuse them in ``domain.fusion``, load the page's
-    products in one call."""
+    products in one call (with the fused top's, when the colour re-rank of ``domain.colour``
+    applies: their colour histograms come with the rows)."""
 
     def __init__(
         self,
@@ -202,6 +219,7 @@ class SearchService:
         fetcher: ImageFetcher | None = None,
         lexical: LexicalIndex | None = None,
         fusion: FusionConfig = DEFAULT_FUSION,
+        colour_rerank: ColourRerank = DEFAULT_COLOUR_RERANK,
     ) -> None:
         """``lexical`` defaults to the catalog when it is a LexicalIndex."""
         self._encoders = encoders
@@ -211,6 +229,7 @@ class SearchService:
         self._fetcher = fetcher
         self._lexical = lexical if lexical is not None else _lexical_of(catalog)
         self.fusion = fusion
+        self.colour_rerank = colour_rerank
         self._spaces: frozenset[str] = frozenset()
         self._spaces_checked = -SPACES_RECHECK_S
         self._text_batchers: dict[str, TextBatcher] = {}
@@ -296,18 +315,33 @@ class SearchService:
         excluded = int(vectors.exclude_id in fused.order)
         queried = time.perf_counter()
 
+        colours = self._colour_mask(query)
+        top: list[str] = []  # the colour re-rank's ids, when it applies
+        if colours is not None and self.colour_rerank.applies(fused.confidence):
+            top = [
+                p for p in fused.order[: self.colour_rerank.depth + 1] if p != vectors.exclude_id
+            ]
+            top = top[: self.colour_rerank.depth]
         window = ordered[position.offset : depth]
-        products = await self._catalog.get_many([h.product_id for h in window])
+        if top and colours is not None:
+            # one call: the top's rows come with the page's, decoded for the page only
+            rows = await self._rows([*top, *(h.product_id for h in window)])
+            window = self._colour_window(fused, top, ordered, rows, colours, position.offset, depth)
+            products = _decoded(rows, [h.product_id for h in window])
+        else:
+            products = await self._catalog.get_many([h.product_id for h in window])
+        window = [h for h in window if h.product_id in products]
+        signals = _with_colour(window, products, colours)
         hits = tuple(
             SearchHit(
                 product=products[h.product_id],
                 score=h.score,
                 rank=position.offset + i + 1,
                 image_url=self.image_url(products[h.product_id]),
-                signals=h.signals,
+                signals=signals[i],
                 exact=h.exact,
             )
-            for i, h in enumerate(h for h in window if h.product_id in products)
+            for i, h in enumerate(window)
         )
         finished = time.perf_counter()
         more = fused.total - excluded > depth
@@ -342,6 +376,50 @@ class SearchService:
         return asyncio.ensure_future(
             self._lexical.search_text(query.text.text, depth, query.filter)
         )
+
+    async def _rows(self, ids: Sequence[str]) -> ProductRows:
+        unique = list(dict.fromkeys(ids))
+        if isinstance(self._catalog, RowReader):
+            return await self._catalog.get_rows(unique)
+        return MappedRows(await self._catalog.get_many(unique))
+
+    @staticmethod
+    def _colour_mask(query: SearchQuery) -> Mask | None:
+        """The bins of the colours a HYBRID search's words name (a text query, or the text
+        modifier of an image: "in blue"), None when they name none."""
+        if query.mode is not SearchMode.HYBRID or query.text is None:
+            return None
+        return colour_mask(query.text.text)
+
+    def _colour_window(
+        self,
+        fused: Fused,
+        top: list[str],
+        ordered: list[FusedHit],
+        rows: ProductRows,
+        colours: Mask,
+        offset: int,
+        depth: int,
+    ) -> list[FusedHit]:
+        """The page's hits once the fused top is re-ranked by the garments' colour shares
+        (``domain.colour``; exact name matches stay first). Hits are made only for the
+        page's products the fusion made none for."""
+        made = {h.product_id: h for h in ordered}
+        named = sum(1 for pid in top if pid in made and made[pid].exact)
+        rest = top[named:]
+        stored = [rows.colour(p) for p in rest]
+        order = colour_order(colour_shares(stored, colours), self.colour_rerank)
+        ids = [
+            *top[:named],
+            *(rest[i] for i in order),
+            *(h.product_id for h in ordered[len(top) :]),
+        ]
+        page = ids[offset:depth]
+        missing = [p for p in page if p not in made]
+        if missing:
+            at = {pid: i for i, pid in enumerate(fused.order[: len(top) + 1])}
+            made.update((h.product_id, h) for h in fused.hits_at([at[p] for p in missing]))
+        return [made[p] for p in page]
 
     async def _rank(
         self,
@@ -519,6 +597,26 @@ class SearchService:
         return (await asyncio.to_thread(encoder.encode_images, [data]))[0], None
 
 
+def _with_colour(
+    hits: Sequence[FusedHit], products: Mapping[str, Product], colours: Mask | None
+) -> list[Signals]:
+    """The hits' signals, with their colour shares when the query names a colour."""
+    if colours is None:
+        return [h.signals for h in hits]
+    shares = colour_shares([products[h.product_id].colour for h in hits], colours).tolist()
+    return [
+        h.signals
+        if math.isnan(share)
+        else Signals(h.signals.visual, h.signals.lexical, h.signals.semantic, share)
+        for h, share in zip(hits, shares, strict=True)
+    ]
+
+
+def _decoded(rows: ProductRows, ids: Sequence[str]) -> dict[str, Product]:
+    products = {pid: rows.product(pid) for pid in ids}
+    return {pid: p for pid, p in products.items() if p is not None}
+
+
 def _lexical_of(catalog: Catalog) -> LexicalIndex | None:
     return catalog if isinstance(catalog, LexicalIndex) else None
 
@@ -540,12 +638,13 @@ class CatalogService:
         catalog: Catalog,
         images: ImageStore,
         lock: WriteLock | None = None,
+        colours: ColourAnalyser | None = None,
     ) -> None:
         self._encoders = encoders
         self._index = index
         self._catalog = catalog
         self._images = images
-        self._indexer = Indexer(index, catalog, images, lock)
+        self._indexer = Indexer(index, catalog, images, lock, colours)
 
     async def add(
         self,

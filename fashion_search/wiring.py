@@ -14,6 +14,7 @@ from domain.indexer import Indexer
 from domain.ledger_check import StoreNames
 from domain.ports import (
     Catalog,
+    ColourAnalyser,
     Encoder,
     EncoderProvider,
     FixedDimensionIndex,
@@ -23,6 +24,7 @@ from domain.ports import (
     WriteLock,
 )
 from domain.services import CatalogService, SearchService
+from encoders.colour import ColourHistograms
 from encoders.hookspecs import EncoderOptions
 from encoders.plugins import EncoderRegistry, make_plugin_manager
 from fashion_search.settings import Settings
@@ -53,18 +55,20 @@ class Container:
     own_endpoints: set[tuple[str, int]] = field(default_factory=set)
     """The server's own (address, port) as its requests show them: the API adds them, the
     fetcher never fetches from them (no self-requests)."""
+    colours: ColourAnalyser = field(default_factory=ColourHistograms)
+    """Reads each product photo's colour histogram at ingest (whatever the encoder)."""
     search: SearchService = field(init=False)
     catalog_service: CatalogService = field(init=False)
     indexer: Indexer = field(init=False)
     """The one write use case on these stores (ingest, mutations and repairs use it)."""
 
     def __post_init__(self) -> None:
-        self.indexer = Indexer(self.index, self.catalog, self.images, self.write_lock)
+        self.indexer = Indexer(self.index, self.catalog, self.images, self.write_lock, self.colours)
         self.search = SearchService(
             self.encoders, self.index, self.catalog, self.images, self.fetcher
         )
         self.catalog_service = CatalogService(
-            self.encoders, self.index, self.catalog, self.images, self.write_lock
+            self.encoders, self.index, self.catalog, self.images, self.write_lock, self.colours
         )
 
     def ingest_pipeline(
@@ -91,6 +95,7 @@ class Container:
             options=options,
             on_progress=on_progress,
             lock=self.write_lock,
+            colours=self.colours,
         )
 
     def ray_encoder_factory(

@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from domain.errors import PayloadTooLarge
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import BatchPlan, BatchResult, EncodedBatch, Indexer, IndexItem
-from domain.ports import Catalog, Encoder, ImageFetcher, ImageStore, VectorIndex, WriteLock
+from domain.ports import (
+    Catalog,
+    ColourAnalyser,
+    Encoder,
+    ImageFetcher,
+    ImageStore,
+    VectorIndex,
+    WriteLock,
+)
 from ingest.readers import ImageUnavailable, RemoteImage, SourceItem
 from ingest.report import FailedItem, FailureReason, IngestProgress, IngestSummary
 
@@ -115,6 +123,7 @@ class IngestPipeline:
         options: IngestOptions | None = None,
         on_progress: ProgressCallback | None = None,
         lock: WriteLock | None = None,
+        colours: ColourAnalyser | None = None,
     ) -> None:
         if not encoders:
             raise ValueError("ingest needs at least one encoder")
@@ -122,7 +131,7 @@ class IngestPipeline:
         if len(set(ids)) != len(ids):
             raise ValueError(f"encoder listed twice: {ids}")
         self._encoders = list(encoders)
-        self._indexer = Indexer(index, catalog, images, lock)
+        self._indexer = Indexer(index, catalog, images, lock, colours)
         self._catalog = catalog
         self._fetcher = fetcher
         self._options = options or IngestOptions()

@@ -679,7 +679,8 @@ class RayIngestPipeline(IngestPipeline):
 
     async def _confirm_unchanged(self, batch: _Batch) -> None:
         """Items the ledger knows by content hash are skipped when the catalog holds their
-        product as the source describes it (what the Indexer's plan would decide); the
+        product as the source describes it (what the Indexer's plan would decide, but for a
+        product stored without a colour histogram: a local ingest rerun adds those); the
         others (new name, tags, ...) have their image read here and are planned as usual."""
         if not batch.unchanged:
             return
@@ -687,7 +688,8 @@ class RayIngestPipeline(IngestPipeline):
         for item in batch.unchanged:
             stored = existing.get(item.id)
             key = stored_image_key(item.id, item.digest, item.content_type, stored)
-            if stored is not None and stored == item.product(key):
+            # the stored colour histogram is of this very photo (same content hash)
+            if stored is not None and stored == item.product(key, stored.colour):
                 batch.skipped.append(item.id)
                 continue
             source, limit = batch.sources[item.id], self._options.max_image_bytes

@@ -11,7 +11,7 @@ import numpy as np
 from domain.errors import InvalidImage, NotFound, UnknownEncoder
 from domain.images import sniff_image_type
 from domain.model import Cursor, EncoderInfo, Modality, Product, ProductFilter, ProductPage
-from domain.ports import Encoder, Vectors
+from domain.ports import Encoder, MappedRows, ProductRows, Vectors
 
 FAKE_IMAGE_PREFIX = b"\xff\xd8\xffIMG:"
 
@@ -167,6 +167,9 @@ class InMemoryCatalog:
         self.get_many_calls += 1
         return {pid: self.products[pid] for pid in ids if pid in self.products}
 
+    async def get_rows(self, ids: Sequence[str]) -> ProductRows:
+        return MappedRows(await self.get_many(ids))
+
     async def delete(self, product_id: str) -> bool:
         for entries in self.ledger.values():
             entries.pop(product_id, None)
@@ -266,3 +269,16 @@ class InMemoryImageStore:
 
     async def close(self) -> None:
         return None
+
+
+class FakeColours:
+    """A ColourAnalyser reading the colour a test gave each image: ``colours`` maps image
+    bytes to a histogram (``domain.colour.histogram_bytes``); other images have none."""
+
+    def __init__(self, colours: Mapping[bytes, bytes] | None = None) -> None:
+        self.colours = dict(colours or {})
+        self.images_read = 0
+
+    def colour_histograms(self, images: Sequence[bytes]) -> list[bytes | None]:
+        self.images_read += len(images)
+        return [self.colours.get(data) for data in images]

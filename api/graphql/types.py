@@ -75,6 +75,11 @@ class HitSignals:
     semantic: float | None = strawberry.field(
         description="Cosine similarity of the query to the vector of the product's words."
     )
+    colour: float | None = strawberry.field(
+        description="Share of the garment's pixels (in the product's photo) in the colours "
+        "the query names (0..1); null when the query names no colour or the product has no "
+        "colour histogram."
+    )
 
 
 @strawberry.type(description="One result of a search.")
@@ -82,7 +87,9 @@ class SearchHit:
     rank: int = strawberry.field(description="1-based position in the whole ranking.")
     score: float = strawberry.field(
         description="Relevance, higher is closer: the fused score (0..1) when several "
-        "signals rank the search, else that one signal's score (cosine for images)."
+        "signals rank the search, else that one signal's score (cosine for images). A "
+        "HYBRID search naming a colour its words do not answer re-ranks its top by the "
+        "garments' colour (signals.colour), so its order may differ from the scores'."
     )
     product: Product
     signals: HitSignals
@@ -162,6 +169,7 @@ class SearchPage:
                         visual=hit.signals.visual,
                         lexical=hit.signals.lexical,
                         semantic=hit.signals.semantic,
+                        colour=hit.signals.colour,
                     ),
                     exact_match=hit.exact,
                 )

@@ -4,6 +4,7 @@ Documents of the ``products`` collection::
 
     {"_id": <product id>, "name": ..., "description": ... | None,
      "tags": {<tag key>: <value>, ...}, "tag_keys": [<tag key>, ...], "image_keys": [...],
+     "colour": <the photo's colour histogram: base64 of its float32 bytes> | None,
      "lexical": {"name": <terms>, "description": <terms>, "tags": <terms>}}
 
 Filters are pushed down as ``tags.<key>`` conditions and each tag key gets an ascending index
@@ -29,6 +30,7 @@ raises ``UpstreamUnavailable`` naming ``MONGODB_URI``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import json
 import logging
@@ -54,6 +56,7 @@ from pymongo.uri_parser import parse_uri
 
 from domain.errors import BadInput, StoreMisconfigured, UpstreamUnavailable
 from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
+from domain.ports import ProductRows
 from stores.lexical import (
     DESCRIPTION_WEIGHT,
     NAME_WEIGHT,
@@ -166,6 +169,7 @@ def _to_document(product: Product) -> Document:
         "tags": {tag_field(k): v for k, v in product.tags.items()},
         "tag_keys": list(product.tags),
         "image_keys": list(product.image_keys),
+        "colour": None if product.colour is None else base64.b64encode(product.colour).decode(),
     }
 
 
@@ -176,7 +180,29 @@ def _to_product(doc: Mapping[str, Any]) -> Product:
         description=doc.get("description"),
         tags={tag_key(f): str(v) for f, v in (doc.get("tags") or {}).items()},
         image_keys=tuple(doc.get("image_keys") or ()),
+        colour=_colour(doc.get("colour")),
     )
+
+
+class _Documents:
+    """``ProductRows`` of the MongoDB catalog: documents decoded into products on demand."""
+
+    def __init__(self, documents: dict[str, Document]) -> None:
+        self._documents = documents
+
+    def colour(self, product_id: str) -> bytes | None:
+        doc = self._documents.get(product_id)
+        return _colour(doc.get("colour")) if doc is not None else None
+
+    def product(self, product_id: str) -> Product | None:
+        doc = self._documents.get(product_id)
+        return _to_product(doc) if doc is not None else None
+
+
+def _colour(value: Any) -> bytes | None:
+    """A stored histogram (None for documents written before histograms were stored).
+    Base64 text rather than BSON binary: every MongoDB-compatible server stores it."""
+    return base64.b64decode(value) if value is not None else None
 
 
 def _lexical_terms(doc: Mapping[str, Any]) -> list[str]:
@@ -391,13 +417,20 @@ class MongoCatalog:
         return _to_product(doc) if doc is not None else None
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        return {pid: _to_product(doc) for pid, doc in (await self._documents(ids)).items()}
+
+    async def get_rows(self, ids: Sequence[str]) -> ProductRows:
+        """The documents of ``get_many``, decoded into products only when asked for."""
+        return _Documents(await self._documents(ids))
+
+    async def _documents(self, ids: Sequence[str]) -> dict[str, Document]:
         unique = list(dict.fromkeys(ids))
         if not unique:
             return {}
         coll, _ = await self._collections()
         async with self._guard():
             cursor = coll.find({"_id": {"$in": unique}}, batch_size=len(unique))
-            found = {doc["_id"]: _to_product(doc) async for doc in cursor}
+            found = {doc["_id"]: doc async for doc in cursor}
         return {pid: found[pid] for pid in unique if pid in found}
 
     async def delete(self, product_id: str) -> bool:

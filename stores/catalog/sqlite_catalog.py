@@ -1,8 +1,9 @@
 """Embedded catalog on SQLite (standard library), in WAL mode.
 
-Schema (``PRAGMA user_version`` = 2)
-    ``products(id PRIMARY KEY, name, description, tags JSON, image_keys JSON)``: the
-    products as the domain knows them; ``tags(product_id, key, value)`` with an index on
+Schema (``PRAGMA user_version`` = 3)
+    ``products(id PRIMARY KEY, name, description, tags JSON, image_keys JSON, colour BLOB)``:
+    the products as the domain knows them (``colour``: the photo's colour histogram, NULL
+    for products written before version 3, which added the column on first open); ``tags(product_id, key, value)`` with an index on
     ``(key, value, product_id)``: the same tags, one row each, so filters and facets are
     indexed lookups instead of JSON scans; ``ledger(encoder_id, product_id, content_hash)``:
     what ingest has already indexed with which encoder (no foreign key: ingest may record an
@@ -71,6 +72,7 @@ from typing import Any
 
 from domain.errors import BadInput
 from domain.model import Cursor, LexicalHit, Product, ProductFilter, ProductPage
+from domain.ports import ProductRows
 from stores.catalog.bm25_snapshot import Bm25Snapshot
 from stores.lexical import (
     DESCRIPTION_WEIGHT,
@@ -82,9 +84,11 @@ from stores.lexical import (
 )
 
 LexicalHits = list[LexicalHit]  # (the classes' own ``list`` method shadows the builtin)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LEXICAL_SCHEMA_VERSION = 2
 """The first schema version with the FTS5 table (older catalogs are filled on open)."""
+COLOUR_SCHEMA_VERSION = 3
+"""The first schema version with the products' colour histograms."""
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -93,7 +97,8 @@ CREATE TABLE IF NOT EXISTS products (
     name TEXT NOT NULL,
     description TEXT,
     tags TEXT NOT NULL DEFAULT '{}',
-    image_keys TEXT NOT NULL DEFAULT '[]'
+    image_keys TEXT NOT NULL DEFAULT '[]',
+    colour BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tags (
     product_id TEXT NOT NULL,
@@ -124,7 +129,7 @@ INSERT INTO lexical_generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 """
 _BM25 = f"bm25(products_fts, {NAME_WEIGHT}, {DESCRIPTION_WEIGHT}, {TAGS_WEIGHT})"
 
-_COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys"
+_COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys, p.colour"
 
 INLINE_GET_MANY = 100
 """get_many of at most this many ids runs on the event loop when the connection is free."""
@@ -152,14 +157,35 @@ def _filter_sql(flt: ProductFilter | None, id_column: str) -> tuple[str, list[An
     return " AND ".join(clauses), params
 
 
+Row = tuple[Any, ...]
+"""A product row as ``_COLUMNS`` reads it."""
+_COLOUR_COLUMN = 5
+
+
+class _Rows:
+    """``ProductRows`` of the SQLite catalog: rows decoded into products on demand."""
+
+    def __init__(self, rows: dict[str, Row]) -> None:
+        self._rows = rows
+
+    def colour(self, product_id: str) -> bytes | None:
+        row = self._rows.get(product_id)
+        return row[_COLOUR_COLUMN] if row is not None else None
+
+    def product(self, product_id: str) -> Product | None:
+        row = self._rows.get(product_id)
+        return _product(row) if row is not None else None
+
+
 def _product(row: Sequence[Any]) -> Product:
-    pid, name, description, tags, image_keys = row
+    pid, name, description, tags, image_keys, colour = row
     return Product(
         id=pid,
         name=name,
         description=description,
         tags=json.loads(tags),
         image_keys=tuple(json.loads(image_keys)),
+        colour=colour,
     )
 
 
@@ -195,6 +221,8 @@ class SqliteCatalog:
                         f"fashion-search reads up to {SCHEMA_VERSION}"
                     )
                 conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                if version < COLOUR_SCHEMA_VERSION:
+                    self._add_colour_column(conn)
                 if version < LEXICAL_SCHEMA_VERSION:
                     self._fill_lexical_index(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -203,6 +231,13 @@ class SqliteCatalog:
                 raise
             self._conn = conn
         return self._conn
+
+    @staticmethod
+    def _add_colour_column(conn: sqlite3.Connection) -> None:
+        """The colour column of a catalog written before it existed (NULL: no histogram)."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(products)")}
+        if "colour" not in columns:
+            conn.execute("ALTER TABLE products ADD COLUMN colour BLOB")
 
     @staticmethod
     def _fill_lexical_index(conn: sqlite3.Connection) -> None:
@@ -243,13 +278,26 @@ class SqliteCatalog:
         return await asyncio.to_thread(self.get_sync, product_id)
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        return {pid: _product(row) for pid, row in (await self._rows(ids)).items()}
+
+    async def get_rows(self, ids: Sequence[str]) -> ProductRows:
+        """The rows of ``get_many``, decoded into products only when asked for."""
+        return _Rows(await self._rows(ids))
+
+    async def _rows(self, ids: Sequence[str]) -> dict[str, Row]:
         if len(ids) <= INLINE_GET_MANY and self._lock.acquire(blocking=False):
             try:
                 if self._conn is not None:  # open (opening it is left to a thread)
-                    return self._get_many(self._conn, ids)
+                    return self._get_rows(self._conn, ids)
             finally:
                 self._lock.release()
-        return await asyncio.to_thread(self.get_many_sync, ids)
+        return await asyncio.to_thread(self._get_rows_sync, ids)
+
+    def _get_rows_sync(self, ids: Sequence[str]) -> dict[str, Row]:
+        if not ids:
+            return {}
+        with self._read() as conn:
+            return self._get_rows(conn, ids)
 
     async def delete(self, product_id: str) -> bool:
         return await asyncio.to_thread(self.delete_sync, product_id)
@@ -305,16 +353,17 @@ class SqliteCatalog:
                 p.description,
                 json.dumps(dict(p.tags), ensure_ascii=False),
                 json.dumps(list(p.image_keys), ensure_ascii=False),
+                p.colour,
             )
             for p in latest.values()
         ]
         tag_rows = [(p.id, k, v) for p in latest.values() for k, v in p.tags.items()]
         with self._write() as conn:
             conn.executemany(
-                "INSERT INTO products (id, name, description, tags, image_keys) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "INSERT INTO products (id, name, description, tags, image_keys, colour) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                 "description = excluded.description, tags = excluded.tags, "
-                "image_keys = excluded.image_keys",
+                "image_keys = excluded.image_keys, colour = excluded.colour",
                 rows,
             )
             conn.execute(
@@ -340,13 +389,18 @@ class SqliteCatalog:
     @staticmethod
     def _get_many(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Product]:
         """Lock held."""
+        return {pid: _product(row) for pid, row in SqliteCatalog._get_rows(conn, ids).items()}
+
+    @staticmethod
+    def _get_rows(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Row]:
+        """The rows of these ids, in their order (absent ids left out). Lock held."""
         if not ids:
             return {}
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM products p WHERE p.id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(dict.fromkeys(ids))),),
         ).fetchall()
-        found = {row[0]: _product(row) for row in rows}
+        found = {row[0]: row for row in rows}
         return {pid: found[pid] for pid in dict.fromkeys(ids) if pid in found}
 
     def delete_sync(self, product_id: str) -> bool:

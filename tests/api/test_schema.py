@@ -40,7 +40,7 @@ input ImageInput { url: String  base64: String  upload: Upload }
 type SearchPage { hits: [SearchHit!]!  encoder: String!  tookMs: Float!  nextCursor: String
   matchQuality: MatchQuality!  mode: SearchMode!  facets(keys: [String!]): [Facet!]! }
 type SearchHit { rank: Int!  score: Float!  product: Product!  signals: HitSignals!  exactMatch: Boolean! }
-type HitSignals { visual: Float  lexical: Float  semantic: Float }
+type HitSignals { visual: Float  lexical: Float  semantic: Float  colour: Float }
 enum SearchMode { HYBRID VISUAL TEXT }
 enum MatchQuality { STRONG WEAK NONE }
 type Product { id: ID!  name: String!  description: String  imageUrl: String!  tags: [Tag!]! }

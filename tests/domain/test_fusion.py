@@ -155,6 +155,22 @@ def test_exact_matches_come_first_in_their_order() -> None:
     assert fused.quality is MatchQuality.STRONG
 
 
+def test_hits_beyond_the_limit_are_made_on_demand_as_the_full_ranking_has_them() -> None:
+    ranked = Ranked(
+        visual=[(f"v{i}", 0.9 - i / 50) for i in range(20)],
+        lexical=[hit("v7", 9.0), hit("w1", 5.0, matched=0.5)],
+        semantic=[("w2", 0.8), ("v3", 0.7)],
+        exact=["v5"],
+    )
+    everything = fuse(ranked).hits
+    limited = fuse(ranked, limit=4)
+    assert limited.hits == everything[:4]
+    assert limited.hits + limited.hits_at(slice(4, 15)) == everything[:15]
+    assert limited.hits_at([12, 5, 3]) == [everything[12], everything[5], everything[3]]
+    assert limited.hits[0].exact
+    assert not any(h.exact for h in limited.hits_at(slice(1, None)))
+
+
 def test_exact_name_and_id_matching() -> None:
     names = {"p1": "Basics Men Black Trousers", "p2": "basics  men black TROUSERS", "p3": "X"}
     assert exact_matches("  BASICS men   black trousers ", names) == ["p1", "p2"]

@@ -22,11 +22,13 @@ Names do not start with ``Test`` so pytest only collects the subclasses.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from domain.colour import HISTOGRAM_BINS, histogram_bytes
 from domain.errors import BadInput, NotFound
 from domain.model import Cursor, LexicalHit, Product, ProductFilter
 from domain.ports import (
@@ -34,6 +36,7 @@ from domain.ports import (
     ImageStore,
     LexicalIndex,
     ListableImageStore,
+    RowReader,
     VectorIndex,
     Vectors,
 )
@@ -463,6 +466,42 @@ class CatalogContract:
         assert got.description is None
         assert dict(got.tags) == {}
         assert got.image_keys == ()
+
+    async def test_colour_histogram_round_trips(self, catalog: Catalog) -> None:
+        """The photo's colour histogram is stored with the product and read back by every
+        read (get, get_many, list) to the bit; replaced or removed with the product."""
+        histogram = np.linspace(0.0, 1.0, HISTOGRAM_BINS)
+        stored = replace(_product("p1", type="dress"), colour=histogram_bytes(histogram))
+        await catalog.upsert_many([stored, _product("p2")])
+        assert await catalog.get("p1") == stored
+        many = await catalog.get_many(["p1", "p2"])
+        assert many["p1"].colour == histogram_bytes(histogram)
+        assert many["p2"].colour is None
+        listed = {p.id: p for p in (await catalog.list()).items}
+        assert listed["p1"] == stored
+        again = replace(stored, colour=histogram_bytes(histogram[::-1]))
+        await catalog.upsert_many([again])
+        assert (await catalog.get_many(["p1"]))["p1"].colour == again.colour
+        await catalog.upsert_many([replace(again, colour=None)])
+        got = await catalog.get("p1")
+        assert got is not None
+        assert got.colour is None
+
+    async def test_rows_give_colours_and_products_as_get_many_does(self, catalog: Catalog) -> None:
+        """``get_rows`` (one round trip, products decoded when asked for) agrees with
+        ``get_many``; a catalog without it is read through ``get_many``."""
+        coloured = replace(_product("p1", type="dress"), colour=histogram_bytes(np.ones(54)))
+        await catalog.upsert_many([coloured, _product("p2")])
+        if not isinstance(catalog, RowReader):
+            pytest.skip("this catalog has no rows read")
+        rows = await catalog.get_rows(["p2", "missing", "p1"])
+        assert rows.colour("p1") == coloured.colour
+        assert rows.colour("p2") is None
+        assert rows.colour("missing") is None
+        assert rows.product("p1") == coloured
+        assert rows.product("p2") == _product("p2")
+        assert rows.product("missing") is None
+        assert (await catalog.get_rows([])).product("p1") is None
 
     async def test_upsert_overwrites(self, catalog: Catalog) -> None:
         await catalog.upsert_many([_product("p1", colour="red", type="dress")])

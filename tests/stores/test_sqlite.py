@@ -75,6 +75,7 @@ async def test_bulk_upsert_is_one_transaction(tmp_path: Path) -> None:
         description = None
         tags: dict[str, str] = {}  # noqa: RUF012
         image_keys = ()
+        colour = None
 
     with pytest.raises(sqlite3.Error):
         await catalog.upsert_many([product(2, colour="blue"), Unbindable()])  # type: ignore[list-item]
@@ -179,7 +180,7 @@ async def test_a_page_of_ids_is_read_on_the_event_loop_when_the_connection_is_fr
     assert hops == []
     many = [f"p{i:05d}" for i in range(120)]  # more than a page: in a thread
     assert len(await catalog.get_many(many)) == 120
-    assert hops == ["get_many_sync"]
+    assert hops == ["_get_rows_sync"]
     await catalog.close()
 
 
@@ -225,3 +226,27 @@ async def test_catalog_of_schema_1_gets_its_words_indexed_on_open(tmp_path: Path
     hits = await reopened.search_text("dresses", 10)
     assert [h.product_id for h in hits] == ["a"]
     await reopened.close()
+
+
+async def test_catalog_of_schema_2_gets_a_colour_column_on_open(tmp_path: Path) -> None:
+    """Products written before colour histograms existed read back without one (search
+    skips them in its colour re-rank) and can be given one."""
+    path = tmp_path / "catalog.sqlite3"
+    catalog = SqliteCatalog(path)
+    await catalog.upsert_many([Product(id="a", name="Lace Dress")])
+    await catalog.close()
+    raw = sqlite3.connect(path)  # as a version-2 catalog: no colour column
+    raw.executescript("ALTER TABLE products DROP COLUMN colour; PRAGMA user_version = 2;")
+    raw.close()
+
+    reopened = SqliteCatalog(path)
+    old = await reopened.get("a")
+    assert old == Product(id="a", name="Lace Dress")
+    assert old is not None
+    assert old.colour is None
+    coloured = Product(id="a", name="Lace Dress", colour=bytes(range(216)))
+    await reopened.upsert_many([coloured])
+    assert await reopened.get("a") == coloured
+    await reopened.close()
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == 3
