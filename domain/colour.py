@@ -175,9 +175,10 @@ def colour_order(shares: npt.NDArray[np.float64], config: ColourRerank) -> list[
     product without a histogram (NaN) counts the mean share of the others, so it keeps
     about its place; when none has one, the order is unchanged."""
     known = ~np.isnan(shares)
-    if not known.any():
-        return list(range(len(shares)))
-    filled = np.where(known, shares, float(shares[known].mean()))
-    key = np.arange(len(shares)) / config.depth - config.weight * filled
+    if not known.all():
+        if not known.any():
+            return list(range(len(shares)))
+        shares = np.where(known, shares, float(shares[known].mean()))
+    key = np.arange(len(shares)) / config.depth - config.weight * shares
     order: list[int] = np.argsort(key, kind="stable").tolist()
     return order

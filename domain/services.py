@@ -326,12 +326,15 @@ class SearchService:
         if top and colours is not None:
             # one call: the top's rows come with the page's, decoded for the page only
             rows = await self._rows([*top, *(h.product_id for h in window)])
-            window = self._colour_window(fused, top, ordered, rows, colours, position.offset, depth)
+            window, shares = self._colour_window(
+                fused, top, ordered, rows, colours, position.offset, depth
+            )
             products = _decoded(rows, [h.product_id for h in window])
         else:
             products = await self._catalog.get_many([h.product_id for h in window])
+            shares = {}
         window = [h for h in window if h.product_id in products]
-        signals = _with_colour(window, products, colours)
+        signals = _with_colour(window, products, colours, shares)
         hits = tuple(
             SearchHit(
                 product=products[h.product_id],
@@ -400,15 +403,15 @@ class SearchService:
         colours: Mask,
         offset: int,
         depth: int,
-    ) -> list[FusedHit]:
+    ) -> tuple[list[FusedHit], dict[str, float]]:
         """The page's hits once the fused top is re-ranked by the garments' colour shares
-        (``domain.colour``; exact name matches stay first). Hits are made only for the
-        page's products the fusion made none for."""
+        (``domain.colour``; exact name matches stay first), and the top's shares. Hits are
+        made only for the page's products the fusion made none for."""
         made = {h.product_id: h for h in ordered}
         named = sum(1 for pid in top if pid in made and made[pid].exact)
         rest = top[named:]
-        stored = [rows.colour(p) for p in rest]
-        order = colour_order(colour_shares(stored, colours), self.colour_rerank)
+        shares = colour_shares([rows.colour(p) for p in top], colours)
+        order = colour_order(shares[named:], self.colour_rerank)
         ids = [
             *top[:named],
             *(rest[i] for i in order),
@@ -419,7 +422,7 @@ class SearchService:
         if missing:
             at = {pid: i for i, pid in enumerate(fused.order[: len(top) + 1])}
             made.update((h.product_id, h) for h in fused.hits_at([at[p] for p in missing]))
-        return [made[p] for p in page]
+        return [made[p] for p in page], dict(zip(top, shares.tolist(), strict=True))
 
     async def _rank(
         self,
@@ -598,12 +601,19 @@ class SearchService:
 
 
 def _with_colour(
-    hits: Sequence[FusedHit], products: Mapping[str, Product], colours: Mask | None
+    hits: Sequence[FusedHit],
+    products: Mapping[str, Product],
+    colours: Mask | None,
+    known: Mapping[str, float],
 ) -> list[Signals]:
-    """The hits' signals, with their colour shares when the query names a colour."""
+    """The hits' signals, with their colour shares when the query names a colour (``known``:
+    shares computed already)."""
     if colours is None:
         return [h.signals for h in hits]
-    shares = colour_shares([products[h.product_id].colour for h in hits], colours).tolist()
+    if all(h.product_id in known for h in hits):
+        shares = [known[h.product_id] for h in hits]
+    else:
+        shares = colour_shares([products[h.product_id].colour for h in hits], colours).tolist()
     return [
         h.signals
         if math.isnan(share)
