@@ -89,13 +89,17 @@ def query_texts(n: int = 64) -> list[str]:
     return [texts[(i * step) % len(texts)] for i in range(min(n, len(texts)))]
 
 
-def query_images(datasets: Path, n: int = 32) -> list[bytes]:
+def query_image_files(datasets: Path, n: int = 32) -> list[Path]:
     """Uploads: hm-dev product photos (240x360 JPEG, about 11 KB), every 150th article."""
     folder = hm_dev(datasets) / "images"
     files = sorted(folder.glob("*.jpg"))[::150][:n]
     if not files:
         raise RuntimeError(f"no JPEG files under {folder}")
-    return [f.read_bytes() for f in files]
+    return files
+
+
+def query_images(datasets: Path, n: int = 32) -> list[bytes]:
+    return [f.read_bytes() for f in query_image_files(datasets, n)]
 
 
 # -- the client --------------------------------------------------------------------------------

@@ -13,8 +13,11 @@
   exported models.
 
 Run: ``python -m bench.onnx [--runtime-venv .venv-runtime]``; results go to
-bench/results/onnx.json. The machine is shared: figures are medians of repeated runs, and
-the encoding runs alternate between the runtimes (``--rounds``).
+bench/results/onnx.json. ``--photos hm-dev`` times the encoding on the latency bench's
+uploads (every 150th hm-dev photo, 240x360 JPEG: what its "encode image alone" figure
+encodes, without its catalog) instead of hm-demo's 360x540 photos; ``--encode-only`` skips
+ingest, cold start and sizes. The machine is shared: figures are medians of repeated runs,
+and the encoding runs alternate between the runtimes (``--rounds``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import httpx
 
 from bench.common import RESULTS_DIR, free_port
+from bench.latency import query_image_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("torch", "onnx")
@@ -54,9 +58,9 @@ from fashion_search.settings import Settings
 from fashion_search.wiring import build_encoders
 from fashion_search.commands.encoder_commands import COST_QUERIES
 from pathlib import Path
-images = [p.read_bytes() for p in sorted(Path(sys.argv[1]).glob("*.jpg"))[: int(sys.argv[2])]]
+images = [Path(p).read_bytes() for p in sys.argv[2:]]
 encoder = build_encoders(Settings(torch_threads=1)).get(None)
-cost = measure_cost(encoder, images, COST_QUERIES, repeats=int(sys.argv[3]), threads=1)
+cost = measure_cost(encoder, images, COST_QUERIES, repeats=int(sys.argv[1]), threads=1)
 print(json.dumps(cost.__dict__ | {"torch_imported": "torch" in sys.modules}))
 """
 
@@ -71,9 +75,22 @@ def _env(runtime: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def encode_cost(runtime: str, images: Path, count: int, repeats: int) -> dict[str, Any]:
+PHOTO_SETS = ("hm-demo", "hm-dev")
+"""hm-demo: its 360x540 photos, in order; hm-dev: the latency bench's uploads (240x360)."""
+
+
+def photo_files(datasets: Path, photos: str, count: int) -> list[Path]:
+    if photos == "hm-dev":
+        return query_image_files(datasets, count)
+    files = sorted((datasets / "hm-demo" / "images").glob("*.jpg"))[:count]
+    if not files:
+        raise SystemExit(f"no JPEG files under {datasets / 'hm-demo' / 'images'}")
+    return files
+
+
+def encode_cost(runtime: str, images: Sequence[Path], repeats: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", _COST, str(images), str(count), str(repeats)],
+        [sys.executable, "-c", _COST, str(repeats), *map(str, images)],
         env=_env(runtime),
         capture_output=True,
         text=True,
@@ -188,16 +205,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runtime_cli = (
         str(args.runtime_venv / "bin" / "fashion-search") if args.runtime_venv else dev_cli
     )
-    result: dict[str, Any] = {"command": "python -m bench.onnx " + " ".join(args.argv)}
+    result: dict[str, Any] = {
+        "command": "python -m bench.onnx " + " ".join(args.argv),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "photos": {"set": args.photos, "count": args.count},
+    }
+    files = photo_files(args.datasets, args.photos, args.count)
     costs: dict[str, list[dict[str, Any]]] = {runtime: [] for runtime in RUNTIMES}
     for _ in range(args.rounds):  # alternating, so that both runtimes see the same load
         for runtime in RUNTIMES:
-            costs[runtime].append(
-                encode_cost(runtime, hm_demo / "images", args.count, args.repeats)
-            )
+            costs[runtime].append(encode_cost(runtime, files, args.repeats))
     result["encode_batch1_1thread"] = {
         runtime: _median_cost(rounds) | {"rounds": len(rounds)} for runtime, rounds in costs.items()
     }
+    if args.encode_only:
+        return result
     image = sorted((hm_demo / "images").glob("*.jpg"))[0].read_bytes()
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
         work = Path(scratch)
@@ -257,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runtime-venv", type=Path, default=None)
     add_datasets_argument(parser)
+    parser.add_argument("--photos", choices=PHOTO_SETS, default="hm-demo", help="Photos to encode.")
     parser.add_argument("--count", type=int, default=20, help="Photos timed per runtime.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -264,10 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--ingest", type=int, default=60, help="Products ingested per runtime.")
     parser.add_argument("--runs", type=int, default=5, help="Cold starts per runtime.")
+    parser.add_argument(
+        "--encode-only", action="store_true", help="Only the encoding at batch 1, one thread."
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "onnx.json")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     result = run(args)
+    result["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))

@@ -15,6 +15,7 @@ from PIL import Image
 
 from bench import __main__ as cli
 from bench import index_scale, latency, report
+from bench import onnx as onnx_bench
 from bench.common import Result, Stats, at_least, at_most, info, rss_bytes, write_result
 from tests.api.helpers import make_api
 
@@ -192,3 +193,17 @@ def test_latency_markdown_has_one_column_per_server(tmp_path: Path) -> None:
     assert "| figure | target | workers=1 | workers=2 |" in text
     assert "| text p50 | <= 25 ms | 30.0 ms **missed** | 20.0 ms |" in text
     assert "| encode alone | - |  | 12.0 ms |" in text
+
+
+def test_the_onnx_bench_encodes_the_latency_bench_uploads_or_the_demo_photos(
+    datasets_dir: Path,
+) -> None:
+    """``bench.onnx --photos hm-dev`` times what the latency bench's "encode image alone"
+    figure encodes (its uploads), so both runtimes can be compared on it in one run."""
+    uploads = onnx_bench.photo_files(datasets_dir, "hm-dev", 32)
+    assert [path.read_bytes() for path in uploads] == latency.query_images(datasets_dir)
+    demo = onnx_bench.photo_files(datasets_dir, "hm-demo", 5)
+    assert len(demo) == 5
+    with Image.open(uploads[0]) as upload, Image.open(demo[0]) as photo:
+        assert upload.size == (240, 360)
+        assert photo.size == (360, 540)
