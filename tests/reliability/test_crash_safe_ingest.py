@@ -45,6 +45,7 @@ import pytest
 
 from domain.images import content_hash, image_key, sniff_image_type
 from domain.model import Product, product_text_space
+from encoders.colour import ColourHistograms
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
 from ingest.readers import open_source
@@ -90,6 +91,9 @@ COMMON_CHAIN: tuple[str, ...] = (
 )
 EMBEDDED_CHAIN = (*COMMON_CHAIN[:3], "fsync:9:before", *COMMON_CHAIN[3:])
 """Plus a kill inside an atomic file write (temporary file written, not yet renamed)."""
+
+
+COLOURS = ColourHistograms()
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ def source(catalog_dir: Path) -> dict[str, SourceProduct]:
                     description=item.description,
                     tags=item.tags,
                     image_keys=(image_key(item.id, data, content_type),),
+                    colour=COLOURS.colour_histograms([data])[0],  # what ingest stores
                 ),
                 data,
             )
