@@ -359,6 +359,19 @@ class LexicalIndex(Protocol):
         ...
 
 
+@runtime_checkable
+class TagCounts(Protocol):
+    """A Catalog that counts the tag values of given products itself (an index on the tags),
+    instead of loading every product: what a search page's facets read."""
+
+    async def count_tags(
+        self, ids: Sequence[str], keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """For each tag key (only ``keys`` when given): value -> how many of the products
+        ``ids`` name have it (an id named twice counts once; unknown ids count nothing)."""
+        ...
+
+
 class ImageStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Idempotent: putting the same key twice keeps one object."""

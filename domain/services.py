@@ -67,6 +67,7 @@ from domain.ports import (
     RowReader,
     SeveralQueries,
     SpaceQuery,
+    TagCounts,
     VectorIndex,
     WriteLock,
 )
@@ -534,6 +535,8 @@ class SearchService:
     ) -> dict[str, dict[str, int]]:
         """For each tag key (all keys when None): value -> number of products among the
         top FACET_DEPTH of the page's ranking, so counts follow the query and its filter."""
+        if isinstance(self._catalog, TagCounts):
+            return await self._catalog.count_tags(page.ranked_ids, keys)
         products = await self._catalog.get_many(page.ranked_ids)
         counts: dict[str, dict[str, int]] = {}
         for product in products.values():

@@ -320,6 +320,11 @@ class SqliteCatalog:
     ) -> LexicalHits:
         return await asyncio.to_thread(self.search_text_sync, text, top_k, filter)
 
+    async def count_tags(
+        self, ids: Sequence[str], keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        return await asyncio.to_thread(self.count_tags_sync, ids, keys)
+
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:
         return await asyncio.to_thread(self.indexed_hashes_sync, encoder_id)
 
@@ -456,6 +461,30 @@ class SqliteCatalog:
         for key, value, n in rows:
             facets.setdefault(key, {})[value] = int(n)
         return facets
+
+    def count_tags_sync(
+        self, ids: Sequence[str], keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, int]]:
+        """One GROUP BY over the tags table's rows of those products (its primary key leads
+        with the product id), rather than loading the products."""
+        if not ids:
+            return {}
+        where = ""
+        params: list[Any] = [json.dumps(list(dict.fromkeys(ids)))]
+        if keys is not None:
+            where = " AND t.key IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(keys)))
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT t.key, t.value, COUNT(*) FROM tags t "
+                f"WHERE t.product_id IN (SELECT value FROM json_each(?)){where} "
+                "GROUP BY t.key, t.value",
+                params,
+            ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for key, value, n in rows:
+            counts.setdefault(key, {})[value] = int(n)
+        return counts
 
     def search_text_sync(
         self, text: str, top_k: int, filter: ProductFilter | None = None

@@ -1,8 +1,9 @@
 """The search service's faster paths over the embedded stores answer exactly what the plain
 paths answer: the image space and the products' words space asked in one call of the FAISS
 index (side by side when a search is alone, in one worker thread under concurrent load)
-and the BM25 snapshot asked on the event loop's thread, against one query per space and
-the lexical query in a worker thread."""
+the BM25 snapshot asked on the event loop's thread and facet counts from the tags table,
+against one query per space, the lexical query in a worker thread and the page's products
+loaded and counted."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from domain.model import Cursor, LexicalHit, ProductFilter, SearchMode, SearchPage
-from domain.ports import ImmediateLexical, SeveralQueries, VectorIndex, Vectors
+from domain.model import Cursor, LexicalHit, Product, ProductFilter, SearchMode, SearchPage
+from domain.ports import Catalog, ImmediateLexical, SeveralQueries, TagCounts, VectorIndex, Vectors
 from domain.services import CatalogService, SearchService
 from stores.catalog.sqlite_catalog import SqliteCatalog
 from stores.vectors.faiss_index import FaissVectorIndex
@@ -56,6 +57,19 @@ class ThreadedLexical:
         return await self._catalog.search_text(text, top_k, filter)
 
 
+class LoadingCatalog:
+    """The catalog without ``TagCounts``: facets are counted over the loaded products."""
+
+    def __init__(self, catalog: SqliteCatalog) -> None:
+        self._catalog = catalog
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Product]:
+        return await self._catalog.get_many(ids)
+
+    async def get(self, product_id: str) -> Product | None:
+        return await self._catalog.get(product_id)
+
+
 def answer(page: SearchPage) -> tuple[object, ...]:
     hits = [(h.product.id, h.rank, h.score, h.signals, h.exact) for h in page.hits]
     return hits, page.match_quality, page.ranked_ids, page.next_cursor
@@ -75,14 +89,16 @@ async def test_one_call_for_both_spaces_answers_like_one_query_per_space(tmp_pat
     plain = SearchService(
         encoders,
         cast("VectorIndex", OneSpaceAtATime(index)),
-        catalog,
+        cast("Catalog", LoadingCatalog(catalog)),
         images,
         lexical=ThreadedLexical(catalog),
     )
     assert isinstance(index, SeveralQueries)
     assert isinstance(catalog, ImmediateLexical)
+    assert isinstance(catalog, TagCounts)
     assert not isinstance(plain._index, SeveralQueries)
     assert not isinstance(plain._lexical, ImmediateLexical)
+    assert not isinstance(plain._catalog, TagCounts)
 
     asks = [
         (text, mode, flt, after)
@@ -95,7 +111,8 @@ async def test_one_call_for_both_spaces_answers_like_one_query_per_space(tmp_pat
         ours = await fast.by_text(text, top_k=4, filter=flt, cursor=after, mode=mode)
         theirs = await plain.by_text(text, top_k=4, filter=flt, cursor=after, mode=mode)
         assert answer(ours) == answer(theirs), (text, mode, flt, after)
-        assert await fast.facet_counts(ours) == await plain.facet_counts(theirs)
+        for keys in (None, ["colour"], ["type", "nothing"], []):
+            assert await fast.facet_counts(ours, keys) == await plain.facet_counts(theirs, keys)
 
     # concurrent searches: each asks both spaces in one worker thread
     async def pages(search: SearchService) -> list[tuple[object, ...]]:
@@ -105,5 +122,13 @@ async def test_one_call_for_both_spaces_answers_like_one_query_per_space(tmp_pat
         return [answer(page) for page in found]
 
     assert await pages(fast) == await pages(plain)
+    # ids named twice count once, unknown ids count nothing
+    page = SearchPage(hits=(), encoder_id="fake", took_ms=0.0, ranked_ids=("p1", "p1", "zz", "p2"))
+    assert await fast.facet_counts(page) == await plain.facet_counts(page)
+    assert await fast.facet_counts(page) == {
+        "colour": {"Black": 2},
+        "type": {"lace dress": 1, "t-shirt": 1},
+    }
+    assert await catalog.count_tags([]) == {}
     await index.close()
     await catalog.close()
