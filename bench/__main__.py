@@ -110,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
         "graphql_text_visual (the same texts in mode VISUAL), rest_text, graphql_image.",
     )
     latency.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="Only ingest (or check) the catalog and stop, writing no results: run it under "
+        "`nice -n 10`, then time under `flock /work/bench.lock` with the catalog in place.",
+    )
+    latency.add_argument(
         "--stage-repeats",
         type=int,
         default=200,
@@ -276,6 +282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults = {args.command: args}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     encoder = choose_encoder(args.encoder, args.work_dir)
+    if args.command == "latency" and args.prepare_only:
+        from bench.catalog import catalog_home, prepare_catalog
+
+        home = catalog_home(args.work_dir, encoder, args.kaggle_limit, args.hm_limit)
+        datasets = datasets_dir(args.datasets)
+        counts = prepare_catalog(home, encoder, datasets, args.kaggle_limit, args.hm_limit)
+        console.print(f"catalog in {home}: {counts}")
+        return 0
     console.print(
         f"encoder: {encoder.id}{' (stand-in heads)' if encoder.standin else ''}, dim {encoder.dim}; load average {load_average()}"
     )

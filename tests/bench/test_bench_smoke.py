@@ -168,8 +168,10 @@ def test_command_line_options() -> None:
     assert args.kaggle_limit is None
     assert args.hm_limit == 5
     assert args.kinds == ["graphql_text", "rest_text", "graphql_image"]  # the default
+    assert args.prepare_only is False
     args = cli.parser().parse_args(["latency", "--kinds", "graphql_text,graphql_text_visual"])
     assert args.kinds == ["graphql_text", "graphql_text_visual"]
+    assert cli.parser().parse_args(["latency", "--prepare-only"]).prepare_only is True
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["latency", "--kinds", "graphql_text,nonsense"])
     args = cli.parser().parse_args(["ingest", "--engine", "ray", "--workers", "1,2"])
