@@ -316,37 +316,7 @@ class SearchService:
         excluded = int(vectors.exclude_id in fused.order)
         queried = time.perf_counter()
 
-        colours = self._colour_mask(query)
-        top: list[str] = []  # the colour re-rank's ids, when it applies
-        if colours is not None and self.colour_rerank.applies(fused.confidence):
-            top = [
-                p for p in fused.order[: self.colour_rerank.depth + 1] if p != vectors.exclude_id
-            ]
-            top = top[: self.colour_rerank.depth]
-        window = ordered[position.offset : depth]
-        if top and colours is not None:
-            # one call: the top's rows come with the page's, decoded for the page only
-            rows = await self._rows([*top, *(h.product_id for h in window)])
-            window, shares = self._colour_window(
-                fused, top, ordered, rows, colours, position.offset, depth
-            )
-            products = _decoded(rows, [h.product_id for h in window])
-        else:
-            products = await self._catalog.get_many([h.product_id for h in window])
-            shares = {}
-        window = [h for h in window if h.product_id in products]
-        signals = _with_colour(window, products, colours, shares)
-        hits = tuple(
-            SearchHit(
-                product=products[h.product_id],
-                score=h.score,
-                rank=position.offset + i + 1,
-                image_url=self.image_url(products[h.product_id]),
-                signals=signals[i],
-                exact=h.exact,
-            )
-            for i, h in enumerate(window)
-        )
+        hits = await self._page_hits(query, fused, ordered, vectors.exclude_id, position.offset)
         finished = time.perf_counter()
         more = fused.total - excluded > depth
         next_cursor = Cursor(offset=depth).encode() if more else None
@@ -365,6 +335,45 @@ class SearchService:
             ranked_ids=tuple(
                 pid for pid in fused.order[: FACET_DEPTH + 1] if pid != vectors.exclude_id
             )[:FACET_DEPTH],
+        )
+
+    async def _page_hits(
+        self,
+        query: SearchQuery,
+        fused: Fused,
+        ordered: list[FusedHit],
+        exclude_id: str | None,
+        offset: int,
+    ) -> tuple[SearchHit, ...]:
+        """The page's hits with their products, re-ranked by colour when the query names a
+        colour its words do not answer (the re-rank's top rows read with the page's)."""
+        depth = offset + query.top_k
+        colours = self._colour_mask(query)
+        top: list[str] = []  # the colour re-rank's ids, when it applies
+        if colours is not None and self.colour_rerank.applies(fused.confidence):
+            top = [p for p in fused.order[: self.colour_rerank.depth + 1] if p != exclude_id]
+            top = top[: self.colour_rerank.depth]
+        window = ordered[offset:depth]
+        if top and colours is not None:
+            # one call: the top's rows come with the page's, decoded for the page only
+            rows = await self._rows([*top, *(h.product_id for h in window)])
+            window, shares = self._colour_window(fused, top, ordered, rows, colours, offset, depth)
+            products = _decoded(rows, [h.product_id for h in window])
+        else:
+            products = await self._catalog.get_many([h.product_id for h in window])
+            shares = {}
+        window = [h for h in window if h.product_id in products]
+        signals = _with_colour(window, products, colours, shares)
+        return tuple(
+            SearchHit(
+                product=products[h.product_id],
+                score=h.score,
+                rank=offset + i + 1,
+                image_url=self.image_url(products[h.product_id]),
+                signals=signals[i],
+                exact=h.exact,
+            )
+            for i, h in enumerate(window)
         )
 
     def _lexical_early(
