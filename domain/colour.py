@@ -16,6 +16,11 @@ words rank it and the histograms of small photos would only add noise; where the
 (terse names that never say the colour), the photo is the only witness of the colour. The
 constants were chosen on training galleries of both catalog styles (``bench.colour_rerank``,
 docs/relevance.md).
+
+A query asking for a plain garment ("solid", "plain": ``PLAIN_WORDS``) is re-ranked the same
+way, under the same gate: no product's words say it is plain, but some say it is not
+("striped", "printed", "patterned": ``PATTERN_WORDS``), and those move down by
+``ColourRerank.patterned_weight`` (``bench.attribute_words``, docs/relevance.md).
 """
 
 from __future__ import annotations
@@ -86,6 +91,45 @@ COLOUR_WORDS: dict[str, frozenset[int]] = {
 SHADES = ("dark", "light")
 _WORD = re.compile(r"[a-z]+")
 
+PLAIN_WORDS = frozenset({"solid", "plain"})
+"""Query words asking for a garment of one plain colour."""
+PATTERN_WORDS = frozenset(
+    {
+        "patterned",
+        "pattern",
+        "print",
+        "printed",
+        "prints",
+        "striped",
+        "stripes",
+        "stripe",
+        "checked",
+        "check",
+        "checks",
+        "dotted",
+        "dots",
+        "spotted",
+        "polka",
+        "floral",
+        "jacquard",
+        "melange",
+        "marl",
+        "marled",
+        "leopard",
+        "camouflage",
+        "paisley",
+        "houndstooth",
+        "tartan",
+        "sequins",
+        "sequined",
+        "glitter",
+        "embroidered",
+        "embroidery",
+    }
+)
+"""Words of a product's name, description or tags that say its surface is not one plain
+colour."""
+
 
 def _shade(bins: frozenset[int], shade: str) -> frozenset[int]:
     """The dark (brightness half 0, grey levels 0-2) or light half of a colour's bins."""
@@ -126,6 +170,17 @@ def _colour_mask(text: str) -> Mask | None:
     return mask
 
 
+def asks_plain(text: str) -> bool:
+    """Whether the text asks for a plain garment (one of ``PLAIN_WORDS``)."""
+    return not PLAIN_WORDS.isdisjoint(_WORD.findall(text.casefold()))
+
+
+def says_patterned(name: str, description: str | None, tags: Iterable[str] = ()) -> bool:
+    """Whether a product's words say its surface is patterned (one of ``PATTERN_WORDS``)."""
+    text = " ".join([name, description or "", *tags]).casefold()
+    return not PATTERN_WORDS.isdisjoint(_WORD.findall(text))
+
+
 def histogram_bytes(histogram: npt.NDArray[np.floating]) -> bytes:
     """A histogram as ``Product.colour`` stores it."""
     values = np.asarray(histogram, HISTOGRAM_DTYPE).reshape(-1)
@@ -161,6 +216,9 @@ class ColourRerank:
     """A colour share of 1 is worth moving up ``weight * depth`` places."""
     gate: float = 0.5
     """Re-rank only when the text confidence is below this (the words do not answer)."""
+    patterned_weight: float = 0.4
+    """For a query asking for a plain garment, a product whose words say it is patterned
+    moves down ``patterned_weight * depth`` places."""
 
     def applies(self, confidence: float) -> bool:
         return confidence < self.gate
@@ -169,16 +227,23 @@ class ColourRerank:
 DEFAULT_COLOUR_RERANK = ColourRerank()
 
 
-def colour_order(shares: npt.NDArray[np.float64], config: ColourRerank) -> list[int]:
+def colour_order(
+    shares: npt.NDArray[np.float64],
+    config: ColourRerank,
+    patterned: npt.NDArray[np.bool_] | None = None,
+) -> list[int]:
     """The new order of a ranked list of at most ``config.depth`` products given their
-    colour shares: by rank position / depth - weight x share, ties kept in rank order. A
-    product without a histogram (NaN) counts the mean share of the others, so it keeps
-    about its place; when none has one, the order is unchanged."""
+    colour shares: by rank position / depth - weight x share (+ patterned_weight where
+    ``patterned``: a query asking for a plain garment), ties kept in rank order. A product
+    without a histogram (NaN) counts the mean share of the others, so it keeps about its
+    place; when none has one, the shares change nothing."""
     known = ~np.isnan(shares)
-    if not known.all():
-        if not known.any():
-            return list(range(len(shares)))
+    if not known.any():
+        shares = np.zeros(len(shares))
+    elif not known.all():
         shares = np.where(known, shares, float(shares[known].mean()))
     key = np.arange(len(shares)) / config.depth - config.weight * shares
+    if patterned is not None:
+        key = key + config.patterned_weight * patterned
     order: list[int] = np.argsort(key, kind="stable").tolist()
     return order

@@ -15,9 +15,11 @@ from domain.colour import (
     DEFAULT_COLOUR_RERANK,
     ColourRerank,
     Mask,
+    asks_plain,
     colour_mask,
     colour_order,
     colour_shares,
+    says_patterned,
 )
 from domain.errors import BadInput, InvalidImage, NotFound
 from domain.fusion import (
@@ -346,18 +348,22 @@ class SearchService:
         offset: int,
     ) -> tuple[SearchHit, ...]:
         """The page's hits with their products, re-ranked by colour when the query names a
-        colour its words do not answer (the re-rank's top rows read with the page's)."""
+        colour (or asks for a plain garment) its words do not answer (the re-rank's top rows
+        read with the page's)."""
         depth = offset + query.top_k
         colours = self._colour_mask(query)
+        plain = self._asks_plain(query)
         top: list[str] = []  # the colour re-rank's ids, when it applies
-        if colours is not None and self.colour_rerank.applies(fused.confidence):
+        if (colours is not None or plain) and self.colour_rerank.applies(fused.confidence):
             top = [p for p in fused.order[: self.colour_rerank.depth + 1] if p != exclude_id]
             top = top[: self.colour_rerank.depth]
         window = ordered[offset:depth]
-        if top and colours is not None:
+        if top:
             # one call: the top's rows come with the page's, decoded for the page only
             rows = await self._rows([*top, *(h.product_id for h in window)])
-            window, shares = self._colour_window(fused, top, ordered, rows, colours, offset, depth)
+            window, shares = self._colour_window(
+                fused, top, ordered, rows, colours, plain, offset, depth
+            )
             products = _decoded(rows, [h.product_id for h in window])
         else:
             products = await self._catalog.get_many([h.product_id for h in window])
@@ -404,24 +410,36 @@ class SearchService:
             return None
         return colour_mask(query.text.text)
 
+    @staticmethod
+    def _asks_plain(query: SearchQuery) -> bool:
+        """Whether a HYBRID search's words ask for a plain garment ("solid")."""
+        if query.mode is not SearchMode.HYBRID or query.text is None:
+            return False
+        return asks_plain(query.text.text)
+
     def _colour_window(
         self,
         fused: Fused,
         top: list[str],
         ordered: list[FusedHit],
         rows: ProductRows,
-        colours: Mask,
+        colours: Mask | None,
+        plain: bool,
         offset: int,
         depth: int,
     ) -> tuple[list[FusedHit], dict[str, float]]:
         """The page's hits once the fused top is re-ranked by the garments' colour shares
-        (``domain.colour``; exact name matches stay first), and the top's shares. Hits are
-        made only for the page's products the fusion made none for."""
+        and, for a plain garment asked, by what their words say (``domain.colour``; exact
+        name matches stay first), and the top's colour shares. Hits are made only for the
+        page's products the fusion made none for."""
         made = {h.product_id: h for h in ordered}
         named = sum(1 for pid in top if pid in made and made[pid].exact)
         rest = top[named:]
-        shares = colour_shares([rows.colour(p) for p in top], colours)
-        order = colour_order(shares[named:], self.colour_rerank)
+        shares = np.full(len(top), np.nan)
+        if colours is not None:
+            shares = colour_shares([rows.colour(p) for p in top], colours)
+        patterned = np.array([_says_patterned(rows.product(p)) for p in rest]) if plain else None
+        order = colour_order(shares[named:], self.colour_rerank, patterned)
         ids = [
             *top[:named],
             *(rest[i] for i in order),
@@ -432,7 +450,8 @@ class SearchService:
         if missing:
             at = {pid: i for i, pid in enumerate(fused.order[: len(top) + 1])}
             made.update((h.product_id, h) for h in fused.hits_at([at[p] for p in missing]))
-        return [made[p] for p in page], dict(zip(top, shares.tolist(), strict=True))
+        known = dict(zip(top, shares.tolist(), strict=True)) if colours is not None else {}
+        return [made[p] for p in page], known
 
     async def _rank(
         self,
@@ -632,6 +651,12 @@ def _with_colour(
         else Signals(h.signals.visual, h.signals.lexical, h.signals.semantic, share)
         for h, share in zip(hits, shares, strict=True)
     ]
+
+
+def _says_patterned(product: Product | None) -> bool:
+    if product is None:
+        return False
+    return says_patterned(product.name, product.description, product.tags.values())
 
 
 def _decoded(rows: ProductRows, ids: Sequence[str]) -> dict[str, Product]:

@@ -10,10 +10,12 @@ from domain.colour import (
     GREY_LEVELS,
     HISTOGRAM_BINS,
     ColourRerank,
+    asks_plain,
     colour_mask,
     colour_order,
     colour_shares,
     histogram_bytes,
+    says_patterned,
 )
 
 
@@ -117,3 +119,29 @@ def test_a_product_without_histogram_counts_the_mean_share() -> None:
     assert colour_order(np.array([0.0, 0.0, 1.0, np.nan]), config) == [2, 0, 1, 3]
     # nobody known: the fused order
     assert colour_order(np.array([np.nan, np.nan, np.nan]), config) == [0, 1, 2]
+
+
+def test_plain_is_asked_by_its_words_whatever_the_case() -> None:
+    assert asks_plain("Solid trousers")
+    assert asks_plain("black plain t-shirt")
+    assert not asks_plain("striped trousers")
+    assert not asks_plain("solidarity tee")  # whole words only
+
+
+def test_a_product_is_patterned_when_its_words_say_so() -> None:
+    assert says_patterned("Bruce shirt", "Shirt in a striped cotton weave.")
+    assert says_patterned("Tee", None, ["All over pattern"])
+    assert says_patterned("Checked skirt", "")
+    assert not says_patterned("Bruce shirt", "Shirt in a cotton weave with a collar.")
+    assert not says_patterned("Tee", None)
+
+
+def test_a_patterned_product_moves_down_when_plain_is_asked() -> None:
+    config = ColourRerank(depth=10, weight=0.4, patterned_weight=0.25)
+    patterned = np.array([True, False, False, False, False])
+    # rank 0 patterned: key 0.25 falls behind ranks 1 and 2 (0.1, 0.2), ties keep rank order
+    assert colour_order(np.full(5, np.nan), config, patterned) == [1, 2, 0, 3, 4]
+    assert colour_order(np.full(5, np.nan), config, ~patterned) == [0, 1, 2, 3, 4]
+    # with a colour named too, both apply
+    shares = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    assert colour_order(shares, config, patterned) == [4, 1, 2, 0, 3]

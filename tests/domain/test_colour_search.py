@@ -134,6 +134,27 @@ async def test_an_image_search_steered_in_a_colour(shop: Shop) -> None:
     assert steered.hits[0].product.id == "blue"
 
 
+async def described(rerank: ColourRerank | None = None) -> Shop:
+    """The shirts, the red one described as striped, the others as smooth."""
+    shop = await Shop(rerank).fill()
+    for pid, words, _ in SHIRTS:
+        weave = "striped" if pid == "red" else "smooth"
+        await shop.products.add(pid, "Shirt", fake_image(words), description=f"{weave} weave")
+    return shop
+
+
+async def test_a_plain_garment_asked_moves_the_patterned_ones_down() -> None:
+    unweighted = await described(ColourRerank(patterned_weight=0.0))
+    fused = await unweighted.ids("solid shirt")
+    assert fused.index("red") < 3  # the fusion alone does not put it last
+    shop = await described()
+    assert (await shop.ids("solid shirt"))[-1] == "red"
+    # a query not asking for a plain garment keeps the fused order
+    assert await shop.ids("shirt") == await unweighted.ids("shirt")
+    closed = await described(ColourRerank(gate=0.0))  # the words answer: no re-rank
+    assert await closed.ids("solid shirt") == fused
+
+
 async def test_the_histograms_come_with_the_page_rows_in_one_call(shop: Shop) -> None:
     shop.catalog.get_many_calls = 0
     await shop.search.by_text("blue shirt", top_k=2)
