@@ -248,6 +248,10 @@ def main(signals: Path, galleries: list[str]) -> None:
         print(variant.label(), json.dumps(table[variant.label()]["change"]), flush=True)
     losses = {n: text_losses(r) for n, (r, _, _) in data.items() if n.startswith("kaggle")}
     result = {"galleries": galleries, "default": base_figures, "variants": table}
+    result["kaggle: HYBRID (fusion only) against TEXT, queries won / lost"] = {
+        n: [sum(r["hybrid"] > r["text"] for r in rows), sum(r["hybrid"] < r["text"] for r in rows)]
+        for n, rows in losses.items()
+    }
     result["kaggle: queries where HYBRID and TEXT differ"] = losses
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(base_figures, indent=1))

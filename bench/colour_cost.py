@@ -13,8 +13,11 @@ answer colour queries (Kaggle style) the gate leaves them alone; on one whose wo
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals 16
     flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m bench.colour_cost /tmp/signals \
         kaggle-train-16 hm-extra-16
+    # the same for the "<pattern> <type>" queries (the plain-garment re-rank on and off)
+    flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m bench.colour_cost --pattern \
+        /tmp/signals hm-extra-16
 
-Writes bench/results/colour_cost.json.
+Writes bench/results/colour_cost.json (``--pattern``: colour_cost_plain.json).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import load_average, machine
+from domain.colour import asks_plain, colour_mask
 from domain.fusion import Ranked, text_confidence
 from domain.model import SearchQuery, TextQuery
 from domain.services import QueryVectors
@@ -39,6 +43,7 @@ from fashion_search.settings import Settings
 from fashion_search.wiring import build
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_cost.json"
+PLAIN_RESULTS = RESULTS.with_name("colour_cost_plain.json")
 ROUNDS = 40
 TOP_K = 10
 
@@ -47,10 +52,10 @@ def _ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 4)
 
 
-async def measure(signals: Path, name: str) -> dict[str, Any]:
+async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[str, Any]:
     with (signals / f"{name}.pkl").open("rb") as f:
         recorded = pickle.load(f)  # our own file, written by bench.fusion_signals
-    queries: list[tuple[str, Ranked]] = [(t, r) for t, _, r in recorded["queries"]["colour_type"]]
+    queries: list[tuple[str, Ranked]] = [(t, r) for t, _, r in recorded["queries"][kind]]
     container = build(eval_settings(Settings(), signals / f"{name}-home"))
     service = container.search
     current: dict[str, Ranked] = {}
@@ -64,7 +69,7 @@ async def measure(signals: Path, name: str) -> dict[str, Any]:
     service._query_vectors = vectors  # type: ignore[method-assign]  # the recorded lists
     service._rank = rank  # type: ignore[method-assign,assignment]
     service._lexical_early = lambda query, wanted: None  # type: ignore[method-assign]
-    colour_on = service._colour_mask
+    colour_on, plain_on = service._colour_mask, service._asks_plain
     samples: dict[str, list[float]] = {"on": [], "off": [], "on_cpu": [], "off_cpu": []}
     paired: list[float] = []
     try:
@@ -75,6 +80,7 @@ async def measure(signals: Path, name: str) -> dict[str, Any]:
                 # each variant goes first half of the time (the second finds warmer caches)
                 for variant in ("on", "off") if (round_ + n) % 2 else ("off", "on"):
                     service._colour_mask = colour_on if variant == "on" else _no_colour  # type: ignore[method-assign]
+                    service._asks_plain = plain_on if variant == "on" else _no_plain  # type: ignore[method-assign]
                     query = SearchQuery(text=TextQuery(text), top_k=TOP_K)
                     started, cpu = time.perf_counter(), time.thread_time()
                     await service.search(query)
@@ -85,10 +91,13 @@ async def measure(signals: Path, name: str) -> dict[str, Any]:
     finally:
         await container.aclose()
     gated = sum(
-        service.colour_rerank.applies(text_confidence(r, service.fusion)) for _, r in queries
+        service.colour_rerank.applies(text_confidence(r, service.fusion))
+        and (colour_mask(t) is not None or asks_plain(t))
+        for t, r in queries
     )
     return {
-        "colour_queries": len(queries),
+        "queries": kind,
+        "queries_measured": len(queries),
         "re_ranked_queries": gated,
         "rounds": ROUNDS,
         "after_lists_p50_ms_colour_on": _ms(samples["on"]),
@@ -103,19 +112,29 @@ def _no_colour(query: SearchQuery) -> None:
     return None
 
 
-async def main(signals: Path, galleries: list[str]) -> None:
+def _no_plain(query: SearchQuery) -> bool:
+    return False
+
+
+async def main(signals: Path, galleries: list[str], pattern: bool = False) -> None:
     before = load_average()
+    kind = "pattern_type" if pattern else "colour_type"
+    flag = "--pattern " if pattern else ""
     result: dict[str, Any] = {
         "benchmark": "colour_cost",
         "command": "flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m "
-        f"bench.colour_cost /tmp/signals {' '.join(galleries)}",
+        f"bench.colour_cost {flag}/tmp/signals {' '.join(galleries)}",
         "load_average_before": before,
-        "galleries": {name: await measure(signals, name) for name in galleries},
+        "galleries": {name: await measure(signals, name, kind) for name in galleries},
+        "load_average_after": load_average(),
         "machine": machine(),
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    (PLAIN_RESULTS if pattern else RESULTS).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2:] or ["kaggle-train-16", "hm-extra-16"]))
+    flagged = sys.argv[1] == "--pattern"
+    args = sys.argv[2:] if flagged else sys.argv[1:]
+    default = ["hm-extra-16"] if flagged else ["kaggle-train-16", "hm-extra-16"]
+    asyncio.run(main(Path(args[0]), args[1:] or default, flagged))
