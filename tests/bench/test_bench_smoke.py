@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -209,3 +210,45 @@ def test_the_onnx_bench_encodes_the_latency_bench_uploads_or_the_demo_photos(
     with Image.open(uploads[0]) as upload, Image.open(demo[0]) as photo:
         assert upload.size == (240, 360)
         assert photo.size == (360, 540)
+
+
+async def test_the_stage_bench_answers_the_graphql_layer_from_pages_computed_beforehand() -> None:
+    from bench.hybrid_stages import answered_search
+    from domain.model import SearchPage, SearchQuery, TextQuery
+    from domain.services import SearchService
+    from tests.fakes import (
+        FakeEncoderProvider,
+        HashingEncoder,
+        InMemoryCatalog,
+        InMemoryImageStore,
+        InMemoryVectorIndex,
+    )
+
+    real = SearchService(
+        FakeEncoderProvider(HashingEncoder()),
+        InMemoryVectorIndex(),
+        InMemoryCatalog(),
+        InMemoryImageStore(),
+    )
+    page = SearchPage(hits=(), encoder_id="fake", took_ms=1.0)
+    answered = answered_search(real, {"black dress": page})
+    assert await answered.search(SearchQuery(text=TextQuery("black dress"))) is page
+    with pytest.raises(KeyError):
+        await answered.search(SearchQuery(text=TextQuery("red skirt")))
+
+
+def test_the_lone_search_bench_alternates_a_and_b() -> None:
+    from bench.lone_search_cores import _alternate
+
+    calls: list[str] = []
+
+    def timed(label: str, seconds: float) -> Callable[[int], float]:
+        def run(item: int) -> float:
+            calls.append(f"{label}{item}")
+            return seconds * item
+
+        return run
+
+    medians = _alternate(2, [1, 2, 3], timed("a", 0.001), timed("b", 0.002))
+    assert medians == (2.0, 4.0)
+    assert calls == ["a1", "b1", "a2", "b2", "a3", "b3", "b1", "a1", "b2", "a2", "b3", "a3"]
