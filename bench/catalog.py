@@ -4,12 +4,18 @@ reads and hashes the images, finds them in the ledger and writes nothing)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
+    RESULTS_DIR,
     EncoderChoice,
     Json,
     app_env,
+    choose_encoder,
     console,
     hm_dev,
     kaggle_zip,
@@ -57,3 +63,39 @@ def prepare_catalog(
         }
     counts["total_products"] = sum(v["products"] for v in counts.values() if isinstance(v, dict))
     return counts
+
+
+BENCH_WORK_DIR = Path("/tmp/hrel-bench")
+
+
+def catalog_bench_parser(module: str, description: str | None, out: str) -> argparse.ArgumentParser:
+    """The options of an in-process bench on the latency bench's catalog: ``--work-dir``
+    (where ``python -m bench latency`` built it), ``--home`` (another catalog) and ``--out``
+    (the result file, ``out`` in bench/results by default)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--work-dir", type=Path, default=BENCH_WORK_DIR)
+    parser.add_argument("--home", type=Path, default=None, help="A catalog's data directory.")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / out)
+    return parser
+
+
+@dataclass(frozen=True)
+class BenchCatalog:
+    home: Path
+    encoder: EncoderChoice
+    command: str
+    """The command line that reproduces the run (for the result file)."""
+
+
+def bench_catalog(
+    args: argparse.Namespace, module: str, argv: Sequence[str] | None
+) -> BenchCatalog | None:
+    """The catalog the parsed options name, None (said on the console) when it is not built."""
+    encoder = choose_encoder(None, args.work_dir)
+    home = args.home or catalog_home(args.work_dir, encoder, None, None)
+    if not (home / "catalog.sqlite3").is_file():
+        console.print(f"no catalog in {home}: run `python -m bench latency` first")
+        return None
+    words = sys.argv[1:] if argv is None else argv
+    command = f"PYTHONPATH=. .venv/bin/python -m {module} " + " ".join(words)
+    return BenchCatalog(home, encoder, command.strip())

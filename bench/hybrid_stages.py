@@ -18,7 +18,6 @@ cProfile of the GraphQL HYBRID requests, sorted by own time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import dataclasses
@@ -33,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.api_overhead import call
-from bench.catalog import catalog_home
-from bench.common import RESULTS_DIR, Result, choose_encoder, console, write_result
+from bench.catalog import bench_catalog, catalog_bench_parser
+from bench.common import Result, console, write_result
 from bench.latency import SEARCH_FIELDS, TOP_K, query_texts
 
-DEFAULT_WORK_DIR = Path("/tmp/hrel-bench")
 WARMUP = 20
 
 HYBRID_QUERY = (
@@ -248,27 +246,17 @@ async def measure(home: Path, rounds: int, profile: bool, encoder_id: str) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hybrid_stages", description=__doc__)
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--home", type=Path, default=None, help="A catalog's data directory.")
+    parser = catalog_bench_parser("bench.hybrid_stages", __doc__, "hybrid_stages.json")
     parser.add_argument("--rounds", type=int, default=4, help="Passes over the 64 texts.")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "hybrid_stages.json")
     args = parser.parse_args(argv)
-    encoder = choose_encoder(None, args.work_dir)
-    home = args.home or catalog_home(args.work_dir, encoder, None, None)
-    if not (home / "catalog.sqlite3").is_file():
-        console.print(f"no catalog in {home}: run `python -m bench latency` first")
+    bench = bench_catalog(args, "bench.hybrid_stages", argv)
+    if bench is None:
         return 1
-    command = "PYTHONPATH=. .venv/bin/python -m bench.hybrid_stages " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    result = Result(
-        name=args.out.stem,
-        config={"home": str(home), "rounds": args.rounds, "command": command.strip()},
-    )
+    config = {"home": str(bench.home), "rounds": args.rounds, "command": bench.command}
+    result = Result(name=args.out.stem, config=config)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result.data = asyncio.run(measure(home, args.rounds, args.profile, encoder.id))
+    result.data = asyncio.run(measure(bench.home, args.rounds, args.profile, bench.encoder.id))
     for name, figures in result.data["stages"].items():
         console.print(
             f"{name:<58} {figures['wall_p50_ms']:8.3f} ms wall {figures['cpu_p50_ms']:8.3f} ms CPU"

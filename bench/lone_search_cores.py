@@ -20,20 +20,17 @@ Writes bench/results/lone_search_cores.json (``--out`` to change).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.catalog import catalog_home
-from bench.common import RESULTS_DIR, Result, choose_encoder, console, write_result
+from bench.catalog import bench_catalog, catalog_bench_parser
+from bench.common import Result, console, write_result
 from bench.latency import query_texts
 
-DEFAULT_WORK_DIR = Path("/tmp/hrel-bench")
 WARMUP = 10
 
 
@@ -141,32 +138,17 @@ def measure(home: Path, rounds: int, repeats: int, encoder_id: str) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.lone_search_cores", description=__doc__)
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--home", type=Path, default=None, help="A catalog's data directory.")
+    parser = catalog_bench_parser("bench.lone_search_cores", __doc__, "lone_search_cores.json")
     parser.add_argument("--rounds", type=int, default=4, help="Passes over the 64 texts.")
     parser.add_argument("--repeats", type=int, default=3, help="A/B blocks, one after another.")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "lone_search_cores.json")
     args = parser.parse_args(argv)
-    encoder = choose_encoder(None, args.work_dir)
-    home = args.home or catalog_home(args.work_dir, encoder, None, None)
-    if not (home / "catalog.sqlite3").is_file():
-        console.print(f"no catalog in {home}: run `python -m bench latency` first")
+    bench = bench_catalog(args, "bench.lone_search_cores", argv)
+    if bench is None:
         return 1
-    command = "PYTHONPATH=. .venv/bin/python -m bench.lone_search_cores " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    result = Result(
-        name=args.out.stem,
-        config={
-            "home": str(home),
-            "rounds": args.rounds,
-            "repeats": args.repeats,
-            "command": command.strip(),
-        },
-    )
+    config = {"home": str(bench.home), "rounds": args.rounds, "repeats": args.repeats}
+    result = Result(name=args.out.stem, config={**config, "command": bench.command})
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result.data = measure(home, args.rounds, args.repeats, encoder.id)
+    result.data = measure(bench.home, args.rounds, args.repeats, bench.encoder.id)
     for block in result.data["blocks"]:
         for name in ("minilm_p50_ms", "both_spaces_top200_after_encode_p50_ms"):
             for label, ms in block[name].items():

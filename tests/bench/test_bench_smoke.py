@@ -252,3 +252,36 @@ def test_the_lone_search_bench_alternates_a_and_b() -> None:
     medians = _alternate(2, [1, 2, 3], timed("a", 0.001), timed("b", 0.002))
     assert medians == (2.0, 4.0)
     assert calls == ["a1", "b1", "a2", "b2", "a3", "b3", "b1", "a1", "b2", "a2", "b3", "a3"]
+
+
+def test_the_8bit_minilm_bench_rewrites_constant_matmuls(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bench.minilm_8bit import eight_bit_blocks
+    from encoders.onnx_models import inference_session
+
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((64, 16)).astype(np.float32)
+    odd = rng.standard_normal((16, 8)).astype(np.float32)  # 16 rows: not a multiple of 32
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="first"),
+            helper.make_node("MatMul", ["h", "odd"], ["y"], name="second"),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(odd, "odd")],
+    )
+    source, target = tmp_path / "tiny.onnx", tmp_path / "tiny-8bit.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+
+    assert eight_bit_blocks(source, target, block=32) == 1
+    kinds = [node.op_type for node in onnx.load(str(target)).graph.node]
+    assert kinds == ["MatMulNBits", "MatMul"]
+    x = {"x": rng.standard_normal((1, 64)).astype(np.float32)}
+    plain = inference_session(source, 1).run(None, x)[0]
+    eight = inference_session(target, 1).run(None, x)[0]
+    assert not np.array_equal(plain, eight)  # quantised ...
+    np.testing.assert_allclose(eight, plain, rtol=0.05, atol=0.05 * np.abs(plain).max())
