@@ -16,7 +16,9 @@ Run: ``python -m bench.onnx [--runtime-venv .venv-runtime]``; results go to
 bench/results/onnx.json. ``--photos hm-dev`` times the encoding on the latency bench's
 uploads (every 150th hm-dev photo, 240x360 JPEG: what its "encode image alone" figure
 encodes, without its catalog) instead of hm-demo's 360x540 photos; ``--encode-only`` skips
-ingest, cold start and sizes. The machine is shared: figures are medians of repeated runs,
+ingest, cold start and sizes; ``--torch-tree DIR`` times the torch side with another
+checkout's code (the revision an issue's "today" figures were measured at), so that an old
+baseline and today's ONNX Runtime path are compared in one run, under the same load. The machine is shared: figures are medians of repeated runs,
 and the encoding runs alternate between the runtimes (``--rounds``).
 """
 
@@ -88,14 +90,18 @@ def photo_files(datasets: Path, photos: str, count: int) -> list[Path]:
     return files
 
 
-def encode_cost(runtime: str, images: Sequence[Path], repeats: int) -> dict[str, Any]:
+def encode_cost(
+    runtime: str, images: Sequence[Path], repeats: int, tree: Path = REPO_ROOT
+) -> dict[str, Any]:
+    """One runtime's encoding cost, measured by the code of ``tree`` (a checkout of this
+    repository: this one, or an older revision's, with its own encoders and preprocessing)."""
     out = subprocess.run(
         [sys.executable, "-c", _COST, str(repeats), *map(str, images)],
-        env=_env(runtime),
+        env=_env(runtime, PYTHONPATH=str(tree)),
         capture_output=True,
         text=True,
         check=True,
-        cwd=REPO_ROOT,
+        cwd=tree,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -211,10 +217,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "photos": {"set": args.photos, "count": args.count},
     }
     files = photo_files(args.datasets, args.photos, args.count)
+    trees = {"torch": args.torch_tree or REPO_ROOT, "onnx": REPO_ROOT}
+    result["trees"] = {runtime: tree_revision(tree) for runtime, tree in trees.items()}
     costs: dict[str, list[dict[str, Any]]] = {runtime: [] for runtime in RUNTIMES}
     for _ in range(args.rounds):  # alternating, so that both runtimes see the same load
         for runtime in RUNTIMES:
-            costs[runtime].append(encode_cost(runtime, files, args.repeats))
+            costs[runtime].append(encode_cost(runtime, files, args.repeats, trees[runtime]))
     result["encode_batch1_1thread"] = {
         runtime: _median_cost(rounds) | {"rounds": len(rounds)} for runtime, rounds in costs.items()
     }
@@ -264,6 +272,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def tree_revision(tree: Path) -> str:
+    """The commit a checkout is at (``+modified`` when its tracked files differ from it)."""
+    git = ["git", "-C", str(tree)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], check=False).returncode != 0
+    return commit + ("+modified" if dirty else "")
+
+
 def add_datasets_argument(parser: argparse.ArgumentParser) -> None:
     """``--datasets``: FASHION_SEARCH_DATASETS_DIR, else ``shared/datasets`` beside the repo."""
     parser.add_argument(
@@ -289,6 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="Cold starts per runtime.")
     parser.add_argument(
         "--encode-only", action="store_true", help="Only the encoding at batch 1, one thread."
+    )
+    parser.add_argument(
+        "--torch-tree",
+        type=Path,
+        default=None,
+        help="Time the torch side with the code of this checkout (e.g. the revision an issue "
+        "was filed at: git worktree add --detach DIR REV); default: this one.",
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "onnx.json")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -285,3 +286,52 @@ def test_the_8bit_minilm_bench_rewrites_constant_matmuls(tmp_path: Path) -> None
     eight = inference_session(target, 1).run(None, x)[0]
     assert not np.array_equal(plain, eight)  # quantised ...
     np.testing.assert_allclose(eight, plain, rtol=0.05, atol=0.05 * np.abs(plain).max())
+
+
+def _fake_checkout(root: Path) -> Path:
+    """A checkout whose encoder-cost code reports which tree it came from."""
+    files = {
+        "encoders/__init__.py": "",
+        "encoders/cost.py": (
+            "import types\n"
+            "def measure_cost(encoder, images, texts, repeats, threads):\n"
+            "    return types.SimpleNamespace(tree='fake', images=len(images), threads=threads)\n"
+        ),
+        "fashion_search/__init__.py": "",
+        "fashion_search/settings.py": "class Settings:\n    def __init__(self, **kw): pass\n",
+        "fashion_search/wiring.py": (
+            "class _Registry:\n    def get(self, name): return None\n"
+            "def build_encoders(settings): return _Registry()\n"
+        ),
+        "fashion_search/commands/__init__.py": "",
+        "fashion_search/commands/encoder_commands.py": "COST_QUERIES = ['red dress']\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_the_onnx_bench_times_a_runtime_with_another_checkouts_code(
+    tmp_path: Path, hm_demo: Path
+) -> None:
+    """``--torch-tree``: the cost is measured by the given checkout's code, not this one's."""
+    images = sorted((hm_demo / "images").glob("*.jpg"))[:2]
+    cost = onnx_bench.encode_cost("torch", images, 1, _fake_checkout(tmp_path / "old"))
+    assert cost == {"tree": "fake", "images": 2, "threads": 1, "torch_imported": False}
+
+
+def test_tree_revision_names_the_commit_and_whether_files_differ(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.txt").write_text("one", encoding="utf-8")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert onnx_bench.tree_revision(repo) == head
+    (repo / "a.txt").write_text("two", encoding="utf-8")
+    assert onnx_bench.tree_revision(repo) == head + "+modified"
