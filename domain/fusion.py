@@ -24,7 +24,9 @@ that have every word, and how close the best product-text vector comes to the qu
 trousers" on a catalog whose names say colour and type) the words lead and the images only
 break ties (``visual_floor``); with confidence 0 (terse names that never say the colour) the
 images lead and the words nudge (``lexical_floor``, ``semantic_floor``): a description that
-says "striped" still helps "striped sweater". Products whose name or id is the query come
+says "striped" still helps "striped sweater". The images lead only as far as they see the
+query: when the best text-to-image cosine is low (60x80 photos against "blue perfume and body
+mist"), the visual weight shrinks towards its floor (``visual_evidence_*``). Products whose name or id is the query come
 first whatever the signals say (``exact``). A search with a single signal (a photo without
 words) keeps that signal's raw score, so image searches score as they always have. The
 defaults were chosen on training galleries of both catalog styles (``bench.fusion_tuning``,
@@ -101,11 +103,18 @@ class FusionConfig:
     semantic_confident_at: float = 0.7
     """The best product-text cosine is the other evidence: none below ``*_from``, full at
     ``*_at`` (cosines of the default encoder, fashion-lite)."""
+    visual_evidence_from: float = 0.3
+    visual_evidence_at: float = 0.4
+    """How far the images see a text query: the visual weight keeps ``visual_floor`` of
+    itself when the best text-to-image cosine is at or below ``*_from``, all of it from
+    ``*_at`` (tiny photos hardly see attribute queries; cosines of fashion-lite)."""
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
     def __post_init__(self) -> None:
         if not self.semantic_confident_from < self.semantic_confident_at:
             raise ValueError("semantic_confident_from must be below semantic_confident_at")
+        if not self.visual_evidence_from < self.visual_evidence_at:
+            raise ValueError("visual_evidence_from must be below visual_evidence_at")
 
 
 DEFAULT_FUSION = FusionConfig()
@@ -242,11 +251,14 @@ def _semantic_confidence(best: float | None, config: FusionConfig) -> float:
 def weights(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION) -> Weights:
     """The query-adaptive weights (a signal without results weighs nothing)."""
     lists = _Lists.of(ranked)
-    return _weights(ranked, _text_confidence(lists, config), config)
+    return _weights(ranked, _text_confidence(lists, config), config, _best(lists.visual))
 
 
-def _weights(ranked: Ranked, c: float, config: FusionConfig) -> Weights:
+def _weights(
+    ranked: Ranked, c: float, config: FusionConfig, best_visual: float | None = None
+) -> Weights:
     visual = config.visual_weight * (1.0 - c * (1.0 - config.visual_floor))
+    visual *= _visual_evidence(ranked, best_visual, config)
     lexical = config.lexical_weight * (config.lexical_floor + c * (1.0 - config.lexical_floor))
     semantic = config.semantic_floor + c * (config.semantic_weight - config.semantic_floor)
     return Weights(
@@ -254,6 +266,15 @@ def _weights(ranked: Ranked, c: float, config: FusionConfig) -> Weights:
         lexical=lexical * ranked.text_share if ranked.lexical else 0.0,
         semantic=semantic * ranked.text_share if ranked.semantic else 0.0,
     )
+
+
+def _visual_evidence(ranked: Ranked, best: float | None, config: FusionConfig) -> float:
+    """The share of its weight the visual signal keeps for a text query, by how close the
+    best product image comes to it (``visual_evidence_*``); 1 for an image query."""
+    if ranked.image_query or best is None:
+        return 1.0
+    low, high = config.visual_evidence_from, config.visual_evidence_at
+    return min(1.0, max(config.visual_floor, (best - low) / (high - low)))
 
 
 def spread(scores: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -309,7 +330,7 @@ def fuse(ranked: Ranked, config: FusionConfig = DEFAULT_FUSION, limit: int | Non
     ``limit`` (all when None; ``Fused.total`` counts every candidate)."""
     lists = _Lists.of(ranked)
     confidence = _text_confidence(lists, config)
-    w = _weights(ranked, confidence, config)
+    w = _weights(ranked, confidence, config, _best(lists.visual))
     exact = list(dict.fromkeys(ranked.exact))
     listed = [*lists.visual_ids, *lists.lexical_ids, *lists.semantic_ids]
     candidates, rows = _candidates(exact, listed)

@@ -6,6 +6,7 @@ share as a signal; with the gate closed, the photos' vectors alone do not."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from domain.colour import ColourRerank
+from domain.fusion import DEFAULT_FUSION
 from fashion_search.asgi import app_for
 from fashion_search.settings import Settings
 from fashion_search.wiring import Container, build
@@ -88,6 +90,12 @@ async def test_colour_queries_the_words_do_not_answer_rank_that_colour_first(
     tmp_path: Path,
 ) -> None:
     container = build(Settings(home=tmp_path), load_entry_points=False)
+    # the drawn tees are far from any text (low text-to-image cosines), which would leave
+    # their order to the noise of their near-identical words: trust the photos fully, as an
+    # H&M-style catalog's photos are, so the fusion ranks by them and the re-rank by colour
+    container.search.fusion = replace(
+        DEFAULT_FUSION, visual_evidence_from=-1.0, visual_evidence_at=-0.5
+    )
     await fill(container)
     stored = await container.catalog.get_many(["navy-0"])
     assert stored["navy-0"].colour is not None  # computed at ingest, stored with the product

@@ -343,7 +343,8 @@ async def test_facet_counts_follow_the_ranking() -> None:
 
 
 def test_default_leans_on_words_only_when_many_products_match_fully() -> None:
-    visual = [("sunglasses", 0.31), ("wallet", 0.30), ("t0", 0.25), ("t9", 0.25), ("x", 0.2)]
+    # the images see the query (cosines above visual_evidence_at) but rank it wrongly
+    visual = [("sunglasses", 0.51), ("wallet", 0.50), ("t0", 0.45), ("t9", 0.45), ("x", 0.4)]
     described = Ranked(visual=visual, lexical=[hit(f"t{i}", 9.0 - i) for i in range(10)])
     brushed = Ranked(
         visual=visual, lexical=[hit("x", 9.0), *(hit(f"t{i}", 1.0, 0.5) for i in range(9))]
@@ -358,7 +359,7 @@ def test_full_match_share_scales_the_text_signals() -> None:
     terse = [hit("t0", 5.0, matched=1.0), *(hit(f"t{i}", 1.0, matched=0.5) for i in (1, 2, 3))]
     assert text_confidence(Ranked(lexical=descriptive), config) == 1.0
     assert text_confidence(Ranked(lexical=terse), config) == pytest.approx(0.25)
-    ranked = Ranked(visual=[("t0", 0.3)], semantic=[("t0", 0.4)], lexical=terse)
+    ranked = Ranked(visual=[("t0", 0.5)], semantic=[("t0", 0.4)], lexical=terse)
     w = weights(ranked, config)
     expected_lexical = config.lexical_floor + 0.25 * (1 - config.lexical_floor)
     expected_semantic = config.semantic_floor + 0.25 * (
@@ -388,8 +389,8 @@ def test_a_close_product_text_vector_is_evidence_the_words_describe_the_products
 
 def test_the_weights_move_between_the_floors_with_the_confidence() -> None:
     config = FusionConfig()
-    answered = Ranked(visual=[("a", 0.3)], semantic=[("a", 0.9)], lexical=[hit("a", 1.0)])
-    brushed = Ranked(visual=[("a", 0.3)], semantic=[("a", 0.3)], lexical=[hit("a", 1.0, 0.5)])
+    answered = Ranked(visual=[("a", 0.5)], semantic=[("a", 0.9)], lexical=[hit("a", 1.0)])
+    brushed = Ranked(visual=[("a", 0.5)], semantic=[("a", 0.3)], lexical=[hit("a", 1.0, 0.5)])
     words_lead, images_lead = weights(answered, config), weights(brushed, config)
     assert (words_lead.visual, words_lead.lexical, words_lead.semantic) == pytest.approx(
         (config.visual_floor, config.lexical_weight, config.semantic_weight)
@@ -397,6 +398,36 @@ def test_the_weights_move_between_the_floors_with_the_confidence() -> None:
     assert images_lead.visual > 0.9
     assert images_lead.lexical < 0.5
     assert images_lead.semantic < config.semantic_weight
+
+
+def test_images_that_hardly_see_a_text_query_keep_only_their_floor() -> None:
+    config = FusionConfig()
+    low, high = config.visual_evidence_from, config.visual_evidence_at
+    lexical = [hit("a", 1.0, 0.5)]  # half the words: the images would lead
+
+    def visual_weight(best: float, image_query: bool = False) -> float:
+        ranked = Ranked(visual=[("a", best)], lexical=lexical, image_query=image_query)
+        return weights(ranked, config).visual
+
+    seen = visual_weight(high)
+    assert visual_weight(high + 0.2) == pytest.approx(seen)
+    assert visual_weight((low + high) / 2) == pytest.approx(seen / 2)
+    assert visual_weight(low) == pytest.approx(seen * config.visual_floor)
+    assert visual_weight(low - 0.2) == pytest.approx(seen * config.visual_floor)
+    # an image query's cosines are image-to-image: its visual weight is not scaled
+    assert visual_weight(low, image_query=True) == pytest.approx(seen)
+    with pytest.raises(ValueError, match="visual_evidence_from"):
+        FusionConfig(visual_evidence_from=0.4, visual_evidence_at=0.4)
+
+
+def test_words_lead_where_the_images_do_not_see_the_query() -> None:
+    # tiny photos: the best text-to-image cosine is low; "x" alone has every word of the
+    # query, so the words answer it only a little (one full match in the top 10)
+    visual = [("sunglasses", 0.25), ("wallet", 0.24), ("x", 0.2)]
+    lexical = [hit("x", 9.0), *(hit(f"t{i}", 1.0, 0.5) for i in range(9))]
+    assert ids(fuse(Ranked(visual=visual, lexical=lexical)).hits)[0] == "x"
+    seen = [(pid, cosine + 0.3) for pid, cosine in visual]
+    assert ids(fuse(Ranked(visual=seen, lexical=lexical)).hits)[0] == "sunglasses"
 
 
 def test_words_nudge_the_images_on_a_catalog_of_terse_names() -> None:
