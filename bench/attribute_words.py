@@ -261,7 +261,8 @@ VARIANTS = [
 ]
 
 
-def main(signals: Path, galleries: list[str]) -> None:
+def load(signals: Path, galleries: list[str]) -> dict[str, Any]:
+    """Each gallery's recorded signals, colour histograms and product words."""
     settings = Settings()
     data = {}
     for name in galleries:
@@ -271,6 +272,11 @@ def main(signals: Path, galleries: list[str]) -> None:
         drawn = gallery(base, settings, int(draw)) if draw.isdigit() else gallery(name, settings)
         hist = colour_histograms(name, drawn[1], drawn[0], signals / f"{name}-colour.pkl")
         data[name] = (recorded, hist, texts(drawn[0], drawn[1]))
+    return data
+
+
+def main(signals: Path, galleries: list[str]) -> None:
+    data = load(signals, galleries)
     base_figures = figures(data, DEFAULT)
     table = {}
     for variant in VARIANTS:
