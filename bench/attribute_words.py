@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -44,8 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.colour_rerank import histograms as colour_histograms
-from bench.fusion_signals import gallery
+from bench.colour_rerank import recorded_gallery
 from bench.fusion_tuning import label_precision
 from domain.colour import (
     COLOUR_WORDS,
@@ -266,12 +264,8 @@ def load(signals: Path, galleries: list[str]) -> dict[str, Any]:
     settings = Settings()
     data = {}
     for name in galleries:
-        with (signals / f"{name}.pkl").open("rb") as f:
-            recorded = pickle.load(f)  # our own file, written by bench.fusion_signals
-        base, _, draw = name.rpartition("-")
-        drawn = gallery(base, settings, int(draw)) if draw.isdigit() else gallery(name, settings)
-        hist = colour_histograms(name, drawn[1], drawn[0], signals / f"{name}-colour.pkl")
-        data[name] = (recorded, hist, texts(drawn[0], drawn[1]))
+        drawn = recorded_gallery(signals, name, settings)
+        data[name] = (drawn.recorded, drawn.histograms, texts(drawn.manifest, drawn.ids))
     return data
 
 

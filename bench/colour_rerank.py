@@ -25,6 +25,7 @@ import json
 import pickle
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +119,36 @@ def precision(
     return figures
 
 
+@dataclass(frozen=True)
+class RecordedGallery:
+    """A gallery's signals recorded by ``bench.fusion_signals``, where its products come from
+    and their colour histograms."""
+
+    recorded: dict[str, Any]
+    manifest: Path
+    ids: frozenset[str]
+    histograms: Histograms
+
+
+def recorded_gallery(signals: Path, name: str, settings: Settings) -> RecordedGallery:
+    """``name`` as ``bench.fusion_signals`` wrote it ("hm-extra", or "hm-extra-16" for the
+    draw of seed 16), with its histograms (cached beside the signals)."""
+    with (signals / f"{name}.pkl").open("rb") as f:
+        recorded = pickle.load(f)  # our own file, written by bench.fusion_signals
+    base, _, draw = name.rpartition("-")
+    manifest, ids = (
+        gallery(base, settings, int(draw)) if draw.isdigit() else gallery(name, settings)
+    )
+    hist = histograms(name, ids, manifest, signals / f"{name}-colour.pkl")
+    return RecordedGallery(recorded, manifest, ids, hist)
+
+
 def main(signals: Path, galleries: list[str]) -> None:
     settings = Settings()
     results: dict[str, Any] = {}
     for name in galleries:
-        with (signals / f"{name}.pkl").open("rb") as f:
-            recorded = pickle.load(f)  # our own file, written by bench.fusion_signals
-        base, _, draw = name.rpartition("-")
-        drawn = gallery(base, settings, int(draw)) if draw.isdigit() else gallery(name, settings)
-        hist = histograms(name, drawn[1], drawn[0], signals / f"{name}-colour.pkl")
+        drawn = recorded_gallery(signals, name, settings)
+        recorded, hist = drawn.recorded, drawn.histograms
         table = {"default fusion": precision(recorded, None)}
         for mode in ("add", "relative", "rank"):
             for depth in DEPTHS:
