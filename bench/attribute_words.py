@@ -109,6 +109,11 @@ class Variant:
 
 
 DEFAULT = Variant()
+WITHOUT_VISUAL_EVIDENCE = replace(
+    DEFAULT_FUSION, visual_evidence_from=-2.0, visual_evidence_at=-1.0
+)
+"""The default fusion with its own visual evidence off (every cosine is above
+``visual_evidence_at``): what a variant's emulated visual evidence starts from."""
 
 
 def texts(manifest: Path, ids: frozenset[str]) -> dict[str, frozenset[str]]:
@@ -129,9 +134,11 @@ def ranking(
     hist: Mapping[str, bytes | None],
     words: Mapping[str, frozenset[str]],
 ) -> list[FusedHit]:
+    config = DEFAULT_FUSION
     if variant.visual_evidence is not None:
         ranked = with_visual_evidence(ranked, *variant.visual_evidence)
-    fused = fuse(ranked, DEFAULT_FUSION)
+        config = WITHOUT_VISUAL_EVIDENCE
+    fused = fuse(ranked, config)
     hits = fused.hits
     if fused.confidence >= variant.gate:
         return hits

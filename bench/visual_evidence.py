@@ -10,7 +10,6 @@ with the plain-garment re-rank).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,10 +19,6 @@ from domain.colour import DEFAULT_COLOUR_RERANK
 from domain.fusion import DEFAULT_FUSION
 
 RESULTS = Path(__file__).resolve().parent / "results" / "visual_evidence_fresh_draw.json"
-NO_VISUAL_EVIDENCE = dataclasses.replace(
-    DEFAULT_FUSION, visual_evidence_from=-2.0, visual_evidence_at=-1.0
-)
-"""Every cosine is above ``visual_evidence_at``: the visual weight keeps all of itself."""
 DEFAULT_VARIANT = aw.Variant(plain=DEFAULT_COLOUR_RERANK.patterned_weight)
 """The default re-rank: colour shares and the plain-garment lever."""
 
@@ -31,7 +26,10 @@ DEFAULT_VARIANT = aw.Variant(plain=DEFAULT_COLOUR_RERANK.patterned_weight)
 def main(signals: Path, galleries: list[str]) -> None:
     data = aw.load(signals, galleries)
     figures = {}
-    for label, config in (("without", NO_VISUAL_EVIDENCE), ("with (the default)", DEFAULT_FUSION)):
+    for label, config in (
+        ("without", aw.WITHOUT_VISUAL_EVIDENCE),
+        ("with (the default)", DEFAULT_FUSION),
+    ):
         setattr(aw, "DEFAULT_FUSION", config)  # noqa: B010 - the fusion attribute_words ranks with
         figures[label] = aw.figures(data, DEFAULT_VARIANT)
         print(label, json.dumps(figures[label]), flush=True)
