@@ -8,7 +8,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -56,6 +63,22 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=_env("FASHION_SEARCH_MODELS_DIR"),
         description="Exported ONNX models (`fashion-search export-encoder`); default HOME/models.",
+    )
+
+    # Lexical search
+    synonyms_file: Path | None = Field(
+        default=None,
+        description=(
+            "A synonym file (Solr synonyms.txt format: 'a, b, c' or 'a, b => c') that extends "
+            "the built-in fashion lexicon (or replaces it: SYNONYMS_MODE=replace)."
+        ),
+    )
+    synonyms_mode: Literal["extend", "replace", "off"] = Field(
+        default="extend",
+        description=(
+            "extend: the built-in lexicon plus SYNONYMS_FILE; replace: SYNONYMS_FILE alone; "
+            "off: no synonyms."
+        ),
     )
 
     # Vector index
@@ -144,6 +167,28 @@ class Settings(BaseSettings):
         description="Embedded home: how long an ingest batch waits for another writer (a "
         "second ingest interleaves batch by batch) before stopping with a message naming it.",
     )
+
+    @field_validator("synonyms_file")
+    @classmethod
+    def _synonyms_readable(cls, path: Path | None) -> Path | None:
+        """A synonym file that cannot be used stops the service at start, naming the line."""
+        if path is not None:
+            from stores.synonyms import Lexicon, LexiconError
+
+            try:
+                Lexicon.read(path)
+            except LexiconError as exc:
+                raise ValueError(str(exc)) from None
+        return path
+
+    @model_validator(mode="after")
+    def _replace_needs_a_file(self) -> Settings:
+        if self.synonyms_mode == "replace" and self.synonyms_file is None:
+            raise ValueError(
+                "FASHION_SEARCH_SYNONYMS_MODE=replace needs FASHION_SEARCH_SYNONYMS_FILE "
+                "(use 'off' for no synonyms)"
+            )
+        return self
 
     @property
     def demo_catalog_path(self) -> Path:

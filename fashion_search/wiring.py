@@ -36,6 +36,7 @@ from stores.locks import FileWriteLock, NullWriteLock
 if TYPE_CHECKING:
     from stores.catalog.mongodb import MongoCatalog
     from stores.images.s3 import S3ImageStore
+    from stores.synonyms import Lexicon
     from stores.vectors.pinecone_index import PineconeVectorIndex
 
 RAY_ACTOR_THREADS = 1
@@ -166,7 +167,17 @@ def mongo_catalog(settings: Settings) -> MongoCatalog:
         settings.mongodb_uri.get_secret_value(),
         settings.mongodb_db,
         timeout_s=settings.store_timeout_s,
+        synonyms=synonym_lexicon(settings),
     )
+
+
+def synonym_lexicon(settings: Settings) -> Lexicon:
+    """The synonym lexicon lexical search expands queries with (``stores.synonyms``)."""
+    from stores.synonyms import Lexicon, load_lexicon
+
+    if settings.synonyms_mode == "off":
+        return Lexicon.empty()
+    return load_lexicon(settings.synonyms_file, replace=settings.synonyms_mode == "replace")
 
 
 def s3_access(settings: Settings) -> S3Access:
@@ -208,7 +219,7 @@ def build_catalog(settings: Settings) -> Catalog:
         return mongo_catalog(settings)
     from stores.catalog.sqlite_catalog import SqliteCatalog
 
-    return SqliteCatalog(settings.catalog_path)
+    return SqliteCatalog(settings.catalog_path, synonyms=synonym_lexicon(settings))
 
 
 def images_served_by_api(settings: Settings) -> bool:

@@ -82,6 +82,16 @@ def _words(folded: str) -> list[str]:
     return [w for w in _WORD.findall(folded) if w not in STOP_WORDS]
 
 
+def query_words(text: str) -> list[str]:
+    """A text's words as a query reads them: folded, stop words dropped, not stemmed."""
+    return _words(fold(text))
+
+
+def stem_joined(word: str) -> str:
+    """The stem of one word (or of words written as one: "tshirts" -> "tshirt")."""
+    return str(_stemmer().stemWord(word))
+
+
 def _pairs(words: list[str]) -> list[str]:
     """Stems of each two adjacent words written as one."""
     return _stems([words[i] + words[i + 1] for i in range(len(words) - 1)])
@@ -148,6 +158,11 @@ class QueryTerms:
     def all(self) -> list[str]:
         """Every term to search for, each once."""
         return list(dict.fromkeys([*self.words, *(j for j, _, _ in self.joined)]))
+
+    def all_key(self) -> tuple[str, ...]:
+        """The terms searched, in a canonical order (two queries searching the same terms
+        answer alike)."""
+        return tuple(sorted(self.all()))
 
     def matched_share(self, document: Iterable[str]) -> float:
         """The share of the query's words a document has (a joined pair covers both)."""

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from domain.model import LexicalHit
 from stores.lexical import DESCRIPTION_WEIGHT, NAME_WEIGHT, TAGS_WEIGHT, QueryTerms
+from stores.synonyms import Variant
 
 FTS5_K1 = 1.2
 FTS5_B = 0.75
@@ -140,14 +141,14 @@ class Bm25Snapshot:
         return held
 
     def search(
-        self, query: QueryTerms, top_k: int, allowed: Rows | None = None
+        self, variants: Sequence[Variant], top_k: int, allowed: Rows | None = None
     ) -> list[LexicalHit]:
-        """The top_k rows by BM25 over any of the query's terms; only ``allowed`` positions
-        when given (a filter)."""
-        terms = [self.postings(t) for t in query.all()]
-        scores = np.zeros(self.size, np.float64)
-        for term in terms:
-            scores[term.rows] += term.scores
+        """The top_k rows by BM25 over any of a query variant's terms, each variant's scores
+        times its weight, a row's best variant kept (``stores.synonyms``; the words typed
+        first); only ``allowed`` positions when given (a filter)."""
+        scores = self._scores(variants[0])
+        for variant in variants[1:]:
+            np.maximum(scores, self._scores(variant), out=scores)
         if allowed is not None:
             kept = np.zeros(self.size, np.float64)
             kept[allowed] = scores[allowed]
@@ -158,12 +159,26 @@ class Bm25Snapshot:
             kth = np.partition(scores[matching], len(matching) - top_k)[len(matching) - top_k]
             matching = matching[scores[matching] >= kth]
         top = matching[np.lexsort((matching, -scores[matching]))][:top_k]
+        matched = self._matched_share(variants[0].terms, top)
+        for variant in variants[1:]:
+            if variant.credit:
+                share = self._matched_share(variant.terms, top) * variant.credit
+                np.maximum(matched, share, out=matched)
         return LexicalHit.from_columns(  # plain floats and strings: no numpy scalars
             self.product_ids[top].tolist(),
             scores[top].tolist(),
-            self._matched_share(query, top).tolist(),
+            matched.tolist(),
             self.names[top].tolist(),
         )
+
+    def _scores(self, variant: Variant) -> Scores:
+        """BM25 of every row for one variant's terms, times its weight."""
+        scores = np.zeros(self.size, np.float64)
+        for term in (self.postings(t) for t in variant.terms.all()):
+            scores[term.rows] += term.scores
+        if variant.weight != 1.0:
+            scores *= variant.weight
+        return scores
 
     def _matched_share(self, query: QueryTerms, rows: Rows) -> npt.NDArray[np.float64]:
         """``QueryTerms.matched_share`` for each row, from the postings."""

@@ -62,8 +62,8 @@ from stores.lexical import (
     NAME_WEIGHT,
     TAGS_WEIGHT,
     ProductTerms,
-    QueryTerms,
 )
+from stores.synonyms import Lexicon, built_in
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -227,9 +227,11 @@ class MongoCatalog:
         ledger_collection: str = "ingest_ledger",
         max_tag_indexes: int = DEFAULT_MAX_TAG_INDEXES,
         client_options: Mapping[str, Any] | None = None,
+        synonyms: Lexicon | None = None,
     ) -> None:
         """``client_options`` go to ``AsyncMongoClient`` as they are (TLS files, event
-        listeners, ...); options in the URI work too."""
+        listeners, ...); options in the URI work too. ``synonyms``: the lexicon query words
+        are expanded with (default: the built-in one, ``stores.synonyms``)."""
         check_uri(uri)
         if not db_name:
             raise StoreMisconfigured("MONGODB_DB is empty")
@@ -240,6 +242,7 @@ class MongoCatalog:
         self._ledger_name = ledger_collection
         self._max_tag_indexes = max_tag_indexes
         self._client_options = dict(client_options or {})
+        self._synonyms = synonyms if synonyms is not None else built_in()
         self._client: AsyncMongoClient[Document] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._setup_done = False
@@ -496,23 +499,35 @@ class MongoCatalog:
     async def search_text(
         self, text: str, top_k: int, filter: ProductFilter | None = None
     ) -> LexicalHits:
-        query = QueryTerms.of(text)
-        if query.is_empty or top_k < 1:
+        """Each variant of the query (``stores.synonyms``) is one ``$text`` query, one after
+        the other (PyMongo is not cancelled halfway, see ``_guard``); a product keeps its best
+        weighted score."""
+        variants = self._synonyms.variants(text)
+        if variants[0].terms.is_empty or top_k < 1:
             return []
-        match: Document = {"$text": {"$search": " ".join(query.all())}, **to_mongo_filter(filter)}
         score: Document = {"$meta": "textScore"}
         coll, _ = await self._collections()
+        best: dict[str, tuple[float, Document]] = {}
         async with self._guard():
-            found = coll.find(match, {"score": score, "lexical": 1, "name": 1})
-            docs = [doc async for doc in found.sort([("score", score)]).limit(top_k)]
+            for variant in variants:
+                match: Document = {
+                    "$text": {"$search": " ".join(variant.terms.all())},
+                    **to_mongo_filter(filter),
+                }
+                found = coll.find(match, {"score": score, "lexical": 1, "name": 1})
+                async for doc in found.sort([("score", score)]).limit(top_k):
+                    weighted = float(doc["score"]) * variant.weight
+                    if doc["_id"] not in best or weighted > best[doc["_id"]][0]:
+                        best[doc["_id"]] = (weighted, doc)
+        top = sorted(best.values(), key=lambda hit: -hit[0])[:top_k]  # stable: ties as found
         return [
             LexicalHit(
                 product_id=doc["_id"],
-                score=float(doc["score"]),
-                matched=query.matched_share(_lexical_terms(doc)),
+                score=weighted,
+                matched=max(v.matched_share(_lexical_terms(doc)) for v in variants),
                 name=str(doc.get("name") or ""),
             )
-            for doc in docs
+            for weighted, doc in top
         ]
 
     async def indexed_hashes(self, encoder_id: str) -> dict[str, str]:

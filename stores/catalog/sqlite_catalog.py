@@ -79,9 +79,9 @@ from stores.lexical import (
     NAME_WEIGHT,
     TAGS_WEIGHT,
     ProductTerms,
-    QueryTerms,
     fts5_query,
 )
+from stores.synonyms import Lexicon, Variant, built_in
 
 LexicalHits = list[LexicalHit]  # (the classes' own ``list`` method shadows the builtin)
 SCHEMA_VERSION = 3
@@ -128,6 +128,20 @@ CREATE TABLE IF NOT EXISTS lexical_generation (
 INSERT INTO lexical_generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 """
 _BM25 = f"bm25(products_fts, {NAME_WEIGHT}, {DESCRIPTION_WEIGHT}, {TAGS_WEIGHT})"
+_FTS5_FILTERED = (  # the filter joins every match, then the top is taken
+    f"SELECT f.rowid, l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
+    "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
+    "JOIN products p ON p.id = l.product_id "
+    f"WHERE products_fts MATCH ? AND {{where}} ORDER BY {_BM25} LIMIT ?"
+)
+_FTS5_TOP = (  # the top rows first (FTS5 ranks in C), then the joins for those rows only
+    f"WITH top AS (SELECT rowid, {_BM25} AS s FROM products_fts "
+    "WHERE products_fts MATCH ? ORDER BY s LIMIT ?) "
+    "SELECT top.rowid, l.product_id, -top.s, f.name, f.description, f.tags, p.name "
+    "FROM top JOIN lexical_ids l ON l.rowid = top.rowid "
+    "JOIN products_fts f ON f.rowid = top.rowid "
+    "JOIN products p ON p.id = l.product_id ORDER BY top.s"
+)
 
 _COLUMNS = "p.id, p.name, p.description, p.tags, p.image_keys, p.colour"
 
@@ -192,8 +206,11 @@ def _product(row: Sequence[Any]) -> Product:
 class SqliteCatalog:
     """The embedded ``Catalog`` (see the module docstring for the design)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, synonyms: Lexicon | None = None) -> None:
+        """``synonyms``: the lexicon query words are expanded with (default: the built-in
+        one, ``stores.synonyms``)."""
         self.path = path if str(path) == ":memory:" else Path(path)
+        self._synonyms = synonyms if synonyms is not None else built_in()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._bm25: Bm25Snapshot | None = None
@@ -491,41 +508,33 @@ class SqliteCatalog:
     ) -> LexicalHits:
         """From the BM25 snapshot when it is of the current lexical generation (the same
         ranking and scores as FTS5, see ``bm25_snapshot``), from FTS5 otherwise (and a new
-        snapshot is built in the background)."""
-        query = QueryTerms.of(text)
-        if query.is_empty or top_k < 1:
+        snapshot is built in the background). Each variant of the query
+        (``stores.synonyms``) is searched; a product keeps its best weighted score."""
+        variants = self._synonyms.variants(text)
+        if variants[0].terms.is_empty or top_k < 1:
             return []
         where, params = _filter_sql(filter, "l.product_id")
         with self._read() as conn:
-            found = self._from_snapshot(conn, query, top_k, filter)
+            found = self._from_snapshot(conn, variants, top_k, filter)
             if found is not None:
                 return found
             self._build_bm25_soon()
-            if params:  # filtered: the filter joins every match, then the top is taken
-                sql = (
-                    f"SELECT l.product_id, -{_BM25}, f.name, f.description, f.tags, p.name "
-                    "FROM products_fts f JOIN lexical_ids l ON l.rowid = f.rowid "
-                    "JOIN products p ON p.id = l.product_id "
-                    f"WHERE products_fts MATCH ? AND {where} ORDER BY {_BM25} LIMIT ?"
-                )
-            else:  # the top rows first (FTS5 ranks in C), then the joins for those rows only
-                sql = (
-                    f"WITH top AS (SELECT rowid, {_BM25} AS s FROM products_fts "
-                    "WHERE products_fts MATCH ? ORDER BY s LIMIT ?) "
-                    "SELECT l.product_id, -top.s, f.name, f.description, f.tags, p.name "
-                    "FROM top JOIN lexical_ids l ON l.rowid = top.rowid "
-                    "JOIN products_fts f ON f.rowid = top.rowid "
-                    "JOIN products p ON p.id = l.product_id ORDER BY top.s"
-                )
-            rows = conn.execute(sql, [fts5_query(query), *params, top_k]).fetchall()
+            sql = _FTS5_FILTERED.format(where=where) if params else _FTS5_TOP
+            best: dict[int, tuple[float, Sequence[Any]]] = {}
+            for variant in variants:
+                for row in conn.execute(sql, [fts5_query(variant.terms), *params, top_k]):
+                    score = float(row[2]) * variant.weight  # (x * 1.0 is x)
+                    if row[0] not in best or score > best[row[0]][0]:
+                        best[row[0]] = (score, row)
+        top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
         return [
             LexicalHit(
                 product_id=pid,
-                score=float(score),
-                matched=query.matched_share(f"{name} {description} {tags}".split()),
+                score=score,
+                matched=max(v.matched_share(f"{n} {d} {t}".split()) for v in variants),
                 name=product_name,
             )
-            for pid, score, name, description, tags, product_name in rows
+            for _, (score, (_, pid, _, n, d, t, product_name)) in top
         ]
 
     def search_text_now(
@@ -533,20 +542,24 @@ class SqliteCatalog:
     ) -> LexicalHits | None:
         """``search_text_sync`` when the connection is open and free and the BM25 snapshot is
         current (well under a millisecond); None otherwise (FTS5 or a wait: a thread's job)."""
-        query = QueryTerms.of(text)
-        if query.is_empty or top_k < 1:
+        variants = self._synonyms.variants(text)
+        if variants[0].terms.is_empty or top_k < 1:
             return []
         if self._bm25 is None or not self._lock.acquire(blocking=False):
             return None
         try:
             if self._conn is None:  # opening it is left to a thread
                 return None
-            return self._from_snapshot(self._conn, query, top_k, filter)
+            return self._from_snapshot(self._conn, variants, top_k, filter)
         finally:
             self._lock.release()
 
     def _from_snapshot(
-        self, conn: sqlite3.Connection, query: QueryTerms, top_k: int, flt: ProductFilter | None
+        self,
+        conn: sqlite3.Connection,
+        variants: Sequence[Variant],
+        top_k: int,
+        flt: ProductFilter | None,
     ) -> LexicalHits | None:
         """The BM25 snapshot's answer, None when it is not of the current lexical generation.
         Lock held."""
@@ -558,7 +571,7 @@ class SqliteCatalog:
         if params:
             sql = f"SELECT l.rowid FROM lexical_ids l WHERE {where}"
             allowed = snapshot.positions([r[0] for r in conn.execute(sql, params)])
-        return snapshot.search(query, top_k, allowed)
+        return snapshot.search(variants, top_k, allowed)
 
     def _build_bm25_soon(self) -> None:
         """Start building a snapshot in a thread, unless one is being built or the last

@@ -40,6 +40,7 @@ from domain.ports import (
     VectorIndex,
     Vectors,
 )
+from stores.synonyms import SYNONYM_CREDIT, SYNONYM_WEIGHT
 
 # Encoder ids as the plugins spell them: they contain ':', '/', '@' and '.'.
 ENC_A = "fashion-lite"
@@ -798,6 +799,35 @@ class LexicalContract:
         hits = await index.search_text("black dress", 10)
         assert set(_ids(hits)) == {"w1", "w3", "w5"}
         assert all(h.matched == pytest.approx(0.5) for h in hits)
+
+    async def test_synonyms_find_the_catalogs_word_below_the_word_typed(
+        self, catalog: Catalog
+    ) -> None:
+        """The built-in lexicon: "sweater" also finds "jumper", at SYNONYM_WEIGHT of the score
+        the same product would have with the word typed (the two names differ in that word
+        only), and with SYNONYM_CREDIT of the matched share."""
+        index = await self.lexical(catalog)
+        await catalog.upsert_many(
+            [
+                _product("j1", "Wool Jumper", colour="Grey"),
+                _product("j2", "Wool Sweater", colour="Grey"),
+            ]
+        )
+        hits = await index.search_text("sweater", 10)
+        assert _ids(hits) == ["j2", "j1"]
+        assert hits[1].score == pytest.approx(SYNONYM_WEIGHT * hits[0].score)
+        assert [h.matched for h in hits] == pytest.approx([1.0, SYNONYM_CREDIT])
+        assert _ids(await index.search_text("jumpers", 10)) == ["j1", "j2"]
+        assert set(_ids(await index.search_text("gray", 10))) == {"j1", "j2"}  # tag values too
+
+    async def test_one_directional_synonyms(self, catalog: Catalog) -> None:
+        index = await self.lexical(catalog)
+        assert _ids(await index.search_text("pants", 10)) == ["w1", "w3"]  # -> trousers
+        await catalog.upsert_many([_product("p1", "Jersey Pants", "Pull-on pants.")])
+        assert _ids(await index.search_text("trousers", 10)) == ["w1", "w3"]  # not -> pants
+        pants = await index.search_text("pants", 10)
+        assert _ids(pants) == ["p1", "w1", "w3"]
+        assert [h.matched for h in pants] == pytest.approx([1.0, SYNONYM_CREDIT, SYNONYM_CREDIT])
 
     async def test_top_k_limits(self, catalog: Catalog) -> None:
         index = await self.lexical(catalog)

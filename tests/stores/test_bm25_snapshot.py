@@ -34,6 +34,11 @@ QUERIES = [
     "Puma Men Grey T-shirt",
     "qwxzjv",
     "jeans blue slim fit",
+    # the synonym lexicon's variants (each scored, the best kept per product)
+    "gray tee",
+    "black sneakers",
+    "grey sweater",
+    "men pants",
 ]
 FILTERS = [
     None,
