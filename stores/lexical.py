@@ -15,6 +15,9 @@ query the *terms* this module makes, not the raw text, so they agree on what mat
   its order, and let a name typed whole match on servers that need every term;
 * a short list of English stop words dropped: they would make every product match
   "shirt in blue", and they say nothing about a product.
+
+Synonyms ("sweater" -> "jumper") are not indexed: ``stores.synonyms`` expands the query, so
+changing the lexicon needs no re-index.
 """
 
 from __future__ import annotations
@@ -146,7 +149,11 @@ class QueryTerms:
 
     @classmethod
     def of(cls, text: str) -> QueryTerms:
-        raw = _words(fold(text))
+        return cls.of_words(_words(fold(text)))
+
+    @classmethod
+    def of_words(cls, raw: list[str]) -> QueryTerms:
+        """From a query's words as ``query_words`` gives them (folded, no stop words)."""
         words = tuple(_stems(raw))
         joined = tuple((stem, i, i + 1) for i, stem in enumerate(_pairs(raw)) if stem not in words)
         return cls(words=words, joined=joined)

@@ -151,8 +151,8 @@ class Lexicon:
     def variants(self, text: str) -> tuple[Variant, ...]:
         """The query typed (weight 1) and its variants, at most MAX_VARIANTS in all: one
         phrase replaced, then two that do not overlap (weight SYNONYM_WEIGHT per phrase)."""
-        typed = QueryTerms.of(text)
         words = query_words(text)
+        typed = QueryTerms.of_words(words)
         options = self.replacements(words) if self.alternatives else []
         if not options or typed.is_empty:
             return (Variant(typed, 1.0),)
@@ -165,7 +165,7 @@ class Lexicon:
         for combo in combos:
             if len(out) >= MAX_VARIANTS:
                 break
-            terms = QueryTerms.of(" ".join(_replaced(words, combo)))
+            terms = QueryTerms.of_words(_replaced(words, combo))
             if terms.is_empty or terms.all_key() in seen:
                 continue
             seen.add(terms.all_key())

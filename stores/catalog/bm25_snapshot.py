@@ -15,7 +15,9 @@ with ``f`` the column-weighted count of t in the row, ``D`` the row's token coun
 columns), ``avgdl`` the mean of D, ``idf(t) = ln((N - n + 0.5) / (n + 0.5))`` (at least
 1e-6) over the N rows, n of which have t; k1 = 1.2, b = 0.75 (FTS5's constants). The
 index holds the terms of ``stores.lexical`` separated by spaces, so its tokens are the
-space-separated words of each column. Ties are broken by rowid, as the FTS5 path does.
+space-separated words of each column. Ties are broken by rowid, as the FTS5 path does. A
+query's synonym variants (``stores.synonyms``) are scored each, and a row keeps its best
+weighted score, as the FTS5 path merges one MATCH per variant.
 
 A snapshot is one read transaction's state, tagged with the catalog's lexical generation
 (a counter every lexical write bumps in its transaction); the catalog uses it only while the
@@ -147,8 +149,11 @@ class Bm25Snapshot:
         times its weight, a row's best variant kept (``stores.synonyms``; the words typed
         first); only ``allowed`` positions when given (a filter)."""
         scores = self._scores(variants[0])
+        typed = set(variants[0].terms.all())
         for variant in variants[1:]:
-            np.maximum(scores, self._scores(variant), out=scores)
+            # a variant whose own terms no row has scores at most the words typed: skipped
+            if any(t in self.spans for t in variant.terms.all() if t not in typed):
+                np.maximum(scores, self._scores(variant), out=scores)
         if allowed is not None:
             kept = np.zeros(self.size, np.float64)
             kept[allowed] = scores[allowed]
@@ -159,10 +164,11 @@ class Bm25Snapshot:
             kth = np.partition(scores[matching], len(matching) - top_k)[len(matching) - top_k]
             matching = matching[scores[matching] >= kth]
         top = matching[np.lexsort((matching, -scores[matching]))][:top_k]
-        matched = self._matched_share(variants[0].terms, top)
+        has = _Presence(self, top)
+        matched = self._matched_share(variants[0].terms, has)
         for variant in variants[1:]:
             if variant.credit:
-                share = self._matched_share(variant.terms, top) * variant.credit
+                share = self._matched_share(variant.terms, has) * variant.credit
                 np.maximum(matched, share, out=matched)
         return LexicalHit.from_columns(  # plain floats and strings: no numpy scalars
             self.product_ids[top].tolist(),
@@ -180,16 +186,34 @@ class Bm25Snapshot:
             scores *= variant.weight
         return scores
 
-    def _matched_share(self, query: QueryTerms, rows: Rows) -> npt.NDArray[np.float64]:
-        """``QueryTerms.matched_share`` for each row, from the postings."""
+    @staticmethod
+    def _matched_share(query: QueryTerms, has: _Presence) -> npt.NDArray[np.float64]:
+        """``QueryTerms.matched_share`` for each of the rows ``has`` looks at."""
         if not query.words:
-            return np.zeros(len(rows), np.float64)
-        covered = np.zeros((len(query.words), len(rows)), np.bool_)
+            return np.zeros(has.count, np.float64)
+        covered = np.zeros((len(query.words), has.count), np.bool_)
         for i, word in enumerate(query.words):
-            covered[i] = self.postings(word).has(rows)
+            covered[i] = has(word)
         for stem, first, second in query.joined:
-            joined = self.postings(stem).has(rows)
+            joined = has(stem)
             covered[first] |= joined
             covered[second] |= joined
         share: npt.NDArray[np.float64] = covered.sum(axis=0) / len(query.words)
         return share
+
+
+class _Presence:
+    """Which of some rows have a term, each term looked up once (a query's variants share
+    most of their terms)."""
+
+    def __init__(self, snapshot: Bm25Snapshot, rows: Rows) -> None:
+        self._snapshot = snapshot
+        self._rows = rows
+        self._known: dict[str, npt.NDArray[np.bool_]] = {}
+        self.count = len(rows)
+
+    def __call__(self, term: str) -> npt.NDArray[np.bool_]:
+        found = self._known.get(term)
+        if found is None:
+            found = self._known[term] = self._snapshot.postings(term).has(self._rows)
+        return found

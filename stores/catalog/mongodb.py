@@ -19,8 +19,9 @@ Lexical search uses a ``$text`` index (named ``lexical``) over the ``lexical`` f
 product's words as ``stores.lexical`` makes them (folded, stemmed, compounds joined, the same
 terms as the embedded FTS5 index), so the index runs with ``default_language: "none"`` (no
 server-side stemming or stop words to disagree with). MongoDB matches any of the words and
-ranks by ``textScore`` with the name weighted higher; see docs/production.md for how other
-servers speaking the protocol differ.
+ranks by ``textScore`` with the name weighted higher; a query with synonyms
+(``stores.synonyms``) is one ``$text`` query per variant. See docs/production.md for how
+other servers speaking the protocol differ.
 
 Every call is bounded by ``timeout_s`` (server selection, connect, socket and PyMongo's
 client-side operation timeout); a server that cannot be reached or does not answer in time

@@ -16,7 +16,8 @@ Schema (``PRAGMA user_version`` = 3)
 Lexical search
     ``search_text`` ORs the query's terms in one FTS5 MATCH and ranks by ``bm25()`` with the
     name weighted above description and tags (``stores.lexical.NAME_WEIGHT``); the filter is
-    the same ``IN`` clause as listings. Scores are returned positive (FTS5's are negative).
+    the same ``IN`` clause as listings. A query with synonyms (``stores.synonyms``) is one
+    MATCH per variant, each product keeping its best weighted score. Scores are returned positive (FTS5's are negative).
     FTS5 scores every row matching any term before taking the top (20-30 ms when a term is
     a tag value most products have), so searches are answered from a ``Bm25Snapshot``
     (``stores.catalog.bm25_snapshot``: the same scores from numpy arrays, under a
