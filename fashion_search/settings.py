@@ -171,14 +171,10 @@ class Settings(BaseSettings):
     @field_validator("synonyms_file")
     @classmethod
     def _synonyms_readable(cls, path: Path | None) -> Path | None:
-        """A synonym file that cannot be used stops the service at start, naming the line."""
-        if path is not None:
-            from stores.synonyms import Lexicon, LexiconError
-
-            try:
-                Lexicon.read(path)
-            except LexiconError as exc:
-                raise ValueError(str(exc)) from None
+        """A synonym file that is missing stops the service at start (its lines are checked
+        when the catalog is built: ``wiring.synonym_lexicon``)."""
+        if path is not None and not path.is_file():
+            raise ValueError(f"synonym file {path} cannot be read: no such file")
         return path
 
     @model_validator(mode="after")

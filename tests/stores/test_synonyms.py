@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fashion_search.settings import InvalidSettings, Settings, load_settings
-from fashion_search.wiring import synonym_lexicon
+from fashion_search.wiring import build_catalog, synonym_lexicon
 from stores.lexical import QueryTerms
 from stores.synonyms import (
     MAX_PHRASE_WORDS,
@@ -125,17 +125,18 @@ def test_an_operator_file_extends_or_replaces_the_built_in(tmp_path: Path) -> No
     assert len(synonym_lexicon(Settings(home=tmp_path, synonyms_mode="off"))) == 0
 
 
-def test_settings_refuse_an_unusable_synonym_file(
+def test_an_unusable_synonym_file_stops_the_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("FASHION_SEARCH_SYNONYMS_FILE", str(tmp_path / "missing.txt"))
+    with pytest.raises(InvalidSettings, match=r"FASHION_SEARCH_SYNONYMS_FILE.*cannot be read"):
+        load_settings()
     bad = tmp_path / "bad.txt"
     bad.write_text("jumper\n", encoding="utf-8")
     monkeypatch.setenv("FASHION_SEARCH_SYNONYMS_FILE", str(bad))
-    with pytest.raises(InvalidSettings, match=r"FASHION_SEARCH_SYNONYMS_FILE.*bad.txt:1"):
-        load_settings()
-    monkeypatch.setenv("FASHION_SEARCH_SYNONYMS_FILE", str(tmp_path / "missing.txt"))
-    with pytest.raises(InvalidSettings, match="cannot be read"):
-        load_settings()
+    settings = load_settings()
+    with pytest.raises(LexiconError, match=r"bad.txt:1: an equivalence needs two phrases"):
+        build_catalog(settings)
     monkeypatch.delenv("FASHION_SEARCH_SYNONYMS_FILE")
     monkeypatch.setenv("FASHION_SEARCH_SYNONYMS_MODE", "replace")
     with pytest.raises(InvalidSettings, match="needs FASHION_SEARCH_SYNONYMS_FILE"):
