@@ -16,14 +16,14 @@ each times the variant's weight (``SYNONYM_WEIGHT`` per replaced phrase). So:
   adapters stay alike, and a server that needs every word of a query (nx-27017) still
   finds "jumper" for "sweater";
 * the matched share of the query a product has (what the fusion reads) is the best over the
-  variants: a query word matched through a synonym counts as matched.
+  variants, a query word matched through a synonym counting ``SYNONYM_CREDIT`` of one typed.
 
 Phrases are matched on the index's own terms (folded, stemmed, the words of a phrase joined
 as the index joins "t-shirt"), so "Sweaters", "t shirt" and "tshirt" find their entries. The
 lexicon's format is a subset of Solr's synonyms.txt (``a, b, c`` equivalence; ``a, b => c``
 one-directional; ``#`` comments). The built-in one is ``fashion_synonyms.txt`` beside this
 module (its header says what it covers and what it leaves out); an operator's file extends
-or replaces it (``FASHION_SEARCH_SYNONYMS_FILE``, ``FASHION_SEARCH_SYNONYMS_REPLACE``).
+or replaces it (``FASHION_SEARCH_SYNONYMS_FILE``, ``FASHION_SEARCH_SYNONYMS_MODE``).
 """
 
 from __future__ import annotations
