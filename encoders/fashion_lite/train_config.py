@@ -49,6 +49,9 @@ class TrainConfig:
     extra_hidden: int = 512
     extra_supcon: float = 1.0
     aug_instance_weight: float = 0.5  # extra tower: augmented view <-> its original
+    # shared image head: augmented view <-> its original too (it is half of the image
+    # vector, so image-to-image instance recall depends on it as well; 0: off)
+    shared_instance_weight: float = 0.0
     aug_input_prob: float = 0.3  # shared head: train on the augmented view this often
     train_augmented: bool = True  # extract augmented views of the hm training images
     aug_views: int = 3  # packshot views per training image (seeds 99, 100, ...)

@@ -616,7 +616,8 @@ class BatchSampler:
 
 def batch_loss(config: TrainConfig, model: Model, batch: Batch) -> Any:
     """The training objective of one batch (see ``losses``): text-image InfoNCE, the type
-    term on the shared head, and on the image-only tower the type and instance terms."""
+    term on the shared head (and the instance term, ``shared_instance_weight``), and on the
+    image-only tower the type and instance terms."""
     import torch
 
     normalise = torch.nn.functional.normalize
@@ -625,6 +626,8 @@ def batch_loss(config: TrainConfig, model: Model, batch: Batch) -> Any:
     loss = text_image_loss(text_z, image_z, batch.positives, model.logit_scale)
     if config.supcon_weight > 0:
         loss = loss + config.supcon_weight * supcon_loss(image_z, batch.same_type)
+    if config.shared_instance_weight > 0 and bool(batch.has_aug.any()):
+        loss = loss + config.shared_instance_weight * _instance_term(model.image_tower, batch)
     if model.extra_tower is not None:
         extra_z = normalise(model.extra_tower(batch.clean_in), dim=-1)
         loss = loss + config.extra_supcon * supcon_loss(extra_z, batch.same_type)
@@ -633,6 +636,16 @@ def batch_loss(config: TrainConfig, model: Model, batch: Batch) -> Any:
             targets = torch.nonzero(batch.has_aug).squeeze(1)
             loss = loss + config.aug_instance_weight * instance_loss(aug_z, extra_z, targets)
     return loss
+
+
+def _instance_term(tower: Any, batch: Batch) -> Any:
+    """The instance term on one tower: each augmented view finds its clean original."""
+    import torch
+
+    normalise = torch.nn.functional.normalize
+    originals = normalise(tower(batch.clean_in), dim=-1)
+    views = normalise(tower(batch.aug_in[batch.has_aug]), dim=-1)
+    return instance_loss(views, originals, torch.nonzero(batch.has_aug).squeeze(1))
 
 
 def train_loop(

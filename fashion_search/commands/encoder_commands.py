@@ -273,6 +273,9 @@ def train_encoder(
     extra_weight: Annotated[float, typer.Option(min=0.0, max=0.95)] = _DEFAULTS.extra_weight,
     extra_supcon: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.extra_supcon,
     aug_instance_weight: Annotated[float, typer.Option(min=0.0)] = _DEFAULTS.aug_instance_weight,
+    shared_instance_weight: Annotated[
+        float, typer.Option(min=0.0, help="Instance term on the shared image head too.")
+    ] = _DEFAULTS.shared_instance_weight,
     aug_input_prob: Annotated[float, typer.Option(min=0.0, max=1.0)] = _DEFAULTS.aug_input_prob,
     train_augmented: Annotated[
         bool,

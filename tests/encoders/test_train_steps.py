@@ -107,3 +107,53 @@ def test_the_cli_defaults_are_train_configs() -> None:
         "out",
         "report",
     }
+
+
+def _shared_head_gradient(shared_instance_weight: float, aug_shift: float) -> list[float]:
+    """The gradient of the shared image head's last bias for one batch of synthetic data
+    (no dropout, no augmented inputs in the shared head's InfoNCE)."""
+    import numpy as np
+    import torch
+
+    from encoders.fashion_lite.training import (
+        BatchSampler,
+        TrainingData,
+        batch_loss,
+        build_model,
+    )
+
+    rng = np.random.default_rng(0)
+    n, d = 12, 24
+    image_x = rng.normal(size=(n, d)).astype(np.float32)
+    data = TrainingData(
+        image_x=image_x,
+        aug_x=(image_x + aug_shift * rng.normal(size=(n, d)))[None].astype(np.float32),
+        has_aug=np.ones(n, dtype=bool),
+        text_x=rng.normal(size=(n, 16)).astype(np.float32),
+        texts=[f"text {i}" for i in range(n)],
+        variants=np.arange(n)[:, None],
+        type_codes=np.arange(n) % 3,
+    )
+    config = TrainConfig(
+        hm_dev=Path("hm-dev"),
+        colour=False,
+        dim=8,
+        hidden=16,
+        extra_dim=4,
+        extra_hidden=8,
+        input_dropout=0.0,
+        aug_input_prob=0.0,
+        shared_instance_weight=shared_instance_weight,
+    )
+    model = build_model(config, data)
+    batch = BatchSampler(config, data, model).batch(torch.arange(n), np.random.default_rng(1))
+    batch_loss(config, model, batch).backward()
+    return [float(g) for g in model.image_tower[-1].bias.grad]
+
+
+def test_the_shared_instance_term_trains_the_shared_head_on_the_augmented_views() -> None:
+    # off: the shared head never sees the views (aug_input_prob 0), so they do not move it
+    assert _shared_head_gradient(0.0, 0.1) == _shared_head_gradient(0.0, 1.0)
+    # on: the head is pulled to find each view's original, so other views, other gradients
+    assert _shared_head_gradient(1.0, 0.1) != _shared_head_gradient(1.0, 1.0)
+    assert _shared_head_gradient(1.0, 0.1) != _shared_head_gradient(0.0, 0.1)
