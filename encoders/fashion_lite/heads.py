@@ -30,7 +30,7 @@ from encoders.backbones import TUNED_PREFIX, tuned_arrays
 F32 = npt.NDArray[np.float32]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_HEADS = WEIGHTS_DIR / "heads-v3.npz"
+DEFAULT_HEADS = WEIGHTS_DIR / "heads-v4.npz"
 
 
 def gelu(x: F32) -> F32:

@@ -11,9 +11,10 @@ from encoders.fashion_lite.tuning import DEFAULT_LABELS
 # What `fashion-search train-encoder` (and `make train-encoder`) adds to the library defaults
 # below, which need paths: datasets (folder names under DATASETS_DIR) trained on beside
 # hm-dev's training part, and the heads file whose tuned backbone layers are reused ("":
-# tune them again).
-EXTRA_DATASETS: tuple[str, ...] = ()
-TUNED_BACKBONE_FROM = ""
+# tune them again). heads-v4: hm-extra, on heads-v3's tuned layers (tuned on hm-dev's
+# training part only, so the held-out split stays unseen).
+EXTRA_DATASETS: tuple[str, ...] = ("hm-extra",)
+TUNED_BACKBONE_FROM = "heads-v3"
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrainConfig:
     dim: int = 256
     hidden: int = 768
     layers: int = 2
-    epochs: int = 80
+    epochs: int = 16  # 27-30 steps of 512 an epoch with hm-extra (heads-v3: 80 of 7)
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -48,17 +49,19 @@ class TrainConfig:
     extra_weight: float = 0.5
     extra_hidden: int = 512
     extra_supcon: float = 1.0
-    aug_instance_weight: float = 0.5  # extra tower: augmented view <-> its original
+    # extra tower: augmented view <-> its original (heads-v3: 0.5, when every training
+    # image had views; with hm-extra only hm-dev's do, a quarter of each batch)
+    aug_instance_weight: float = 1.0
     # shared image head: augmented view <-> its original too (it is half of the image
     # vector, so image-to-image instance recall depends on it as well; 0: off)
     shared_instance_weight: float = 0.0
     aug_input_prob: float = 0.3  # shared head: train on the augmented view this often
     train_augmented: bool = True  # extract augmented views of the hm training images
     aug_views: int = 3  # packshot views per training image (seeds 99, 100, ...)
-    photo_views: int = 0  # shopper-photo views per training image (seeds 199, 200, ...)
+    photo_views: int = 1  # shopper-photo views per training image (seeds 199, 200, ...)
     # share of hm-extra's product codes whose images get the augmented views (cost bound;
     # 0: only hm-dev's images get views)
-    extra_view_share: float = 1.0
+    extra_view_share: float = 0.0
     hard_batches: float = 0.0  # this share of epochs batches items of few product types together
     crop: bool = True  # crop images to their content before padding to square
     tune_blocks: int = 5  # fine-tune the backbone's last this many blocks first (0: frozen)

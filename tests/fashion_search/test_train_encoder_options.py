@@ -49,6 +49,10 @@ def test_tune_labels_the_catalog_lacks_are_refused_before_any_work(
             "train-encoder",
             "--hm-dev",
             str(hm_demo),
+            "--hm-extra",
+            "none",
+            "--tuned-backbone",
+            "",  # tune (the default reuses heads-v3's tuned layers: no labels to check)
             "--tune-labels",
             "product_type=1,colur=0.3",
             "--out",
