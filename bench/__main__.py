@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.catalog import TreeCatalog
 from bench.common import (
     DEFAULT_WORK_DIR,
     RESULTS_DIR,
@@ -116,6 +117,27 @@ def parser() -> argparse.ArgumentParser:
         "`nice -n 10`, then time under `flock /work/bench.lock` with the catalog in place.",
     )
     latency.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="Also time the servers of this checkout (e.g. the revision an issue was filed at: "
+        "git worktree add --detach DIR REV) on the catalog its own code prepares in "
+        "--baseline-work-dir, taking turns with this checkout's; only its text search "
+        "(graphql_text) is asked.",
+    )
+    latency.add_argument(
+        "--baseline-work-dir",
+        type=Path,
+        default=None,
+        help="Scratch folder of the baseline's catalog (default: WORK_DIR/baseline).",
+    )
+    latency.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="With --baseline-tree: rounds of (baseline, this), the order flipped each round.",
+    )
+    latency.add_argument(
         "--stage-repeats",
         type=int,
         default=200,
@@ -204,6 +226,8 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             concurrency=args.concurrency,
             stage_repeats=args.stage_repeats,
             kinds=args.kinds,
+            baseline=latency_baseline(args, datasets),
+            rounds=args.rounds,
         )
     if command == "ingest" and args.engine == "ray":
         from bench import ingest_ray
@@ -257,6 +281,19 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
     raise ValueError(f"unknown benchmark {command!r}")
 
 
+def latency_baseline(args: argparse.Namespace, datasets: Path) -> TreeCatalog | None:
+    """The catalog of ``--baseline-tree``, prepared (or checked) by that checkout's code."""
+    if args.baseline_tree is None:
+        return None
+    from bench.catalog import prepare_catalog_in_tree
+
+    work_dir = args.baseline_work_dir or args.work_dir / "baseline"
+    console.print(f"baseline: {args.baseline_tree}'s catalog in {work_dir} ...")
+    return prepare_catalog_in_tree(
+        args.baseline_tree.resolve(), work_dir, datasets, args.kaggle_limit, args.hm_limit
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bench import report
 
@@ -289,12 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = datasets_dir(args.datasets)
         counts = prepare_catalog(home, encoder, datasets, args.kaggle_limit, args.hm_limit)
         console.print(f"catalog in {home}: {counts}")
+        baseline = latency_baseline(args, datasets)
+        if baseline is not None:
+            console.print(f"baseline catalog in {baseline.home}: {baseline.counts}")
         return 0
     console.print(
         f"encoder: {encoder.id}{' (stand-in heads)' if encoder.standin else ''}, dim {encoder.dim}; load average {load_average()}"
     )
     for command in commands:
         result = run_one(command, defaults[command], encoder)
+        result.config["command"] = " ".join(["python -m bench", *arguments])
         if not args.no_write:
             path = write_result(result, args.results_dir)
             console.print(f"wrote {path}")

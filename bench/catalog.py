@@ -5,6 +5,9 @@ reads and hashes the images, finds them in the ledger and writes nothing)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from bench.common import (
     kaggle_zip,
     read_ingest_report,
     run_cli,
+    tree_env,
 )
 
 
@@ -63,6 +67,60 @@ def prepare_catalog(
         }
     counts["total_products"] = sum(v["products"] for v in counts.values() if isinstance(v, dict))
     return counts
+
+
+_PREPARE_IN_TREE = """
+import json, sys
+from pathlib import Path
+from bench.catalog import catalog_home, prepare_catalog
+from bench.common import choose_encoder
+work, datasets = Path(sys.argv[1]), Path(sys.argv[2])
+kaggle, hm = (None if a == "all" else int(a) for a in sys.argv[3:5])
+encoder = choose_encoder(None, work)
+home = catalog_home(work, encoder, kaggle, hm)
+counts = prepare_catalog(home, encoder, datasets, kaggle, hm)
+print(json.dumps({"home": str(home), "encoder": encoder.to_json(), "counts": counts}))
+"""
+
+
+@dataclass(frozen=True)
+class TreeCatalog:
+    """A catalog another checkout prepared with its own code (its encoder, its formats)."""
+
+    tree: Path
+    home: Path
+    encoder: EncoderChoice
+    counts: Json
+
+
+def prepare_catalog_in_tree(
+    tree: Path,
+    work_dir: Path,
+    datasets: Path,
+    kaggle_limit: int | None = None,
+    hm_limit: int | None = None,
+) -> TreeCatalog:
+    """``prepare_catalog`` as the checkout ``tree`` does it (its bench code, its default
+    encoder, its ingest), into ``work_dir``: so that an older revision is timed on the same
+    products in the catalog format it reads."""
+    limits = ["all" if n is None else str(n) for n in (kaggle_limit, hm_limit)]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PREPARE_IN_TREE, str(work_dir), str(datasets), *limits],
+        env={**os.environ, **tree_env(tree)},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"preparing the catalog with {tree}'s code failed:\n{out.stderr[-2000:]}"
+        )
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    return TreeCatalog(
+        tree, Path(answer["home"]), EncoderChoice(**answer["encoder"]), answer["counts"]
+    )
 
 
 BENCH_WORK_DIR = Path("/tmp/hrel-bench")

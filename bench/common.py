@@ -164,6 +164,16 @@ def _git_modified() -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
+def tree_revision(tree: Path) -> str:
+    """The commit a checkout is at (``+modified`` when its tracked files differ from it)."""
+    git = ["git", "-C", str(tree)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], check=False).returncode != 0
+    return commit + ("+modified" if dirty else "")
+
+
 def _meminfo_total() -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -378,14 +388,26 @@ def cli_argv(*args: str) -> list[str]:
 
 
 def app_env(
-    home: Path, encoder: EncoderChoice, extra: Mapping[str, str] | None = None
+    home: Path,
+    encoder: EncoderChoice,
+    extra: Mapping[str, str] | None = None,
+    tree: Path | None = None,
 ) -> dict[str, str]:
+    """The environment of a CLI or server process; ``tree``: run another checkout's code
+    (its folders first on the import path) with this interpreter's packages."""
     env = dict(os.environ)
     env["FASHION_SEARCH_HOME"] = str(home)
     env["FASHION_SEARCH_ENCODER"] = encoder.id
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(tree_env(tree))
     env.update(extra or {})
     return env
+
+
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """What a process needs to run the checkout ``tree``'s code instead of this one's: its
+    folders first on the import path (before the editable install's)."""
+    return {} if tree is None else {"PYTHONPATH": str(tree)}
 
 
 def run_cli(
@@ -478,7 +500,9 @@ def serve(
     workers: int = 1,
     extra_env: Mapping[str, str] | None = None,
     log_name: str = "serve.log",
+    tree: Path | None = None,
 ) -> Iterator[Server]:
+    """``tree``: serve with another checkout's code (see ``app_env``)."""
     port = free_port()
     log = home / "logs" / log_name
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -490,10 +514,10 @@ def serve(
         started = time.perf_counter()
         process = subprocess.Popen(
             argv,
-            env=app_env(home, encoder, extra_env),
+            env=app_env(home, encoder, extra_env, tree),
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            cwd=tree or REPO_ROOT,
             start_new_session=True,  # its own process group, so its workers can be stopped
         )
     server = Server(process, f"http://127.0.0.1:{port}", started, log)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from bench.catalog import catalog_home, prepare_catalog
+from bench.catalog import TreeCatalog, catalog_home, prepare_catalog
 from bench.common import (
+    REPO_ROOT,
     Check,
     EncoderChoice,
     Json,
@@ -39,6 +41,7 @@ from bench.common import (
     mib,
     serve,
     standin_note,
+    tree_revision,
     tree_rss_bytes,
 )
 
@@ -373,6 +376,27 @@ def parse_configs(spec: str) -> list[ServerConfig]:
     return configs
 
 
+BASELINE_KINDS = ("graphql_text",)
+"""What a baseline checkout is asked: its text search (an older schema may lack ``mode``)."""
+P50_RATIO_TARGET = 12 / 11.6
+"""Issue 15: HYBRID text p50 <= 12 ms where the code it was filed at measured 11.6 ms."""
+QPS_RATIO_TARGET = 1.0
+"""Issue 15: the 8-client throughput not below what the code it was filed at served."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """The code a run's servers execute: this checkout, or a baseline checkout on the
+    catalog that checkout prepared."""
+
+    name: str
+    home: Path
+    encoder: EncoderChoice
+    kinds: Sequence[str]
+    tree: Path | None = None
+    """None: this checkout."""
+
+
 def run(
     *,
     work_dir: Path,
@@ -386,7 +410,12 @@ def run(
     concurrency: int = 8,
     stage_repeats: int = 200,
     kinds: Sequence[str] = ("graphql_text", "rest_text", "graphql_image"),
+    baseline: TreeCatalog | None = None,
+    rounds: int = 1,
 ) -> Result:
+    """``baseline``: the servers of another checkout (e.g. the revision an issue's "today"
+    figures were measured at) take turns with this checkout's, ``rounds`` times, in
+    alternating order, so that both meet the same load; the result compares them."""
     result = Result(
         name="latency",
         config={
@@ -401,77 +430,184 @@ def run(
             "top_k": TOP_K,
             "uploads": "hm-dev photos, 240x360 JPEG (~11 KB)",
             "kinds": list(kinds),
+            "rounds": rounds,
         },
         notes=standin_note(encoder),
     )
     home = catalog_home(work_dir, encoder, kaggle_limit, hm_limit)
     console.print(f"[bold]latency[/]: catalog in {home}")
     result.data["catalog"] = prepare_catalog(home, encoder, datasets, kaggle_limit, hm_limit)
+    sides = [Side("this", home, encoder, kinds)]
+    result.data["trees"] = {"this": tree_revision(REPO_ROOT)}
+    if baseline is not None:
+        sides.insert(
+            0, Side("baseline", baseline.home, baseline.encoder, BASELINE_KINDS, baseline.tree)
+        )
+        result.data["trees"]["baseline"] = tree_revision(baseline.tree)
+        result.data["baseline"] = {
+            "tree": str(baseline.tree),
+            "home": str(baseline.home),
+            "encoder": baseline.encoder.to_json(),
+            "catalog": baseline.counts,
+        }
     texts = query_texts()
     images = query_images(datasets)
     calls = make_calls(texts, images)
-
     timer: StageTimer | None = None
     runs: list[Json] = []
-    for config in configs:
-        console.print(f"  server: {config.label}")
-        with serve(home, encoder, workers=config.workers, extra_env=config.env()) as server:
-            ready_s = server.wait_ready()
-            # one text search per worker starts each catalog's in-memory BM25 snapshot (built
-            # in the background, seconds on the full catalog; FTS5 answers until then), so the
-            # timed phases measure the steady state
-            asyncio.run(
-                run_phase(
-                    server.base_url,
-                    "graphql_text",
-                    calls["graphql_text"],
-                    config.workers,
-                    4 * config.workers,
-                    0,
-                )
-            )
-            console.print("  encoder and index alone (server idle) ...")
-            timer = timer or StageTimer(home, encoder)
-            stages = timer.measure(texts, images, stage_repeats, config.torch_threads)
-            phases: list[Phase] = []
-            in_server: list[Json] = []
-            for kind in kinds:
-                for clients, total in ((1, requests_1), (concurrency, requests_8)):
-                    before = scrape_stages(server.base_url) if config.workers == 1 else None
-                    phase = asyncio.run(
-                        run_phase(
-                            server.base_url,
-                            kind,
-                            calls[kind],
-                            clients,
-                            total,
-                            warmup=max(10, 2 * clients),
-                        )
-                    )
-                    console.print(
-                        f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
-                        f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
-                    )
-                    phases.append(phase)
-                    if before is not None:
-                        means = stage_means_ms(before, scrape_stages(server.base_url))
-                        in_server.append({"kind": kind, "clients": clients, "mean_ms": means})
-            rss = tree_rss_bytes(server.pid)
-        runs.append(
-            {
-                "server": config.label,
-                "workers": config.workers,
-                "torch_threads": config.torch_threads,
-                "ready_s": round(ready_s, 2),
-                "server_rss_mib": round(mib(rss), 1),
-                "phases": [p.to_json() for p in phases],
-                "in_server_stage_means": in_server,
-                "stages_alone": stages,
-            }
-        )
+    for round_ in range(rounds):
+        order = sides if round_ % 2 == 0 else sides[::-1]
+        for config in configs:
+            for side in order:
+                if side.tree is None and round_ == 0:
+                    timer = timer or StageTimer(home, encoder)
+                label = _run_label(config, side, result.data["trees"], rounds, round_)
+                console.print(f"  server: {label}")
+                measured = time_server(
+                    side, config, calls, requests_1, requests_8, concurrency,
+                    stage_timer=(texts, images, timer, stage_repeats)
+                    if side.tree is None and round_ == 0 and timer is not None
+                    else None,
+                )  # fmt: skip
+                runs.append({"server": label, "side": side.name, "round": round_, **measured})
     result.data["runs"] = runs
-    result.checks = latency_checks(runs, concurrency)
+    result.checks = latency_checks([r for r in runs if "stages_alone" in r], concurrency)
+    if baseline is not None:
+        result.data["against_baseline"] = baseline_ratios(runs, configs, concurrency)
+        result.checks += baseline_checks(result.data["against_baseline"], concurrency)
     return result
+
+
+def _run_label(config: ServerConfig, side: Side, trees: Json, rounds: int, round_: int) -> str:
+    label = config.label
+    if side.tree is not None:
+        label += f", baseline {trees['baseline']}"
+    return label + (f", round {round_ + 1}" if rounds > 1 else "")
+
+
+StageTimerArgs = tuple[Sequence[str], Sequence[bytes], StageTimer, int]
+
+
+def time_server(
+    side: Side,
+    config: ServerConfig,
+    calls: dict[str, Call],
+    requests_1: int,
+    requests_8: int,
+    concurrency: int,
+    stage_timer: StageTimerArgs | None,
+) -> Json:
+    """One server of ``side``'s code: each of its kinds with 1 client, then ``concurrency``
+    clients; the encoder and the index alone first when ``stage_timer`` is given."""
+    with serve(
+        side.home, side.encoder, workers=config.workers, extra_env=config.env(), tree=side.tree
+    ) as server:
+        ready_s = server.wait_ready()
+        # one text search per worker starts each catalog's in-memory BM25 snapshot (built
+        # in the background, seconds on the full catalog; FTS5 answers until then), so the
+        # timed phases measure the steady state
+        asyncio.run(
+            run_phase(
+                server.base_url,
+                "graphql_text",
+                calls["graphql_text"],
+                config.workers,
+                4 * config.workers,
+                0,
+            )
+        )
+        measured: Json = {}
+        if stage_timer is not None:
+            console.print("  encoder and index alone (server idle) ...")
+            texts, images, timer, repeats = stage_timer
+            measured["stages_alone"] = timer.measure(texts, images, repeats, config.torch_threads)
+        phases: list[Phase] = []
+        in_server: list[Json] = []
+        for kind in side.kinds:
+            for clients, total in ((1, requests_1), (concurrency, requests_8)):
+                scrape = config.workers == 1 and side.tree is None
+                before = scrape_stages(server.base_url) if scrape else None
+                phase = asyncio.run(
+                    run_phase(
+                        server.base_url, kind, calls[kind], clients, total,
+                        warmup=max(10, 2 * clients),
+                    )
+                )  # fmt: skip
+                console.print(
+                    f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
+                    f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
+                )
+                phases.append(phase)
+                if before is not None:
+                    means = stage_means_ms(before, scrape_stages(server.base_url))
+                    in_server.append({"kind": kind, "clients": clients, "mean_ms": means})
+        rss = tree_rss_bytes(server.pid)
+    return {
+        "workers": config.workers,
+        "torch_threads": config.torch_threads,
+        "ready_s": round(ready_s, 2),
+        "server_rss_mib": round(mib(rss), 1),
+        "phases": [p.to_json() for p in phases],
+        "in_server_stage_means": in_server,
+        **measured,
+    }
+
+
+def baseline_ratios(
+    runs: Sequence[Json], configs: Sequence[ServerConfig], concurrency: int
+) -> Json:
+    """Per server configuration and kind of this checkout: its 1-client p50 and
+    ``concurrency``-client q/s over the baseline's text search, per round (the two sides met
+    the same load within a round) and their median."""
+    out: Json = {}
+    for config in configs:
+        rows: dict[str, Json] = {}
+        for round_ in sorted({int(r["round"]) for r in runs}):
+            mine = [r for r in runs if r["round"] == round_ and r["workers"] == config.workers
+                    and r["torch_threads"] == config.torch_threads]  # fmt: skip
+            base = next((r for r in mine if r["side"] == "baseline"), None)
+            this = next((r for r in mine if r["side"] == "this"), None)
+            if base is None or this is None:
+                continue
+            base1, base8 = (
+                _phase(base, "graphql_text", 1),
+                _phase(base, "graphql_text", concurrency),
+            )
+            for phase in this["phases"]:
+                row = rows.setdefault(phase["kind"], {"p50_ratio": [], "qps_ratio": []})
+                if phase["clients"] == 1 and base1:
+                    row["p50_ratio"].append(phase["latency_ms"]["p50"] / base1["latency_ms"]["p50"])
+                if phase["clients"] == concurrency and base8:
+                    row["qps_ratio"].append(phase["qps"] / base8["qps"])
+        out[config.label] = {
+            kind: {
+                key: {"rounds": [round(v, 4) for v in values],
+                      "median": round(float(np.median(values)), 4) if values else None}
+                for key, values in row.items()
+            }
+            for kind, row in rows.items()
+        }  # fmt: skip
+    return out
+
+
+def baseline_checks(ratios: Json, concurrency: int) -> list[Check]:
+    """Issue 15's cost targets as ratios to the baseline measured in the same run."""
+    checks: list[Check] = []
+    for server, kinds in ratios.items():
+        for kind, figures in kinds.items():
+            p50, qps = figures["p50_ratio"]["median"], figures["qps_ratio"]["median"]
+            name = f"{KIND_LABELS[kind]} / baseline"
+            if p50 is not None:
+                checks.append(
+                    at_most(f"{name}, 1 client p50 [{server}]", p50, P50_RATIO_TARGET, "x")
+                )
+            if qps is not None:
+                checks.append(
+                    at_least(
+                        f"{name}, {concurrency} clients q/s [{server}]", qps, QPS_RATIO_TARGET, "x"
+                    )
+                )
+    return checks
 
 
 def _phase(run: Json, kind: str, clients: int) -> Json | None:

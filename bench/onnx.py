@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS_DIR, free_port
+from bench.common import RESULTS_DIR, free_port, tree_revision
 from bench.latency import query_image_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -270,16 +270,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     result["sizes"] = sizes
     return result
-
-
-def tree_revision(tree: Path) -> str:
-    """The commit a checkout is at (``+modified`` when its tracked files differ from it)."""
-    git = ["git", "-C", str(tree)]
-    commit = subprocess.run(
-        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], check=False).returncode != 0
-    return commit + ("+modified" if dirty else "")
 
 
 def add_datasets_argument(parser: argparse.ArgumentParser) -> None:

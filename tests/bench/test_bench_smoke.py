@@ -16,9 +16,20 @@ import pytest
 from PIL import Image
 
 from bench import __main__ as cli
-from bench import index_scale, latency, report
+from bench import catalog, index_scale, latency, report
 from bench import onnx as onnx_bench
-from bench.common import Result, Stats, at_least, at_most, info, rss_bytes, write_result
+from bench.common import (
+    EncoderChoice,
+    Result,
+    Stats,
+    app_env,
+    at_least,
+    at_most,
+    cli_argv,
+    info,
+    rss_bytes,
+    write_result,
+)
 from tests.api.helpers import make_api
 
 
@@ -176,6 +187,8 @@ def test_command_line_options() -> None:
     assert cli.parser().parse_args(["latency", "--prepare-only"]).prepare_only is True
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["latency", "--kinds", "graphql_text,nonsense"])
+    args = cli.parser().parse_args(["latency", "--baseline-tree", "/old", "--rounds", "3"])
+    assert (args.baseline_tree, args.rounds, args.baseline_work_dir) == (Path("/old"), 3, None)
     args = cli.parser().parse_args(["ingest", "--engine", "ray", "--workers", "1,2"])
     assert (args.engine, args.workers) == ("ray", [1, 2])
 
@@ -335,3 +348,78 @@ def test_tree_revision_names_the_commit_and_whether_files_differ(tmp_path: Path)
     assert onnx_bench.tree_revision(repo) == head
     (repo / "a.txt").write_text("two", encoding="utf-8")
     assert onnx_bench.tree_revision(repo) == head + "+modified"
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_the_latency_bench_prepares_a_baseline_catalog_with_the_baseline_trees_code(
+    tmp_path: Path,
+) -> None:
+    """``--baseline-tree``: the old checkout's own bench code picks its encoder and ingests."""
+    old = _write_tree(
+        tmp_path / "old",
+        {
+            "bench/__init__.py": "",
+            "bench/common.py": (
+                "import types\n"
+                "def choose_encoder(requested, work):\n"
+                "    data = {'id': 'old-encoder', 'standin': False, 'dim': 3, 'fingerprint': 'f'}\n"
+                "    return types.SimpleNamespace(to_json=lambda: data)\n"
+            ),
+            "bench/catalog.py": (
+                "def catalog_home(work, encoder, kaggle, hm):\n"
+                "    return work / f'old-{kaggle}-{hm}'\n"
+                "def prepare_catalog(home, encoder, datasets, kaggle, hm):\n"
+                "    return {'tree': 'old', 'datasets': str(datasets)}\n"
+            ),
+        },
+    )
+    prepared = catalog.prepare_catalog_in_tree(old, tmp_path / "work", tmp_path / "data", None, 5)
+    assert prepared.home == tmp_path / "work" / "old-None-5"
+    assert prepared.encoder == EncoderChoice("old-encoder", False, 3, "f")
+    assert prepared.counts == {"tree": "old", "datasets": str(tmp_path / "data")}
+
+
+def test_a_process_started_for_another_tree_runs_that_trees_code(tmp_path: Path) -> None:
+    """What `serve(tree=...)` starts: this interpreter's `fashion-search` on the tree's code."""
+    old = _write_tree(
+        tmp_path / "old",
+        {
+            "fashion_search/__init__.py": "",
+            "fashion_search/cli.py": "def app():\n    print(__file__)\n",
+        },
+    )
+    env = app_env(tmp_path / "home", EncoderChoice("e", False, 3), tree=old)
+    out = subprocess.run(
+        cli_argv("serve"), env=env, cwd=old, capture_output=True, text=True, check=True
+    )
+    assert Path(out.stdout.strip()) == old / "fashion_search" / "cli.py"
+
+
+def test_the_latency_bench_compares_each_round_with_the_baseline_of_that_round() -> None:
+    def phase(kind: str, clients: int, p50: float, qps: float) -> dict[str, object]:
+        return {"kind": kind, "clients": clients, "latency_ms": {"p50": p50}, "qps": qps}
+
+    def run(side: str, round_: int, phases: list[dict[str, object]]) -> dict[str, object]:
+        return {"side": side, "round": round_, "workers": 2, "torch_threads": 1, "phases": phases}
+
+    runs = [
+        run("baseline", 0, [phase("graphql_text", 1, 10.0, 100.0), phase("graphql_text", 8, 40.0, 200.0)]),
+        run("this", 0, [phase("graphql_text", 1, 12.0, 80.0), phase("graphql_text", 8, 50.0, 150.0)]),
+        run("this", 1, [phase("graphql_text", 1, 15.0, 60.0), phase("graphql_text", 8, 60.0, 120.0)]),
+        run("baseline", 1, [phase("graphql_text", 1, 10.0, 90.0), phase("graphql_text", 8, 45.0, 160.0)]),
+    ]  # fmt: skip
+    ratios = latency.baseline_ratios(runs, latency.parse_configs("2x1"), 8)
+    text = ratios["workers=2, torch threads=1"]["graphql_text"]
+    assert text["p50_ratio"] == {"rounds": [1.2, 1.5], "median": 1.35}
+    assert text["qps_ratio"] == {"rounds": [0.75, 0.75], "median": 0.75}
+    checks = {c.name: c for c in latency.baseline_checks(ratios, 8)}
+    p50 = checks["searchByText (GraphQL) / baseline, 1 client p50 [workers=2, torch threads=1]"]
+    assert (p50.measured, p50.ok) == (1.35, False)
+    qps = checks["searchByText (GraphQL) / baseline, 8 clients q/s [workers=2, torch threads=1]"]
+    assert (qps.measured, qps.ok) == (0.75, False)
