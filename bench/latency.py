@@ -15,6 +15,7 @@ end-to-end overhead ratio p50(end to end) / (p50(encode) + p50(index)) is visibl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -32,6 +33,7 @@ from bench.common import (
     EncoderChoice,
     Json,
     Result,
+    Server,
     Stats,
     at_least,
     at_most,
@@ -413,9 +415,10 @@ def run(
     baseline: TreeCatalog | None = None,
     rounds: int = 1,
 ) -> Result:
-    """``baseline``: the servers of another checkout (e.g. the revision an issue's "today"
-    figures were measured at) take turns with this checkout's, ``rounds`` times, in
-    alternating order, so that both meet the same load; the result compares them."""
+    """``baseline``: a server of another checkout (e.g. the revision an issue's "today"
+    figures were measured at) runs beside this checkout's, and their phases take turns,
+    ``rounds`` times in alternating order, so that both meet the same load; the result
+    compares them round by round."""
     result = Result(
         name="latency",
         config={
@@ -455,21 +458,21 @@ def run(
     calls = make_calls(texts, images)
     timer: StageTimer | None = None
     runs: list[Json] = []
-    for round_ in range(rounds):
-        order = sides if round_ % 2 == 0 else sides[::-1]
-        for config in configs:
-            for side in order:
-                if side.tree is None and round_ == 0:
-                    timer = timer or StageTimer(home, encoder)
-                label = _run_label(config, side, result.data["trees"], rounds, round_)
-                console.print(f"  server: {label}")
-                measured = time_server(
-                    side, config, calls, requests_1, requests_8, concurrency,
-                    stage_timer=(texts, images, timer, stage_repeats)
-                    if side.tree is None and round_ == 0 and timer is not None
-                    else None,
-                )  # fmt: skip
-                runs.append({"server": label, "side": side.name, "round": round_, **measured})
+    phases = (requests_1, requests_8, concurrency)
+    for config in configs:
+        with contextlib.ExitStack() as stack:
+            servers = {side.name: start_server(stack, side, config, calls) for side in sides}
+            console.print("  encoder and index alone (servers idle) ...")
+            timer = timer or StageTimer(home, encoder)
+            stages = timer.measure(texts, images, stage_repeats, config.torch_threads)
+            for round_ in range(rounds):
+                for side in sides if round_ % 2 == 0 else sides[::-1]:
+                    label = _run_label(config, side, result.data["trees"], rounds, round_)
+                    console.print(f"  server: {label}")
+                    measured = time_phases(servers[side.name], side, config, calls, *phases)
+                    if side.tree is None and round_ == 0:
+                        measured["stages_alone"] = stages
+                    runs.append({"server": label, "side": side.name, "round": round_, **measured})
     result.data["runs"] = runs
     result.checks = latency_checks([r for r in runs if "stages_alone" in r], concurrency)
     if baseline is not None:
@@ -485,71 +488,78 @@ def _run_label(config: ServerConfig, side: Side, trees: Json, rounds: int, round
     return label + (f", round {round_ + 1}" if rounds > 1 else "")
 
 
-StageTimerArgs = tuple[Sequence[str], Sequence[bytes], StageTimer, int]
+@dataclass
+class Started:
+    server: Server
+    ready_s: float
 
 
-def time_server(
+def start_server(
+    stack: contextlib.ExitStack, side: Side, config: ServerConfig, calls: dict[str, Call]
+) -> Started:
+    """A server of ``side``'s code, ready and warmed up, stopped when ``stack`` closes (the
+    sides' servers stay up together, so that their rounds can alternate within seconds)."""
+    server = stack.enter_context(
+        serve(
+            side.home,
+            side.encoder,
+            workers=config.workers,
+            extra_env=config.env(),
+            tree=side.tree,
+            log_name=f"serve-{side.name}.log",
+        )
+    )
+    ready_s = server.wait_ready()
+    # one text search per worker starts each catalog's in-memory BM25 snapshot (built in the
+    # background, seconds on the full catalog; FTS5 answers until then), so the timed
+    # phases measure the steady state
+    asyncio.run(
+        run_phase(
+            server.base_url, "graphql_text", calls["graphql_text"], config.workers,
+            4 * config.workers, 0,
+        )
+    )  # fmt: skip
+    return Started(server, ready_s)
+
+
+def time_phases(
+    started: Started,
     side: Side,
     config: ServerConfig,
     calls: dict[str, Call],
     requests_1: int,
     requests_8: int,
     concurrency: int,
-    stage_timer: StageTimerArgs | None,
 ) -> Json:
-    """One server of ``side``'s code: each of its kinds with 1 client, then ``concurrency``
-    clients; the encoder and the index alone first when ``stage_timer`` is given."""
-    with serve(
-        side.home, side.encoder, workers=config.workers, extra_env=config.env(), tree=side.tree
-    ) as server:
-        ready_s = server.wait_ready()
-        # one text search per worker starts each catalog's in-memory BM25 snapshot (built
-        # in the background, seconds on the full catalog; FTS5 answers until then), so the
-        # timed phases measure the steady state
-        asyncio.run(
-            run_phase(
-                server.base_url,
-                "graphql_text",
-                calls["graphql_text"],
-                config.workers,
-                4 * config.workers,
-                0,
-            )
-        )
-        measured: Json = {}
-        if stage_timer is not None:
-            console.print("  encoder and index alone (server idle) ...")
-            texts, images, timer, repeats = stage_timer
-            measured["stages_alone"] = timer.measure(texts, images, repeats, config.torch_threads)
-        phases: list[Phase] = []
-        in_server: list[Json] = []
-        for kind in side.kinds:
-            for clients, total in ((1, requests_1), (concurrency, requests_8)):
-                scrape = config.workers == 1 and side.tree is None
-                before = scrape_stages(server.base_url) if scrape else None
-                phase = asyncio.run(
-                    run_phase(
-                        server.base_url, kind, calls[kind], clients, total,
-                        warmup=max(10, 2 * clients),
-                    )
-                )  # fmt: skip
-                console.print(
-                    f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
-                    f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
+    """Each of ``side``'s kinds with 1 client, then ``concurrency`` clients."""
+    server = started.server
+    phases: list[Phase] = []
+    in_server: list[Json] = []
+    for kind in side.kinds:
+        for clients, total in ((1, requests_1), (concurrency, requests_8)):
+            scrape = config.workers == 1 and side.tree is None
+            before = scrape_stages(server.base_url) if scrape else None
+            phase = asyncio.run(
+                run_phase(
+                    server.base_url, kind, calls[kind], clients, total,
+                    warmup=max(10, 2 * clients),
                 )
-                phases.append(phase)
-                if before is not None:
-                    means = stage_means_ms(before, scrape_stages(server.base_url))
-                    in_server.append({"kind": kind, "clients": clients, "mean_ms": means})
-        rss = tree_rss_bytes(server.pid)
+            )  # fmt: skip
+            console.print(
+                f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
+                f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
+            )
+            phases.append(phase)
+            if before is not None:
+                means = stage_means_ms(before, scrape_stages(server.base_url))
+                in_server.append({"kind": kind, "clients": clients, "mean_ms": means})
     return {
         "workers": config.workers,
         "torch_threads": config.torch_threads,
-        "ready_s": round(ready_s, 2),
-        "server_rss_mib": round(mib(rss), 1),
+        "ready_s": round(started.ready_s, 2),
+        "server_rss_mib": round(mib(tree_rss_bytes(server.pid)), 1),
         "phases": [p.to_json() for p in phases],
         "in_server_stage_means": in_server,
-        **measured,
     }
 
 
