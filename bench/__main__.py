@@ -126,6 +126,13 @@ def parser() -> argparse.ArgumentParser:
         "(graphql_text) is asked.",
     )
     latency.add_argument(
+        "--baseline-kinds",
+        type=_kinds,
+        default="graphql_text",
+        help="What the baseline's server is asked (a revision before hybrid search has no mode "
+        "VISUAL: graphql_text only).",
+    )
+    latency.add_argument(
         "--baseline-work-dir",
         type=Path,
         default=None,
@@ -227,6 +234,7 @@ def run_one(command: str, args: argparse.Namespace, encoder: EncoderChoice) -> R
             stage_repeats=args.stage_repeats,
             kinds=args.kinds,
             baseline=latency_baseline(args, datasets),
+            baseline_kinds=args.baseline_kinds,
             rounds=args.rounds,
         )
     if command == "ingest" and args.engine == "ray":

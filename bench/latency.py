@@ -10,6 +10,13 @@ other outcome counts as an error.
 In the same run, with the server idle, the encoder call alone and the FAISS query alone
 are timed in this process on the same queries (same encoder, same index files), so the
 end-to-end overhead ratio p50(end to end) / (p50(encode) + p50(index)) is visible.
+
+``--baseline-tree DIR`` adds a server of another checkout (the revision an issue's "today"
+figures were measured at), on the catalog that checkout's own code prepares in
+``--baseline-work-dir``, beside this checkout's; the two take turns phase block by phase
+block (``--rounds``), and the result gives each kind's 1-client p50 and 8-client q/s as a
+ratio to the baseline's text search, round by round: targets set on another day's machine
+become ratios measured under one load.
 """
 
 from __future__ import annotations
@@ -379,7 +386,8 @@ def parse_configs(spec: str) -> list[ServerConfig]:
 
 
 BASELINE_KINDS = ("graphql_text",)
-"""What a baseline checkout is asked: its text search (an older schema may lack ``mode``)."""
+"""What a baseline checkout is asked by default: its text search (an older schema may lack
+``mode``)."""
 P50_RATIO_TARGET = 12 / 11.6
 """Issue 15: HYBRID text p50 <= 12 ms where the code it was filed at measured 11.6 ms."""
 QPS_RATIO_TARGET = 1.0
@@ -413,6 +421,7 @@ def run(
     stage_repeats: int = 200,
     kinds: Sequence[str] = ("graphql_text", "rest_text", "graphql_image"),
     baseline: TreeCatalog | None = None,
+    baseline_kinds: Sequence[str] = BASELINE_KINDS,
     rounds: int = 1,
 ) -> Result:
     """``baseline``: a server of another checkout (e.g. the revision an issue's "today"
@@ -444,7 +453,7 @@ def run(
     result.data["trees"] = {"this": tree_revision(REPO_ROOT)}
     if baseline is not None:
         sides.insert(
-            0, Side("baseline", baseline.home, baseline.encoder, BASELINE_KINDS, baseline.tree)
+            0, Side("baseline", baseline.home, baseline.encoder, baseline_kinds, baseline.tree)
         )
         result.data["trees"]["baseline"] = tree_revision(baseline.tree)
         result.data["baseline"] = {
@@ -567,8 +576,9 @@ def baseline_ratios(
     runs: Sequence[Json], configs: Sequence[ServerConfig], concurrency: int
 ) -> Json:
     """Per server configuration and kind of this checkout: its 1-client p50 and
-    ``concurrency``-client q/s over the baseline's text search, per round (the two sides met
-    the same load within a round) and their median."""
+    ``concurrency``-client q/s over the baseline's (the same kind when the baseline was
+    asked it, else its text search), per round (the two sides met the same load within a
+    round) and their median."""
     out: Json = {}
     for config in configs:
         rows: dict[str, Json] = {}
@@ -579,16 +589,16 @@ def baseline_ratios(
             this = next((r for r in mine if r["side"] == "this"), None)
             if base is None or this is None:
                 continue
-            base1, base8 = (
-                _phase(base, "graphql_text", 1),
-                _phase(base, "graphql_text", concurrency),
-            )
             for phase in this["phases"]:
-                row = rows.setdefault(phase["kind"], {"p50_ratio": [], "qps_ratio": []})
-                if phase["clients"] == 1 and base1:
-                    row["p50_ratio"].append(phase["latency_ms"]["p50"] / base1["latency_ms"]["p50"])
-                if phase["clients"] == concurrency and base8:
-                    row["qps_ratio"].append(phase["qps"] / base8["qps"])
+                kind, clients = phase["kind"], phase["clients"]
+                row = rows.setdefault(kind, {"p50_ratio": [], "qps_ratio": []})
+                same = _phase(base, kind, clients) or _phase(base, "graphql_text", clients)
+                if same is None:
+                    continue
+                if clients == 1:
+                    row["p50_ratio"].append(phase["latency_ms"]["p50"] / same["latency_ms"]["p50"])
+                if clients == concurrency:
+                    row["qps_ratio"].append(phase["qps"] / same["qps"])
         out[config.label] = {
             kind: {
                 key: {"rounds": [round(v, 4) for v in values],

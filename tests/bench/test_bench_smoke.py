@@ -28,6 +28,7 @@ from bench.common import (
     cli_argv,
     info,
     rss_bytes,
+    tree_revision,
     write_result,
 )
 from tests.api.helpers import make_api
@@ -345,9 +346,9 @@ def test_tree_revision_names_the_commit_and_whether_files_differ(tmp_path: Path)
     head = subprocess.run(
         [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert onnx_bench.tree_revision(repo) == head
+    assert tree_revision(repo) == head
     (repo / "a.txt").write_text("two", encoding="utf-8")
-    assert onnx_bench.tree_revision(repo) == head + "+modified"
+    assert tree_revision(repo) == head + "+modified"
 
 
 def _write_tree(root: Path, files: dict[str, str]) -> Path:
@@ -423,3 +424,11 @@ def test_the_latency_bench_compares_each_round_with_the_baseline_of_that_round()
     assert (p50.measured, p50.ok) == (1.35, False)
     qps = checks["searchByText (GraphQL) / baseline, 8 clients q/s [workers=2, torch threads=1]"]
     assert (qps.measured, qps.ok) == (0.75, False)
+    # a kind the baseline was asked too is compared with the baseline's own
+    runs[0]["phases"].append(phase("graphql_text_visual", 1, 8.0, 1.0))  # type: ignore[attr-defined]
+    runs[1]["phases"].append(phase("graphql_text_visual", 1, 6.0, 1.0))  # type: ignore[attr-defined]
+    ratios = latency.baseline_ratios(runs, latency.parse_configs("2x1"), 8)
+    assert ratios["workers=2, torch threads=1"]["graphql_text_visual"]["p50_ratio"] == {
+        "rounds": [0.75],
+        "median": 0.75,
+    }
