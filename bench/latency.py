@@ -391,6 +391,7 @@ BASELINE_KINDS = ("graphql_text",)
 P50_RATIO_TARGET = 12 / 11.6
 """Issue 15: HYBRID text p50 <= 12 ms where the code it was filed at measured 11.6 ms."""
 QPS_RATIO_TARGET = 1.0
+ALTERNATING_WARMUP = 10
 """Issue 15: the 8-client throughput not below what the code it was filed at served."""
 
 
@@ -468,6 +469,7 @@ def run(
     timer: StageTimer | None = None
     runs: list[Json] = []
     phases = (requests_1, requests_8, concurrency)
+    alternated: Json = {}
     for config in configs:
         with contextlib.ExitStack() as stack:
             servers = {side.name: start_server(stack, side, config, calls) for side in sides}
@@ -482,12 +484,85 @@ def run(
                     if side.tree is None and round_ == 0:
                         measured["stages_alone"] = stages
                     runs.append({"server": label, "side": side.name, "round": round_, **measured})
+            if len(sides) > 1:
+                urls = {name: started.server.base_url for name, started in servers.items()}
+                alternated[config.label] = asyncio.run(
+                    one_client_alternating(urls, sides, calls, requests_1 * rounds)
+                )
     result.data["runs"] = runs
     result.checks = latency_checks([r for r in runs if "stages_alone" in r], concurrency)
     if baseline is not None:
         result.data["against_baseline"] = baseline_ratios(runs, configs, concurrency)
+        result.data["one_client_alternating"] = alternated
         result.checks += baseline_checks(result.data["against_baseline"], concurrency)
+        result.checks += alternating_checks(alternated)
     return result
+
+
+async def one_client_alternating(
+    urls: dict[str, str],
+    sides: Sequence[Side],
+    calls: dict[str, Call],
+    requests: int,
+    transports: dict[str, httpx.AsyncBaseTransport] | None = None,
+) -> Json:
+    """Per kind of this checkout: one client asking the baseline (the same kind when it was
+    asked it, else its text search) and this checkout in turn, request by request, so that
+    a load changing within seconds meets both alike; each side's latency and the ratio of
+    the p50s. ``transports``: for tests (apps in-process)."""
+    baseline, this = sides
+    out: Json = {}
+    for kind in this.kinds:
+        base_kind = kind if kind in baseline.kinds else "graphql_text"
+        targets = ((baseline.name, base_kind), (this.name, kind))
+        latencies: dict[str, list[float]] = {name: [] for name, _ in targets}
+        errors = 0
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                name: await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=urls[name],
+                        timeout=60.0,
+                        transport=(transports or {}).get(name),
+                    )
+                )
+                for name, _ in targets
+            }
+            for i in range(ALTERNATING_WARMUP + requests):
+                for name, target_kind in targets if i % 2 == 0 else targets[::-1]:
+                    started = time.perf_counter()
+                    try:
+                        await calls[target_kind](clients[name], i)
+                    except (BadAnswer, httpx.HTTPError, ValueError, KeyError, TypeError):
+                        errors += 1
+                        continue
+                    if i >= ALTERNATING_WARMUP:
+                        latencies[name].append((time.perf_counter() - started) * 1000)
+        stats = {name: Stats.of(values) for name, values in latencies.items()}
+        out[kind] = {
+            "baseline_kind": base_kind,
+            "latency_ms": {name: s.to_json() for name, s in stats.items()},
+            "errors": errors,
+            "p50_ratio": round(stats[this.name].p50 / stats[baseline.name].p50, 4),
+        }
+        console.print(
+            f"    {KIND_LABELS[kind]:<32} 1 client, alternating with the baseline: p50 "
+            f"{stats[this.name].p50:.1f} against {stats[baseline.name].p50:.1f} ms"
+        )
+    return out
+
+
+def alternating_checks(alternated: Json) -> list[Check]:
+    return [
+        at_most(
+            f"{KIND_LABELS[kind]} / baseline, 1 client p50, alternating [{server}]",
+            figures["p50_ratio"],
+            P50_RATIO_TARGET,
+            "x",
+        )
+        for server, kinds in alternated.items()
+        for kind, figures in kinds.items()
+    ]
 
 
 def _run_label(config: ServerConfig, side: Side, trees: Json, rounds: int, round_: int) -> str:

@@ -432,3 +432,32 @@ def test_the_latency_bench_compares_each_round_with_the_baseline_of_that_round()
         "rounds": [0.75],
         "median": 0.75,
     }
+
+
+async def test_one_client_alternates_between_the_baseline_and_this_checkout() -> None:
+    """Each side answers every request of its kind; the baseline is asked what it knows."""
+    old, new = await make_api(), await make_api()
+    async with old.client, new.client:
+        calls = latency.make_calls(["black dress", "white sneakers"], [_jpeg()])
+        sides = [
+            latency.Side("baseline", Path("old"), EncoderChoice("e", False, 3), ["graphql_text"]),
+            latency.Side(
+                "this", Path("new"), EncoderChoice("e", False, 3), ["graphql_text_visual"]
+            ),
+        ]
+        out = await latency.one_client_alternating(
+            {"baseline": "http://old", "this": "http://new"},
+            sides,
+            calls,
+            6,
+            transports={
+                "baseline": httpx.ASGITransport(app=old.app),
+                "this": httpx.ASGITransport(app=new.app),
+            },
+        )
+    figures = out["graphql_text_visual"]
+    assert figures["baseline_kind"] == "graphql_text"
+    assert figures["errors"] == 0
+    assert {name: s["n"] for name, s in figures["latency_ms"].items()} == {"baseline": 6, "this": 6}
+    p50 = figures["latency_ms"]["this"]["p50"] / figures["latency_ms"]["baseline"]["p50"]
+    assert figures["p50_ratio"] == pytest.approx(p50, abs=1e-4)
