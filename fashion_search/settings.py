@@ -92,6 +92,14 @@ class Settings(BaseSettings):
             "0.81x the raw float32 bytes instead of 1.30x, recall@10 0.999 instead of 1.000)."
         ),
     )
+    faiss_prefilter: Literal["int8", "float16", "off"] = Field(
+        default="int8",
+        description=(
+            "How an exact (flat) space chooses the rows its float32 scan scores: an 8-bit or a "
+            "float16 copy scanned first with proven score bounds (the same answers as the "
+            "full scan), or off (the full float32 scan)."
+        ),
+    )
 
     # API
     api_keys: list[SecretStr] = Field(default_factory=list, description="Keys for mutations.")

@@ -211,6 +211,7 @@ def build_index(settings: Settings) -> VectorIndex:
         settings.vectors_dir,
         hnsw_threshold=settings.faiss_hnsw_threshold,
         hnsw_storage=settings.faiss_hnsw_storage,
+        prefilter=settings.faiss_prefilter,
     )
 
 

@@ -16,7 +16,9 @@ Exact or HNSW
     threshold it is rebuilt as an ``IndexHNSWFlat`` with the inner-product metric; a
     compaction that leaves it at or below the threshold turns it back into a flat index. The
     switch is automatic and invisible to callers. A flat space of ``PREFILTER_MIN_ROWS`` or
-    more is scanned through a float16 copy first, with the same answers (``_Float16Copy``).
+    more is scanned through an 8-bit copy first (``int8_copy.Int8Copy``; or a float16 copy,
+    ``_Float16Copy``), whose scores only choose the rows the float32 scan then scores: the
+    same answers for a fraction of the bytes read.
 
 HNSW storage
     ``hnsw_storage="float32"`` (the default) keeps the vectors as they came. With
@@ -120,12 +122,15 @@ from domain.ports import SpaceQuery, Vectors
 from stores._util import atomic_write_bytes, fsync_dir, remove_orphaned_tmp_files, safe_name
 from stores.locks import exclusive_flock
 from stores.vectors.delta_log import Change, decode
+from stores.vectors.int8_copy import Int8Copy
 
 # faiss ships partial stubs (no SearchParametersHNSW, IndexFlat.get_xb, ...): use it untyped.
 faiss: Any = _faiss
 
 Kind = Literal["flat", "hnsw"]
 Storage = Literal["float32", "float16"]
+Prefilter = Literal["int8", "float16", "off"]
+PREFILTERS: tuple[Prefilter, ...] = ("int8", "float16", "off")
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -146,9 +151,10 @@ DEFAULT_EXACT_FILTER_LIMIT = 20_000
 DEFAULT_COMPACT_DEAD_FRACTION = 0.25
 MAX_EF_SEARCH = 4096
 PREFILTER_MIN_ROWS = 4096
-"""A flat space of at least this many rows is scanned in float16 first (``_Float16Copy``)."""
+"""A flat space of at least this many rows is scanned in 8 bits or float16 first."""
 PREFILTER_MARGIN = 32
-"""The float16 scan returns top_k plus this many (or half top_k, when more) candidates."""
+"""The float16 scan returns top_k plus this many (or half top_k, when more) candidates;
+with no more rows than that to choose from, either prefilter leaves the full scan."""
 FLOAT16_CHUNK_ROWS = 8192
 FLOAT32_ROUNDING = 2.0**-24
 FLOAT16_MAX = 65504.0
@@ -280,6 +286,7 @@ class _Space:
         self.pending: list[Change] = []  # applied here, not flushed yet
         self.fold_wanted = False  # write a snapshot at the next flush (after a compaction)
         self.half: _Float16Copy | None = None  # see float16_copy
+        self.eight: Int8Copy | None = None  # see int8_copy
 
     # -- sizes ---------------------------------------------------------------------------
 
@@ -319,6 +326,16 @@ class _Space:
         while copy.rows < self.n_rows:  # in chunks: float64 temporaries of a bounded size
             chunk = self.vectors()[copy.rows : copy.rows + FLOAT16_CHUNK_ROWS]
             copy.extend(np.asarray(chunk, dtype=np.float32))
+        return copy if copy.usable else None
+
+    def int8_copy(self) -> Int8Copy | None:
+        """The flat space's 8-bit copy, rebuilt when it is stale; None for HNSW, small spaces
+        or a copy whose integer products were not exact."""
+        if self.kind != "flat" or self.n_rows < PREFILTER_MIN_ROWS:
+            return None
+        copy = self.eight
+        if copy is None or copy.stale(self.index, self.n_rows):
+            copy = self.eight = Int8Copy(self.index, self.vectors(), self.live.values)
         return copy if copy.usable else None
 
     def take(self, rows: IntArray) -> Vectors:
@@ -510,16 +527,18 @@ class FaissVectorIndex:
         hnsw_storage: Storage = "float32",
         fold_min_bytes: int = DEFAULT_FOLD_MIN_BYTES,
         fold_fraction: float = DEFAULT_FOLD_FRACTION,
-        prefilter: bool = True,
+        prefilter: Prefilter = "int8",
     ) -> None:
-        """``prefilter``: flat spaces scan a float16 copy first (``_Float16Copy``; the same
-        answers, for half the bytes read); False: the float32 rows only."""
+        """``prefilter``: flat spaces scan an 8-bit copy (``Int8Copy``) or a float16 copy
+        (``_Float16Copy``) first, for the same answers; "off": the float32 rows only."""
         if hnsw_threshold < 1:
             raise ValueError("hnsw_threshold must be at least 1")
         if not 0.0 < compact_dead_fraction < 1.0:
             raise ValueError("compact_dead_fraction must be between 0 and 1")
         if hnsw_storage not in ("float32", "float16"):
             raise ValueError("hnsw_storage must be 'float32' or 'float16'")
+        if prefilter not in PREFILTERS:
+            raise ValueError(f"prefilter must be one of {', '.join(PREFILTERS)}")
         if fold_min_bytes < 0 or fold_fraction < 0:
             raise ValueError("fold_min_bytes and fold_fraction must not be negative")
         self.directory = Path(directory)
@@ -533,7 +552,7 @@ class FaissVectorIndex:
         self.hnsw_storage: Storage = hnsw_storage
         self.fold_min_bytes = fold_min_bytes
         self.fold_fraction = fold_fraction
-        self.prefilter = prefilter
+        self.prefilter: Prefilter = prefilter
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._spaces: dict[str, _Space] | None = None  # loaded lazily
@@ -1104,8 +1123,9 @@ class FaissVectorIndex:
         self, space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int
     ) -> tuple[IntArray, npt.NDArray[np.float32]]:
         if space.kind == "flat":
-            if self.prefilter:
-                answered = _prefiltered(space, query, k, mask, available)
+            if self.prefilter != "off":
+                first_pass = _prefiltered_int8 if self.prefilter == "int8" else _prefiltered
+                answered = first_pass(space, query, k, mask, available)
                 if answered is not None:
                     return answered
             if mask is None:
@@ -1160,6 +1180,27 @@ def _prefiltered(
         return None  # candidates may lie past the list's end
     chosen = np.zeros(space.n_rows, dtype=np.bool_)
     chosen[rows[approx >= threshold]] = True
+    scores, found = space.index.search(query, k, params=_only(chosen))
+    return found[0], scores[0]
+
+
+def _prefiltered_int8(
+    space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int
+) -> tuple[IntArray, npt.NDArray[np.float32]] | None:
+    """The flat search's answer through the space's 8-bit copy (see int8_copy): the float32
+    scan restricted to the rows whose score bounds reach the k-th best lower bound; None
+    when the full scan has to answer."""
+    copy = space.int8_copy()
+    if copy is None or available <= k + max(PREFILTER_MARGIN, k // 2):
+        return None
+    rows, approx, bound = copy.scores(query, space.vectors()[copy.covered :])
+    allowed = (space.live.values if mask is None else mask)[rows]
+    lower = approx - bound
+    if not allowed.all():
+        lower[~allowed] = -np.inf
+    tau = np.partition(lower, len(lower) - k)[len(lower) - k]
+    chosen = np.zeros(space.n_rows, dtype=np.bool_)
+    chosen[rows[allowed & (approx + bound >= tau)]] = True
     scores, found = space.index.search(query, k, params=_only(chosen))
     return found[0], scores[0]
 

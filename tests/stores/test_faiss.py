@@ -17,7 +17,13 @@ import pytest
 from domain.errors import BadInput
 from domain.model import ProductFilter
 from domain.ports import SpaceQuery, Vectors
-from stores.vectors.faiss_index import PREFILTER_MIN_ROWS, FaissVectorIndex, _prefiltered
+from stores.vectors.faiss_index import (
+    PREFILTER_MIN_ROWS,
+    FaissVectorIndex,
+    Prefilter,
+    _prefiltered,
+    _prefiltered_int8,
+)
 from tests.stores.contracts import ENC_A, ENC_B, VectorIndexContract, random_units
 
 
@@ -449,7 +455,10 @@ async def test_query_several_answers_like_one_query_per_space(tmp_path: Path) ->
     assert FaissVectorIndex(tmp_path).query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
 
 
-async def test_float16_prefilter_answers_exactly_like_the_float32_scan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefilter", ["int8", "float16"])
+async def test_a_prefilter_answers_exactly_like_the_float32_scan(
+    tmp_path: Path, prefilter: Prefilter
+) -> None:
     n, dim = PREFILTER_MIN_ROWS + 1600, 24
     rng = np.random.default_rng(11)
     # clustered rows (close scores), exact duplicates (ties) and a few far larger rows
@@ -459,7 +468,8 @@ async def test_float16_prefilter_answers_exactly_like_the_float32_scan(tmp_path:
     data[100:160] = data[0:60]
     data[3000:3010] *= 3.0
     tags = [{"colour": ("red", "blue", "green")[i % 3]} for i in range(n)]
-    index = FaissVectorIndex(tmp_path, compact_dead_fraction=0.1)
+    index = FaissVectorIndex(tmp_path, compact_dead_fraction=0.1, prefilter=prefilter)
+    first_pass = _prefiltered_int8 if prefilter == "int8" else _prefiltered
     ids = [f"p{i}" for i in range(n)]
     await index.upsert(ENC_A, ids[:-1600], data[:-1600], tags[:-1600])
     await index.delete([f"p{i}" for i in range(0, 400, 9)], ENC_A)
@@ -467,31 +477,38 @@ async def test_float16_prefilter_answers_exactly_like_the_float32_scan(tmp_path:
     filters = [None, ProductFilter(equals={"colour": "red"})]
 
     async def same_answers() -> int:
-        """Both paths agree on every query; how many the float16 copy answered."""
+        """Both paths agree on every query; how many the prefilter answered."""
         answered = 0
         for vector in queries:
             for flt in filters:
                 for k in (1, 7, 200, 1500):
-                    index.prefilter = False
+                    index.prefilter = "off"
                     plain = await index.query(ENC_A, vector, k, flt)
-                    index.prefilter = True
+                    index.prefilter = prefilter
                     assert await index.query(ENC_A, vector, k, flt) == plain, (k, flt)
                     with index._lock:
                         space = index._refresh()[ENC_A]
                         mask = space.selection(flt)
                         available = space.n_live if mask is None else int(mask.sum())
                         query = vector.reshape(1, -1).astype(np.float32)
-                        answered += _prefiltered(space, query, k, mask, available) is not None
+                        answered += first_pass(space, query, k, mask, available) is not None
         return answered
 
     assert await same_answers() > 0
-    # rows appended after the copy was made, then a compaction (a new flat index)
-    await index.upsert(ENC_A, ids[-1600:], data[-1600:], tags[-1600:])
+    # rows appended after the copy was made (a few: scored beside it; many: a new copy),
+    # then a compaction (a new flat index)
+    await index.upsert(ENC_A, ids[-1600:-1500], data[-1600:-1500], tags[-1600:-1500])
+    assert await same_answers() > 0
+    if prefilter == "int8":
+        space = index._refresh()[ENC_A]
+        assert space.eight is not None
+        assert space.eight.covered < space.n_rows
+    await index.upsert(ENC_A, ids[-1500:], data[-1500:], tags[-1500:])
     await index.upsert(ENC_A, ["p7"], data[8:9], tags[7:8])  # a row moved: old one tombstoned
     assert await same_answers() > 0
     await index.delete([f"p{i}" for i in range(400, 1100)], ENC_A)  # past the dead fraction
     assert await same_answers() > 0
     space = index._refresh()[ENC_A]
-    assert space.half is not None
-    assert space.half.source is space.index
-    assert space.half.rows == space.n_rows
+    copy = space.eight if prefilter == "int8" else space.half
+    assert copy is not None
+    assert copy.source is space.index
