@@ -68,7 +68,7 @@ async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[s
 
     service._query_vectors = vectors  # type: ignore[method-assign]  # the recorded lists
     service._rank = rank  # type: ignore[method-assign,assignment]
-    service._lexical_early = lambda query, wanted: None  # type: ignore[method-assign]
+    service._lexical_early = lambda query: None  # type: ignore[method-assign]
     colour_on, plain_on = service._colour_mask, service._asks_plain
     samples: dict[str, list[float]] = {"on": [], "off": [], "on_cpu": [], "off_cpu": []}
     paired: list[float] = []

@@ -304,7 +304,7 @@ class SearchService:
             raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
         # One extra to know whether a next page exists, one more for the excluded query item.
         wanted = depth + 1 + (1 if query.image is not None and query.image.product_id else 0)
-        lexical = self._lexical_early(query, wanted)
+        lexical = self._lexical_early(query)
         try:
             vectors = await self._query_vectors(encoder, query)
         except BaseException:
@@ -382,18 +382,15 @@ class SearchService:
             for i, h in enumerate(window)
         )
 
-    def _lexical_early(
-        self, query: SearchQuery, wanted: int
-    ) -> asyncio.Future[list[LexicalHit]] | None:
+    def _lexical_early(self, query: SearchQuery) -> asyncio.Future[list[LexicalHit]] | None:
         """The lexical list asked in a worker thread before the query is encoded, when this
         is the only search (the encoder then runs on this thread, the words need no vector:
         the two overlap on two cores); None otherwise (``_rank`` asks it)."""
         words = query.mode is not SearchMode.VISUAL and query.text is not None
         if not words or self._lexical is None or query.text is None or self._searches != 1:
             return None
-        depth = max(wanted, FUSION_DEPTH)
         return asyncio.ensure_future(
-            self._lexical.search_text(query.text.text, depth, query.filter)
+            self._lexical.search_text(query.text.text, FUSION_DEPTH, query.filter)
         )
 
     async def _rows(self, ids: Sequence[str]) -> ProductRows:
@@ -462,10 +459,12 @@ class SearchService:
         lexical: asyncio.Future[list[LexicalHit]] | None = None,
     ) -> Ranked:
         """Each signal's list, asked concurrently (``lexical``: already asked). One signal
-        (VISUAL, or a photo without words) needs only the page; fusing needs each list's top
-        FUSION_DEPTH."""
+        (VISUAL, or a photo without words) needs only the page; fusing takes each list's top
+        FUSION_DEPTH whatever the page, so that every page of a search is cut from one
+        ranking (deeper lists would normalise and fuse differently, and pages past the
+        first FUSION_DEPTH would repeat some products and skip others)."""
         words = query.mode is not SearchMode.VISUAL and query.text is not None
-        depth = max(wanted, FUSION_DEPTH) if words else wanted
+        depth = FUSION_DEPTH if words else wanted
         flt = query.filter
         asks_text_space = words and vectors.text is not None
         if asks_text_space:

@@ -9,6 +9,7 @@ import pytest
 
 from domain.errors import BadInput
 from domain.fusion import (
+    FUSION_DEPTH,
     FusedHit,
     FusionConfig,
     QualityThresholds,
@@ -320,6 +321,40 @@ async def test_product_words_get_vectors_in_their_own_space() -> None:
     words = await index.fetch(product_text_space("fake"), ["3"])
     image = await index.fetch("fake", ["3"])
     assert float(words["3"] @ image["3"]) < 0.99
+
+
+async def test_pages_past_the_fusion_depth_never_repeat_or_skip_a_product() -> None:
+    """Paging a search with words beyond the signals' top FUSION_DEPTH: every page is cut
+    from one ranking, so no product comes twice and none is skipped, whatever the page
+    size."""
+    encoder = HashingEncoder()
+    encoders = FakeEncoderProvider(encoder)
+    index, catalog, images = InMemoryVectorIndex(), InMemoryCatalog(), InMemoryImageStore()
+    products = CatalogService(encoders, index, catalog, images)
+    count = FUSION_DEPTH + 60
+    for i in range(count):
+        await products.add(f"p{i:03}", f"dress {i}", fake_image(f"look {i}"), encoder_ids=["fake"])
+    words = [hit(f"p{i:03}", 1.0 + (i * 37 % 101), 0.5 + 0.5 * (i % 2)) for i in range(count)]
+    lexical = ScriptedLexicalIndex({"dress": sorted(words, key=lambda h: -h.score)})
+    search = SearchService(encoders, index, catalog, images, lexical=lexical)
+
+    async def every_page(top_k: int, mode: SearchMode) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await search.by_text("dress", top_k=top_k, cursor=cursor, mode=mode)
+            assert [h.rank for h in page.hits] == list(
+                range(len(seen) + 1, len(seen) + 1 + len(page.hits))
+            )
+            seen += [h.product.id for h in page.hits]
+            cursor = page.next_cursor
+            if cursor is None:
+                return seen
+
+    for mode in (SearchMode.HYBRID, SearchMode.TEXT):
+        small, large = await every_page(7, mode), await every_page(100, mode)
+        assert len(small) == len(set(small)) >= FUSION_DEPTH, mode
+        assert small == large, mode
 
 
 async def test_facet_counts_follow_the_ranking() -> None:
