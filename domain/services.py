@@ -21,7 +21,7 @@ from domain.colour import (
     colour_shares,
     says_patterned,
 )
-from domain.errors import BadInput, InvalidImage, NotFound
+from domain.errors import BadInput, InvalidImage, NotFound, UnknownEncoder
 from domain.fusion import (
     DEFAULT_FUSION,
     FACET_DEPTH,
@@ -297,7 +297,7 @@ class SearchService:
         started = time.perf_counter()
         if query.mode is SearchMode.TEXT and query.text is None:
             raise BadInput("TEXT mode needs a text")
-        encoder = self._encoders.get(query.encoder_id)
+        encoder = await self._encoder(query.encoder_id)
         position = Cursor.decode(query.cursor)
         depth = position.offset + query.top_k
         if depth > MAX_RESULT_DEPTH:
@@ -539,15 +539,36 @@ class SearchService:
             hits = await lexical.search_text(text, top_k, flt)
         return hits
 
+    async def _encoder(self, encoder_id: str | None) -> Encoder:
+        """The encoder a search names: the default, or one the index has vectors of (any
+        other has nothing to find). Never one built on a caller's word alone: an id can name
+        a model file on this machine (``open_clip:ARCH@/path``), and loading one costs
+        seconds of CPU and memory."""
+        wanted = (encoder_id or "").strip()
+        if wanted and wanted != self._encoders.default_id:
+            spaces = await self._indexed_spaces()
+            if wanted not in spaces:  # perhaps indexed since the list was read
+                spaces = await self._indexed_spaces(fresh=True)
+            if wanted not in spaces or is_product_text_space(wanted):
+                indexed = ", ".join(sorted(e for e in spaces if not is_product_text_space(e)))
+                raise UnknownEncoder(
+                    f"no products are indexed with encoder {wanted!r}"
+                    f" (indexed: {indexed or 'none'})"
+                )
+        return self._encoders.get(encoder_id)
+
     async def _has_text_space(self, encoder: Encoder) -> bool:
-        """Whether the products' words have vectors of this encoder. The answer is kept for
-        SPACES_RECHECK_S (a space appears with an ingest, rarely), so searches of a catalog
-        without text vectors never ask for them."""
+        """Whether the products' words have vectors of this encoder."""
+        return product_text_space(encoder.id) in await self._indexed_spaces()
+
+    async def _indexed_spaces(self, fresh: bool = False) -> frozenset[str]:
+        """The vector spaces the index holds, kept for SPACES_RECHECK_S (a space appears
+        with an ingest, rarely), so searches do not ask the index each time."""
         now = time.monotonic()
-        if now - self._spaces_checked > SPACES_RECHECK_S:
+        if fresh or now - self._spaces_checked > SPACES_RECHECK_S:
             self._spaces = frozenset(await self._index.encoder_ids())
             self._spaces_checked = now
-        return product_text_space(encoder.id) in self._spaces
+        return self._spaces
 
     @staticmethod
     def _exact(text: str, lexical: Sequence[LexicalHit]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.helpers import Api, World, b64, codes, make_api, png, webp
+from tests.api.helpers import Api, World, b64, codes, errors_of, make_api, png, webp
 from tests.fakes import fake_image
 
 PAGE = """
@@ -96,13 +96,15 @@ async def test_an_invalid_cursor_is_bad_input(api: Api) -> None:
 async def test_unknown_encoder_is_not_found_and_other_encoders_are_separate(api: Api) -> None:
     result = await api.gql(PAGE, {"text": "dress", "topK": 2, "encoder": "nope"})
     assert codes(result) == ["NOT_FOUND"]
+    # an encoder the server has but nothing is indexed with has nothing to find: it is not
+    # loaded on a client's word (an id can name a model file on the server)
     result = await api.gql(PAGE, {"text": "dress", "topK": 2, "encoder": "other"})
-    assert result["data"]["searchByText"] == {
-        "encoder": "other",
-        "tookMs": result["data"]["searchByText"]["tookMs"],
-        "nextCursor": None,
-        "hits": [],
-    }
+    assert codes(result) == ["NOT_FOUND"]
+    assert "no products are indexed with encoder 'other'" in errors_of(result)[0]["message"]
+    await api.world.products.add("o1", "red dress", fake_image("red dress"), encoder_ids=["other"])
+    result = await api.gql(PAGE, {"text": "dress", "topK": 2, "encoder": "other"})
+    page = result["data"]["searchByText"]
+    assert (page["encoder"], [h["product"]["id"] for h in page["hits"]]) == ("other", ["o1"])
 
 
 async def _add_real_image_product(world: World, pid: str, data: bytes) -> None:

@@ -122,9 +122,39 @@ async def test_unknown_encoder(world: World) -> None:
 
 
 async def test_encoders_never_mix(world: World) -> None:
+    await world.products.add("6", "green coat", fake_image("green coat"), encoder_ids=["other"])
     page = await world.search.by_text("dress", encoder_id="other")
-    assert page.hits == ()
+    assert [h.product.id for h in page.hits] == ["6"]
     assert await world.index.count("fake") == 5
+
+
+class BuildsOnDemand(FakeEncoderProvider):
+    """A provider that builds any encoder it is asked for, as the plugin registry does
+    (``open_clip:ARCH@/path/to/file`` loads that file as a model), and records the asks."""
+
+    def __init__(self, *encoders: HashingEncoder) -> None:
+        super().__init__(*encoders)
+        self.asked: list[str | None] = []
+
+    def get(self, encoder_id: str | None = None) -> HashingEncoder:
+        self.asked.append(encoder_id)
+        return HashingEncoder(encoder_id.strip()) if encoder_id else HashingEncoder()
+
+
+async def test_a_search_never_builds_an_encoder_with_nothing_indexed(world: World) -> None:
+    """A caller's encoder id is not a licence to load a model: only the default and the
+    encoders the index has vectors of are asked for; any other id is refused first."""
+    provider = BuildsOnDemand(world.encoder)
+    search = SearchService(provider, world.index, world.catalog, world.images)
+    for encoder_id in ("open_clip:ViT-B-32@/etc/passwd", "other", "fake#text"):
+        with pytest.raises(UnknownEncoder, match="indexed"):
+            await search.by_text("dress", encoder_id=encoder_id)
+        with pytest.raises(UnknownEncoder, match="indexed"):
+            await search.similar("1", encoder_id=encoder_id)
+    assert provider.asked == []
+    for named in (None, "fake", " fake "):
+        page = await search.by_text("dress", encoder_id=named)
+        assert page.encoder_id == "fake"
 
 
 async def test_orphan_vectors_are_dropped_not_crashing(world: World) -> None:
