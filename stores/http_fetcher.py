@@ -226,11 +226,15 @@ class SafeImageFetcher:
             url = raw
         if url.scheme not in ("http", "https"):
             raise UrlRejected("only http and https image URLs are fetched")
-        if not url.host:
+        try:
+            host = url.host  # decoded on reading: "xn--" raises here, not in httpx.URL()
+        except ValueError as exc:  # idna.IDNAError is a UnicodeError
+            raise UrlRejected(f"the image URL's host is not a valid domain name: {exc}") from exc
+        if not host:
             raise UrlRejected("the image URL has no host")
         if url.userinfo:
             raise UrlRejected("image URLs with credentials are not fetched")
-        host = url.host.rstrip(".").lower()
+        host = host.rstrip(".").lower()
         if host in METADATA_HOSTNAMES:
             raise UrlRejected("the image URL points at a cloud metadata service")
         if any(host == own_host for own_host, _ in self._own_hosts):
@@ -353,6 +357,8 @@ class SafeImageFetcher:
                 raise UpstreamUnavailable(self._phase_timed_out(exc)) from exc
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
                 raise UrlRejected(f"not a fetchable URL: {exc}") from exc
+            except ValueError as exc:  # httpx reads a redirect's target (IDNA) on its own
+                raise UrlRejected(f"the image URL redirected to an invalid URL: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise UpstreamUnavailable(f"fetching the image URL failed: {exc}") from exc
         raise UpstreamUnavailable("cannot connect to the image URL's host") from last_error

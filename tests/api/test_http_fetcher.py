@@ -50,6 +50,9 @@ async def test_fetches_an_allowed_url(server: Server) -> None:
         "not a url",
         "http://user:secret@example.com/a.png",
         "http:///a.png",
+        "http://xn--/a.png",  # hosts that are not IDNA: httpx raises only when read
+        "http://xn--zz.com/a.png",
+        "http://xn--a/a.png",
     ],
 )
 async def test_rejects_other_schemes_credentials_and_garbage(url: str) -> None:
@@ -157,6 +160,7 @@ async def test_redirect_to_a_private_address_is_rejected_before_connecting(
         "http://[::1]/a.png",
         "file:///etc/passwd",
         "gopher://127.0.0.1/",
+        "http://xn--/a.png",
     ],
 )
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
