@@ -360,7 +360,14 @@ class SearchQuery:
         validate_top_k(self.top_k)
         if not 0.0 <= self.text_weight <= 1.0:
             raise BadInput("text_weight must be between 0 and 1")
+        check_mode(self.mode, self.text is not None)
         check_search_cursor(self.cursor, self.top_k)
+
+
+def check_mode(mode: SearchMode, has_text: bool) -> None:
+    """TEXT ranks by the words alone: a search without words cannot be ranked so."""
+    if mode is SearchMode.TEXT and not has_text:
+        raise BadInput("mode TEXT ranks by the words alone: give a text (or use HYBRID or VISUAL)")
 
 
 def validate_top_k(top_k: int) -> int:

@@ -295,8 +295,6 @@ class SearchService:
 
     async def _search(self, query: SearchQuery) -> SearchPage:
         started = time.perf_counter()
-        if query.mode is SearchMode.TEXT and query.text is None:
-            raise BadInput("TEXT mode needs a text")
         encoder = await self._encoder(query.encoder_id)
         position = Cursor.decode(query.cursor)
         depth = position.offset + query.top_k

@@ -53,6 +53,7 @@ from domain.model import (
     SearchQuery,
     TextQuery,
     check_facet_keys,
+    check_mode,
     check_new_product,
     check_product_id,
     check_search_cursor,
@@ -127,6 +128,7 @@ class Query:
         if not 0.0 <= weight <= 1.0:
             raise BadInput("textWeight must be between 0 and 1")
         modifier = TextQuery(text) if text is not None else None
+        check_mode(mode, modifier is not None)
         domain_filter = filter_of(filter)
         check_search_cursor(opt(after), top_k)
         data = await _image_bytes(info.context, image)
@@ -138,7 +140,7 @@ class Query:
             top_k=top_k,
             encoder_id=opt(encoder),
             cursor=opt(after),
-            mode=mode if modifier is not None else model.SearchMode.HYBRID,
+            mode=mode,
         )
         return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
 

@@ -123,6 +123,32 @@ async def test_search_by_image_base64_finds_the_product_with_that_image(api: Api
     assert hits[0]["score"] > 0.999
 
 
+MODE_OF_IMAGE = """
+query($image: ImageInput!, $text: String, $mode: SearchMode!) {
+  searchByImage(image: $image, text: $text, mode: $mode) { mode hits { product { id } } }
+}
+"""
+
+
+async def test_search_by_image_answers_in_the_mode_asked_or_says_why_not(api: Api) -> None:
+    photo = png((10, 200, 10))
+    await _add_real_image_product(api.world, "photo", photo)
+    alone = {"image": {"base64": b64(photo)}}
+    for mode in ("HYBRID", "VISUAL"):
+        result = await api.gql(MODE_OF_IMAGE, {**alone, "mode": mode})
+        assert result["data"]["searchByImage"]["mode"] == mode
+    # TEXT ranks by the words only: a photo without words cannot be searched so, and the
+    # refusal comes before the URL is fetched
+    url = {"image": {"url": "https://shop.example/photo.png"}, "mode": "TEXT"}
+    for variables in ({**alone, "mode": "TEXT"}, url):
+        result = await api.gql(MODE_OF_IMAGE, variables)
+        assert codes(result) == ["BAD_USER_INPUT"]
+        assert "TEXT" in errors_of(result)[0]["message"]
+    assert api.world.fetcher.requested == []  # type: ignore[attr-defined]
+    steered = await api.gql(MODE_OF_IMAGE, {**alone, "text": "dress", "mode": "TEXT"})
+    assert steered["data"]["searchByImage"]["mode"] == "TEXT"
+
+
 async def test_search_by_image_accepts_a_data_url(api: Api) -> None:
     photo = webp()
     await _add_real_image_product(api.world, "photo", photo)
