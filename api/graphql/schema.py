@@ -197,7 +197,10 @@ class Query:
         counts = await info.context.state.services.catalog.facets(keys, filter_of(filter))
         return facets_of(counts, keys)
 
-    @field(description="Encoders this server can search with; the default first.")
+    @field(
+        description="Encoders this server has, the default first; a search can name one once "
+        "products are indexed with it (`indexedCount` > 0), else it is NOT_FOUND."
+    )
     async def encoders(self, info: Info) -> list[EncoderInfo]:
         statuses = info.context.state.status.encoders()
         statuses.sort(key=lambda s: (not s.is_default, s.info.id))
