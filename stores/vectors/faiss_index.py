@@ -745,7 +745,7 @@ class FaissVectorIndex:
         if k == 0:
             return []
         with _one_omp_thread():
-            rows, scores = self._search(space, query, k, mask, available)
+            rows, scores = self._ranked(space, query, k, mask, available)
         ids = space.ids
         return [
             (pid, float(score))
@@ -1118,6 +1118,26 @@ class FaissVectorIndex:
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
         return index
+
+    def _ranked(
+        self, space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int
+    ) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """The top k, equal scores in row order, so that any top k is the start of a larger
+        one. FAISS picks among equal scores at the cut by its heap's order, which changes
+        with k: the pages of a search (each asks down to its own depth) would repeat one
+        product sharing a photo with others and skip another. So the search goes one row
+        past the cut, and further while the k-th score still ties at the end."""
+        depth = k
+        while True:
+            depth = min(depth + 1, available)
+            rows, scores = self._search(space, query, depth, mask, available)
+            found = rows >= 0
+            rows, scores = rows[found], scores[found]
+            if len(rows) <= k or depth >= available or scores[-1] < scores[k - 1]:
+                break
+            depth *= 2
+        order = np.lexsort((rows, -scores))[:k]
+        return rows[order], scores[order]
 
     def _search(
         self, space: _Space, query: Vectors, k: int, mask: BoolArray | None, available: int

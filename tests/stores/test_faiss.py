@@ -455,6 +455,28 @@ async def test_query_several_answers_like_one_query_per_space(tmp_path: Path) ->
     assert FaissVectorIndex(tmp_path).query_several_now([SpaceQuery(ENC_A, words[0], 3)]) is None
 
 
+@pytest.mark.parametrize("rows", [300, PREFILTER_MIN_ROWS + 100])
+async def test_any_top_k_is_the_start_of_a_larger_one_even_among_equal_scores(
+    tmp_path: Path, rows: int
+) -> None:
+    """Products sharing a photo score the same. FAISS picks among equal scores at the cut
+    by its heap's order, which changes with k, so the pages of a search (each asks down to
+    its own depth) repeated one such product and skipped another."""
+    data = random_units(rows, 64, seed=5)
+    data[[50, 120, 121, 200, 260]] = data[7]
+    index = FaissVectorIndex(tmp_path, durable=False)
+    await fill(index, ENC_A, data)
+    query = 0.6 * data[7] + data[3]
+    query /= np.linalg.norm(query)
+    full = await index.query(ENC_A, query, 60)
+    tied = [i for i, (pid, _) in enumerate(full) if pid in {"p00007", "p00050", "p00260"}]
+    assert len(tied) == 3
+    assert tied[-1] < 20  # the tied products lie among the first pages
+    for k in range(1, 25):
+        assert await index.query(ENC_A, query, k) == full[:k], k
+    await index.close()
+
+
 @pytest.mark.parametrize("prefilter", ["int8", "float16"])
 async def test_a_prefilter_answers_exactly_like_the_float32_scan(
     tmp_path: Path, prefilter: Prefilter
