@@ -52,6 +52,11 @@ MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.js
 KAGGLE_STYLES = "styles.csv"
 KAGGLE_NAME_COLUMN = "productDisplayName"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+TEXT_ENCODING = "utf-8-sig"
+UNDECODABLE = "surrogateescape"
+"""How catalog text files are decoded: UTF-8 (with or without a BOM); bytes that are not
+UTF-8 (a Windows-1252 export) become lone surrogates, so the file still parses and only the
+rows holding them are reported (``not_utf8``), instead of the whole run stopping."""
 
 CANONICAL_KEYS = (
     "colour",
@@ -174,6 +179,8 @@ class FileImage:
             raise ImageUnavailable(f"image path is a directory: {self.path}") from None
         except OSError as exc:
             raise ImageUnavailable(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL byte in the path
+            raise ImageUnavailable(f"cannot read {self.path!r}: {exc}") from None
         if len(data) > max_bytes:
             raise PayloadTooLarge(f"image is above the limit of {max_bytes:,} bytes")
         return data
@@ -322,7 +329,9 @@ class _ZipArchive:
         return name in self._infos
 
     def open_text(self, name: str) -> IO[str]:
-        return io.TextIOWrapper(self._zip.open(name), encoding="utf-8-sig", newline="")
+        return io.TextIOWrapper(
+            self._zip.open(name), encoding=TEXT_ENCODING, errors=UNDECODABLE, newline=""
+        )
 
     def read(self, name: str, max_bytes: int) -> bytes:
         info = self._infos.get(name)
@@ -352,23 +361,87 @@ def _open_archive(path: Path) -> _ZipArchive:
     return _ZipArchive(path)
 
 
-def read_csv_rows(handle: IO[str], overflow_into_last: bool = False) -> Iterator[dict[str, str]]:
+class _Lines:
+    """The lines of a text file, noting when they ran out: a CSV record completed only by the
+    end of the file is one whose quoted field was never closed."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+        self.ended = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._handle)
+        except StopIteration:
+            self.ended = True
+            raise
+
+
+def read_csv_rows(
+    handle: IO[str], overflow_into_last: bool = False, name: str = "the CSV file"
+) -> Iterator[dict[str, str]]:
     """Rows as dicts of stripped strings (ids keep their leading zeros). With
     ``overflow_into_last``, a row with more fields than the header (unquoted commas in the last
-    column, as in Kaggle's styles.csv) has its extra fields joined back into the last one."""
-    reader = csv.reader(handle)
-    header = next(reader, None)
-    if not header:
+    column, as in Kaggle's styles.csv) has its extra fields joined back into the last one.
+    A file the csv module cannot parse, or whose quote is never closed (which would swallow
+    every later row into one field), raises BadInput naming ``name`` and the line."""
+    lines = _Lines(handle)
+    reader = csv.reader(lines)
+    for fields in _parsed(reader, lines, name):
+        header = fields
+        break
+    else:
         return
     columns = [c.strip() for c in header]
     width = len(columns)
-    for fields in reader:
+    for fields in _parsed(reader, lines, name):
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) > width and overflow_into_last:
             fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
         row = {col: (fields[i].strip() if i < len(fields) else "") for i, col in enumerate(columns)}
         yield row
+
+
+def _parsed(reader: Iterator[list[str]], lines: _Lines, name: str) -> Iterator[list[str]]:
+    """The reader's records, its errors as BadInput with the line they are on."""
+    while True:
+        start = getattr(reader, "line_num", 0) + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = getattr(reader, "line_num", start)
+            raise BadInput(f"{name} line {line}: {exc}") from None
+        if lines.ended:
+            raise BadInput(
+                f"{name} line {start}: a quoted field is never closed (a stray '\"' took the "
+                "rest of the file into one field); fix the quoting and ingest again"
+            )
+        yield fields
+
+
+def not_utf8(
+    record: Mapping[str, object], advice: str = "save the file as UTF-8 (Excel: CSV UTF-8)"
+) -> str | None:
+    """Why a row read with ``UNDECODABLE`` (or a file name) is unusable: bytes that are not
+    UTF-8 in one of its texts, which no store or tokenizer takes; None when it is fine."""
+    for key, value in record.items():
+        for text in (key, value):
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(text[exc.start])
+                if not 0xDC80 <= code <= 0xDCFF:  # from a JSON escape such as \ud83d
+                    return f"a lone surrogate in {text!r} (half of a character)"
+                return f"not UTF-8 text (byte 0x{code - 0xDC00:02x} in {text!r}); {advice}"
+    return None
 
 
 def normalised_value(value: str) -> str:
@@ -439,12 +512,39 @@ def column_map_for(path: Path) -> dict[str, str]:
 def _clean_tags(pairs: Iterable[tuple[str, object]]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in pairs:
-        if value is None or isinstance(value, dict | list):
-            continue
-        text = str(value).strip()
+        text = (json_text(value) or "").strip()  # lists and objects are not tags
         if text:
             tags[key] = text
     return tags
+
+
+def json_text(value: object) -> str | None:
+    """A JSON scalar as text, written the JSON way (``true``; ``15970.0``, as pandas writes
+    an id column, is ``15970``); "" for null, None for a list or an object."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
+def _wrong_type(record: Mapping[str, object], keys: Iterable[str]) -> str | None:
+    """Why one of the row's text fields is unusable (a list or an object; a boolean id)."""
+    for key in keys:
+        value = record.get(key)
+        if json_text(value) is None or (key == "id" and isinstance(value, bool)):
+            kind = {bool: "a boolean", list: "a list", dict: "an object"}.get(type(value))
+            return f"{key} must be text or a number, not {kind or type(value).__name__}"
+    return None
+
+
+def is_file_name(text: str) -> bool:
+    """Whether ``text`` names a file in a folder, not a path that leaves it."""
+    return text not in ("", ".", "..") and not any(c in text for c in "/\\\x00")
 
 
 class KaggleSource(_SourceBase):
@@ -493,21 +593,29 @@ class KaggleSource(_SourceBase):
         if self._archive is not None:
             return self._archive.open_text(self._prefix + KAGGLE_STYLES)
         assert self._styles is not None
-        return self._styles.open(encoding="utf-8-sig", newline="")
+        return self._styles.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="")
 
     def _image(self, product_id: str) -> ImageHandle:
+        if not is_file_name(product_id):
+            return MissingImage(
+                product_id,
+                f"id {product_id!r} is not a file name, so it names no images/<id>.jpg",
+            )
         if self._archive is not None:
             return ZipImage(self._archive, f"{self._prefix}images/{product_id}.jpg")
         assert self._styles is not None
         return FileImage(self._styles.parent / "images" / f"{product_id}.jpg")
 
+    def _rows(self, handle: IO[str]) -> Iterator[dict[str, str]]:
+        return read_csv_rows(handle, overflow_into_last=True, name=KAGGLE_STYLES)
+
     def count(self) -> int:
         with self._open_styles() as handle:
-            return sum(1 for _ in read_csv_rows(handle, overflow_into_last=True))
+            return sum(1 for _ in self._rows(handle))
 
     def __iter__(self) -> Iterator[SourceItem]:
         with self._open_styles() as handle:
-            for line, row in enumerate(read_csv_rows(handle, overflow_into_last=True), start=2):
+            for line, row in enumerate(self._rows(handle), start=2):
                 product_id = row.get("id", "")
                 name = row.get(KAGGLE_NAME_COLUMN, "")
                 tags = canonical_tags(
@@ -516,12 +624,14 @@ class KaggleSource(_SourceBase):
                     ),
                     self._column_map,
                 )
-                if not product_id:
+                problem = "no id" if not product_id else not_utf8(row)
+                if problem is not None:
+                    where = f"{KAGGLE_STYLES} row {line}"
                     yield SourceItem(
-                        id="",
-                        name=name,
-                        image=MissingImage(f"{KAGGLE_STYLES} row {line}", "row without an id"),
-                        problem=f"{KAGGLE_STYLES} row {line} has no id",
+                        id="" if not_utf8({"id": product_id}) else product_id,
+                        name="",
+                        image=MissingImage(where, problem),
+                        problem=f"{where}: {problem}",
                     )
                     continue
                 yield SourceItem(
@@ -557,7 +667,7 @@ class ManifestSource(_SourceBase):
         self._s3_base = s3_base
 
     def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
-        with self._manifest.open(encoding="utf-8-sig", newline="") as handle:
+        with self._manifest.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="") as handle:
             if self._jsonl:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
@@ -573,14 +683,15 @@ class ManifestSource(_SourceBase):
                         continue
                     yield where, record
             else:
-                for number, row in enumerate(read_csv_rows(handle), start=2):
+                rows = read_csv_rows(handle, name=self._manifest.name)
+                for number, row in enumerate(rows, start=2):
                     yield f"{self._manifest.name} row {number}", dict(row)
 
     def count(self) -> int:
         return sum(1 for _ in self._rows())
 
     def _image(self, value: object) -> ImageHandle:
-        text = "" if value is None else str(value).strip()
+        text = (json_text(value) or "").strip()
         if not text:
             return MissingImage("", "no image given")
         parsed = urlparse(text)
@@ -604,19 +715,25 @@ class ManifestSource(_SourceBase):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for where, record in self._rows():
-            problem = record.get("__problem__")
-            raw_id = record.get("id")
-            product_id = "" if raw_id is None else str(raw_id).strip()
-            if problem is not None or not product_id:
+            id_problem = _wrong_type(record, ["id"]) or not_utf8({"id": record.get("id")})
+            product_id = "" if id_problem else (json_text(record.get("id")) or "").strip()
+            problem = (
+                record.get("__problem__")
+                or id_problem
+                or ("no id" if not product_id else None)
+                or _wrong_type(record, sorted(self.RESERVED))
+                or not_utf8(record)
+            )
+            if problem is not None:
                 yield SourceItem(
                     id=product_id,
                     name="",
-                    image=MissingImage(where, str(problem or "row without an id")),
-                    problem=f"{where}: {problem or 'no id'}",
+                    image=MissingImage(where, str(problem)),
+                    problem=f"{where}: {problem}",
                 )
                 continue
-            name = str(record.get("name") or "").strip() or product_id
-            description = str(record.get("description") or "").strip() or None
+            name = (json_text(record.get("name")) or "").strip() or product_id
+            description = (json_text(record.get("description")) or "").strip() or None
             tags = canonical_tags(
                 _clean_tags((k, v) for k, v in record.items() if k not in self.RESERVED),
                 self._column_map,
@@ -632,7 +749,7 @@ class ManifestSource(_SourceBase):
     @staticmethod
     def looks_like_manifest(path: Path) -> bool:
         try:
-            with path.open(encoding="utf-8-sig", newline="") as handle:
+            with path.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="") as handle:
                 if path.suffix.lower() in JSONL_SUFFIXES:
                     for line in handle:
                         if line.strip():
@@ -712,6 +829,17 @@ class ImageFolderSource(_SourceBase):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for path in self._files():
+            relative = path.relative_to(self._folder).as_posix()
+            problem = not_utf8({"file": relative}, "rename the file or folder")
+            if problem is not None:
+                shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+                yield SourceItem(
+                    id="",
+                    name="",
+                    image=MissingImage(shown, problem),
+                    problem=f"the name of {shown} is {problem}",
+                )
+                continue
             relative_parent = path.parent.relative_to(self._folder)
             tags = {} if relative_parent == Path(".") else {"folder": relative_parent.as_posix()}
             yield SourceItem(id=path.stem, name=path.stem, image=FileImage(path), tags=tags)

@@ -126,10 +126,12 @@ def default_report_path(data_dir: Path, now: datetime | None = None) -> Path:
 
 
 def write_report(path: Path, document: dict[str, Any]) -> Path:
-    """Write atomically (a reader never sees half a report) and return the path."""
+    """Write atomically (a reader never sees half a report) and return the path. Text that is
+    not valid Unicode (a file name with Latin-1 bytes) is written escaped, not refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    temporary.write_text(text, "utf-8", errors="backslashreplace")
     os.replace(temporary, path)
     return path
 

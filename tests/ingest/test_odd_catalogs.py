@@ -1,0 +1,223 @@
+"""Messy real-world catalogs: what an operator's files look like when they were not made for
+us (Windows encodings, broken quoting, typed JSON, ids that look like paths). Each bad row is
+one reported item or one clear error, never a traceback, a lost run or silently wrong data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from domain.errors import BadInput
+from ingest.pipeline import IngestOptions, IngestPipeline
+from ingest.readers import FileImage, ImageUnavailable, RemoteImage, SourceItem, open_source
+from ingest.report import IngestSummary, report_document, write_report
+from tests.fakes import (
+    HashingEncoder,
+    InMemoryCatalog,
+    InMemoryImageStore,
+    InMemoryVectorIndex,
+    fake_image,
+)
+
+
+def items_of(path: Path) -> list[SourceItem]:
+    with open_source(path) as source:
+        items = list(source)
+        assert source.count() == len(items)
+        return items
+
+
+async def ingest_source(path: Path) -> tuple[InMemoryCatalog, IngestSummary]:
+    catalog = InMemoryCatalog()
+    pipeline = IngestPipeline(
+        [HashingEncoder()],
+        InMemoryVectorIndex(),
+        catalog,
+        InMemoryImageStore(),
+        options=IngestOptions(batch_size=2),
+    )
+    with open_source(path) as source:
+        summary = await pipeline.run(source, source.count())
+    return catalog, summary
+
+
+def failures(summary: IngestSummary) -> list[tuple[str, str]]:
+    return [(f.id, f.reason.value) for f in summary.failures]
+
+
+async def test_an_image_path_with_a_nul_byte_is_one_missing_item(tmp_path: Path) -> None:
+    for name in ("a", "c"):
+        (tmp_path / f"{name}.jpg").write_bytes(fake_image(name))
+    manifest = tmp_path / "products.csv"
+    manifest.write_text("id,image\na,a.jpg\nb,b\x00.jpg\nc,c.jpg\n", "utf-8")
+
+    catalog, summary = await ingest_source(manifest)
+
+    assert set(catalog.products) == {"a", "c"}
+    assert failures(summary) == [("b", "missing")]
+    with pytest.raises(ImageUnavailable):
+        FileImage(tmp_path / "b\x00.jpg").read(100)
+
+
+def test_kaggle_ids_never_name_files_outside_images(tmp_path: Path) -> None:
+    catalog = tmp_path / "kaggle"
+    (catalog / "images").mkdir(parents=True)
+    (catalog / "images" / "1.jpg").write_bytes(fake_image("shirt"))
+    (catalog / "secret").mkdir()
+    (catalog / "secret" / "hidden.jpg").write_bytes(fake_image("hidden"))
+    (tmp_path / "outside.jpg").write_bytes(fake_image("outside"))
+    (catalog / "images" / "sub").mkdir()
+    (catalog / "images" / "sub" / "2.jpg").write_bytes(fake_image("nested"))
+    escaping = ["../secret/hidden", "../../outside", str(tmp_path / "outside"), "sub/2"]
+    (catalog / "styles.csv").write_text(
+        "id,articleType,productDisplayName\n1,Shirts,Shirt\n"
+        + "".join(f"{i},Shirts,Escape {n}\n" for n, i in enumerate(escaping)),
+        "utf-8",
+    )
+
+    shirt, *others = items_of(catalog)
+
+    assert not isinstance(shirt.image, RemoteImage)
+    assert shirt.image.read(100) == fake_image("shirt")
+    assert [i.id for i in others] == escaping  # the ids themselves are kept as given
+    for item in others:
+        assert not isinstance(item.image, RemoteImage)
+        with pytest.raises(ImageUnavailable, match="file name"):
+            item.image.read(100)
+
+
+async def test_a_file_name_that_is_not_utf8_is_one_bad_row(tmp_path: Path) -> None:
+    """An old Windows zip unpacked on Linux: the name's Latin-1 byte cannot become an id."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "ok.jpg").write_bytes(fake_image("ok"))
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(fake_image("cafe"))
+    (folder / "sub" / "zz.jpg").write_bytes(fake_image("zz"))
+
+    catalog, summary = await ingest_source(folder)
+
+    assert set(catalog.products) == {"ok", "zz"}
+    assert failures(summary) == [("", "bad_row")]
+    assert "0xe9" in summary.failures[0].message
+    assert summary.failures[0].image.endswith("caf\\xe9.jpg")  # printable
+
+
+def test_a_report_on_a_source_whose_name_is_not_utf8_is_written(tmp_path: Path) -> None:
+    """The run is done by then: a name it cannot encode is escaped, not a traceback."""
+    source = str(tmp_path / os.fsdecode(b"caf\xe9.csv"))
+    document = report_document(IngestSummary(encoders=["fake"]), source, "manifest")
+
+    report = write_report(tmp_path / "report.json", document)
+
+    assert json.loads(report.read_text("utf-8"))["source"] == source
+
+
+def latin1_manifest(folder: Path, layout: str) -> Path:
+    """Rows 0 and 38 hold Windows-1252 bytes (one inside the first 8 KB, one after)."""
+    folder.mkdir()
+    rows = [f"{i},img/{i}.jpg,Plain {i},{'padding ' * 30}" for i in range(60)]
+    rows[0] = "0,img/0.jpg,Caf\xe9 shirt,r\xe9sum\xe9"
+    rows[38] = "38,img/38.jpg,Blouse \u2013 silk,na\xefve"
+    if layout == "jsonl":
+        path = folder / "manifest.jsonl"
+        lines = [
+            json.dumps(
+                dict(zip(["id", "image", "name", "description"], r.split(","), strict=True)),
+                ensure_ascii=False,
+            )
+            for r in rows
+        ]
+        path.write_bytes("\n".join(lines).encode("cp1252") + b"\n")
+    elif layout == "kaggle":
+        path = folder / "styles.csv"
+        body = "".join(f"{r.split(',')[0]},Tops,{r.split(',')[2]}\n" for r in rows)
+        path.write_bytes(("id,articleType,productDisplayName\n" + body).encode("cp1252"))
+    else:
+        path = folder / "products.csv"
+        body = "\r\n".join(rows)
+        path.write_bytes(("id,image,name,description\r\n" + body + "\r\n").encode("cp1252"))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["csv", "jsonl", "kaggle"])
+def test_rows_that_are_not_utf8_are_bad_rows_not_a_crash(tmp_path: Path, layout: str) -> None:
+    path = latin1_manifest(tmp_path / "cat", layout)
+
+    items = items_of(path)
+
+    assert [i.id for i in items] == [str(i) for i in range(60)]
+    bad = [i for i in items if i.problem is not None]
+    assert len(bad) == 2
+    for item in bad:
+        assert "UTF-8" in (item.problem or "")
+    assert "0xe9" in (bad[0].problem or "")
+    good = [i for i in items if i.problem is None]
+    assert len(good) == 58
+    assert all(i.name.startswith("Plain ") for i in good)
+
+
+def test_an_unclosed_quote_is_refused_with_its_line(tmp_path: Path) -> None:
+    rows = ['1,a.jpg,"12 inch shirt,desc'] + [f"{i},{i}.jpg,Name {i},d" for i in range(2, 8)]
+    (tmp_path / "products.csv").write_text("id,image,name,description\n" + "\n".join(rows))
+
+    with pytest.raises(BadInput, match=r"line 2.*never closed"), open_source(tmp_path) as source:
+        source.count()
+    with pytest.raises(BadInput, match=r"line 2.*never closed"):
+        items_of(tmp_path)
+
+
+def test_a_multi_line_description_is_read_as_one_field(tmp_path: Path) -> None:
+    (tmp_path / "products.csv").write_text(
+        'id,image,description\r\n1,a.jpg,"two\r\nlines, ""quoted"""\r\n2,b.jpg,"last\nrow"',
+        "utf-8",
+    )
+    one, two = items_of(tmp_path)
+    assert one.description == 'two\r\nlines, "quoted"'
+    assert two.description == "last\nrow"
+
+
+def test_a_field_over_the_csv_limit_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "products.csv").write_text(
+        f"id,image,description\n1,a.jpg,{'x' * 200_000}\n2,b.jpg,ok\n", "utf-8"
+    )
+    with pytest.raises(BadInput, match=r"products\.csv line 2"):
+        items_of(tmp_path)
+
+
+def test_jsonl_values_of_the_wrong_type(tmp_path: Path) -> None:
+    records: list[object] = [
+        {"id": 15970.0, "image": "a.jpg", "name": 42, "description": 0, "sale": True},
+        {"id": [1, 2], "image": "a.jpg"},
+        {"id": {"sku": 1}, "image": "a.jpg"},
+        {"id": True, "image": "a.jpg"},
+        {"id": "n", "image": "a.jpg", "name": ["Red", "dress"]},
+        {"id": "d", "image": "a.jpg", "description": {"en": "Dress"}},
+        {"id": "i", "image": ["a.jpg"]},
+        {"id": "s", "image": "a.jpg", "name": "half an emoji \ud83d"},  # valid JSON
+        {"id": 7, "image": "a.jpg", "price": 9.5, "none": None},
+    ]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+
+    first, *wrong, last = items_of(manifest)
+
+    assert (first.id, first.name, first.description) == ("15970", "42", "0")
+    assert first.tags == {"sale": "true"}
+    assert first.problem is None
+    assert [(i.id, i.problem is not None) for i in wrong] == [
+        ("", True),
+        ("", True),
+        ("", True),
+        ("n", True),
+        ("d", True),
+        ("i", True),
+        ("s", True),
+    ]
+    assert "list" in (wrong[0].problem or "")
+    assert "name" in (wrong[3].problem or "")
+    assert "image" in (wrong[5].problem or "")
+    assert "surrogate" in (wrong[6].problem or "")  # the text tower cannot encode it
+    assert (last.id, last.tags, last.problem) == ("7", {"price": "9.5"}, None)
