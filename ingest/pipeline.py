@@ -224,6 +224,8 @@ class IngestPipeline:
         await asyncio.gather(*(fetch(r) for r in remote))
 
     def _validate(self, raws: list[_Raw]) -> _Batch:
+        """The batch's usable items and its failures. Of items sharing an id, the first with a
+        readable image is used (a broken ``shirt.png`` does not shadow ``shirt.jpg``)."""
         batch = _Batch(taken=len(raws))
         max_bytes = self._options.max_image_bytes
         for raw in raws:
@@ -232,13 +234,13 @@ class IngestPipeline:
                 raw.failure = _failed(
                     item,
                     FailureReason.DUPLICATE_ID,
-                    f"id {item.id!r} appears earlier in the source; the first one was kept",
+                    f"id {item.id!r} appears earlier in the source; this one is ignored",
                 )
             if raw.failure is not None:
                 batch.failures.append(raw.failure)
                 continue
-            self._seen_ids.add(item.id)
             if raw.unchanged and raw.digest is not None and raw.content_type is not None:
+                self._seen_ids.add(item.id)
                 batch.sources[item.id] = item
                 batch.unchanged.append(_index_item(item, b"", raw.content_type, raw.digest))
                 continue
@@ -257,6 +259,7 @@ class IngestPipeline:
                 message = "empty file" if not data else "not a JPEG, PNG or WebP image"
                 batch.failures.append(_failed(item, FailureReason.INVALID_IMAGE, message))
                 continue
+            self._seen_ids.add(item.id)
             batch.sources[item.id] = item
             batch.ready.append(
                 _index_item(item, data, content_type, raw.digest or content_hash(data))

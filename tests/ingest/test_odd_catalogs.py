@@ -221,3 +221,20 @@ def test_jsonl_values_of_the_wrong_type(tmp_path: Path) -> None:
     assert "image" in (wrong[5].problem or "")
     assert "surrogate" in (wrong[6].problem or "")  # the text tower cannot encode it
     assert (last.id, last.tags, last.problem) == ("7", {"price": "9.5"}, None)
+
+
+async def test_a_broken_photo_does_not_shadow_a_good_one_with_the_same_id(
+    tmp_path: Path,
+) -> None:
+    """An image folder's id is the file stem: a text file saved as shirt.jpg beside the real
+    shirt.png used to make the real one a 'duplicate' and index neither."""
+    (tmp_path / "shirt.jpg").write_text("not a photo")
+    (tmp_path / "shirt.png").write_bytes(fake_image("shirt"))
+    (tmp_path / "skirt.jpg").write_bytes(fake_image("skirt"))
+    (tmp_path / "skirt.png").write_bytes(fake_image("another skirt"))
+
+    catalog, summary = await ingest_source(tmp_path)
+
+    assert set(catalog.products) == {"shirt", "skirt"}
+    assert failures(summary) == [("shirt", "invalid_image"), ("skirt", "duplicate_id")]
+    assert summary.failures[1].image.endswith("skirt.png")
