@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
 import os
 import shutil
@@ -52,6 +53,10 @@ MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.js
 KAGGLE_STYLES = "styles.csv"
 KAGGLE_NAME_COLUMN = "productDisplayName"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+CSV_DELIMITERS = (",", ";", "\t", "|")
+"""Separators a CSV header is looked at for, in this order."""
+PROBLEM_KEY = "__problem__"
+"""Set in a row read from a manifest when it cannot become a product (the reason)."""
 TEXT_ENCODING = "utf-8-sig"
 UNDECODABLE = "surrogateescape"
 """How catalog text files are decoded: UTF-8 (with or without a BOM); bytes that are not
@@ -365,7 +370,7 @@ class _Lines:
     """The lines of a text file, noting when they ran out: a CSV record completed only by the
     end of the file is one whose quoted field was never closed."""
 
-    def __init__(self, handle: IO[str]) -> None:
+    def __init__(self, handle: Iterator[str]) -> None:
         self._handle = handle
         self.ended = False
 
@@ -385,11 +390,12 @@ def read_csv_rows(
 ) -> Iterator[dict[str, str]]:
     """Rows as dicts of stripped strings (ids keep their leading zeros). With
     ``overflow_into_last``, a row with more fields than the header (unquoted commas in the last
-    column, as in Kaggle's styles.csv) has its extra fields joined back into the last one.
+    column, as in Kaggle's styles.csv) has its extra fields joined back into the last one;
+    without it, such a row (whose values after the comma sit in the wrong columns) carries
+    ``PROBLEM_KEY``, saying so.
     A file the csv module cannot parse, or whose quote is never closed (which would swallow
     every later row into one field), raises BadInput naming ``name`` and the line."""
-    lines = _Lines(handle)
-    reader = csv.reader(lines)
+    lines, reader = _csv_reader(handle)
     for fields in _parsed(reader, lines, name):
         header = fields
         break
@@ -400,10 +406,26 @@ def read_csv_rows(
     for fields in _parsed(reader, lines, name):
         if not fields or all(not f.strip() for f in fields):
             continue
+        extra = len(fields) > width and any(f.strip() for f in fields[width:])
         if len(fields) > width and overflow_into_last:
             fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
         row = {col: (fields[i].strip() if i < len(fields) else "") for i, col in enumerate(columns)}
+        if extra and not overflow_into_last:
+            row[PROBLEM_KEY] = (
+                f"{len(fields)} values for {width} columns: an unquoted comma moved the values "
+                "after it into the wrong columns; quote that value"
+            )
         yield row
+
+
+def _csv_reader(handle: IO[str]) -> tuple[_Lines, Iterator[list[str]]]:
+    """A CSV reader of the handle, its separator found from the header line: a comma, unless
+    the header has none and has another separator (Excel writes ';' where the decimal mark is
+    a comma)."""
+    first = handle.readline()
+    delimiter = next((d for d in CSV_DELIMITERS if d in first), CSV_DELIMITERS[0])
+    lines = _Lines(itertools.chain([first] if first else [], handle))
+    return lines, csv.reader(lines, delimiter=delimiter)
 
 
 def _parsed(reader: Iterator[list[str]], lines: _Lines, name: str) -> Iterator[list[str]]:
@@ -676,10 +698,10 @@ class ManifestSource(_SourceBase):
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        yield where, {"__problem__": f"invalid JSON: {exc.msg}"}
+                        yield where, {PROBLEM_KEY: f"invalid JSON: {exc.msg}"}
                         continue
                     if not isinstance(record, dict):
-                        yield where, {"__problem__": "not a JSON object"}
+                        yield where, {PROBLEM_KEY: "not a JSON object"}
                         continue
                     yield where, record
             else:
@@ -718,7 +740,7 @@ class ManifestSource(_SourceBase):
             id_problem = _wrong_type(record, ["id"]) or not_utf8({"id": record.get("id")})
             product_id = "" if id_problem else (json_text(record.get("id")) or "").strip()
             problem = (
-                record.get("__problem__")
+                record.get(PROBLEM_KEY)
                 or id_problem
                 or ("no id" if not product_id else None)
                 or _wrong_type(record, sorted(self.RESERVED))
@@ -756,7 +778,7 @@ class ManifestSource(_SourceBase):
                             record = json.loads(line)
                             return isinstance(record, dict) and "id" in record
                     return False
-                header = next(csv.reader(handle), [])
+                header = next(_csv_reader(handle)[1], [])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return False
         columns = {c.strip() for c in header}

@@ -238,3 +238,37 @@ async def test_a_broken_photo_does_not_shadow_a_good_one_with_the_same_id(
     assert set(catalog.products) == {"shirt", "skirt"}
     assert failures(summary) == [("shirt", "invalid_image"), ("skirt", "duplicate_id")]
     assert summary.failures[1].image.endswith("skirt.png")
+
+
+def test_a_manifest_row_with_an_unquoted_comma_is_a_bad_row(tmp_path: Path) -> None:
+    """``Shirt, blue`` unquoted put " blue" in description and the description in colour."""
+    (tmp_path / "products.csv").write_text(
+        "id,image,name,description,colour\n"
+        "1,a.jpg,Shirt, blue,A cotton shirt,Red\n"
+        "2,b.jpg,Skirt,Pleated,Black,,\n"  # trailing empty values, as Excel writes: fine
+        '3,c.jpg,"Dress, long",Maxi,Green\n',
+        "utf-8",
+    )
+
+    shifted, skirt, dress = items_of(tmp_path)
+
+    assert shifted.id == "1"
+    assert "6 values for 5 columns" in (shifted.problem or "")
+    assert (skirt.problem, skirt.description, skirt.tags["colour"]) == (None, "Pleated", "Black")
+    assert (dress.problem, dress.name, dress.tags["colour"]) == (None, "Dress, long", "Green")
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_csv_with_another_separator_is_read(tmp_path: Path, separator: str) -> None:
+    """Excel writes ';' where the decimal mark is a comma; such a manifest was refused as
+    having no id and image columns (or, in a folder of photos, ignored for the photos)."""
+    rows = [["id", "image", "name", "price"], ["0042", "a.jpg", "Robe, longue", "12,50"]]
+    (tmp_path / "a.jpg").write_bytes(fake_image("robe"))
+    (tmp_path / "products.csv").write_text(
+        "".join(separator.join(row) + "\r\n" for row in rows), "utf-8"
+    )
+
+    (robe,) = items_of(tmp_path)
+
+    assert (robe.id, robe.name, robe.tags) == ("0042", "Robe, longue", {"price": "12,50"})
+    assert robe.image == FileImage(tmp_path / "a.jpg")
