@@ -314,6 +314,11 @@ class _SourceBase:
         self.close()
 
 
+ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
+"""What reading one zip member raises: corrupt data, and members zipfile cannot open at all
+(encrypted: RuntimeError; Deflate64, which Windows' own zip writes: NotImplementedError)."""
+
+
 class _ZipArchive:
     """A zip opened once; members are read under a lock so reader threads never interleave."""
 
@@ -334,9 +339,11 @@ class _ZipArchive:
         return name in self._infos
 
     def open_text(self, name: str) -> IO[str]:
-        return io.TextIOWrapper(
-            self._zip.open(name), encoding=TEXT_ENCODING, errors=UNDECODABLE, newline=""
-        )
+        try:
+            member = self._zip.open(name)
+        except ZIP_MEMBER_ERRORS as exc:
+            raise BadInput(f"cannot read {name} from {self.path.name}: {exc}") from None
+        return io.TextIOWrapper(member, encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="")
 
     def read(self, name: str, max_bytes: int) -> bytes:
         info = self._infos.get(name)
@@ -349,7 +356,7 @@ class _ZipArchive:
         try:
             with self._lock:
                 return self._zip.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except ZIP_MEMBER_ERRORS as exc:
             raise ImageUnavailable(f"cannot read {name} from {self.path.name}: {exc}") from None
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,46 @@ def test_a_csv_with_another_separator_is_read(tmp_path: Path, separator: str) ->
 
     assert (robe.id, robe.name, robe.tags) == ("0042", "Robe, longue", {"price": "12,50"})
     assert robe.image == FileImage(tmp_path / "a.jpg")
+
+
+def with_member_header(archive: Path, member: str, *, flags: int = 0, method: int = 0) -> None:
+    """Set a member's general-purpose flags and compression method in both of its headers
+    (what an encrypted or Windows Deflate64 entry looks like to the reader)."""
+    data = bytearray(archive.read_bytes())
+    name = member.encode()
+    for signature, to_flags, to_name in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        at = data.find(signature)
+        while at >= 0:
+            if data[at + to_name : at + to_name + len(name)] == name:
+                old_flags = int.from_bytes(data[at + to_flags : at + to_flags + 2], "little")
+                data[at + to_flags : at + to_flags + 2] = (old_flags | flags).to_bytes(2, "little")
+                if method:
+                    data[at + to_flags + 2 : at + to_flags + 4] = method.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    archive.write_bytes(bytes(data))
+
+
+async def test_an_encrypted_or_deflate64_zip_member_is_one_missing_item(tmp_path: Path) -> None:
+    archive = tmp_path / "kaggle.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,productDisplayName\n1,Shirt\n2,Locked\n3,Deflate64\n")
+        for product_id in ("1", "2", "3"):
+            zf.writestr(f"images/{product_id}.jpg", fake_image(product_id))
+    with_member_header(archive, "images/2.jpg", flags=0x1)  # encrypted
+    with_member_header(archive, "images/3.jpg", method=9)  # Deflate64: not in zipfile
+
+    catalog, summary = await ingest_source(archive)
+
+    assert set(catalog.products) == {"1"}
+    assert failures(summary) == [("2", "missing"), ("3", "missing")]
+    assert "encrypted" in summary.failures[0].message
+
+
+def test_an_encrypted_styles_csv_is_a_clear_error(tmp_path: Path) -> None:
+    archive = tmp_path / "kaggle.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("styles.csv", "id,productDisplayName\n1,Shirt\n")
+    with_member_header(archive, "styles.csv", flags=0x1)
+
+    with pytest.raises(BadInput, match="encrypted"):
+        items_of(archive)
