@@ -49,6 +49,9 @@ the fusion's trust in the words (its coverage): at full credit a description say
 (docs/relevance.md, fifth round)."""
 MAX_VARIANTS = 8
 """Variants searched per query, the words typed included (each is one more index query)."""
+MAX_VARIANT_TRIES = 64
+"""Replacements (one phrase or a pair) tried per query to find its variants: each is a new
+reading of the whole query, and a long one has thousands of pairs."""
 MAX_PHRASE_WORDS = 3
 _ONE_WAY = "=>"
 
@@ -139,13 +142,17 @@ class Lexicon:
 
     def replacements(self, words: Sequence[str]) -> list[Replacement]:
         """Every phrase of the query (words as ``query_words`` gives them) the lexicon has
-        alternatives for, longest phrases first, then in the query's order."""
+        alternatives for, longest phrases first, then in the query's order; a phrase that
+        comes again is replaced at its first place only (elsewhere it adds nothing new)."""
         found = []
+        seen: set[tuple[Phrase, Phrase]] = set()
         for size in range(MAX_PHRASE_WORDS, 0, -1):
             for start in range(len(words) - size + 1):
-                key = phrase_key(tuple(words[start : start + size]))
-                for phrase in self.alternatives.get(key, ()):
-                    found.append(Replacement(start, start + size, phrase))
+                typed = tuple(words[start : start + size])
+                for phrase in self.alternatives.get(phrase_key(typed), ()):
+                    if (typed, phrase) not in seen:
+                        seen.add((typed, phrase))
+                        found.append(Replacement(start, start + size, phrase))
         return found
 
     def variants(self, text: str) -> tuple[Variant, ...]:
@@ -162,7 +169,7 @@ class Lexicon:
             ((r,) for r in options),
             ((a, b) for a, b in itertools.combinations(options, 2) if a.end <= b.start),
         )
-        for combo in combos:
+        for combo in itertools.islice(combos, MAX_VARIANT_TRIES):
             if len(out) >= MAX_VARIANTS:
                 break
             terms = QueryTerms.of_words(_replaced(words, combo))
