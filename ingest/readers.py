@@ -400,8 +400,10 @@ def read_csv_rows(
     column, as in Kaggle's styles.csv) has its extra fields joined back into the last one;
     without it, such a row (whose values after the comma sit in the wrong columns) carries
     ``PROBLEM_KEY``, saying so.
-    A file the csv module cannot parse, or whose quote is never closed (which would swallow
-    every later row into one field), raises BadInput naming ``name`` and the line."""
+    A file the csv module cannot parse, whose quote is never closed (which would swallow
+    every later row into one field) or whose header names a column twice (which of the two
+    is the colour?) raises BadInput naming ``name`` and the line. Columns without a name are
+    left out."""
     lines, reader = _csv_reader(handle)
     for fields in _parsed(reader, lines, name):
         header = fields
@@ -409,6 +411,12 @@ def read_csv_rows(
     else:
         return
     columns = [c.strip() for c in header]
+    repeated = [c for i, c in enumerate(columns) if c and c in columns[:i]]
+    if repeated:
+        raise BadInput(
+            f"{name} line 1: the column {repeated[0]!r} appears more than once; rename or "
+            "remove the repeats"
+        )
     width = len(columns)
     for fields in _parsed(reader, lines, name):
         if not fields or all(not f.strip() for f in fields):
@@ -416,7 +424,11 @@ def read_csv_rows(
         extra = len(fields) > width and any(f.strip() for f in fields[width:])
         if len(fields) > width and overflow_into_last:
             fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
-        row = {col: (fields[i].strip() if i < len(fields) else "") for i, col in enumerate(columns)}
+        row = {
+            col: (fields[i].strip() if i < len(fields) else "")
+            for i, col in enumerate(columns)
+            if col
+        }
         if extra and not overflow_into_last:
             row[PROBLEM_KEY] = (
                 f"{len(fields)} values for {width} columns: an unquoted comma moved the values "

@@ -316,3 +316,16 @@ def test_an_encrypted_styles_csv_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(BadInput, match="encrypted"):
         items_of(archive)
+
+
+def test_a_column_named_twice_is_refused_and_an_unnamed_one_left_out(tmp_path: Path) -> None:
+    """Two 'colour' columns (a join of two exports): the second silently replaced the first."""
+    (tmp_path / "products.csv").write_text(
+        "id,image,colour,size,colour\n1,a.jpg,Red,M,Blue\n", "utf-8"
+    )
+    with pytest.raises(BadInput, match=r"line 1: the column 'colour' appears more than once"):
+        items_of(tmp_path)
+
+    (tmp_path / "products.csv").write_text("id,image,,colour\n1,a.jpg,x,Red\n", "utf-8")
+    (item,) = items_of(tmp_path)
+    assert item.tags == {"colour": "Red", "colour_group": "Red"}  # no tag named ""
