@@ -55,6 +55,9 @@ KAGGLE_NAME_COLUMN = "productDisplayName"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 CSV_DELIMITERS = (",", ";", "\t", "|")
 """Separators a CSV header is looked at for, in this order."""
+JSON_ERRORS = (ValueError, RecursionError)
+"""What json.loads raises for a bad line: JSONDecodeError (a ValueError), ValueError for an
+integer of more than 4,300 digits, RecursionError for arrays nested thousands deep."""
 PROBLEM_KEY = "__problem__"
 """Set in a row read from a manifest when it cannot become a product (the reason)."""
 TEXT_ENCODING = "utf-8-sig"
@@ -716,8 +719,9 @@ class ManifestSource(_SourceBase):
                     where = f"{self._manifest.name} line {number}"
                     try:
                         record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        yield where, {PROBLEM_KEY: f"invalid JSON: {exc.msg}"}
+                    except JSON_ERRORS as exc:
+                        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else exc
+                        yield where, {PROBLEM_KEY: f"invalid JSON: {reason}"}
                         continue
                     if not isinstance(record, dict):
                         yield where, {PROBLEM_KEY: "not a JSON object"}
@@ -798,7 +802,7 @@ class ManifestSource(_SourceBase):
                             return isinstance(record, dict) and "id" in record
                     return False
                 header = next(_csv_reader(handle)[1], [])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, *JSON_ERRORS):
             return False
         columns = {c.strip() for c in header}
         return {"id", "image"} <= columns

@@ -329,3 +329,21 @@ def test_a_column_named_twice_is_refused_and_an_unnamed_one_left_out(tmp_path: P
     (tmp_path / "products.csv").write_text("id,image,,colour\n1,a.jpg,x,Red\n", "utf-8")
     (item,) = items_of(tmp_path)
     assert item.tags == {"colour": "Red", "colour_group": "Red"}  # no tag named ""
+
+
+def test_json_lines_the_json_module_refuses_are_bad_rows(tmp_path: Path) -> None:
+    """Not JSONDecodeError: an integer of 5,000 digits (ValueError) and an array nested
+    100,000 deep (RecursionError) stopped the run."""
+    (tmp_path / "manifest.jsonl").write_text(
+        '{"id": "1", "image": "a.jpg"}\n'
+        f'{{"id": {"9" * 5000}, "image": "a.jpg"}}\n'
+        f'{{"id": "3", "image": "a.jpg", "sizes": {"[" * 100_000}}}\n'
+        '{"id": "4", "image": "a.jpg"}\n',
+        "utf-8",
+    )
+
+    first, digits, deep, last = items_of(tmp_path)
+
+    assert (first.id, first.problem, last.id, last.problem) == ("1", None, "4", None)
+    assert "line 2: invalid JSON" in (digits.problem or "")
+    assert "line 3: invalid JSON" in (deep.problem or "")
