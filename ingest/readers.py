@@ -929,10 +929,15 @@ def _open_folder(folder: Path, s3: S3Access | None = None) -> Source:
     styles = KaggleSource.find_styles(folder)
     if styles is not None:
         return KaggleSource(folder, styles=styles)
-    for name in MANIFEST_NAMES:
-        candidate = folder / name
-        if candidate.is_file() and ManifestSource.looks_like_manifest(candidate):
+    manifests = [folder / name for name in MANIFEST_NAMES if (folder / name).is_file()]
+    for candidate in manifests:
+        if ManifestSource.looks_like_manifest(candidate):
             return ManifestSource(candidate, s3)
+    if manifests:  # meant as the manifest: read as a folder of photos, its rows would be lost
+        raise UnknownLayout(
+            f"{manifests[0]} is not a manifest: its header needs 'id' and 'image' columns "
+            f"(rename the file to ingest {folder} as a folder of photos)"
+        )
     images = ImageFolderSource(folder)
     if images.has_images():
         return images

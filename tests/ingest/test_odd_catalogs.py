@@ -13,7 +13,14 @@ import pytest
 
 from domain.errors import BadInput
 from ingest.pipeline import IngestOptions, IngestPipeline
-from ingest.readers import FileImage, ImageUnavailable, RemoteImage, SourceItem, open_source
+from ingest.readers import (
+    FileImage,
+    ImageUnavailable,
+    RemoteImage,
+    SourceItem,
+    UnknownLayout,
+    open_source,
+)
 from ingest.report import IngestSummary, report_document, write_report
 from tests.fakes import (
     HashingEncoder,
@@ -347,3 +354,15 @@ def test_json_lines_the_json_module_refuses_are_bad_rows(tmp_path: Path) -> None
     assert (first.id, first.problem, last.id, last.problem) == ("1", None, "4", None)
     assert "line 2: invalid JSON" in (digits.problem or "")
     assert "line 3: invalid JSON" in (deep.problem or "")
+
+
+def test_a_products_csv_that_is_not_a_manifest_is_not_skipped_for_the_photos(
+    tmp_path: Path,
+) -> None:
+    """'photo' for 'image': the folder was ingested as a folder of photos, ids and names
+    taken from the file names and every row of products.csv ignored."""
+    (tmp_path / "products.csv").write_text("id,name,photo\n1,Red dress,a.jpg\n", "utf-8")
+    (tmp_path / "a.jpg").write_bytes(fake_image("dress"))
+
+    with pytest.raises(UnknownLayout, match=r"products\.csv is not a manifest.*'image'"):
+        open_source(tmp_path)
