@@ -1,6 +1,6 @@
 """Decoding untrusted image bytes safely: format sniffed from the bytes; the size read from
-the header and checked (pixels, longest side, aspect ratio) before any pixel buffer is
-allocated; every supported mode converted to 8-bit RGB."""
+the header and checked (pixels, longest side, aspect ratio) and a JPEG's scans counted
+before any pixel buffer is allocated; every supported mode converted to 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ MAX_SIDE = 10_000
 strip no camera takes (and padding it to a square used to need 4.8 GB)."""
 MAX_ASPECT_RATIO = 10.0
 """Longest side over shortest side: panoramas and banners pass, 16383x1 strips do not."""
+MAX_JPEG_SCANS = 256
+"""Scans a JPEG may hold (encoders write one to a dozen; progressive ones about ten). The
+decoder goes over the whole image once per scan, and an empty scan is a few bytes: 10 MB
+of them would keep a core busy for many minutes."""
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+_START_OF_SCAN = b"\xff\xda"
 
 
 @contextmanager
@@ -29,6 +34,10 @@ def _opened(data: bytes) -> Iterator[Image.Image]:
     content_type = sniff_image_type(data)
     if content_type is None:
         raise InvalidImage("not a JPEG, PNG or WebP image")
+    # Every scan starts with this marker (its bytes appear nowhere in entropy-coded data),
+    # so the count bounds the scans from above.
+    if content_type == "image/jpeg" and data.count(_START_OF_SCAN) > MAX_JPEG_SCANS:
+        raise InvalidImage(f"the JPEG has more than {MAX_JPEG_SCANS} scans; it is not decoded")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
