@@ -61,6 +61,9 @@ integer of more than 4,300 digits, RecursionError for arrays nested thousands de
 PROBLEM_KEY = "__problem__"
 """Set in a row read from a manifest when it cannot become a product (the reason)."""
 TEXT_ENCODING = "utf-8-sig"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+"""How a UTF-16 file starts (Excel's "Unicode Text" export: tab-separated UTF-16)."""
+CSV_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 UNDECODABLE = "surrogateescape"
 """How catalog text files are decoded: UTF-8 (with or without a BOM); bytes that are not
 UTF-8 (a Windows-1252 export) become lone surrogates, so the file still parses and only the
@@ -376,6 +379,15 @@ def _open_archive(path: Path) -> _ZipArchive:
     return _ZipArchive(path)
 
 
+def open_text(path: Path) -> IO[str]:
+    """A catalog text file opened for reading: UTF-8 (``UNDECODABLE``), or UTF-16 when it
+    starts with a UTF-16 byte-order mark."""
+    with path.open("rb") as handle:
+        utf16 = handle.read(2) in UTF16_BOMS
+    encoding = "utf-16" if utf16 else TEXT_ENCODING
+    return path.open(encoding=encoding, errors=UNDECODABLE, newline="")
+
+
 class _Lines:
     """The lines of a text file, noting when they ran out: a CSV record completed only by the
     end of the file is one whose quoted field was never closed."""
@@ -533,7 +545,7 @@ def column_map_for(path: Path) -> dict[str, str]:
     for candidate in candidates:
         if candidate.is_file():
             try:
-                overrides = json.loads(candidate.read_text(encoding="utf-8"))
+                overrides = json.loads(candidate.read_text(encoding=TEXT_ENCODING))
             except (OSError, json.JSONDecodeError) as exc:
                 raise BadInput(f"cannot read the column map {candidate}: {exc}") from None
             if not isinstance(overrides, dict) or not all(
@@ -637,7 +649,7 @@ class KaggleSource(_SourceBase):
         if self._archive is not None:
             return self._archive.open_text(self._prefix + KAGGLE_STYLES)
         assert self._styles is not None
-        return self._styles.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="")
+        return open_text(self._styles)
 
     def _image(self, product_id: str) -> ImageHandle:
         if not is_file_name(product_id):
@@ -711,7 +723,7 @@ class ManifestSource(_SourceBase):
         self._s3_base = s3_base
 
     def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
-        with self._manifest.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="") as handle:
+        with open_text(self._manifest) as handle:
             if self._jsonl:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
@@ -794,7 +806,7 @@ class ManifestSource(_SourceBase):
     @staticmethod
     def looks_like_manifest(path: Path) -> bool:
         try:
-            with path.open(encoding=TEXT_ENCODING, errors=UNDECODABLE, newline="") as handle:
+            with open_text(path) as handle:
                 if path.suffix.lower() in JSONL_SUFFIXES:
                     for line in handle:
                         if line.strip():
@@ -831,8 +843,9 @@ class S3ManifestSource(ManifestSource):
         except BaseException:
             self.close()
             raise
-        if local.suffix.lower() not in (".csv", *JSONL_SUFFIXES) or not self.looks_like_manifest(
-            local
+        if (
+            local.suffix.lower() not in CSV_SUFFIXES | JSONL_SUFFIXES
+            or not self.looks_like_manifest(local)
         ):
             self.close()
             raise UnknownLayout(
@@ -916,7 +929,7 @@ def open_source(path: Path | str, s3: S3Access | None = None) -> Source:
         if source is None:
             raise UnknownLayout(f"{path} holds no {KAGGLE_STYLES}; {LAYOUT_HELP}")
         return source
-    if suffix == ".csv" or suffix in JSONL_SUFFIXES:
+    if suffix in CSV_SUFFIXES or suffix in JSONL_SUFFIXES:
         if ManifestSource.looks_like_manifest(path):
             return ManifestSource(path, s3)
         if path.name == KAGGLE_STYLES:

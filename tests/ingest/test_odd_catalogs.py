@@ -366,3 +366,18 @@ def test_a_products_csv_that_is_not_a_manifest_is_not_skipped_for_the_photos(
 
     with pytest.raises(UnknownLayout, match=r"products\.csv is not a manifest.*'image'"):
         open_source(tmp_path)
+
+
+def test_excel_unicode_text_and_a_notepad_columns_file_are_read(tmp_path: Path) -> None:
+    """Excel's "Unicode Text" is tab-separated UTF-16 (.txt); Notepad saves JSON with a BOM."""
+    manifest = tmp_path / "export.txt"
+    manifest.write_bytes(
+        "id\timage\tname\tkleur\r\n0042\ta.jpg\tRobe d'été\tRouge\r\n".encode("utf-16")
+    )
+    (tmp_path / "columns.json").write_bytes(b'\xef\xbb\xbf{"kleur": "colour"}')
+
+    (robe,) = items_of(manifest)
+
+    assert (robe.id, robe.name, robe.problem) == ("0042", "Robe d'été", None)
+    assert robe.tags == {"kleur": "Rouge", "colour": "Rouge"}
+    assert robe.image == FileImage(tmp_path / "a.jpg")
