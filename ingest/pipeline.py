@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from domain.errors import PayloadTooLarge
+from domain.errors import BadInput, PayloadTooLarge
 from domain.images import content_hash, sniff_image_type
 from domain.indexer import BatchPlan, BatchResult, EncodedBatch, Indexer, IndexItem
+from domain.model import check_product_id, check_tag_key, check_tag_value, check_text
 from domain.ports import (
     Catalog,
     ColourAnalyser,
@@ -230,6 +231,8 @@ class IngestPipeline:
         max_bytes = self._options.max_image_bytes
         for raw in raws:
             item = raw.item
+            if raw.failure is None and (why := _unaddressable(item)) is not None:
+                raw.failure = _failed(item, FailureReason.BAD_ROW, why)
             if raw.failure is None and item.id in self._seen_ids:
                 raw.failure = _failed(
                     item,
@@ -335,6 +338,22 @@ def _index_item(item: SourceItem, data: bytes, content_type: str, digest: str) -
         description=item.description,
         tags=item.tags,
     )
+
+
+def _unaddressable(item: SourceItem) -> str | None:
+    """Why the API could not address this product (fetch or delete it by id, filter on one of
+    its tags) or a store not hold its text, by the domain's own checks; None when it is fine.
+    (The API's limits on the length of a name or description and on the number of tags bound
+    what a client may send; a catalog's are its own.)"""
+    try:
+        check_product_id(item.id)
+        check_text(item.name, "the product name")
+        check_text(item.description or "", "the product description")
+        for key, value in item.tags.items():
+            check_tag_value(check_tag_key(key), value)
+    except BadInput as exc:
+        return str(exc)
+    return None
 
 
 def _failed(item: SourceItem, reason: FailureReason, message: str) -> FailedItem:

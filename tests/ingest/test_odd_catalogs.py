@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from domain.errors import BadInput
+from domain.model import MAX_PRODUCT_ID_CHARS
 from ingest.pipeline import IngestOptions, IngestPipeline
 from ingest.readers import (
     FileImage,
@@ -381,3 +382,39 @@ def test_excel_unicode_text_and_a_notepad_columns_file_are_read(tmp_path: Path) 
     assert (robe.id, robe.name, robe.problem) == ("0042", "Robe d'été", None)
     assert robe.tags == {"kleur": "Rouge", "colour": "Rouge"}
     assert robe.image == FileImage(tmp_path / "a.jpg")
+
+
+async def test_products_the_api_could_not_address_are_bad_rows(tmp_path: Path) -> None:
+    """The API refuses ids over MAX_PRODUCT_ID_CHARS (product, deleteProduct, similar
+    products) and filters on tag keys or values it deems invalid: ingest stored such products,
+    which no client could then fetch, delete or filter on."""
+    long_id = "x" * (MAX_PRODUCT_ID_CHARS + 1)
+    rows = [
+        ["ok", "Shirt", "colour", "Red"],
+        [long_id, "Long id", "colour", "Red"],
+        ["nul", "Nul\x00name", "colour", "Red"],
+        ["ctl", "Control key", "col\x01our", "Red"],
+        ["key", "Long key", "k" * 200, "Red"],
+        ["value", "Long value", "colour", "r" * 2000],
+    ]
+    for row in rows:
+        (tmp_path / f"{len(row[0])}-{row[0][:8]}.jpg").write_bytes(fake_image(row[1]))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": i, "image": f"{len(i)}-{i[:8]}.jpg", "name": n, k: v}) + "\n"
+            for i, n, k, v in rows
+        ),
+        "utf-8",
+    )
+
+    catalog, summary = await ingest_source(manifest)
+
+    assert set(catalog.products) == {"ok"}
+    assert failures(summary) == [(row[0], "bad_row") for row in rows[1:]]
+    messages = [f.message for f in summary.failures]
+    assert "limit is 256" in messages[0]
+    assert "NUL" in messages[1]
+    assert "control character" in messages[2]
+    assert "limit is 128" in messages[3]
+    assert "limit is 1,000" in messages[4]
