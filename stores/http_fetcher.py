@@ -323,6 +323,7 @@ class SafeImageFetcher:
             headers={
                 "User-Agent": self._user_agent,
                 "Accept": "image/*",
+                "Accept-Encoding": "identity",  # images are compressed; see _read
                 SELF_FETCH_HEADER: "1",
             },
         ) as client:
@@ -393,6 +394,14 @@ class SafeImageFetcher:
             raise PayloadTooLarge(
                 f"the image at the URL is {int(declared):,} bytes, above the limit of "
                 f"{self.max_bytes:,} bytes"
+            )
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # refused before httpx decodes it: a 1 MB gzip answer can decode to a gigabyte,
+            # and httpx decodes a whole received chunk before the size cap sees it
+            raise UrlRejected(
+                f"the image URL answered with Content-Encoding {encoding!r}; "
+                "images are fetched unencoded"
             )
         chunks: list[bytes] = []
         size = 0

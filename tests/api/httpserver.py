@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ class Server(ThreadingHTTPServer):
         super().__init__((host, 0), Handler)
         self.image = image
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
+        self.accept_encodings: list[str] = []
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Clients hanging up early (timeouts, size caps) are part of the tests."""
@@ -46,6 +48,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         self.server.requests.append((parts.path, self.headers.get("Host", "")))
+        self.server.accept_encodings.append(self.headers.get("Accept-Encoding", ""))
         path = parts.path
         if path == "/img.png":
             self._send(200, self.server.image, {"Content-Type": "image/png"})
@@ -76,6 +79,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(int(query["code"][0]), b"nope")
         elif path == "/empty":
             self._send(200, b"")
+        elif path == "/gzip":
+            # encoded whatever the client asked for (a small body can decode to gigabytes)
+            encoded = gzip.compress(self.server.image + b"\x00" * int(query.get("pad", ["0"])[0]))
+            self._send(200, encoded, {"Content-Type": "image/png", "Content-Encoding": "gzip"})
         else:
             self._send(404, b"not found")
 

@@ -222,6 +222,19 @@ async def test_error_statuses(server: Server, code: int, error: type[Exception])
         await allowing_localhost().fetch(f"{server.base}/status?code={code}")
 
 
+async def test_images_are_asked_unencoded_and_an_encoded_answer_is_refused(
+    server: Server,
+) -> None:
+    """The size cap counts the bytes received: a 1 MB gzip answer decoding to 1 GB made one
+    fetch grow the process by 262 MB before the cap cut it (httpx decodes a whole received
+    chunk at once). Images are compressed already: they are asked with no content coding,
+    and an answer encoded anyway is refused, never decoded."""
+    assert await allowing_localhost().fetch(f"{server.base}/img.png") == IMAGE
+    assert server.accept_encodings == ["identity"]
+    with pytest.raises(UrlRejected, match="Content-Encoding"):
+        await allowing_localhost().fetch(f"{server.base}/gzip?pad=20000000")
+
+
 async def test_empty_body_is_rejected(server: Server) -> None:
     with pytest.raises(UrlRejected, match="empty"):
         await allowing_localhost().fetch(f"{server.base}/empty")
