@@ -53,7 +53,7 @@ from domain.colour import (
     colour_mask,
     colour_shares,
 )
-from domain.fusion import DEFAULT_FUSION, FusedHit, Ranked, fuse, words_score
+from domain.fusion import DEFAULT_FUSION, FusedHit, FusionConfig, Ranked, fuse, words_score
 from fashion_search.settings import Settings
 from fashion_search.shop_evaluation import TOP_K
 from ingest.readers import open_source
@@ -133,8 +133,9 @@ def ranking(
     variant: Variant,
     hist: Mapping[str, bytes | None],
     words: Mapping[str, frozenset[str]],
+    fusion: FusionConfig = DEFAULT_FUSION,
 ) -> list[FusedHit]:
-    config = DEFAULT_FUSION
+    config = fusion
     if variant.visual_evidence is not None:
         ranked = with_visual_evidence(ranked, *variant.visual_evidence)
         config = WITHOUT_VISUAL_EVIDENCE

@@ -10,6 +10,7 @@ pickle.
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals kaggle-train /tmp/signals
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals 16  # another draw
+    PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra-codes /tmp/signals 41
 
 Galleries (``GALLERIES``): training parts only (never a held-out split) unless the name
 ends in ``-heldout``.
@@ -66,6 +67,23 @@ def _all_ids(manifest: Path) -> list[str]:
         return [item.id for item in source]
 
 
+def _whole_products(manifest: Path, n: int, seed: int) -> frozenset[str]:
+    """Articles of whole products (``product_code``: colour variants kept together, as in
+    hm-dev's held-out split), products in a seeded order, until ``n`` articles."""
+    variants: dict[str, list[str]] = {}
+    with open_source(manifest) as source:
+        for item in source:
+            variants.setdefault(item.tags.get("product_code", item.id), []).append(item.id)
+    codes = sorted(variants)
+    random.Random(seed).shuffle(codes)
+    chosen: list[str] = []
+    for code in codes:
+        if len(chosen) >= n:
+            break
+        chosen += variants[code]
+    return frozenset(chosen)
+
+
 def gallery(name: str, settings: Settings, seed: int = GALLERY_SEED) -> tuple[Path, frozenset[str]]:
     """(manifest, selected ids) of a named gallery (training parts: a sample drawn with
     ``seed``)."""
@@ -76,10 +94,16 @@ def gallery(name: str, settings: Settings, seed: int = GALLERY_SEED) -> tuple[Pa
         return frozenset(random.Random(seed).sample(kept, min(n, len(kept))))
 
     choices: dict[str, Callable[[], tuple[Path, frozenset[str]]]] = {
-        # hm-extra: H&M style, never seen by the fashion-lite heads (trained on hm-dev only)
+        # hm-extra: H&M style, never seen by heads-v3 (heads-v4 trained on it)
         "hm-extra": lambda: (
             data / "hm-extra",
             _sample(_all_ids(data / "hm-extra"), frozenset(), HM_GALLERY),
+        ),
+        # the same, drawn by whole products (colour variants together, as hm-dev's held-out
+        # split is): a query meets the other colours of the products it finds
+        "hm-extra-codes": lambda: (
+            data / "hm-extra",
+            _whole_products(data / "hm-extra", HM_GALLERY, seed),
         ),
         # hm-dev's training part: the encoder was trained on it (its images look too good)
         "hm-train": lambda: (
