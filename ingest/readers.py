@@ -4,14 +4,19 @@ Three layouts are understood:
 
 * the Kaggle "Fashion Product Images" layout, ``styles.csv`` beside ``images/<id>.jpg``, as a
   folder or as the downloaded zip (read in place, never unpacked), possibly nested one
-  folder deep (``myntradataset/styles.csv``);
+  folder deep (``myntradataset/styles.csv``); the photo may be any of
+  ``KAGGLE_PHOTO_SUFFIXES`` in any case (``<id>.JPG``);
 * a manifest, CSV or JSONL, with ``id,image[,name,description,<tag columns>]`` where
   ``image`` is a path relative to the manifest, an http(s) URL or an ``s3://bucket/key``; a
   folder holding ``products.csv``, ``manifest.csv`` or ``manifest.jsonl`` is read as that
   manifest; the manifest itself may be an ``s3://`` URI (its relative image paths are then
-  keys beside it in the bucket; see ``ingest.s3``);
+  keys beside it in the bucket; see ``ingest.s3``); a local relative path may be written with
+  Windows backslashes;
 * a plain folder of images: the id and the name are the file stem (files in sub-folders get a
   ``folder`` tag).
+
+Image names are looked up whatever their Unicode form (a Mac writes them NFD), but ids are
+kept as written: a home keeps the ids it was ingested with.
 
 Items carry a handle to their image, not its bytes, so a catalog of any size streams through
 in batches.
@@ -37,10 +42,11 @@ import os
 import shutil
 import tempfile
 import threading
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import TracebackType
 from typing import IO, Protocol, Self
 from urllib.parse import urlparse
@@ -48,7 +54,10 @@ from urllib.parse import urlparse
 from domain.errors import BadInput, NotFound, PayloadTooLarge
 from ingest.s3 import S3Access, S3ReadError, is_s3_uri, split_s3_uri
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+KAGGLE_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+"""The extensions (any case) a Kaggle ``images/<id>`` photo may have, in the order they win
+when one id has several."""
+IMAGE_SUFFIXES = frozenset(KAGGLE_PHOTO_SUFFIXES)
 MANIFEST_NAMES = ("products.csv", "manifest.csv", "manifest.jsonl", "products.jsonl")
 KAGGLE_STYLES = "styles.csv"
 KAGGLE_NAME_COLUMN = "productDisplayName"
@@ -150,6 +159,73 @@ COLOUR_GROUPS = {
 }
 """Colour words that name a shade of a base colour (the last word wins otherwise:
 "Light Pink" -> Pink)."""
+
+
+def _composed(name: str) -> str:
+    """A file name as looked up: the same whichever Unicode form it was written in (macOS
+    names files decomposed, NFD; text typed elsewhere is composed, NFC)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _folder_names(folder: Path) -> list[str]:
+    """The names in a folder, listed once; none when it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entry.name for entry in entries)
+    except (OSError, ValueError):
+        return []
+
+
+class _KagglePhotos:
+    """The photos of a Kaggle ``images/`` folder (or zip folder), listed once: an id finds
+    ``<id>.<ext>`` whatever the case and Unicode form of the name and the case of the
+    extension (``KAGGLE_PHOTO_SUFFIXES``)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._by_id: dict[str, list[str]] = {}
+        for name in names:
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in KAGGLE_PHOTO_SUFFIXES:
+                self._by_id.setdefault(_composed(stem).casefold(), []).append(name)
+
+    def find(self, product_id: str) -> str | None:
+        """The photo's name; of several, one spelt exactly like the id first, then by
+        extension order, lower-case extension first (so ``<id>.jpg`` always wins)."""
+        names = self._by_id.get(_composed(product_id).casefold())
+        if not names:
+            return None
+
+        def rank(name: str) -> tuple[bool, int, bool, str]:
+            stem, suffix = os.path.splitext(name)
+            order = KAGGLE_PHOTO_SUFFIXES.index(suffix.lower())
+            return (stem != product_id, order, suffix != suffix.lower(), name)
+
+        return min(names, key=rank)
+
+
+class _ComposedNames:
+    """Folders listed at most once each, by composed name: a path typed in one Unicode form
+    finds the file a Mac named in the other."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, dict[str, str]] = {}
+
+    def find(self, start: Path, parts: Iterable[str]) -> Path | None:
+        """The existing path ``start/parts`` names up to the Unicode form of each part (``.``
+        and ``..`` as they are, so it reaches no further than the path itself), or None."""
+        path = start
+        for part in parts:
+            if part in (".", "..") or (path / part).exists():
+                path = path / part
+                continue
+            if path not in self._folders:
+                names = _folder_names(path)
+                self._folders[path] = {_composed(n): n for n in reversed(names)}
+            name = self._folders[path].get(_composed(part))
+            if name is None:
+                return None
+            path = path / name
+        return path
 
 
 class UnknownLayout(BadInput):
@@ -651,16 +727,30 @@ class KaggleSource(_SourceBase):
         assert self._styles is not None
         return open_text(self._styles)
 
+    @functools.cached_property
+    def _photos(self) -> _KagglePhotos:
+        """The images folder, listed on first use (``count`` needs no image)."""
+        if self._archive is not None:
+            folder = f"{self._prefix}images/"
+            return _KagglePhotos(
+                n[len(folder) :]
+                for n in self._archive.names
+                if n.startswith(folder) and "/" not in n[len(folder) :]
+            )
+        assert self._styles is not None
+        return _KagglePhotos(_folder_names(self._styles.parent / "images"))
+
     def _image(self, product_id: str) -> ImageHandle:
         if not is_file_name(product_id):
             return MissingImage(
                 product_id,
                 f"id {product_id!r} is not a file name, so it names no images/<id>.jpg",
             )
+        name = self._photos.find(product_id) or f"{product_id}.jpg"
         if self._archive is not None:
-            return ZipImage(self._archive, f"{self._prefix}images/{product_id}.jpg")
+            return ZipImage(self._archive, f"{self._prefix}images/{name}")
         assert self._styles is not None
-        return FileImage(self._styles.parent / "images" / f"{product_id}.jpg")
+        return FileImage(self._styles.parent / "images" / name)
 
     def _rows(self, handle: IO[str]) -> Iterator[dict[str, str]]:
         return read_csv_rows(handle, overflow_into_last=True, name=KAGGLE_STYLES)
@@ -721,6 +811,7 @@ class ManifestSource(_SourceBase):
         self._column_map = column_map_for(manifest)
         self._s3 = s3 or S3Access()
         self._s3_base = s3_base
+        self._names = _ComposedNames()
 
     def _rows(self) -> Iterator[tuple[str, dict[str, object]]]:
         with open_text(self._manifest) as handle:
@@ -760,8 +851,24 @@ class ManifestSource(_SourceBase):
             return MissingImage(text, f"unsupported image URL scheme {parsed.scheme!r}")
         if self._s3_base is not None:
             return self._s3_image(self._s3_base + text.lstrip("/"))
+        return FileImage(self._local_file(text))
+
+    def _local_file(self, text: str) -> Path:
+        """The file a local reference names: as written when that exists; otherwise a
+        relative path written with Windows backslashes (``images\\1.jpg``) as the same path
+        with slashes, and names looked up whatever their Unicode form (a Mac's NFD). Never
+        further than the path as written reaches: a drive (``C:\\``) or a root (``\\x``) is
+        not relative; ``..`` stays ``..``."""
         path = Path(text)
-        return FileImage(path if path.is_absolute() else self._base / path)
+        written = path if path.is_absolute() else self._base / path
+        if ("\\" not in text and text.isascii()) or written.exists():
+            return written
+        windows = PureWindowsPath(text)
+        if "\\" in text and not windows.drive and not windows.root:
+            path = Path(*windows.parts)
+        start = Path(path.anchor) if path.is_absolute() else self._base
+        parts = path.parts[1:] if path.is_absolute() else path.parts
+        return self._names.find(start, parts) or written
 
     def _s3_image(self, uri: str) -> ImageHandle:
         try:
