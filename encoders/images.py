@@ -58,7 +58,8 @@ def _check_size(image: Image.Image, max_pixels: int) -> tuple[int, int]:
         )
     if max(width, height) > MAX_ASPECT_RATIO * max(min(width, height), 1):
         raise InvalidImage(
-            f"image of {width}x{height} pixels is narrower than the limit of {MAX_ASPECT_RATIO:g}:1"
+            f"image of {width}x{height} pixels is more elongated than the limit of "
+            f"{MAX_ASPECT_RATIO:g}:1 (long side to short side)"
         )
     if width * height > max_pixels:
         raise InvalidImage(

@@ -216,6 +216,8 @@ class SafeImageFetcher:
     def parse_url(self, raw: str | httpx.URL) -> httpx.URL:
         """Check the syntax-level rules: scheme, host, no credentials."""
         if isinstance(raw, str):
+            if not raw.strip():
+                raise UrlRejected("the image URL is empty")
             if len(raw) > MAX_URL_LENGTH:
                 raise UrlRejected("the image URL is too long")
             try:

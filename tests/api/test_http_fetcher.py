@@ -60,6 +60,12 @@ async def test_rejects_other_schemes_credentials_and_garbage(url: str) -> None:
         await SafeImageFetcher().fetch(url)
 
 
+@pytest.mark.parametrize("url", ["", "   ", "\t\n"])
+async def test_an_empty_url_is_refused_as_empty(url: str) -> None:
+    with pytest.raises(UrlRejected, match="the image URL is empty"):
+        await SafeImageFetcher().fetch(url)
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from domain.errors import InvalidImage
 from domain.ports import Vectors
 from domain.services import CatalogService, SearchService
 from encoders.backbones import MAX_CANVAS_SIDE, colour_histogram, image_array, pad_to_square
@@ -212,3 +213,16 @@ async def test_a_request_may_decode_one_full_size_image() -> None:
         result = await instance.gql(query, {"a": big, "b": big})
     assert error_codes(result) == ["PAYLOAD_TOO_LARGE"]
     assert "40,000,000 pixels together" in result["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("size", [(11, 1), (1, 11), (5_000, 400)])
+def test_an_elongated_image_is_refused_in_words_that_fit_its_shape(
+    size: tuple[int, int],
+) -> None:
+    """Wide or tall, the message says which limit (long side to short side), not "narrower"."""
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(strip(*size, "PNG"))
+    message = str(refused.value)
+    assert f"{size[0]}x{size[1]}" in message
+    assert f"{MAX_ASPECT_RATIO:g}:1 (long side to short side)" in message
+    assert "narrower" not in message
