@@ -6,6 +6,7 @@ wall-clock rate moves with the load, so the CPU seconds the ingest process used 
 (its rusage) are reported next to it: the cost the code adds, whatever the load.
 
     PYTHONPATH=. .venv/bin/python -m bench.ingest_ab --before 209cd70^ --limit 300 --rounds 2
+    (``--output FILE``: elsewhere than bench/results/ingest_ab.json)
 
 The default ``--before`` is the last revision without product-text vectors (ONNX runtime
 and the lexical index already in). Writes bench/results/ingest_ab.json.
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fs-bench/ingest-ab"))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
     work: Path = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -122,9 +125,9 @@ def main() -> None:
         "ratio_cpu_before_to_now": round(
             median("before", "cpu_ms_per_image") / median("now", "cpu_ms_per_image"), 3
         ),
-        "note": "2-core machine shared with 6 other helpers' work while measured",
+        "note": args.note,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
