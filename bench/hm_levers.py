@@ -249,7 +249,8 @@ def colour_variants(from_top: int) -> Lever:
         ranked_ids = [ids[i] for i in np.argsort(key, kind="stable")]
         by_id = {h.product_id: h for h in hits}
         out = [by_id.get(p, FusedHit(p, 0.0, Signals())) for p in ranked_ids]
-        return out + [h for h in hits[DEPTH:] if h.product_id not in set(ranked_ids)]
+        taken = set(ranked_ids)
+        return out + [h for h in hits[DEPTH:] if h.product_id not in taken]
 
     return lever
 
