@@ -264,6 +264,24 @@ def tree_rss_bytes(pid: int) -> int:
     return rss_bytes(pid) + sum(rss_bytes(c) for c in children_of(pid))
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat); 0 when
+    it is gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a server process and its worker processes: what the requests of a
+    phase cost the server, whatever else the machine is running."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children_of(pid))
+
+
 # -- the encoder under test ------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ from bench.common import (
     mib,
     serve,
     standin_note,
+    tree_cpu_seconds,
     tree_revision,
     tree_rss_bytes,
 )
@@ -191,8 +192,13 @@ class Phase:
     errors: int
     error_samples: list[str]
     wall_s: float
+    server_cpu_ms: float | None = None
+    """The server's CPU time (every worker process and thread) per recorded request."""
+    client_cpu_ms: float | None = None
+    """This process's CPU time (the load generator) per recorded request."""
 
     def to_json(self) -> Json:
+        per_request = {"server": self.server_cpu_ms, "client": self.client_cpu_ms}
         return {
             "kind": self.kind,
             "clients": self.clients,
@@ -203,7 +209,12 @@ class Phase:
             "qps": round(self.qps, 2),
             "latency_ms": self.stats.to_json(),
             "server_took_ms": self.server_took.to_json(),
+            "cpu_ms_per_request": {k: _rounded(v) for k, v in per_request.items()},
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 async def run_phase(
@@ -214,9 +225,13 @@ async def run_phase(
     requests: int,
     warmup: int,
     transport: httpx.AsyncBaseTransport | None = None,
+    server_pid: int | None = None,
 ) -> Phase:
     """``warmup`` unrecorded requests (sequential, then concurrent), then ``requests`` spread
-    over ``clients`` concurrent senders. ``transport``: for tests (an ASGI app in-process)."""
+    over ``clients`` concurrent senders. ``transport``: for tests (an ASGI app in-process).
+    ``server_pid``: the server whose CPU time the recorded requests cost is read
+    (``Phase.server_cpu_ms``; the q/s of a phase moves with whatever else the machine runs,
+    its CPU time per request much less)."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=base_url, timeout=60.0, limits=limits, transport=transport
@@ -244,9 +259,15 @@ async def run_phase(
             shared = itertools.count()
             await asyncio.gather(*(worker(shared, warmup, False) for _ in range(clients)))
         shared = itertools.count()
+        server_cpu = tree_cpu_seconds(server_pid) if server_pid is not None else None
+        client_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker(shared, requests, True) for _ in range(clients)))
         wall = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu
+        if server_pid is not None and server_cpu is not None:
+            server_cpu = tree_cpu_seconds(server_pid) - server_cpu
+    answered = max(len(latencies), 1)
     return Phase(
         kind=kind,
         clients=clients,
@@ -257,6 +278,8 @@ async def run_phase(
         errors=len(errors),
         error_samples=errors[:5],
         wall_s=wall,
+        server_cpu_ms=None if server_cpu is None else server_cpu * 1000 / answered,
+        client_cpu_ms=client_cpu * 1000 / answered,
     )
 
 
@@ -626,12 +649,13 @@ def time_phases(
             phase = asyncio.run(
                 run_phase(
                     server.base_url, kind, calls[kind], clients, total,
-                    warmup=max(10, 2 * clients),
+                    warmup=max(10, 2 * clients), server_pid=server.pid,
                 )
             )  # fmt: skip
             console.print(
                 f"    {KIND_LABELS[kind]:<32} {clients} client(s): p50 {phase.stats.p50:.1f} ms, "
-                f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, errors {phase.errors}"
+                f"p99 {phase.stats.p99:.1f} ms, {phase.qps:.1f} q/s, "
+                f"server CPU {phase.server_cpu_ms or 0:.1f} ms/request, errors {phase.errors}"
             )
             phases.append(phase)
             if before is not None:
@@ -666,7 +690,9 @@ def baseline_ratios(
                 continue
             for phase in this["phases"]:
                 kind, clients = phase["kind"], phase["clients"]
-                row = rows.setdefault(kind, {"p50_ratio": [], "qps_ratio": []})
+                row = rows.setdefault(
+                    kind, {"p50_ratio": [], "qps_ratio": [], "server_cpu_ratio": []}
+                )
                 same = _phase(base, kind, clients) or _phase(base, "graphql_text", clients)
                 if same is None:
                     continue
@@ -674,6 +700,9 @@ def baseline_ratios(
                     row["p50_ratio"].append(phase["latency_ms"]["p50"] / same["latency_ms"]["p50"])
                 if clients == concurrency:
                     row["qps_ratio"].append(phase["qps"] / same["qps"])
+                    cpu = _server_cpu_ratio(phase, same)
+                    if cpu is not None:
+                        row["server_cpu_ratio"].append(cpu)
         out[config.label] = {
             kind: {
                 key: {"rounds": [round(v, 4) for v in values],
@@ -683,6 +712,13 @@ def baseline_ratios(
             for kind, row in rows.items()
         }  # fmt: skip
     return out
+
+
+def _server_cpu_ratio(phase: Json, baseline: Json) -> float | None:
+    """This side's server CPU per request over the baseline's (below 1: less work)."""
+    mine = phase.get("cpu_ms_per_request", {}).get("server")
+    theirs = baseline.get("cpu_ms_per_request", {}).get("server")
+    return mine / theirs if mine and theirs else None
 
 
 def baseline_checks(ratios: Json, concurrency: int) -> list[Check]:
@@ -700,6 +736,13 @@ def baseline_checks(ratios: Json, concurrency: int) -> list[Check]:
                 checks.append(
                     at_least(
                         f"{name}, {concurrency} clients q/s [{server}]", qps, QPS_RATIO_TARGET, "x"
+                    )
+                )
+            cpu = figures.get("server_cpu_ratio", {}).get("median")
+            if cpu is not None:
+                checks.append(
+                    info(
+                        f"{name}, {concurrency} clients server CPU per request [{server}]", cpu, "x"
                     )
                 )
     return checks

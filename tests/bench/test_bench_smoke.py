@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +28,7 @@ from bench.common import (
     at_least,
     at_most,
     cli_argv,
+    cpu_seconds,
     info,
     rss_bytes,
     tree_revision,
@@ -196,6 +199,35 @@ def test_command_line_options() -> None:
 
 def test_memory_reads_from_proc() -> None:
     assert rss_bytes() > 0
+
+
+def test_cpu_time_reads_from_proc() -> None:
+    before, spun = cpu_seconds(os.getpid()), time.process_time()
+    while time.process_time() - spun < 0.1:  # 10 clock ticks of work
+        pass
+    assert cpu_seconds(os.getpid()) - before >= 0.05
+    assert cpu_seconds(2**22 + 1) == 0.0  # no such process
+
+
+async def test_a_phase_reports_the_servers_cpu_time_per_request() -> None:
+    api = await make_api()
+    async with api.client:  # the app runs in this process: its CPU time is the server's
+        calls = latency.make_calls(["black dress"], [_jpeg()])
+        phase = await latency.run_phase(
+            "http://bench",
+            "graphql_text",
+            calls["graphql_text"],
+            clients=2,
+            requests=40,
+            warmup=2,
+            transport=httpx.ASGITransport(app=api.app),
+            server_pid=os.getpid(),
+        )
+    assert phase.server_cpu_ms is not None
+    assert phase.server_cpu_ms > 0
+    assert phase.client_cpu_ms is not None
+    assert phase.client_cpu_ms > 0
+    assert phase.to_json()["cpu_ms_per_request"]["server"] == round(phase.server_cpu_ms, 3)
 
 
 def test_latency_markdown_has_one_column_per_server(tmp_path: Path) -> None:
@@ -403,15 +435,23 @@ def test_a_process_started_for_another_tree_runs_that_trees_code(tmp_path: Path)
 
 
 def test_the_latency_bench_compares_each_round_with_the_baseline_of_that_round() -> None:
-    def phase(kind: str, clients: int, p50: float, qps: float) -> dict[str, object]:
-        return {"kind": kind, "clients": clients, "latency_ms": {"p50": p50}, "qps": qps}
+    def phase(
+        kind: str, clients: int, p50: float, qps: float, cpu: float | None = None
+    ) -> dict[str, object]:
+        return {
+            "kind": kind,
+            "clients": clients,
+            "latency_ms": {"p50": p50},
+            "qps": qps,
+            "cpu_ms_per_request": {"server": cpu, "client": None},
+        }
 
     def run(side: str, round_: int, phases: list[dict[str, object]]) -> dict[str, object]:
         return {"side": side, "round": round_, "workers": 2, "torch_threads": 1, "phases": phases}
 
     runs = [
-        run("baseline", 0, [phase("graphql_text", 1, 10.0, 100.0), phase("graphql_text", 8, 40.0, 200.0)]),
-        run("this", 0, [phase("graphql_text", 1, 12.0, 80.0), phase("graphql_text", 8, 50.0, 150.0)]),
+        run("baseline", 0, [phase("graphql_text", 1, 10.0, 100.0), phase("graphql_text", 8, 40.0, 200.0, 10.0)]),
+        run("this", 0, [phase("graphql_text", 1, 12.0, 80.0), phase("graphql_text", 8, 50.0, 150.0, 12.0)]),
         run("this", 1, [phase("graphql_text", 1, 15.0, 60.0), phase("graphql_text", 8, 60.0, 120.0)]),
         run("baseline", 1, [phase("graphql_text", 1, 10.0, 90.0), phase("graphql_text", 8, 45.0, 160.0)]),
     ]  # fmt: skip
@@ -419,11 +459,18 @@ def test_the_latency_bench_compares_each_round_with_the_baseline_of_that_round()
     text = ratios["workers=2, torch threads=1"]["graphql_text"]
     assert text["p50_ratio"] == {"rounds": [1.2, 1.5], "median": 1.35}
     assert text["qps_ratio"] == {"rounds": [0.75, 0.75], "median": 0.75}
+    # the server's CPU per request, where both sides measured it (round 1's did not)
+    assert text["server_cpu_ratio"] == {"rounds": [1.2], "median": 1.2}
     checks = {c.name: c for c in latency.baseline_checks(ratios, 8)}
     p50 = checks["searchByText (GraphQL) / baseline, 1 client p50 [workers=2, torch threads=1]"]
     assert (p50.measured, p50.ok) == (1.35, False)
     qps = checks["searchByText (GraphQL) / baseline, 8 clients q/s [workers=2, torch threads=1]"]
     assert (qps.measured, qps.ok) == (0.75, False)
+    cpu = checks[
+        "searchByText (GraphQL) / baseline, 8 clients server CPU per request "
+        "[workers=2, torch threads=1]"
+    ]
+    assert cpu.measured == 1.2
     # a kind the baseline was asked too is compared with the baseline's own
     runs[0]["phases"].append(phase("graphql_text_visual", 1, 8.0, 1.0))  # type: ignore[attr-defined]
     runs[1]["phases"].append(phase("graphql_text_visual", 1, 6.0, 1.0))  # type: ignore[attr-defined]
