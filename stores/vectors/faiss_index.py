@@ -156,6 +156,17 @@ PREFILTER_MARGIN = 32
 """The float16 scan returns top_k plus this many (or half top_k, when more) candidates;
 with no more rows than that to choose from, either prefilter leaves the full scan."""
 FLOAT16_CHUNK_ROWS = 8192
+KERNEL_CHECK_ROWS = 512
+"""Rows ``_kernel_agrees`` compares."""
+THRESHOLD_SAMPLE_PER_ROW = 8
+THRESHOLD_SAMPLE_MIN = 1024
+"""The 8-bit pass's cut is found on a sample of its lower bounds holding this many values
+per row asked, and at least THRESHOLD_SAMPLE_MIN (``_cut``)."""
+RESCORE_WITH_KERNEL = True
+"""The 8-bit pass's candidates are scored with FAISS's inner-product kernel on their rows
+(``fvec_inner_products_by_idx``: the kernel the flat scan scores with, checked once per
+copy, ``_kernel_agrees``) instead of a flat search restricted to them, which visits every
+row of the space to test the selector. False: the restricted search (the public path)."""
 FLOAT32_ROUNDING = 2.0**-24
 FLOAT16_MAX = 65504.0
 
@@ -287,6 +298,7 @@ class _Space:
         self.fold_wanted = False  # write a snapshot at the next flush (after a compaction)
         self.half: _Float16Copy | None = None  # see float16_copy
         self.eight: Int8Copy | None = None  # see int8_copy
+        self.kernel_checked: tuple[Any, bool] | None = None  # see _kernel_agrees
 
     # -- sizes ---------------------------------------------------------------------------
 
@@ -1218,11 +1230,69 @@ def _prefiltered_int8(
     lower = approx - bound
     if not allowed.all():
         lower[~allowed] = -np.inf
-    tau = np.partition(lower, len(lower) - k)[len(lower) - k]
+    candidates = rows[allowed & (approx + bound >= _cut(lower, k))]
+    if RESCORE_WITH_KERNEL and _kernel_agrees(space):
+        return _rescored(space, query, k, candidates)
     chosen = np.zeros(space.n_rows, dtype=np.bool_)
-    chosen[rows[allowed & (approx + bound >= tau)]] = True
+    chosen[candidates] = True
     scores, found = space.index.search(query, k, params=_only(chosen))
     return found[0], scores[0]
+
+
+def _cut(lower: npt.NDArray[np.float64], k: int) -> float:
+    """A value at most the k-th largest of ``lower``: every row whose upper bound reaches it
+    is a candidate. A full partition of the bounds costs more than the rest of the pass, so
+    the value is taken from a strided sample, at about twice the k-th largest's rank, and
+    checked (at least k bounds reach it); the exact k-th largest when the check fails."""
+    n = len(lower)
+    stride = n // max(THRESHOLD_SAMPLE_PER_ROW * k, THRESHOLD_SAMPLE_MIN)
+    if stride >= 2:
+        sample = lower[::stride]
+        rank = min(len(sample), -(-2 * k * len(sample) // n))
+        guess = float(np.partition(sample, len(sample) - rank)[len(sample) - rank])
+        if guess > -np.inf and np.count_nonzero(lower >= guess) >= k:
+            return guess
+    return float(np.partition(lower, n - k)[n - k])
+
+
+def _rescored(
+    space: _Space, query: Vectors, k: int, candidates: IntArray
+) -> tuple[IntArray, npt.NDArray[np.float32]]:
+    """The top k of the candidate rows (ascending), scored by FAISS's own inner-product
+    kernel: the float32 scores the flat scan gives them; equal scores in row order."""
+    scores = np.empty(len(candidates), dtype=np.float32)
+    rows = np.ascontiguousarray(candidates, dtype=np.int64)
+    vectors = space.vectors()
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(scores), faiss.swig_ptr(query), faiss.swig_ptr(vectors),
+        faiss.swig_ptr(rows), space.dim, 1, len(rows),
+    )  # fmt: skip
+    best = np.lexsort((rows, -scores))[:k]
+    return rows[best], scores[best]
+
+
+def _kernel_agrees(space: _Space) -> bool:
+    """Whether ``fvec_inner_products_by_idx`` gives the flat scan's scores, bit for bit, on
+    this space's rows (checked once per index: a FAISS release could score with another
+    kernel, and then the restricted search answers)."""
+    if space.kernel_checked is not None and space.kernel_checked[0] is space.index:
+        return space.kernel_checked[1]
+    n = min(space.n_rows, KERNEL_CHECK_ROWS)
+    query = _as_query(np.asarray(space.vectors()[n // 2], dtype=np.float32) + 0.5)
+    rows = np.arange(n, dtype=np.int64)
+    kernel = np.empty(n, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(kernel), faiss.swig_ptr(query), faiss.swig_ptr(space.vectors()),
+        faiss.swig_ptr(rows), space.dim, 1, n,
+    )  # fmt: skip
+    chosen = np.zeros(space.n_rows, dtype=np.bool_)
+    chosen[rows] = True
+    scores, found = space.index.search(query, n, params=_only(chosen))
+    scanned = np.full(n, np.nan, dtype=np.float32)
+    scanned[found[0][found[0] >= 0]] = scores[0][found[0] >= 0]
+    agrees = bool(np.array_equal(kernel, scanned))
+    space.kernel_checked = (space.index, agrees)
+    return agrees
 
 
 @contextlib.contextmanager

@@ -17,10 +17,12 @@ import pytest
 from domain.errors import BadInput
 from domain.model import ProductFilter
 from domain.ports import SpaceQuery, Vectors
+from stores.vectors import faiss_index
 from stores.vectors.faiss_index import (
     PREFILTER_MIN_ROWS,
     FaissVectorIndex,
     Prefilter,
+    _cut,
     _prefiltered,
     _prefiltered_int8,
 )
@@ -477,10 +479,15 @@ async def test_any_top_k_is_the_start_of_a_larger_one_even_among_equal_scores(
     await index.close()
 
 
-@pytest.mark.parametrize("prefilter", ["int8", "float16"])
+@pytest.mark.parametrize(
+    ("prefilter", "kernel"), [("int8", True), ("int8", False), ("float16", False)]
+)
 async def test_a_prefilter_answers_exactly_like_the_float32_scan(
-    tmp_path: Path, prefilter: Prefilter
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefilter: Prefilter, kernel: bool
 ) -> None:
+    """``kernel``: the 8-bit pass's candidates scored by FAISS's kernel on their rows, or
+    by a flat search restricted to them (the public path)."""
+    monkeypatch.setattr(faiss_index, "RESCORE_WITH_KERNEL", kernel)
     n, dim = PREFILTER_MIN_ROWS + 1600, 24
     rng = np.random.default_rng(11)
     # clustered rows (close scores), exact duplicates (ties) and a few far larger rows
@@ -534,3 +541,51 @@ async def test_a_prefilter_answers_exactly_like_the_float32_scan(
     copy = space.eight if prefilter == "int8" else space.half
     assert copy is not None
     assert copy.source is space.index
+
+
+@pytest.mark.parametrize("k", [1, 11, 201, 1500])
+def test_the_8bit_pass_cut_never_exceeds_the_kth_largest_lower_bound(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for trial in range(40):
+        lower = rng.standard_normal(20_000)
+        if trial % 4 == 1:  # a filter: most rows out
+            lower[rng.random(20_000) < 0.97] = -np.inf
+        if trial % 4 == 2:  # sorted: the best rows together, as a catalog's sections are
+            lower.sort()
+        if trial % 4 == 3:  # many ties
+            lower = np.round(lower, 1)
+        kth = np.sort(lower)[-k]
+        cut = _cut(lower, k)
+        assert cut <= kth
+        assert np.count_nonzero(lower >= cut) >= k
+        if trial % 4 == 0 and k < 1500:  # the sample's guess keeps the candidates few
+            assert np.count_nonzero(lower >= cut) <= max(6 * k, 250)
+
+
+async def test_a_faiss_whose_kernel_scores_otherwise_leaves_the_restricted_search_to_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random_units(PREFILTER_MIN_ROWS + 500, 32, seed=21)
+    index = FaissVectorIndex(tmp_path, durable=False)
+    await fill(index, ENC_A, data)
+    query = data[9] + 0.3 * data[4]
+    query /= np.linalg.norm(query)
+    index.prefilter = "off"
+    expected = await index.query(ENC_A, query, 50)
+    index.prefilter = "int8"
+    real = faiss_index.faiss.fvec_inner_products_by_idx
+    calls = 0
+
+    def drifting(ip: object, x: object, y: object, ids: object, d: int, nx: int, ny: int) -> None:
+        nonlocal calls
+        calls += 1
+        real(ip, x, y, ids, d, nx, ny)
+        faiss_index.faiss.rev_swig_ptr(ip, ny)[:] += np.float32(1e-6)  # another rounding
+
+    monkeypatch.setattr(faiss_index.faiss, "fvec_inner_products_by_idx", drifting)
+    for _ in range(2):
+        assert await index.query(ENC_A, query, 50) == expected  # the restricted search's
+        assert calls == 1  # the check, once
+    space = index._refresh()[ENC_A]
+    assert space.kernel_checked == (space.index, False)
+    await index.close()
