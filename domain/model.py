@@ -423,6 +423,13 @@ def _no_constant(name: str) -> object:
 def check_search_cursor(cursor: str | None, top_k: int) -> Cursor:
     """The position of a search page, checked before any work (encoding, fetching)."""
     position = Cursor.decode(cursor)
-    if position.offset + top_k > MAX_RESULT_DEPTH:
-        raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+    search_page_end(position, top_k)
     return position
+
+
+def search_page_end(position: Cursor, top_k: int) -> int:
+    """Where a search page starting at ``position`` ends: ``top_k`` results on, cut at
+    MAX_RESULT_DEPTH (the last page is shorter; its nextCursor is null)."""
+    if position.offset >= MAX_RESULT_DEPTH:
+        raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+    return min(position.offset + top_k, MAX_RESULT_DEPTH)

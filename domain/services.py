@@ -53,6 +53,7 @@ from domain.model import (
     TextQuery,
     is_product_text_space,
     product_text_space,
+    search_page_end,
 )
 from domain.ports import (
     Catalog,
@@ -297,9 +298,7 @@ class SearchService:
         started = time.perf_counter()
         encoder = await self._encoder(query.encoder_id)
         position = Cursor.decode(query.cursor)
-        depth = position.offset + query.top_k
-        if depth > MAX_RESULT_DEPTH:
-            raise BadInput(f"cannot page deeper than {MAX_RESULT_DEPTH} results")
+        depth = search_page_end(position, query.top_k)
         # One extra to know whether a next page exists, one more for the excluded query item.
         wanted = depth + 1 + (1 if query.image is not None and query.image.product_id else 0)
         lexical = self._lexical_early(query)
@@ -316,9 +315,11 @@ class SearchService:
         excluded = int(vectors.exclude_id in fused.order)
         queried = time.perf_counter()
 
-        hits = await self._page_hits(query, fused, ordered, vectors.exclude_id, position.offset)
+        hits = await self._page_hits(
+            query, fused, ordered, vectors.exclude_id, position.offset, depth
+        )
         finished = time.perf_counter()
-        more = fused.total - excluded > depth
+        more = fused.total - excluded > depth and depth < MAX_RESULT_DEPTH
         next_cursor = Cursor(offset=depth).encode() if more else None
         self.last_timings = SearchTimings(
             encode_ms=(encoded - started) * 1000,
@@ -344,11 +345,11 @@ class SearchService:
         ordered: list[FusedHit],
         exclude_id: str | None,
         offset: int,
+        depth: int,
     ) -> tuple[SearchHit, ...]:
-        """The page's hits with their products, re-ranked by colour when the query names a
-        colour (or asks for a plain garment) its words do not answer (the re-rank's top rows
-        read with the page's)."""
-        depth = offset + query.top_k
+        """The page's hits (positions ``offset`` to ``depth``) with their products, re-ranked
+        by colour when the query names a colour (or asks for a plain garment) its words do
+        not answer (the re-rank's top rows read with the page's)."""
         colours = self._colour_mask(query)
         plain = self._asks_plain(query)
         top: list[str] = []  # the colour re-rank's ids, when it applies

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from domain.errors import BadInput, InvalidImage, NotFound, UnknownEncoder
-from domain.model import ImageQuery, Product, ProductFilter, SearchQuery, TextQuery
+from domain.model import (
+    MAX_RESULT_DEPTH,
+    ImageQuery,
+    Product,
+    ProductFilter,
+    SearchMode,
+    SearchQuery,
+    TextQuery,
+)
 from domain.services import CatalogService, SearchService
 from tests.fakes import (
     FakeEncoderProvider,
@@ -212,3 +220,37 @@ async def test_product_missing_from_catalog_get(world: World) -> None:
     with pytest.raises(NotFound):
         await world.products.get("missing")
     assert isinstance(await world.catalog.get("1"), Product)
+
+
+async def _deep_world(size: int) -> World:
+    """A world of ``size`` products indexed straight into the fakes (no encoding)."""
+    w = World()
+    rng = np.random.default_rng(7)
+    ids = [f"d{i:05d}" for i in range(size)]
+    vectors = rng.normal(size=(size, w.encoder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    await w.catalog.upsert_many([Product(id=pid, name=f"item {pid}") for pid in ids])
+    await w.index.upsert("fake", ids, vectors, [{} for _ in ids])
+    return w
+
+
+@pytest.mark.parametrize("top_k", [100, 7])
+async def test_every_next_cursor_can_be_followed_to_the_deepest_result(top_k: int) -> None:
+    """Paging a long ranking with one page size reaches MAX_RESULT_DEPTH without an error:
+    a nextCursor is only handed out when the next page can be asked with the same topK (the
+    last page is shorter when the depth is not a multiple of topK)."""
+    world = await _deep_world(MAX_RESULT_DEPTH + 20)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(MAX_RESULT_DEPTH):
+        page = await world.search.search(
+            SearchQuery(
+                text=TextQuery("item"), top_k=top_k, cursor=cursor, mode=SearchMode.VISUAL
+            )
+        )
+        seen += [h.product.id for h in page.hits]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == MAX_RESULT_DEPTH
+    assert len(set(seen)) == MAX_RESULT_DEPTH
