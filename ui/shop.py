@@ -268,7 +268,7 @@ def search_only(view: View) -> View:
 
 def search(view: View, facet_keys: tuple[str, ...]) -> Results:
     """The view's pages (1..view.pages), as one list without repeats. "More like this"
-    has no cursor: its page n is the top n*PAGE_SIZE."""
+    asks its page n as the top n*PAGE_SIZE (one request, so the grid never mixes pages)."""
     url = api_url()
     if view.mode == "similar":
         top_k = min(MAX_TOP_K, PAGE_SIZE * view.pages)

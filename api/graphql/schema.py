@@ -152,12 +152,14 @@ class Query:
         top_k: int = DEFAULT_TOP_K,
         filter: ProductFilter | None = strawberry.UNSET,
         encoder: str | None = strawberry.UNSET,
+        after: str | None = strawberry.UNSET,
     ) -> SearchPage:
         query = SearchQuery(
             image=ImageQuery(product_id=str(product_id)),
             filter=filter_of(filter),
             top_k=top_k,
             encoder_id=opt(encoder),
+            cursor=opt(after),
         )
         return SearchPage.from_domain(info.context, await info.context.state.search.search(query))
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api.helpers import Api, World, b64, codes, errors_of, make_api, png, webp
+from tests.api.helpers import (
+    PRODUCTS,
+    Api,
+    World,
+    b64,
+    codes,
+    errors_of,
+    make_api,
+    png,
+    webp,
+)
 from tests.fakes import fake_image
 
 PAGE = """
@@ -210,6 +220,32 @@ async def test_similar_products_excludes_the_product_itself(api: Api) -> None:
     assert hit_ids(result, "similarProducts") == ["p3"]
     missing = await api.gql(query, {"id": "nope", "topK": 2})
     assert codes(missing) == ["NOT_FOUND"]
+
+
+async def test_similar_products_pages_with_the_cursor_it_hands_out(api: Api) -> None:
+    """A page of similarProducts with a nextCursor can be followed by passing it as `after`:
+    the pages walk the ranking once (the product itself left out), like every search."""
+    query = """query($id: ID!, $topK: Int!, $after: String) {
+      similarProducts(productId: $id, topK: $topK, after: $after) {
+        nextCursor hits { rank product { id } } } }"""
+    whole = await api.gql(query, {"id": "p4", "topK": 10})
+    assert whole["data"]["similarProducts"]["nextCursor"] is None
+    expected = hit_ids(whole, "similarProducts")
+    seen: list[str] = []
+    ranks: list[int] = []
+    after = None
+    for _ in range(10):
+        result = await api.gql(query, {"id": "p4", "topK": 2, "after": after})
+        assert "errors" not in result, result
+        page = result["data"]["similarProducts"]
+        seen += [h["product"]["id"] for h in page["hits"]]
+        ranks += [h["rank"] for h in page["hits"]]
+        after = page["nextCursor"]
+        if after is None:
+            break
+    assert seen == expected
+    assert len(seen) == len(PRODUCTS) - 1
+    assert ranks == list(range(1, len(PRODUCTS)))
 
 
 async def test_product_by_id_and_null_when_missing(api: Api) -> None:

@@ -26,7 +26,7 @@ scalar Upload
 type Query {
   searchByText(text: String!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String, mode: SearchMode! = HYBRID): SearchPage!
   searchByImage(image: ImageInput!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String, text: String, textWeight: Float, mode: SearchMode! = HYBRID): SearchPage!
-  similarProducts(productId: ID!, topK: Int! = 10, filter: ProductFilter, encoder: String): SearchPage!
+  similarProducts(productId: ID!, topK: Int! = 10, filter: ProductFilter, encoder: String, after: String): SearchPage!
   product(id: ID!): Product
   products(filter: ProductFilter, first: Int! = 20, after: String): ProductConnection!
   encoders: [EncoderInfo!]!
