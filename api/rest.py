@@ -38,32 +38,32 @@ class TextSearchRequest(BaseModel):
     )
 
 
+_PRODUCT_EXAMPLE: dict[str, Any] = {
+    "id": "0108775015",
+    "name": "Strap top",
+    "image_url": "http://127.0.0.1:8000/images/0108775015-3c1f0a9e5b7d2c4e8f10.jpg",
+    "score": 0.8123,
+    "tags": {"product_type": "Vest top", "colour": "Black"},
+}
+
+
 class ProductResult(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "0108775015",
-                    "name": "Strap top",
-                    "image_url": "http://127.0.0.1:8000/images/0108775015-3c1f0a9e5b7d2c4e8f10.jpg",
-                    "score": 0.8123,
-                    "tags": {"product_type": "Vest top", "colour": "Black"},
-                    "match_quality": "strong",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_PRODUCT_EXAMPLE]})
     id: str
     name: str
     image_url: str = Field(description="Absolute URL of the product's image.")
     score: float = Field(
-        description="Relevance, higher is closer: the fused score of a text search (0..1), "
-        "the cosine similarity of an image search."
+        description="Relevance, higher is closer: the fused score of a text search (not a "
+        "cosine; it can pass 1 for a product that stands out of every signal), the cosine "
+        "similarity of an image search."
     )
     tags: dict[str, str]
 
 
 class TextSearchResult(ProductResult):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**_PRODUCT_EXAMPLE, "match_quality": "strong"}]}
+    )
     match_quality: MatchQualityName = Field(
         description="How good this best match is: strong, weak or none (none: nothing in "
         "the catalog matches the text well; see the README's Search section)."
@@ -71,6 +71,35 @@ class TextSearchResult(ProductResult):
 
 
 class SimilarImagesResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {**_PRODUCT_EXAMPLE, "score": 0.9312},
+                        {
+                            **_PRODUCT_EXAMPLE,
+                            "id": "0108775051",
+                            "image_url": "http://127.0.0.1:8000/images/"
+                            "0108775051-8d2e4b1c7a9f3e5d6c20.jpg",
+                            "score": 0.8845,
+                            "tags": {"product_type": "Vest top", "colour": "White"},
+                        },
+                        {
+                            **_PRODUCT_EXAMPLE,
+                            "id": "0599580038",
+                            "name": "Timeless Midrise Brief",
+                            "image_url": "http://127.0.0.1:8000/images/"
+                            "0599580038-1b7c9e2d4f6a8c0e3a51.jpg",
+                            "score": 0.7421,
+                            "tags": {"product_type": "Bikini bottom", "colour": "Black"},
+                        },
+                    ],
+                    "match_quality": "strong",
+                }
+            ]
+        }
+    )
     results: list[ProductResult] = Field(description="The three closest products, best first.")
     match_quality: MatchQualityName = Field(
         description="How good the best match is: strong, weak or none."

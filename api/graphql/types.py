@@ -86,10 +86,12 @@ class HitSignals:
 class SearchHit:
     rank: int = strawberry.field(description="1-based position in the whole ranking.")
     score: float = strawberry.field(
-        description="Relevance, higher is closer: the fused score (0..1) when several "
-        "signals rank the search, else that one signal's score (cosine for images). A "
-        "HYBRID search naming a colour its words do not answer re-ranks its top by the "
-        "garments' colour (signals.colour), so its order may differ from the scores'."
+        description="Relevance, higher is closer: the fused score when several signals rank "
+        "the search (not a cosine: mostly 0..1, above 1 for a product that stands out of "
+        "every signal), else that one signal's score (cosine for images). Exact matches "
+        "(exactMatch) come first, and a HYBRID search naming a colour its words do not "
+        "answer re-ranks its top by the garments' colour (signals.colour), so the order "
+        "may differ from the scores'."
     )
     product: Product
     signals: HitSignals
