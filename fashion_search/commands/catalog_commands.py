@@ -82,9 +82,11 @@ class Engine(StrEnum):
 
 
 KEY_TAGS = (
+    "type",
+    "colour",
+    "audience",
     "product_type",
     "articleType",
-    "colour",
     "baseColour",
     "colour_master",
     "section",
@@ -94,7 +96,8 @@ KEY_TAGS = (
     "product_group",
     "folder",
 )
-"""Tags worth a column in search results, in this order; others follow if there is room."""
+"""Tags worth a column in search results, in this order (the canonical keys first); others
+follow if there is room."""
 SHOWN_TAGS = 3
 SHOWN_FAILURES = 10
 
@@ -470,7 +473,8 @@ def parse_filters(values: Sequence[str] | None) -> ProductFilter | None:
 
 def key_tags(tags: Mapping[str, str], limit: int = SHOWN_TAGS) -> str:
     ordered = [k for k in KEY_TAGS if k in tags] + [k for k in tags if k not in KEY_TAGS]
-    return ", ".join(tags[k] for k in ordered[:limit])
+    values = dict.fromkeys(tags[k] for k in ordered)  # each value once (baseColour = colour)
+    return ", ".join(list(values)[:limit])
 
 
 def results_table(page: SearchPage, title: str) -> Table:
