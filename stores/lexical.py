@@ -14,7 +14,8 @@ query the *terms* this module makes, not the raw text, so they agree on what mat
   find each other. The name's joined pairs also favour names holding the query's words in
   its order, and let a name typed whole match on servers that need every term;
 * a short list of English stop words dropped: they would make every product match
-  "shirt in blue", and they say nothing about a product.
+  "shirt in blue", and they say nothing about a product; an English possessive is its
+  word ("women's" -> "women", not "women" and "s", which every "Men's" name has).
 
 Synonyms ("sweater" -> "jumper") are not indexed: ``stores.synonyms`` expands the query, so
 changing the lexicon needs no re-index.
@@ -58,6 +59,9 @@ STOP_WORDS = frozenset(
     ]
 )
 _WORD = re.compile(r"[^\W_]+")
+_POSSESSIVE = re.compile(r"(?<=[^\W_])['\u2019]s\b")
+"""An English possessive ("men's", "women’s"): the word without it, not a word "s" that
+every "Men's" name has."""
 _JOINED_WORDS = re.compile(r"[^\W_]+(?:[-/][^\W_]+)+")
 NAME_WEIGHT = 3.0
 """How much more a term in the name counts than one in the description or the tags (the
@@ -82,7 +86,7 @@ def _stems(words: list[str]) -> list[str]:
 
 
 def _words(folded: str) -> list[str]:
-    return [w for w in _WORD.findall(folded) if w not in STOP_WORDS]
+    return [w for w in _WORD.findall(_POSSESSIVE.sub("", folded)) if w not in STOP_WORDS]
 
 
 def query_words(text: str) -> list[str]:

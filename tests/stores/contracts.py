@@ -771,6 +771,27 @@ class LexicalContract:
         for typed in ("t-shirt", "t shirt"):
             assert {"w2", "w4"} <= set(_ids(await index.search_text(typed, 10))), typed
 
+    async def test_a_possessive_is_its_word(self, catalog: Catalog) -> None:
+        """"women's shoes" asks for women's shoes: the "'s" is no word of its own, so a
+        men's shoe ("Men's", "Men’s") does not match it as well as a women's one."""
+        if not self.any_word_matches:
+            pytest.skip("the query's joined words ('womenshoe') must be optional")
+        index = await self.lexical(catalog)
+        await catalog.upsert_many(
+            [
+                _product("p1", "Fila Men's Agony Shoe"),
+                _product("p2", "Nike Women Air Shoes"),
+                _product("p3", "Puma Men’s Runner Shoe"),
+            ]
+        )
+        for typed in ("women's shoes", "Women’s shoes"):
+            hits = await index.search_text(typed, 10)
+            assert _ids(hits)[0] == "p2", typed
+            assert hits[0].matched == 1.0
+            assert all(h.matched < 1.0 for h in hits[1:]), typed
+        men = await index.search_text("men's shoe", 10)
+        assert {h.product_id for h in men if h.matched == 1.0} == {"p1", "p3"}
+
     async def test_tag_values_are_searchable(self, catalog: Catalog) -> None:
         index = await self.lexical(catalog)
         assert _ids(await index.search_text("navy", 10)) == ["w4"]
