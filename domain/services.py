@@ -554,7 +554,7 @@ class SearchService:
                     f"no products are indexed with encoder {wanted!r}"
                     f" (indexed: {indexed or 'none'})"
                 )
-        return self._encoders.get(encoder_id)
+        return self._encoders.get(wanted or None)  # blank: no encoder named, the default
 
     async def _has_text_space(self, encoder: Encoder) -> bool:
         """Whether the products' words have vectors of this encoder."""

@@ -254,3 +254,11 @@ async def test_every_next_cursor_can_be_followed_to_the_deepest_result(top_k: in
             break
     assert len(seen) == MAX_RESULT_DEPTH
     assert len(set(seen)) == MAX_RESULT_DEPTH
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\t"])
+async def test_a_blank_encoder_id_is_the_default(world: World, blank: str) -> None:
+    """An empty or blank `encoder` is no encoder named: the default answers (as for None)."""
+    page = await world.search.by_text("dress", top_k=2, encoder_id=blank)
+    assert page.encoder_id == "fake"
+    assert page.hits
