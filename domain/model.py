@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -290,6 +290,12 @@ class SearchPage:
     ranked_ids: tuple[str, ...] = ()
     """The top of the whole ranking (up to ``FACET_DEPTH``), for facet counts that follow
     the query."""
+    deeper_ids: Callable[[], Awaitable[tuple[str, ...]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """When ``ranked_ids`` stops short of ``FACET_DEPTH`` only because the search asked its
+    one signal for the page alone (an image ranking): asks it for the top ``FACET_DEPTH``
+    (called only when facets are wanted)."""
 
 
 @dataclass(frozen=True)

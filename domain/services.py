@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -326,6 +327,11 @@ class SearchService:
             index_ms=(queried - encoded) * 1000,
             catalog_ms=(finished - queried) * 1000,
         )
+        ranked_ids = _facet_ids(fused.order, vectors.exclude_id)
+        deeper = None
+        if not _asks_words(query) and fused.total >= wanted and len(ranked_ids) < FACET_DEPTH:
+            # one signal asked for the page only: facets (if asked) need its top FACET_DEPTH
+            deeper = functools.partial(self._deeper_ids, encoder, query, vectors)
         return SearchPage(
             hits=hits,
             encoder_id=encoder.id,
@@ -333,10 +339,17 @@ class SearchService:
             next_cursor=next_cursor,
             match_quality=fused.quality,
             mode=query.mode,
-            ranked_ids=tuple(
-                pid for pid in fused.order[: FACET_DEPTH + 1] if pid != vectors.exclude_id
-            )[:FACET_DEPTH],
+            ranked_ids=ranked_ids,
+            deeper_ids=deeper,
         )
+
+    async def _deeper_ids(
+        self, encoder: Encoder, query: SearchQuery, vectors: QueryVectors
+    ) -> tuple[str, ...]:
+        """The top FACET_DEPTH of a one-signal search's ranking (its page asked fewer)."""
+        wanted = FACET_DEPTH + (1 if vectors.exclude_id is not None else 0)
+        fused = fuse(await self._rank(encoder, query, vectors, wanted), self.fusion, limit=0)
+        return _facet_ids(fused.order, vectors.exclude_id)
 
     async def _page_hits(
         self,
@@ -385,7 +398,7 @@ class SearchService:
         """The lexical list asked in a worker thread before the query is encoded, when this
         is the only search (the encoder then runs on this thread, the words need no vector:
         the two overlap on two cores); None otherwise (``_rank`` asks it)."""
-        words = query.mode is not SearchMode.VISUAL and query.text is not None
+        words = _asks_words(query)
         if not words or self._lexical is None or query.text is None or self._searches != 1:
             return None
         return asyncio.ensure_future(
@@ -462,7 +475,7 @@ class SearchService:
         FUSION_DEPTH whatever the page, so that every page of a search is cut from one
         ranking (deeper lists would normalise and fuse differently, and pages past the
         first FUSION_DEPTH would repeat some products and skip others)."""
-        words = query.mode is not SearchMode.VISUAL and query.text is not None
+        words = _asks_words(query)
         depth = FUSION_DEPTH if words else wanted
         flt = query.filter
         asks_text_space = words and vectors.text is not None
@@ -582,9 +595,10 @@ class SearchService:
     ) -> dict[str, dict[str, int]]:
         """For each tag key (all keys when None): value -> number of products among the
         top FACET_DEPTH of the page's ranking, so counts follow the query and its filter."""
+        ids = page.ranked_ids if page.deeper_ids is None else await page.deeper_ids()
         if isinstance(self._catalog, TagCounts):
-            return await self._catalog.count_tags(page.ranked_ids, keys)
-        products = await self._catalog.get_many(page.ranked_ids)
+            return await self._catalog.count_tags(ids, keys)
+        products = await self._catalog.get_many(ids)
         counts: dict[str, dict[str, int]] = {}
         for product in products.values():
             for key, value in product.tags.items():
@@ -648,6 +662,17 @@ class SearchService:
             assert image.data is not None
             data = image.data
         return (await asyncio.to_thread(encoder.encode_images, [data]))[0], None
+
+
+def _asks_words(query: SearchQuery) -> bool:
+    """Whether a search asks the words' signals (lexical, semantic): their lists are read
+    FUSION_DEPTH deep; a search without them asks the images for its page only."""
+    return query.mode is not SearchMode.VISUAL and query.text is not None
+
+
+def _facet_ids(order: Sequence[str], exclude_id: str | None) -> tuple[str, ...]:
+    """The top FACET_DEPTH of a ranking, the query's own product left out."""
+    return tuple(pid for pid in order[: FACET_DEPTH + 1] if pid != exclude_id)[:FACET_DEPTH]
 
 
 def _with_colour(

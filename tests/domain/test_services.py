@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from domain.errors import BadInput, InvalidImage, NotFound, UnknownEncoder
+from domain.fusion import FACET_DEPTH
 from domain.model import (
     MAX_RESULT_DEPTH,
     ImageQuery,
@@ -229,7 +230,9 @@ async def _deep_world(size: int) -> World:
     ids = [f"d{i:05d}" for i in range(size)]
     vectors = rng.normal(size=(size, w.encoder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    await w.catalog.upsert_many([Product(id=pid, name=f"item {pid}") for pid in ids])
+    await w.catalog.upsert_many(
+        [Product(id=pid, name=f"item {pid}", tags={"n": str(i % 3)}) for i, pid in enumerate(ids)]
+    )
     await w.index.upsert("fake", ids, vectors, [{} for _ in ids])
     return w
 
@@ -262,3 +265,23 @@ async def test_a_blank_encoder_id_is_the_default(world: World, blank: str) -> No
     page = await world.search.by_text("dress", top_k=2, encoder_id=blank)
     assert page.encoder_id == "fake"
     assert page.hits
+
+
+@pytest.mark.parametrize("kind", ["visual text", "similar"])
+async def test_facets_of_a_one_signal_search_count_its_top_200_whatever_the_page(
+    kind: str,
+) -> None:
+    """A search ranked by the images alone (VISUAL, a photo, "more like this") asks the
+    index for its page only; its facets still count the top FACET_DEPTH of the ranking,
+    the same whatever topK, as for every other search."""
+    world = await _deep_world(FACET_DEPTH + 50)
+    counts = []
+    for top_k in (5, 100):
+        if kind == "similar":
+            query = SearchQuery(image=ImageQuery(product_id="d00000"), top_k=top_k)
+        else:
+            query = SearchQuery(text=TextQuery("item"), top_k=top_k, mode=SearchMode.VISUAL)
+        page = await world.search.search(query)
+        counts.append(await world.search.facet_counts(page, ["n"]))
+    assert counts[0] == counts[1]
+    assert sum(counts[0]["n"].values()) == FACET_DEPTH
