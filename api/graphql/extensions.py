@@ -138,6 +138,31 @@ class RejectEmptySelectionSets(SchemaExtension):
         yield
 
 
+_NOT_KNOWN = object()
+
+
+class RequireOperationName(SchemaExtension):
+    """GraphQL spec (GetOperation): a document with several operations needs an
+    ``operationName``. Strawberry runs the first one instead; refuse, as graphql-core does.
+    (Strawberry keeps the name the client gave in a private attribute: if that ever goes,
+    nothing is refused, rather than every request naming its operation.)"""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        provided = getattr(context, "_provided_operation_name", _NOT_KNOWN)
+        if document is not None and provided is None and context.pre_execution_errors is None:
+            operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+            if len(operations) > 1:
+                context.pre_execution_errors = [
+                    GraphQLError(
+                        "Must provide operation name if query contains multiple operations.",
+                        extensions={"code": BAD_USER_INPUT},
+                    )
+                ]
+        yield
+
+
 @functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
 def _parse(query: str, options: tuple[tuple[str, Any], ...]) -> DocumentNode:
     return parse(query, **dict(options))

@@ -25,6 +25,7 @@ from api.graphql.extensions import (
     ErrorCodes,
     OperationMetrics,
     RejectEmptySelectionSets,
+    RequireOperationName,
 )
 from api.graphql.inputs import (
     AddProductInput,
@@ -271,6 +272,7 @@ def build_schema(config: ApiConfig | None = None, metrics: Metrics | None = None
     ]
     extensions: list[Any] = [
         RejectEmptySelectionSets,
+        RequireOperationName,
         functools.partial(AddValidationRules, limit_rules),
         functools.partial(MaxTokensLimiter, max_token_count=config.max_tokens),
         DocumentCache,

@@ -12,7 +12,17 @@ import pytest
 
 from domain.errors import EncoderUnavailable
 from stores.http_fetcher import SafeImageFetcher
-from tests.api.helpers import Api, World, b64, codes, jpeg, make_api, pixel_bomb_png, png
+from tests.api.helpers import (
+    Api,
+    World,
+    b64,
+    codes,
+    errors_of,
+    jpeg,
+    make_api,
+    pixel_bomb_png,
+    png,
+)
 from tests.api.httpserver import Server, serve
 
 IMAGE_QUERY = """query($image: ImageInput!, $topK: Int! = 3) {
@@ -394,3 +404,20 @@ async def test_unexpected_errors_are_generic_and_logged(
         response = await client.post("/get_image_by_text", json={"text": "dress"})
     assert_rest_error(response, 500, "INTERNAL_SERVER_ERROR")
     assert "hunter2" not in response.text
+
+
+async def test_several_operations_need_an_operation_name(api: Api) -> None:
+    """GraphQL spec (GetOperation): a document with several operations and no operationName
+    is an error, not a run of whichever comes first; with a name, that one runs."""
+    document = "query A { encoders { id } } query B { encoders { dim } }"
+    unnamed = await api.gql(document)
+    assert codes(unnamed) == ["BAD_USER_INPUT"]
+    assert "operation name" in errors_of(unnamed)[0]["message"]
+    assert unnamed.get("data") is None
+    named = await api.gql(document, operation_name="B")
+    assert "errors" not in named, named
+    assert set(named["data"]["encoders"][0]) == {"dim"}
+    first = await api.gql(document, operation_name="A")
+    assert set(first["data"]["encoders"][0]) == {"id"}
+    alone = await api.gql("query A { encoders { id } }")
+    assert set(alone["data"]["encoders"][0]) == {"id"}
