@@ -247,9 +247,7 @@ async def test_every_next_cursor_can_be_followed_to_the_deepest_result(top_k: in
     cursor = None
     for _ in range(MAX_RESULT_DEPTH):
         page = await world.search.search(
-            SearchQuery(
-                text=TextQuery("item"), top_k=top_k, cursor=cursor, mode=SearchMode.VISUAL
-            )
+            SearchQuery(text=TextQuery("item"), top_k=top_k, cursor=cursor, mode=SearchMode.VISUAL)
         )
         seen += [h.product.id for h in page.hits]
         cursor = page.next_cursor

@@ -772,7 +772,7 @@ class LexicalContract:
             assert {"w2", "w4"} <= set(_ids(await index.search_text(typed, 10))), typed
 
     async def test_a_possessive_is_its_word(self, catalog: Catalog) -> None:
-        """"women's shoes" asks for women's shoes: the "'s" is no word of its own, so a
+        """A query "women's shoes" asks for women's shoes: the "'s" is no word of its own, so a
         men's shoe ("Men's", "Men’s") does not match it as well as a women's one."""
         if not self.any_word_matches:
             pytest.skip("the query's joined words ('womenshoe') must be optional")
