@@ -580,7 +580,11 @@ def results_heading(view: View, results: Results) -> None:
     else:
         st.subheader(title, anchor="results")
     shown = len(results.hits)
-    caption = f"Showing the {shown} closest match{'es' if shown != 1 else ''}"
+    if results.first.match_quality == "NONE" and view.mode != "similar":
+        # the notice below says nothing matches well: these are not "matches"
+        caption = f"Showing the {shown} nearest product{'s' if shown != 1 else ''}"
+    else:
+        caption = f"Showing the {shown} closest match{'es' if shown != 1 else ''}"
     if view.details:
         caption += f" · {results.last.took_ms:.0f} ms · engine {results.last.encoder}"
     note(caption)

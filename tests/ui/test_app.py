@@ -425,5 +425,7 @@ def test_no_close_matches_is_said_when_the_api_says_so(app: AppTest) -> None:
     follow(app, "?q=purple+dinosaur+spaceship")  # no product has these words or is near
     assert app.info[0].value.startswith("No close matches.")
     assert names(app)  # the nearest products are still shown
+    # ... and not called matches above the notice that says there are none
+    assert notes(app)[0] == f"Showing the {len(names(app))} nearest products"
     text_search(app, "Mini Umbrella")
     assert not app.info
