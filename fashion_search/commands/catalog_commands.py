@@ -48,6 +48,7 @@ from domain.ledger_check import (
 from domain.model import (
     PRODUCT_TEXT_SPACE_SUFFIX,
     ImageQuery,
+    MatchQuality,
     ProductFilter,
     SearchPage,
     SearchQuery,
@@ -565,6 +566,11 @@ def search_command(
     if not page.hits:
         console.print(f"No results for {what}.", highlight=False)
         return
+    if page.match_quality is MatchQuality.NONE:
+        console.print(
+            "No close matches: the products below are only the nearest there are.",
+            highlight=False,
+        )
     console.print(results_table(page, title))
 
 

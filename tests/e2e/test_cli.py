@@ -86,6 +86,18 @@ def test_search_black_trousers_finds_trousers(
 
 
 @pytest.mark.slow
+def test_search_says_when_nothing_matches_well(ingested: Path, env: dict[str, str]) -> None:
+    """matchQuality NONE (random letters): the nearest products are listed under a line
+    saying they are no close match, as the shop says it; a query that matches says nothing."""
+    result = CliRunner().invoke(app, ["search", "qzxqvbnm", "-k", "3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "No close matches" in result.output
+    assert any(line.startswith("│ 1 ") for line in result.output.splitlines())
+    matched = CliRunner().invoke(app, ["search", "trousers", "-k", "3"], env=env)
+    assert "No close matches" not in matched.output
+
+
+@pytest.mark.slow
 def test_search_by_image_and_filter(
     ingested: Path, sample_manifest: Path, hm_demo: Path, env: dict[str, str]
 ) -> None:
