@@ -68,6 +68,9 @@ def error_response(status: int, detail: str, code: str | None = None) -> JSONRes
 def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
+        if error.get("type") == "json_invalid":  # its location is a character offset
+            parts.append("the body is not valid JSON")
+            continue
         location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         message = str(error.get("msg", "invalid value"))
         parts.append(f"{location}: {message}" if location else message)

@@ -41,6 +41,11 @@ async def test_get_image_by_text_input_errors(api: Api) -> None:
         "/get_image_by_text", content=b"text=dress", headers={"content-type": "text/plain"}
     )
     assert not_json.status_code == 422
+    broken = await api.client.post(
+        "/get_image_by_text", content=b'{"text": "dre', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+    assert broken.json() == {"detail": "the body is not valid JSON", "code": "BAD_USER_INPUT"}
 
 
 async def test_get_image_by_text_on_an_empty_catalog_is_not_found() -> None:
