@@ -100,7 +100,7 @@ def check_facet_keys(keys: Sequence[str] | None) -> list[str] | None:
         return None
     if len(keys) > MAX_FILTER_KEYS:
         raise BadInput(f"{len(keys):,} facet keys asked for; the limit is {MAX_FILTER_KEYS}")
-    return [check_tag_key(key) for key in keys]
+    return [check_tag_key(key.strip()) for key in keys]  # trimmed, as a filter's keys are
 
 
 def check_tag_value(key: str, value: str) -> str:

@@ -325,6 +325,21 @@ async def test_facets_count_values_most_frequent_first(api: Api) -> None:
     assert [f["key"] for f in every["data"]["facets"]] == ["colour", "type"]
 
 
+async def test_facet_keys_are_read_like_filter_keys(api: Api) -> None:
+    """A filter's key is trimmed (" colour" filters on colour): so is a facet's, on the
+    catalog's facets and on a search page's, and the facet answers under the key it has."""
+    query = """query($keys: [String!]) {
+      facets(keys: $keys) { key values { value count } }
+      searchByText(text: "dress", topK: 2) { facets(keys: $keys) { key } } }"""
+    result = await api.gql(query, {"keys": [" colour", "type "]})
+    assert [f["key"] for f in result["data"]["facets"]] == ["colour", "type"]
+    assert [f["key"] for f in result["data"]["searchByText"]["facets"]] == ["colour", "type"]
+    filtered = await api.gql(
+        "{ products(filter: {tags: [{key: \" colour\", values: [\"Red\"]}]}) { totalCount } }"
+    )
+    assert filtered["data"]["products"]["totalCount"] == 1
+
+
 async def test_encoders_list_the_default_first_with_indexed_counts(api: Api) -> None:
     result = await api.gql("{ encoders { id dim modalities isDefault indexedCount } }")
     assert result["data"]["encoders"] == [
