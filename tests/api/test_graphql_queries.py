@@ -335,7 +335,7 @@ async def test_facet_keys_are_read_like_filter_keys(api: Api) -> None:
     assert [f["key"] for f in result["data"]["facets"]] == ["colour", "type"]
     assert [f["key"] for f in result["data"]["searchByText"]["facets"]] == ["colour", "type"]
     filtered = await api.gql(
-        "{ products(filter: {tags: [{key: \" colour\", values: [\"Red\"]}]}) { totalCount } }"
+        '{ products(filter: {tags: [{key: " colour", values: ["Red"]}]}) { totalCount } }'
     )
     assert filtered["data"]["products"]["totalCount"] == 1
 
