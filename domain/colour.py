@@ -21,6 +21,13 @@ A query asking for a plain garment ("solid", "plain": ``PLAIN_WORDS``) is re-ran
 way, under the same gate: no product's words say it is plain, but some say it is not
 ("striped", "printed", "patterned": ``PATTERN_WORDS``), and those move down by
 ``ColourRerank.patterned_weight`` (``bench.attribute_words``, docs/relevance.md).
+
+A query naming a surface ("solid", "stripe", "all over pattern": ``PATTERN_PHRASES``) also
+asks the encoder, under the same gate: each phrase's text vector (encoded once per encoder,
+a finite vocabulary) against the top's image vectors, a zero-shot reading of the photo that
+the query's own vector mixes with the garment type; the closest move up by at most
+``ColourRerank.pattern_prompt_weight`` (``bench.zeroshot_levers``, docs/relevance.md, eighth
+round).
 """
 
 from __future__ import annotations
@@ -129,6 +136,29 @@ PATTERN_WORDS = frozenset(
 )
 """Words of a product's name, description or tags that say its surface is not one plain
 colour."""
+PATTERN_PHRASES = frozenset(
+    PLAIN_WORDS
+    | PATTERN_WORDS
+    | {
+        "all over pattern",
+        "front print",
+        "placement print",
+        "colour blocking",
+        "stripe",
+        "check",
+        "dot",
+        "denim",
+        "lace",
+        "mesh",
+        "metallic",
+        "sequin",
+        "transparent",
+    }
+)
+"""The surface phrases a query can ask for ("solid", "stripe", "all over pattern"): a finite
+vocabulary, so the encoder's text tower encodes each once and the garments' image vectors
+are scored against it without encoding anything per query (``pattern_phrases``)."""
+_LONGEST_PHRASE = max(len(p.split()) for p in PATTERN_PHRASES)
 
 
 def _shade(bins: frozenset[int], shade: str) -> frozenset[int]:
@@ -175,6 +205,29 @@ def asks_plain(text: str) -> bool:
     return not PLAIN_WORDS.isdisjoint(_WORD.findall(text.casefold()))
 
 
+def pattern_phrases(text: str) -> tuple[str, ...]:
+    """The ``PATTERN_PHRASES`` a text names, longest first where they overlap ("all over
+    pattern dress" -> ("all over pattern",))."""
+    return _pattern_phrases(text)
+
+
+@functools.lru_cache(maxsize=MASKS_KEPT)
+def _pattern_phrases(text: str) -> tuple[str, ...]:
+    words = _WORD.findall(text.casefold())
+    found: list[str] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(_LONGEST_PHRASE, len(words) - i), 0, -1):
+            phrase = " ".join(words[i : i + n])
+            if phrase in PATTERN_PHRASES:
+                found.append(phrase)
+                i += n
+                break
+        else:
+            i += 1
+    return tuple(found)
+
+
 def says_patterned(name: str, description: str | None, tags: Iterable[str] = ()) -> bool:
     """Whether a product's words say its surface is patterned (one of ``PATTERN_WORDS``)."""
     text = " ".join([name, description or "", *tags]).casefold()
@@ -202,6 +255,25 @@ def colour_shares(histograms: Sequence[bytes | None], mask: Mask) -> npt.NDArray
     return shares
 
 
+def rank_share(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """1 for the highest score, 0 for the lowest, evenly between by rank (ties in list
+    order)."""
+    order = np.argsort(-scores, kind="stable")
+    rank = np.empty(len(scores))
+    rank[order] = np.arange(len(scores))
+    return np.asarray(1.0 - rank / max(len(scores) - 1, 1), np.float64)
+
+
+def _mean_filled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """NaN replaced by the mean of the others (all zeros when every value is NaN)."""
+    known = ~np.isnan(values)
+    if not known.any():
+        return np.zeros(len(values))
+    if known.all():
+        return values
+    return np.where(known, values, float(values[known].mean()))
+
+
 _HISTOGRAM_SIZE = HISTOGRAM_BINS * HISTOGRAM_DTYPE.itemsize
 _MISSING = bytes(_HISTOGRAM_SIZE)
 
@@ -219,6 +291,10 @@ class ColourRerank:
     patterned_weight: float = 0.4
     """For a query asking for a plain garment, a product whose words say it is patterned
     moves down ``patterned_weight * depth`` places."""
+    pattern_prompt_weight: float = 0.1
+    """For a query naming a surface (``pattern_phrases``), the product whose image vector is
+    the closest of the top to the phrase's text vector moves up ``pattern_prompt_weight *
+    depth`` places, the furthest none, the others by their rank between."""
 
     def applies(self, confidence: float) -> bool:
         return confidence < self.gate
@@ -231,19 +307,20 @@ def colour_order(
     shares: npt.NDArray[np.float64],
     config: ColourRerank,
     patterned: npt.NDArray[np.bool_] | None = None,
+    surface: npt.NDArray[np.float64] | None = None,
 ) -> list[int]:
     """The new order of a ranked list of at most ``config.depth`` products given their
     colour shares: by rank position / depth - weight x share (+ patterned_weight where
-    ``patterned``: a query asking for a plain garment), ties kept in rank order. A product
-    without a histogram (NaN) counts the mean share of the others, so it keeps about its
-    place; when none has one, the shares change nothing."""
-    known = ~np.isnan(shares)
-    if not known.any():
-        shares = np.zeros(len(shares))
-    elif not known.all():
-        shares = np.where(known, shares, float(shares[known].mean()))
+    ``patterned``: a query asking for a plain garment; - pattern_prompt_weight x the rank
+    share of ``surface``, the image vectors' cosines to the surface the query names), ties
+    kept in rank order. A product without a histogram (NaN) counts the mean share of the
+    others, so it keeps about its place; when none has one, the shares change nothing. The
+    same for a product without a cosine."""
+    shares = _mean_filled(shares)
     key = np.arange(len(shares)) / config.depth - config.weight * shares
     if patterned is not None:
         key = key + config.patterned_weight * patterned
+    if surface is not None and not np.isnan(surface).all():
+        key = key - config.pattern_prompt_weight * rank_share(_mean_filled(surface))
     order: list[int] = np.argsort(key, kind="stable").tolist()
     return order

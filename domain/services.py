@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from domain.colour import (
     DEFAULT_COLOUR_RERANK,
@@ -20,6 +21,7 @@ from domain.colour import (
     colour_mask,
     colour_order,
     colour_shares,
+    pattern_phrases,
     says_patterned,
 )
 from domain.errors import BadInput, InvalidImage, NotFound, UnknownEncoder
@@ -238,6 +240,9 @@ class SearchService:
         self._spaces: frozenset[str] = frozenset()
         self._spaces_checked = -SPACES_RECHECK_S
         self._text_batchers: dict[str, TextBatcher] = {}
+        self._surface_prompts: dict[tuple[str, str], Vectors] = {}
+        """(encoder id, surface phrase) -> the phrase's text vector (a finite vocabulary:
+        ``domain.colour.PATTERN_PHRASES``), encoded the first time a query names it."""
         self._searches = 0
         """Searches in progress (the text batcher encodes inline when there is only one)."""
         self.last_timings: SearchTimings | None = None
@@ -317,7 +322,7 @@ class SearchService:
         queried = time.perf_counter()
 
         hits = await self._page_hits(
-            query, fused, ordered, vectors.exclude_id, position.offset, depth
+            encoder, query, fused, ordered, vectors.exclude_id, position.offset, depth
         )
         finished = time.perf_counter()
         more = fused.total - excluded > depth and depth < MAX_RESULT_DEPTH
@@ -353,6 +358,7 @@ class SearchService:
 
     async def _page_hits(
         self,
+        encoder: Encoder,
         query: SearchQuery,
         fused: Fused,
         ordered: list[FusedHit],
@@ -361,20 +367,29 @@ class SearchService:
         depth: int,
     ) -> tuple[SearchHit, ...]:
         """The page's hits (positions ``offset`` to ``depth``) with their products, re-ranked
-        by colour when the query names a colour (or asks for a plain garment) its words do
-        not answer (the re-rank's top rows read with the page's)."""
+        by colour when the query names a colour (or asks for a plain garment, or names a
+        surface) its words do not answer (the re-rank's top rows read with the page's; for a
+        surface, the top's image vectors too)."""
         colours = self._colour_mask(query)
         plain = self._asks_plain(query)
+        surfaces = self._surfaces(query)
         top: list[str] = []  # the colour re-rank's ids, when it applies
-        if (colours is not None or plain) and self.colour_rerank.applies(fused.confidence):
+        asked = colours is not None or plain or bool(surfaces)
+        if asked and self.colour_rerank.applies(fused.confidence):
             top = [p for p in fused.order[: self.colour_rerank.depth + 1] if p != exclude_id]
             top = top[: self.colour_rerank.depth]
         window = ordered[offset:depth]
         if top:
             # one call: the top's rows come with the page's, decoded for the page only
-            rows = await self._rows([*top, *(h.product_id for h in window)])
+            reading = self._rows([*top, *(h.product_id for h in window)])
+            if surfaces and self.colour_rerank.pattern_prompt_weight:
+                rows, surface = await asyncio.gather(
+                    reading, self._surface_cosines(encoder, surfaces, top)
+                )
+            else:
+                rows, surface = await reading, None
             window, shares = self._colour_window(
-                fused, top, ordered, rows, colours, plain, offset, depth
+                fused, top, ordered, rows, colours, plain, offset, depth, surface
             )
             products = _decoded(rows, [h.product_id for h in window])
         else:
@@ -420,6 +435,35 @@ class SearchService:
         return colour_mask(query.text.text)
 
     @staticmethod
+    def _surfaces(query: SearchQuery) -> tuple[str, ...]:
+        """The surface phrases a HYBRID search's words name ("stripe", "solid")."""
+        if query.mode is not SearchMode.HYBRID or query.text is None:
+            return ()
+        return pattern_phrases(query.text.text)
+
+    async def _surface_cosines(
+        self, encoder: Encoder, surfaces: Sequence[str], ids: Sequence[str]
+    ) -> npt.NDArray[np.float64]:
+        """Each product's image vector against the surface phrases' text vectors (the mean
+        cosine; NaN for a product without an image vector in the encoder's space). The
+        phrases are encoded once per encoder."""
+        missing = [
+            s for s in dict.fromkeys(surfaces) if (encoder.id, s) not in self._surface_prompts
+        ]
+        if missing:
+            encoded = await asyncio.to_thread(encoder.encode_texts, missing)
+            for phrase, vector in zip(missing, np.asarray(encoded, np.float32), strict=True):
+                self._surface_prompts[encoder.id, phrase] = vector.reshape(-1)
+        prompts = np.stack([self._surface_prompts[encoder.id, s] for s in surfaces])
+        stored = await self._index.fetch(encoder.id, ids)
+        cosines = np.full(len(ids), np.nan)
+        for i, pid in enumerate(ids):
+            vector = stored.get(pid)
+            if vector is not None:
+                cosines[i] = float((prompts @ np.asarray(vector, np.float32).reshape(-1)).mean())
+        return cosines
+
+    @staticmethod
     def _asks_plain(query: SearchQuery) -> bool:
         """Whether a HYBRID search's words ask for a plain garment ("solid")."""
         if query.mode is not SearchMode.HYBRID or query.text is None:
@@ -436,11 +480,13 @@ class SearchService:
         plain: bool,
         offset: int,
         depth: int,
+        surface: npt.NDArray[np.float64] | None = None,
     ) -> tuple[list[FusedHit], dict[str, float]]:
-        """The page's hits once the fused top is re-ranked by the garments' colour shares
-        and, for a plain garment asked, by what their words say (``domain.colour``; exact
-        name matches stay first), and the top's colour shares. Hits are made only for the
-        page's products the fusion made none for."""
+        """The page's hits once the fused top is re-ranked by the garments' colour shares,
+        for a plain garment asked, by what their words say, and for a surface named, by the
+        image vectors' cosines to it (``surface``; ``domain.colour``; exact name matches stay
+        first), and the top's colour shares. Hits are made only for the page's products the
+        fusion made none for."""
         made = {h.product_id: h for h in ordered}
         named = sum(1 for pid in top if pid in made and made[pid].exact)
         rest = top[named:]
@@ -448,7 +494,8 @@ class SearchService:
         if colours is not None:
             shares = colour_shares([rows.colour(p) for p in top], colours)
         patterned = np.array([_says_patterned(rows.product(p)) for p in rest]) if plain else None
-        order = colour_order(shares[named:], self.colour_rerank, patterned)
+        rest_surface = surface[named:] if surface is not None else None
+        order = colour_order(shares[named:], self.colour_rerank, patterned, rest_surface)
         ids = [
             *top[:named],
             *(rest[i] for i in order),

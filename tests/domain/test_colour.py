@@ -15,6 +15,8 @@ from domain.colour import (
     colour_order,
     colour_shares,
     histogram_bytes,
+    pattern_phrases,
+    rank_share,
     says_patterned,
 )
 
@@ -145,3 +147,36 @@ def test_a_patterned_product_moves_down_when_plain_is_asked() -> None:
     # with a colour named too, both apply
     shares = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
     assert colour_order(shares, config, patterned) == [4, 1, 2, 0, 3]
+
+
+def test_surface_phrases_are_read_longest_first() -> None:
+    assert pattern_phrases("All over pattern dress") == ("all over pattern",)
+    assert pattern_phrases("solid t-shirt") == ("solid",)
+    assert pattern_phrases("stripe top with front print") == ("stripe", "front print")
+    assert pattern_phrases("black trousers") == ()
+    assert pattern_phrases("overall") == ()  # whole words only
+
+
+def test_the_rank_share_runs_from_one_for_the_closest_to_zero() -> None:
+    assert rank_share(np.array([0.1, 0.3, 0.2])).tolist() == [0.0, 1.0, 0.5]
+    assert rank_share(np.array([0.4])).tolist() == [1.0]
+
+
+def test_the_closest_to_the_surface_moves_up_by_at_most_its_weight() -> None:
+    # depth 10, weight 0.2: the closest (the last) gains 0.2 x 10 places, the furthest
+    # (fourth) none, the others by their rank between
+    config = ColourRerank(depth=10, weight=0.4, pattern_prompt_weight=0.2)
+    no_colour = np.full(5, np.nan)
+    surface = np.array([0.2, 0.3, 0.4, 0.1, 0.9])
+    assert colour_order(no_colour, config, surface=surface) == [0, 1, 2, 4, 3]
+    # weight 0: the fused order; no cosine known: the fused order
+    off = ColourRerank(depth=10, pattern_prompt_weight=0.0)
+    assert colour_order(no_colour, off, surface=surface) == list(range(5))
+    assert colour_order(no_colour, config, surface=np.full(5, np.nan)) == list(range(5))
+
+
+def test_a_product_without_image_vector_counts_the_mean_cosine() -> None:
+    config = ColourRerank(depth=10, pattern_prompt_weight=0.3)
+    # the unknown counts the mean of the others (0.5): half the closest's gain
+    order = colour_order(np.full(3, np.nan), config, surface=np.array([0.0, 1.0, np.nan]))
+    assert order == [1, 0, 2]  # keys: 0 - 0, 0.1 - 0.3, 0.2 - 0.15

@@ -212,3 +212,40 @@ def item_of(product: Product, image: bytes) -> IndexItem:
         description=product.description,
         tags=product.tags,
     )
+
+
+# Every name is "Shirt" and no word says "stripe": only the photos do. The striped shirt's
+# photo carries the most other words, so the query's own vector ranks it last.
+STRIPED = "shirt long sleeve extra wide collar buttoned cotton stripe"
+
+
+async def surfaces(rerank: ColourRerank | None = None) -> Shop:
+    shop = Shop(rerank)
+    for pid, words in (("a", "shirt a"), ("b", "shirt b"), ("c", "shirt c"), ("s", STRIPED)):
+        await shop.products.add(pid, "Shirt", fake_image(words))
+    return shop
+
+
+async def test_a_surface_the_words_do_not_answer_asks_the_photos_vectors() -> None:
+    off = await surfaces(ColourRerank(pattern_prompt_weight=0.0))
+    assert (await off.ids("stripe shirt"))[-1] == "s"  # the fused order
+    shop = await surfaces()
+    assert (await shop.ids("stripe shirt")).index("s") == 2  # up by at most 0.1 x 30 places
+    strong = await surfaces(ColourRerank(pattern_prompt_weight=1.0))
+    assert (await strong.ids("stripe shirt"))[0] == "s"
+    assert (await strong.ids("shirt"))[-1] == "s"  # no surface named
+    assert (await strong.ids("stripe shirt", SearchMode.VISUAL))[-1] == "s"
+    closed = await surfaces(ColourRerank(gate=0.0, pattern_prompt_weight=1.0))
+    assert (await closed.ids("stripe shirt"))[-1] == "s"  # the words answer: no re-rank
+
+
+async def test_a_surface_phrase_is_encoded_once_per_encoder() -> None:
+    shop = await surfaces()
+    encoder = shop.encoders.get()
+    assert isinstance(encoder, HashingEncoder)
+    before = encoder.calls
+    await shop.ids("stripe shirt")
+    first = encoder.calls - before  # the query, then the phrase "stripe"
+    before = encoder.calls
+    await shop.ids("shirt with stripe")
+    assert (first, encoder.calls - before) == (2, 1)  # the query only
