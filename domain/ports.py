@@ -182,6 +182,17 @@ class VectorIndex(Protocol):
 
 
 @runtime_checkable
+class ImmediateFetch(Protocol):
+    """A VectorIndex that can also hand stored vectors back at once, on the calling thread
+    (an index in this process's memory), as ``ImmediateQuery`` answers queries."""
+
+    def fetch_now(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors] | None:
+        """What ``fetch`` would return; None when that cannot be done without waiting (the
+        index is busy or not loaded yet): then ``fetch`` is awaited instead."""
+        ...
+
+
+@runtime_checkable
 class ImmediateQuery(Protocol):
     """A VectorIndex that can also answer a query at once, on the calling thread: an index
     in this process's memory. The search service asks it so when a search is the only one

@@ -65,6 +65,7 @@ from domain.ports import (
     EncoderProvider,
     ImageFetcher,
     ImageStore,
+    ImmediateFetch,
     ImmediateLexical,
     ImmediateQuery,
     LexicalIndex,
@@ -455,12 +456,16 @@ class SearchService:
             for phrase, vector in zip(missing, np.asarray(encoded, np.float32), strict=True):
                 self._surface_prompts[encoder.id, phrase] = vector.reshape(-1)
         prompts = np.stack([self._surface_prompts[encoder.id, s] for s in surfaces])
-        stored = await self._index.fetch(encoder.id, ids)
+        stored = None
+        if self._searches == 1 and isinstance(self._index, ImmediateFetch):
+            stored = self._index.fetch_now(encoder.id, ids)  # no hand-off (see _vectors)
+        if stored is None:
+            stored = await self._index.fetch(encoder.id, ids)
         cosines = np.full(len(ids), np.nan)
-        for i, pid in enumerate(ids):
-            vector = stored.get(pid)
-            if vector is not None:
-                cosines[i] = float((prompts @ np.asarray(vector, np.float32).reshape(-1)).mean())
+        known = [i for i, pid in enumerate(ids) if pid in stored]
+        if known:
+            rows = np.stack([stored[ids[i]] for i in known]).reshape(len(known), -1)
+            cosines[known] = (rows.astype(np.float32) @ prompts.T).mean(axis=1)
         return cosines
 
     @staticmethod

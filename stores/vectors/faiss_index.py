@@ -690,6 +690,18 @@ class FaissVectorIndex:
         finally:
             self._lock.release()
 
+    def fetch_now(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors] | None:
+        """``fetch_sync`` when the spaces are loaded and current and no other thread holds
+        them: None instead of waiting (as ``query_now``)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._spaces is None or self._signature() != self._seen:
+                return None
+            return self._fetch(self._spaces, encoder_id, ids)
+        finally:
+            self._lock.release()
+
     def query_several_sync(self, queries: Sequence[SpaceQuery]) -> list[list[tuple[str, float]]]:
         """``query_sync`` of each, in one hold of the lock."""
         vectors = [_as_query(q.vector) for q in queries]
@@ -767,14 +779,20 @@ class FaissVectorIndex:
 
     def fetch_sync(self, encoder_id: str, ids: Sequence[str]) -> dict[str, Vectors]:
         with self._lock:
-            space = self._refresh().get(encoder_id)
-            if space is None:
-                return {}
-            found = {pid: row for pid in ids if (row := space.rows.get(pid)) is not None}
-            if not found:
-                return {}
-            taken = space.take(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
-            return {pid: taken[i] for i, pid in enumerate(found)}
+            return self._fetch(self._refresh(), encoder_id, ids)
+
+    @staticmethod
+    def _fetch(
+        spaces: Mapping[str, _Space], encoder_id: str, ids: Sequence[str]
+    ) -> dict[str, Vectors]:
+        space = spaces.get(encoder_id)
+        if space is None:
+            return {}
+        found = {pid: row for pid in ids if (row := space.rows.get(pid)) is not None}
+        if not found:
+            return {}
+        taken = space.take(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
+        return {pid: taken[i] for i, pid in enumerate(found)}
 
     def delete_sync(self, ids: Sequence[str], encoder_id: str | None = None) -> None:
         if not ids:

@@ -413,6 +413,26 @@ async def test_query_now_answers_like_query_or_not_at_all(tmp_path: Path) -> Non
     assert reopened.query_now(ENC_A, vectors[0], 1) == await reopened.query(ENC_A, vectors[0], 1)
 
 
+async def test_fetch_now_returns_what_fetch_does_or_nothing_at_all(tmp_path: Path) -> None:
+    index = FaissVectorIndex(tmp_path)
+    vectors = random_units(50, 16, seed=4)
+    await index.upsert(ENC_A, [f"p{i}" for i in range(50)], vectors, [{}] * 50)
+    await index.flush()
+    asked = ["p3", "missing", "p0", "p49"]
+    now = index.fetch_now(ENC_A, asked)
+    assert now is not None
+    fetched = await index.fetch(ENC_A, asked)
+    assert list(now) == list(fetched) == ["p3", "p0", "p49"]
+    assert all(np.array_equal(now[p], fetched[p]) for p in now)
+    assert index.fetch_now("nobody", asked) == {}
+    with held_by_another_thread(index):
+        assert index.fetch_now(ENC_A, asked) is None
+    reopened = FaissVectorIndex(tmp_path)
+    assert reopened.fetch_now(ENC_A, asked) is None  # not loaded yet: a worker thread's job
+    assert list(await reopened.fetch(ENC_A, asked)) == ["p3", "p0", "p49"]
+    assert reopened.fetch_now(ENC_A, ["p0"]) is not None
+
+
 async def test_query_several_answers_like_one_query_per_space(tmp_path: Path) -> None:
     index = FaissVectorIndex(tmp_path)
     ids = [f"p{i}" for i in range(300)]
