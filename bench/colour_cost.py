@@ -13,11 +13,17 @@ answer colour queries (Kaggle style) the gate leaves them alone; on one whose wo
     PYTHONPATH=. .venv/bin/python -m bench.fusion_signals hm-extra /tmp/signals 16
     flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m bench.colour_cost /tmp/signals \
         kaggle-train-16 hm-extra-16
-    # the same for the "<pattern> <type>" queries (the plain-garment re-rank on and off)
+    # the same for the "<pattern> <type>" queries (the plain-garment and surface re-ranks on
+    # and off)
     flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m bench.colour_cost --pattern \
         /tmp/signals hm-extra-16
+    # the "<pattern> <type>" queries with only the surface re-rank on and off (the phrases'
+    # cosines to the top 30's image vectors; the colour and plain-garment re-ranks on in both)
+    flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m bench.colour_cost --surface \
+        /tmp/signals hm-extra-16
 
-Writes bench/results/colour_cost.json (``--pattern``: colour_cost_plain.json).
+Writes bench/results/colour_cost.json (``--pattern``: colour_cost_plain.json, ``--surface``:
+colour_cost_surface.json).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import load_average, machine
-from domain.colour import asks_plain, colour_mask
+from domain.colour import asks_plain, colour_mask, pattern_phrases
 from domain.fusion import Ranked, text_confidence
 from domain.model import SearchQuery, TextQuery
 from domain.services import QueryVectors
@@ -44,6 +50,7 @@ from fashion_search.wiring import build
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_cost.json"
 PLAIN_RESULTS = RESULTS.with_name("colour_cost_plain.json")
+SURFACE_RESULTS = RESULTS.with_name("colour_cost_surface.json")
 ROUNDS = 40
 TOP_K = 10
 
@@ -52,7 +59,9 @@ def _ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 4)
 
 
-async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[str, Any]:
+async def measure(
+    signals: Path, name: str, kind: str = "colour_type", surface_only: bool = False
+) -> dict[str, Any]:
     with (signals / f"{name}.pkl").open("rb") as f:
         recorded = pickle.load(f)  # our own file, written by bench.fusion_signals
     queries: list[tuple[str, Ranked]] = [(t, r) for t, _, r in recorded["queries"][kind]]
@@ -69,7 +78,7 @@ async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[s
     service._query_vectors = vectors  # type: ignore[method-assign]  # the recorded lists
     service._rank = rank  # type: ignore[method-assign,assignment]
     service._lexical_early = lambda query: None  # type: ignore[method-assign]
-    colour_on, plain_on = service._colour_mask, service._asks_plain
+    colour_on, plain_on, surface_on = service._colour_mask, service._asks_plain, service._surfaces
     samples: dict[str, list[float]] = {"on": [], "off": [], "on_cpu": [], "off_cpu": []}
     paired: list[float] = []
     try:
@@ -79,8 +88,10 @@ async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[s
                 took = {}
                 # each variant goes first half of the time (the second finds warmer caches)
                 for variant in ("on", "off") if (round_ + n) % 2 else ("off", "on"):
-                    service._colour_mask = colour_on if variant == "on" else _no_colour  # type: ignore[method-assign]
-                    service._asks_plain = plain_on if variant == "on" else _no_plain  # type: ignore[method-assign]
+                    on = variant == "on" or surface_only
+                    service._colour_mask = colour_on if on else _no_colour  # type: ignore[method-assign]
+                    service._asks_plain = plain_on if on else _no_plain  # type: ignore[method-assign]
+                    service._surfaces = surface_on if variant == "on" else _no_surface  # type: ignore[method-assign]
                     query = SearchQuery(text=TextQuery(text), top_k=TOP_K)
                     started, cpu = time.perf_counter(), time.thread_time()
                     await service.search(query)
@@ -92,7 +103,7 @@ async def measure(signals: Path, name: str, kind: str = "colour_type") -> dict[s
         await container.aclose()
     gated = sum(
         service.colour_rerank.applies(text_confidence(r, service.fusion))
-        and (colour_mask(t) is not None or asks_plain(t))
+        and (colour_mask(t) is not None or asks_plain(t) or bool(pattern_phrases(t)))
         for t, r in queries
     )
     return {
@@ -116,25 +127,33 @@ def _no_plain(query: SearchQuery) -> bool:
     return False
 
 
-async def main(signals: Path, galleries: list[str], pattern: bool = False) -> None:
+def _no_surface(query: SearchQuery) -> tuple[str, ...]:
+    return ()
+
+
+async def main(
+    signals: Path, galleries: list[str], pattern: bool = False, surface: bool = False
+) -> None:
     before = load_average()
-    kind = "pattern_type" if pattern else "colour_type"
-    flag = "--pattern " if pattern else ""
+    kind = "pattern_type" if pattern or surface else "colour_type"
+    flag = "--surface " if surface else "--pattern " if pattern else ""
     result: dict[str, Any] = {
         "benchmark": "colour_cost",
         "command": "flock /work/bench.lock env PYTHONPATH=. .venv/bin/python -m "
         f"bench.colour_cost {flag}/tmp/signals {' '.join(galleries)}",
         "load_average_before": before,
-        "galleries": {name: await measure(signals, name, kind) for name in galleries},
+        "galleries": {name: await measure(signals, name, kind, surface) for name in galleries},
         "load_average_after": load_average(),
         "machine": machine(),
     }
-    (PLAIN_RESULTS if pattern else RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+    output = SURFACE_RESULTS if surface else PLAIN_RESULTS if pattern else RESULTS
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    flagged = sys.argv[1] == "--pattern"
+    flagged = sys.argv[1] in ("--pattern", "--surface")
     args = sys.argv[2:] if flagged else sys.argv[1:]
     default = ["hm-extra-16"] if flagged else ["kaggle-train-16", "hm-extra-16"]
-    asyncio.run(main(Path(args[0]), args[1:] or default, flagged))
+    surface = sys.argv[1] == "--surface"
+    asyncio.run(main(Path(args[0]), args[1:] or default, flagged and not surface, surface))
