@@ -508,3 +508,18 @@ async def test_one_client_alternates_between_the_baseline_and_this_checkout() ->
     assert {name: s["n"] for name, s in figures["latency_ms"].items()} == {"baseline": 6, "this": 6}
     p50 = figures["latency_ms"]["this"]["p50"] / figures["latency_ms"]["baseline"]["p50"]
     assert figures["p50_ratio"] == pytest.approx(p50, abs=1e-4)
+
+
+def test_the_server_ab_bench_reads_each_variant() -> None:
+    from bench.server_ab import Variant, main
+
+    assert Variant.parse("main") == Variant("main")
+    parsed = Variant.parse("f16:tree=../old:home=/tmp/h:env=FASHION_SEARCH_FAISS_PREFILTER=float16")
+    assert parsed == Variant(
+        "f16", Path("../old"), Path("/tmp/h"), {"FASHION_SEARCH_FAISS_PREFILTER": "float16"}
+    )
+    for bad in (":tree=x", "a:branch=x", "a:env=NOVALUE"):
+        with pytest.raises(ValueError, match="variant"):
+            Variant.parse(bad)
+    with pytest.raises(SystemExit):  # no variant: the option is required
+        main(["--home", "/nonexistent"])
