@@ -349,11 +349,17 @@ def minilm_semantic(lists: SemanticLists, evidence: tuple[float, float], floor: 
 ImageVectors = dict[str, dict[str, npt.NDArray[np.float32]]]
 
 
-async def _image_vectors(home: Path, ids: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+async def _image_vectors(
+    home: Path, ids: list[str], encoder: str | None
+) -> dict[str, npt.NDArray[np.float32]]:
+    """Unit image vectors of ``ids`` in ``home`` (whose image space must be ``encoder``'s,
+    when given)."""
     container = build(eval_settings(Settings(), home))
     try:
         spaces = await container.index.encoder_ids()
         space = next(e for e in spaces if not e.endswith(PRODUCT_TEXT_SPACE_SUFFIX))
+        if encoder is not None and space != encoder:
+            raise SystemExit(f"{home} holds {space}, not {encoder}")
         found = await container.index.fetch(space, ids)
         vectors = {i: np.asarray(v, np.float32).reshape(-1) for i, v in found.items()}
         return {i: v / np.linalg.norm(v) for i, v in vectors.items()}
@@ -361,12 +367,15 @@ async def _image_vectors(home: Path, ids: list[str]) -> dict[str, npt.NDArray[np
         await container.aclose()
 
 
-def image_vectors(signals: Path, data: Mapping[str, Any]) -> ImageVectors:
-    """Each H&M gallery's image vectors, from the home ``bench.fusion_signals`` kept."""
+def image_vectors(
+    signals: Path, data: Mapping[str, Any], hm_only: bool = True, encoder: str | None = None
+) -> ImageVectors:
+    """Each gallery's image vectors (the H&M galleries' only, by default), from the home
+    ``bench.fusion_signals`` kept (checked to hold ``encoder``'s vectors, when given)."""
     return {
-        name: asyncio.run(_image_vectors(signals / f"{name}-home", sorted(texts)))
+        name: asyncio.run(_image_vectors(signals / f"{name}-home", sorted(texts), encoder))
         for name, (_, _, _, texts) in data.items()
-        if name.startswith("hm")
+        if name.startswith("hm") or not hm_only
     }
 
 

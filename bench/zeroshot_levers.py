@@ -37,19 +37,17 @@ the colour re-rank and the plain-garment re-rank, as ``bench.hm_levers``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 import domain.colour
-from bench.hm_levers import DEFAULT, DEPTH, Query, figures, load
+from bench.hm_levers import DEFAULT, DEPTH, Query, figures, image_vectors, load
 from domain.colour import (
     COLOUR_WORDS,
     PATTERN_WORDS,
@@ -59,7 +57,6 @@ from domain.colour import (
     colour_shares,
 )
 from domain.fusion import DEFAULT_FUSION, FusedHit, fuse
-from domain.model import PRODUCT_TEXT_SPACE_SUFFIX
 from fashion_search.evaluation import eval_settings
 from fashion_search.settings import Settings
 from fashion_search.wiring import build
@@ -245,27 +242,6 @@ def type_scorer(
     return scorer
 
 
-async def _image_vectors(home: Path, ids: list[str]) -> dict[str, Vectors]:
-    container = build(eval_settings(Settings(), home))
-    try:
-        spaces = await container.index.encoder_ids()
-        space = next(e for e in spaces if not e.endswith(PRODUCT_TEXT_SPACE_SUFFIX))
-        if space != Settings().encoder:
-            raise SystemExit(f"{home} holds {space}, not {Settings().encoder}")
-        found = await container.index.fetch(space, ids)
-        rows = {i: np.asarray(v, np.float32).reshape(-1) for i, v in found.items()}
-        return {i: v / np.linalg.norm(v) for i, v in rows.items()}
-    finally:
-        await container.aclose()
-
-
-def image_vectors(signals: Path, data: Mapping[str, Any]) -> ImageVectors:
-    return {
-        name: asyncio.run(_image_vectors(signals / f"{name}-home", sorted(texts)))
-        for name, (_, _, _, texts) in data.items()
-    }
-
-
 def encoder(signals: Path, home: str) -> Callable[[Sequence[str]], Vectors]:
     """The signals' encoder (``FASHION_SEARCH_ENCODER``), built on a kept home."""
     settings = Settings()
@@ -336,7 +312,7 @@ def main(signals: Path, galleries: list[str], output: Path = RESULTS) -> None:
     query_vectors = dict(zip(asked, np.asarray(encode(asked), np.float32), strict=True))
     rests = sorted({remainder(t, k) for t in asked for k in ("colour", "pattern")} - {""})
     remainders = dict(zip(rests, np.asarray(encode(rests), np.float32), strict=True))
-    vectors = image_vectors(signals, data)
+    vectors = image_vectors(signals, data, hm_only=False, encoder=Settings().encoder)
     base = figures(data, Query.default)
     print("default", json.dumps(base), flush=True)
     table = {}
